@@ -1,0 +1,38 @@
+"""Execute notebooks top to bottom (every cell, `slow` ones included), save their outputs, clean them.
+
+    python tools/run_nb.py nbs/03_dpo_loss.ipynb [more.ipynb ...] [--skip gpu]
+
+This is how the committed outputs are made: a reader on GitHub sees the numbers of this run.
+Cells flagged with a flag in --skip (default: gpu) are left unexecuted, their old outputs cleared.
+"""
+import argparse, os, re, sys, time
+from pathlib import Path
+
+def _flags(src):
+    "The `#| slow`/`#| gpu` style flags of a cell's source."
+    return {m.group(1) for m in re.finditer(r"^#\|\s*(\w+)\s*$", src, re.M)}
+
+def run(path, skip=("gpu",)):
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    os.environ.setdefault("DPO_NOTES_THREADS", "1")
+    path = Path(path); nb = read_nb(path)
+    for c in nb.cells:
+        if c.cell_type == "code" and _flags(c.source) & set(skip): c.outputs, c.execution_count = [], None
+    skipped = [c for c in nb.cells if c.cell_type == "code" and _flags(c.source) & set(skip)]
+    for c in skipped: c.cell_type = "raw"     # hide from the shell
+    cwd = os.getcwd(); os.chdir(path.parent)
+    t0 = time.time()
+    try:
+        sh = CaptureShell(path, mpl_format="png")
+        sh.run_all(nb, exc_stop=True)
+    finally: os.chdir(cwd)
+    for c in skipped: c.cell_type = "code"
+    write_nb(nb, path)
+    os.system(f"nbdev_clean --fname {path}")
+    print(f"{path}: {time.time()-t0:.0f}s")
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(); p.add_argument("nbs", nargs="+"); p.add_argument("--skip", default="gpu")
+    a = p.parse_args()
+    for f in a.nbs: run(f, skip=tuple(s for s in a.skip.split(",") if s))
