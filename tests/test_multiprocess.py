@@ -1,0 +1,117 @@
+"""Data parallelism on CPU: two processes under `accelerate launch` (gloo DDP) train the toy "s" model on different
+data, yet end with identical weights; the same steps without gradient sync end with different ones.
+
+The script that trains is `tests/mp_step.py`; one launch runs offline DPO (`dpo_notes.train.train_dpo`, with
+gradient accumulation, so `no_sync` is exercised) then online DPO (`dpo_notes.online.train_online`) in both processes.
+A single-process run of the same script gives the controls: each rank's data trained on alone (what the ranks would
+end with without gradient sync), and both ranks' micro-batches as one batch (what synchronised DDP must reproduce:
+the mean of two per-rank mean gradients is the gradient of the mean over both).
+
+Why `--config_file examples/accelerate_configs/ddp.yaml` and not `--cpu`: in accelerate 1.15 `accelerate launch --cpu
+--num_processes 2` starts ONE process (its simple launcher only spawns several through `mpirun --hostfile`); the
+multi-GPU launcher (torchrun) starts two, and on a machine without CUDA `Accelerator` picks gloo (MULTI_CPU).
+`mp_step.py` exits with an error if it finds itself alone, so that mistake cannot pass silently.
+Run time: about 40 s on 2 busy cores (three processes, one thread each).
+"""
+import functools, json, os, socket, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "mp_step.py"
+DDP_CONFIG = ROOT / "examples" / "accelerate_configs" / "ddp.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def launch_cmd(out: Path) -> list[str]:
+    "`accelerate launch` (as a module, so no PATH lookup) with every setting explicit: no default config is consulted."
+    cfg = ["--config_file", str(DDP_CONFIG)] if DDP_CONFIG.exists() else ["--multi_gpu"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *cfg, "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            str(SCRIPT), str(out)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    "Run the two-process launch and the single-process controls side by side; return a loader of their outputs."
+    out = tmp_path_factory.mktemp("mp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", DPO_NOTES_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    ddp = subprocess.Popen(launch_cmd(out), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    single = subprocess.run([sys.executable, str(SCRIPT), str(out), "--single"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    try: ddp_log, _ = ddp.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        ddp.kill(); ddp_log, _ = ddp.communicate()
+        pytest.fail("accelerate launch did not finish in 300 s:\n" + ddp_log[-3000:])
+    assert ddp.returncode == 0, ddp_log[-4000:]
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    def load(name):
+        info = json.loads((out / f"{name}.json").read_text())
+        sd = torch.load(out / f"{name}.pt")
+        info["flat"] = torch.cat([sd[k].flatten() for k in sorted(sd)])
+        return info
+    return load
+
+
+@functools.cache
+def initial_flat():
+    from dpo_notes.toy import load_toy
+    sd = load_toy("s")[0].state_dict()
+    return torch.cat([sd[k].flatten() for k in sorted(sd)])
+
+
+def dist(a, b) -> float: return float((a - b).norm())
+
+
+def test_offline_ranks_identical_and_moved(runs):
+    r0, r1 = runs("offline_ddp_rank0"), runs("offline_ddp_rank1")
+    assert r0["init"] == r1["init"]                               # both started from the same checkpoint
+    assert r0["hash"] == r1["hash"]                               # bit-identical after the steps: gradients all-reduced
+    assert torch.equal(r0["flat"], r1["flat"])
+    assert r0["hash"] != r0["init"] and dist(r0["flat"], initial_flat()) > 0.1    # and the steps did move them
+    assert len(r0["batches"]) == len(r1["batches"]) == 4          # 2 steps x 2 accumulated micro-batches each
+    assert not set(r0["batches"]) & set(r1["batches"])            # every micro-batch differed between the ranks
+    assert r0["loss"] == r1["loss"] and len(r0["loss"]) == 2      # logged metrics are gathered over both ranks
+
+
+def test_offline_ddp_equals_one_big_batch(runs):
+    "Synchronised DDP on 2 ranks x B pairs = one process on the 2B pairs as one batch (up to float rounding)."
+    ddp, big, init = runs("offline_ddp_rank0")["flat"], runs("offline_bigbatch_rank0")["flat"], initial_flat()
+    moved = dist(ddp, init)
+    assert dist(ddp, big) < 1e-3 * moved, (dist(ddp, big), moved)   # measured: 3e-5 x; Adam amplifies tiny-gradient noise
+
+
+def test_offline_without_sync_differs(runs):
+    "The control: each rank's shard trained alone (no all-reduce) ends elsewhere, and not where DDP ends."
+    s0, s1 = runs("offline_shard0_rank0"), runs("offline_shard1_rank0")
+    ddp = runs("offline_ddp_rank0")
+    assert s0["batches"] == ddp["batches"]                        # the shard runs really saw rank 0's / rank 1's data
+    assert s1["batches"] == runs("offline_ddp_rank1")["batches"]
+    assert s0["hash"] != s1["hash"]
+    moved = dist(ddp["flat"], initial_flat())
+    for s in (s0, s1):
+        assert dist(s["flat"], ddp["flat"]) > 0.3 * moved         # measured: ~0.9 x
+
+
+def test_online_ranks_identical_on_different_prompts(runs):
+    r0, r1 = runs("online_ddp_rank0"), runs("online_ddp_rank1")
+    assert r0["hash"] == r1["hash"] and torch.equal(r0["flat"], r1["flat"])
+    assert r0["hash"] != r0["init"] and dist(r0["flat"], initial_flat()) > 0.1
+    p0 = {p for s in r0["samples"] for p in s["prompts"]}
+    p1 = {p for s in r1["samples"] for p in s["prompts"]}
+    assert len(p0) == len(p1) == 4 and not p0 & p1                # each rank trained on its own prompts
+    assert r0["loss"] == r1["loss"]                                # metrics averaged over the ranks
+
+
+def test_online_without_sync_differs(runs):
+    a0, a1, ddp = runs("online_alone0_rank0"), runs("online_alone1_rank0"), runs("online_ddp_rank0")
+    assert a0["hash"] != a1["hash"] and dist(a0["flat"], a1["flat"]) > 0.1
+    assert dist(a0["flat"], ddp["flat"]) > 0.1 and dist(a1["flat"], ddp["flat"]) > 0.1
