@@ -11,7 +11,7 @@ from pathlib import Path
 
 def _text(out):
     "Plain-text form of a cell output, or None for images/widgets."
-    if out["output_type"] == "stream": return "".join(out["text"])
+    if out["output_type"] == "stream": return "".join(out["text"]) if out.get("name") == "stdout" else None
     data = out.get("data", {})
     if "text/markdown" in data: return ("MD", "".join(data["text/markdown"]))
     if "text/plain" in data: return "".join(data["text/plain"])
