@@ -1,0 +1,47 @@
+"Checks of dpo_notes.scaling: the small run's table, argument validation, the committed CSV's shape."
+import math
+import pandas as pd
+import pytest
+from dpo_notes.core import set_threads, data_dir
+from dpo_notes.scaling import (SCALING_COLUMNS, SCALING_METHODS, run_scaling, scaling_budget, scaling_results,
+                               offline_pairs)
+
+set_threads()
+
+def test_small_run(tmp_path):
+    out = tmp_path / "scaling.csv"
+    df = run_scaling(sizes=("s",), steps=1, batch_size=4, n_eval=16, out_csv=out, verbose=False)
+    assert df.shape == (len(SCALING_METHODS), len(SCALING_COLUMNS))
+    assert list(df.method) == list(SCALING_METHODS)
+    for c in ("win_rate", "lo", "hi", "distinct_rate", "finished"): assert df[c].between(0, 1).all(), c
+    assert (df.lo <= df.win_rate).all() and (df.win_rate <= df.hi).all()
+    assert list(df.steps) == [0, 1, 1, 1] and list(df.pairs) == [0, 4, 4, 4]
+    assert list(df.learning_rate) == [0.0, 2e-3, 2e-3, 2e-3]
+    back = pd.read_csv(out)
+    assert list(back.columns) == list(SCALING_COLUMNS) and len(back) == len(df)
+    res = scaling_results(df)
+    assert list(res) == list(SCALING_METHODS) and all(len(v) == 1 for v in res.values())
+
+def test_same_seed_same_table():
+    kw = dict(sizes=("s",), methods=("SFT", "online DPO"), steps=1, batch_size=4, n_eval=8, verbose=False)
+    a, b = run_scaling(**kw), run_scaling(**kw)
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+@pytest.mark.parametrize("kw,field", [(dict(sizes=("xl",)), "sizes"), (dict(methods=("PPO",)), "methods"),
+                                      (dict(steps=-1), "steps"), (dict(sizes=()), "sizes"),
+                                      (dict(sizes=("s", "l"), learning_rate={"s": 1e-3}), "learning_rate")])
+def test_bad_arguments(kw, field):
+    with pytest.raises(ValueError, match=field): run_scaling(**kw, verbose=False)
+
+def test_budget_and_pairs():
+    assert scaling_budget(5, 16)["max_steps"] == 5
+    with pytest.raises(ValueError, match="batch_size"): scaling_budget(batch_size=0)
+    p = offline_pairs(10, seed=2)
+    assert len(p) == 10 and p == offline_pairs(10, seed=2)
+
+def test_committed_csv():
+    df = pd.read_csv(data_dir() / "scaling_results.csv")
+    assert list(df.columns) == list(SCALING_COLUMNS)
+    assert set(df.method) == set(SCALING_METHODS) and set(df["size"]) == {"s", "m", "l"} and len(df) == 12
+    for c in ("win_rate", "lo", "hi", "distinct_rate"): assert df[c].between(0, 1).all(), c
+    assert not df.win_rate.isna().any()
