@@ -126,3 +126,7 @@ def cli_demo(argv: list[str] | None = None) -> int:
     a["methods"] = tuple(a["methods"])
     run_demo(**a)
     return 0
+
+# %% ../nbs/13_cli.ipynb #c0ab3c35
+import builtins
+if __name__ == "__main__" and not hasattr(builtins, "__IPYTHON__"): sys.exit(main())
