@@ -1,0 +1,124 @@
+"""XPO (`dpo_notes.xpo`) against TRL 1.0's `XPOTrainer`.
+
+XPO left TRL after 1.0 and TRL 1.0 cannot be installed beside 1.16, so its loss is transcribed below, line for line, from
+https://github.com/huggingface/trl/blob/v1.0.0/trl/experimental/xpo/xpo_trainer.py (`XPOTrainer._compute_losses`).
+Also: the reference samples of a LoRA policy come from the adapter-disabled model (TRL 1.0 used `get_base_model()`,
+which keeps LoRA on), XPO's metrics, the α schedule, and the command line.
+"""
+import copy, warnings
+import pytest
+import torch
+import torch.nn.functional as F
+from dpo_notes.core import set_threads
+from dpo_notes.online import completion_logps, reference_context, sample_completions, tokenize_prompts
+from dpo_notes.xpo import XPOConfig, cli_xpo, pad_right, train_xpo, xpo_loss, xpo_step
+
+set_threads()
+warnings.filterwarnings("ignore")
+from test_online import PROMPTS, perturbed, tiny     # noqa: E402  (the tiny model and tokenizer, shared)
+
+def trl_1_0_compute_losses(model_logprobs_model_data, model_logprobs_ref_data, ref_logprobs_ref_data,
+                           ref_logprobs_model_data, chosen_mask, beta, alpha, loss_type):
+    "TRL 1.0 `XPOTrainer._compute_losses`, transcribed (self.beta/self.alpha/self.args.loss_type made arguments)."
+    model_logprobs_model_data_sum = model_logprobs_model_data.sum(1)
+    model_logprobs_ref_data_sum = model_logprobs_ref_data.sum(1)
+    ref_logprobs_ref_data_sum = ref_logprobs_ref_data.sum(1)
+    ref_logprobs_model_data_sum = ref_logprobs_model_data.sum(1)
+    chosen_model_logprobs = torch.where(chosen_mask, model_logprobs_model_data_sum, model_logprobs_ref_data_sum)
+    chosen_ref_logprobs = torch.where(chosen_mask, ref_logprobs_model_data_sum, ref_logprobs_ref_data_sum)
+    chosen_log_ratios = chosen_model_logprobs - chosen_ref_logprobs
+    rejected_model_logprobs = torch.where(~chosen_mask, model_logprobs_model_data_sum, model_logprobs_ref_data_sum)
+    rejected_ref_logprobs = torch.where(~chosen_mask, ref_logprobs_model_data_sum, ref_logprobs_ref_data_sum)
+    rejected_log_ratios = rejected_model_logprobs - rejected_ref_logprobs
+    logits = chosen_log_ratios - rejected_log_ratios
+    if loss_type == "sigmoid": dpo_losses = -F.logsigmoid(beta * logits)
+    elif loss_type == "ipo": dpo_losses = (logits - 1 / (2 * beta)) ** 2
+    else: raise NotImplementedError(f"invalid loss type {loss_type}")
+    xpo_losses = alpha * model_logprobs_ref_data_sum
+    loss = (dpo_losses + xpo_losses).mean()
+    return loss, dpo_losses, xpo_losses
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("alpha", [1e-5, 0.1])
+def test_xpo_loss_equals_trl_1_0(loss_type, alpha):
+    "Same per-token log-probs in, same loss out: on real sampled completions of a tiny model (policy != reference)."
+    m, tok = tiny(); policy = perturbed(m)
+    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    torch.manual_seed(0)
+    kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0)
+    m_ids, m_mask, _ = sample_completions(policy, p_ids, p_mask, **kw)
+    r_ids, r_mask, _ = sample_completions(m, p_ids, p_mask, **kw)
+    W = max(m_ids.shape[1], r_ids.shape[1])
+    m_ids, m_mask, r_ids, r_mask = pad_right(m_ids, W, 0), pad_right(m_mask, W, 0), pad_right(r_ids, W, 0), pad_right(r_mask, W, 0)
+    lp = lambda model, ids, mask: completion_logps(model, p_ids, p_mask, ids, mask)
+    pm, pr = lp(policy, m_ids, m_mask), lp(policy, r_ids, r_mask)
+    with torch.no_grad(): rm, rr = lp(m, m_ids, m_mask), lp(m, r_ids, r_mask)
+    chosen_mask = torch.tensor([True, False, True])
+    loss, dpo, xpo = trl_1_0_compute_losses(pm, pr, rr, rm, chosen_mask, 0.1, alpha, loss_type)
+    losses, dpo2, xpo2, _, _ = xpo_loss(pm.sum(1), pr.sum(1), rm.sum(1), rr.sum(1), chosen_mask, 0.1, alpha, loss_type)
+    torch.testing.assert_close(losses.mean(), loss); torch.testing.assert_close(dpo2, dpo); torch.testing.assert_close(xpo2, xpo)
+    # the gradients agree too (the alpha term is what pushes log pi(y_ref) down)
+    g1 = torch.autograd.grad(loss, list(policy.parameters()), retain_graph=True)
+    g2 = torch.autograd.grad(losses.mean(), list(policy.parameters()))
+    for a, b in zip(g1, g2): torch.testing.assert_close(a, b)
+
+def test_alpha_sign_and_sum():
+    "The XPO term is +alpha * (summed) log pi(y_ref|x): it grows with the policy's log-prob of the reference sample."
+    z = torch.zeros(2)
+    _, _, xpo, _, _ = xpo_loss(z, torch.tensor([-3.0, -10.0]), z, z, torch.tensor([True, True]), 0.1, 0.5)
+    torch.testing.assert_close(xpo, torch.tensor([-1.5, -5.0]))
+
+def test_get_base_model_keeps_lora_on():
+    "TRL 1.0 sampled the 'reference' of a LoRA policy from `get_base_model()`: that is the policy. We disable the adapter."
+    from peft import LoraConfig, get_peft_model
+    m, tok = tiny()
+    base_logits = m(tok(PROMPTS, return_tensors="pt").input_ids).logits
+    pm = get_peft_model(copy.deepcopy(m), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    x = tok(PROMPTS, return_tensors="pt").input_ids
+    policy = pm(x).logits
+    torch.testing.assert_close(pm.get_base_model()(x).logits, policy)            # TRL 1.0's "reference" = the policy
+    assert (policy - base_logits).abs().max() > 1e-2
+    with reference_context(pm) as ref: torch.testing.assert_close(ref(x).logits, base_logits)   # ours = the base model
+
+def test_reference_samples_come_from_the_reference():
+    "With LoRA, xpo_step's reference completions are the base model's: same seed, same samples as the base model."
+    from peft import LoraConfig, get_peft_model
+    m, tok = tiny()
+    pm = get_peft_model(copy.deepcopy(m), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0, temperature=1.0)
+    torch.manual_seed(3)
+    with reference_context(pm) as ref: ours, _, _ = sample_completions(ref, p_ids, p_mask, **kw)
+    torch.manual_seed(3); base, _, _ = sample_completions(m, p_ids, p_mask, **kw)
+    torch.manual_seed(3); trl10, _, _ = sample_completions(pm.get_base_model(), p_ids, p_mask, **kw)
+    torch.manual_seed(3); pol, _, _ = sample_completions(pm, p_ids, p_mask, **kw)
+    assert torch.equal(ours, base) and torch.equal(trl10, pol)
+
+def test_xpo_step_metrics():
+    m, tok = tiny()
+    cfg = XPOConfig(max_new_tokens=5, alpha=0.01, beta=0.2)
+    loss, met, samples = xpo_step(perturbed(m), m, tok, PROMPTS, lambda p, c: float(len(c.split())), cfg)
+    loss.backward()
+    names = {"loss", "loss/dpo", "loss/xpo", "objective/kl", "objective/entropy", "objective/model_scores", "objective/ref_scores",
+             "objective/scores_margin", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+             "logps/chosen", "logps/rejected", "val/model_contain_eos_token", "val/ref_contain_eos_token", "alpha", "beta"}
+    assert names <= set(met)
+    assert met["alpha"] == 0.01 and met["beta"] == 0.2
+    assert abs(met["loss"] - (met["loss/dpo"] + met["loss/xpo"])) < 1e-5
+    s = torch.tensor(samples["scores"]); B = len(PROMPTS)
+    assert samples["model_wins"] == (s[:B] >= s[B:]).tolist()          # tie_rule "first": the policy's sample wins ties
+
+def test_alpha_schedule_and_validation():
+    m, tok = tiny()
+    cfg = XPOConfig(disable_tqdm=True, alpha=[1e-5, 1e-3], max_steps=4, per_device_train_batch_size=3, max_new_tokens=4, learning_rate=1e-3)
+    res = train_xpo(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg)
+    assert [r["alpha"] for r in res.history if "alpha" in r] == [1e-5, 1e-5, 1e-3, 1e-3]
+    with pytest.raises(ValueError, match="alpha"): XPOConfig(alpha=-1.0)
+    with pytest.raises(ValueError, match="alpha"): XPOConfig(alpha=[])
+
+def test_cli_xpo_on_the_toy(tmp_path):
+    pytest.importorskip("dpo_notes.toy")
+    res = cli_xpo(["--model_name_or_path", "toy:s", "--max_steps", "2", "--per_device_train_batch_size", "4", "--alpha", "1e-3",
+                   "--max_new_tokens", "8", "--learning_rate", "1e-3", "--output_dir", str(tmp_path), "--disable_tqdm"])
+    assert (tmp_path / "model.safetensors").exists()
+    assert res.history[-1]["alpha"] == 1e-3 and "loss/xpo" in res.history[-1]
