@@ -10,7 +10,8 @@ import pytest
 import torch
 from dpo_notes.core import set_threads
 from dpo_notes.online import (OnlineDPOConfig, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
-                              sample_completions, schedule_value, sequence_stats, tokenize_prompts, train_online, cli_online_dpo)
+                              sample_completions, schedule_value, sequence_stats, tokenize_prompts, train_online, cli_online_dpo,
+                              online_dpo_from_args)
 
 set_threads()
 warnings.filterwarnings("ignore")
@@ -207,10 +208,12 @@ def test_config_validation():
 
 def test_cli_on_the_toy(tmp_path):
     pytest.importorskip("dpo_notes.toy")
-    res = cli_online_dpo(["--model_name_or_path", "toy:s", "--max_steps", "2", "--per_device_train_batch_size", "4",
-                          "--max_new_tokens", "8", "--learning_rate", "1e-3", "--output_dir", str(tmp_path), "--disable_tqdm"])
+    argv = ["--model_name_or_path", "toy:s", "--max_steps", "2", "--per_device_train_batch_size", "4",
+            "--max_new_tokens", "8", "--learning_rate", "1e-3", "--disable_tqdm"]
+    res = online_dpo_from_args(argv + ["--output_dir", str(tmp_path)])
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "history.json").exists()
     assert {"loss", "objective/kl", "objective/scores", "rewards/accuracies"} <= set(res.history[-1])
+    assert cli_online_dpo(argv) == 0                       # what `dpo-notes online-dpo` returns as its exit code
 
 DDP_SCRIPT = r'''
 import hashlib, json, os, sys, torch

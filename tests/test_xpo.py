@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from dpo_notes.core import set_threads
 from dpo_notes.online import completion_logps, reference_context, sample_completions, tokenize_prompts
-from dpo_notes.xpo import XPOConfig, cli_xpo, pad_right, train_xpo, xpo_loss, xpo_step
+from dpo_notes.xpo import XPOConfig, cli_xpo, pad_right, train_xpo, xpo_from_args, xpo_loss, xpo_step
 
 set_threads()
 warnings.filterwarnings("ignore")
@@ -118,7 +118,9 @@ def test_alpha_schedule_and_validation():
 
 def test_cli_xpo_on_the_toy(tmp_path):
     pytest.importorskip("dpo_notes.toy")
-    res = cli_xpo(["--model_name_or_path", "toy:s", "--max_steps", "2", "--per_device_train_batch_size", "4", "--alpha", "1e-3",
-                   "--max_new_tokens", "8", "--learning_rate", "1e-3", "--output_dir", str(tmp_path), "--disable_tqdm"])
+    argv = ["--model_name_or_path", "toy:s", "--max_steps", "2", "--per_device_train_batch_size", "4", "--alpha", "1e-3",
+            "--max_new_tokens", "8", "--learning_rate", "1e-3", "--disable_tqdm"]
+    res = xpo_from_args(argv + ["--output_dir", str(tmp_path)])
     assert (tmp_path / "model.safetensors").exists()
     assert res.history[-1]["alpha"] == 1e-3 and "loss/xpo" in res.history[-1]
+    assert cli_xpo(argv) == 0                              # what `dpo-notes xpo` returns as its exit code
