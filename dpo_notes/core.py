@@ -23,10 +23,10 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 # %% ../nbs/00_core.ipynb #fe887e12
 def get_dtype(device: torch.device | str | None = None) -> torch.dtype:
-    "The compute dtype for `device`: bf16 where supported, fp16 on older CUDA cards, fp32 on CPU/MPS."
+    "The compute dtype for `device`: bf16 on GPUs with native bf16 (Ampere+), fp16 on older CUDA cards, fp32 on CPU/MPS."
     device = torch.device(device) if device is not None else get_device()
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 # %% ../nbs/00_core.ipynb #77a3598b

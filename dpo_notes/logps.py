@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_logps.ipynb #30c536cf
 from __future__ import annotations
+import weakref
 from collections.abc import Mapping
 import torch
 import torch.nn as nn
@@ -12,7 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'LOGITS_PER_CHUNK', 'selective_logps', 'shift_labels', 'get_batch_logps', 'positions_from_mask',
-           'linear_logps', 'unwrap_peft', 'decoder_and_head', 'head_logps', 'check_batch', 'concatenated_forward']
+           'linear_logps', 'unwrap_peft', 'unwrap_parallel', 'decoder_and_head', 'final_hidden_states', 'head_logps',
+           'check_batch', 'concatenated_forward']
 
 # %% ../nbs/04_logps.ipynb #330d6fbd
 IGNORE_INDEX = -100   # label of prompt and padding positions: not scored
@@ -211,9 +213,29 @@ def _plain_linear(head: nn.Module) -> nn.Linear | None:
         head = head.modules_to_save[active[0]] if active else head.original_module
     return head if type(head) is nn.Linear else None
 
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    "The module inside a DDP / FSDP / DeepSpeed / `torch.compile` wrapper, or `model` itself."
+    from accelerate.utils import extract_model_from_parallel
+    return extract_model_from_parallel(model, keep_torch_compile=False)
+
+_LAST_STATE_OK = weakref.WeakKeyDictionary()   # model -> does hidden_states[-1] equal its decoder's output?
+
+def _last_state_is_final(base: nn.Module, decoder: nn.Module) -> bool:
+    "Whether `base(..., output_hidden_states=True).hidden_states[-1]` is the decoder's final (normed) state: checked once."
+    if base not in _LAST_STATE_OK:
+        dev = next(base.parameters()).device
+        x = torch.tensor([[0, 1]], device=dev)
+        with torch.no_grad():
+            a = base(input_ids=x, output_hidden_states=True, use_cache=False).hidden_states[-1]
+            b = decoder(input_ids=x, use_cache=False).last_hidden_state
+        _LAST_STATE_OK[base] = a.shape == b.shape and torch.equal(a, b)
+    return _LAST_STATE_OK[base]
+
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """(decoder, lm_head) of a causal LM, peft-wrapped or not; None where `decoder → lm_head` would not reproduce
-    the model's logits (post-head logit transforms, prompt-learning peft, no separate head)."""
+    """(decoder, lm_head) of a causal LM, peft-wrapped or not, inside a DDP-style wrapper or not; None where
+    `decoder → lm_head` would not reproduce the model's logits (post-head logit transforms, prompt-learning peft, no
+    separate head; under a wrapper, a model whose last `hidden_states` entry is not the head's input)."""
+    wrapped, model = model, unwrap_parallel(model)
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False): return None
     base = unwrap_peft(model)
@@ -224,7 +246,15 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     if head is None or decoder is None or decoder is base: return None
+    if wrapped is not model and not _last_state_is_final(base, decoder): return None
     return decoder, head
+
+def final_hidden_states(model: nn.Module, decoder: nn.Module, **inputs) -> torch.Tensor:
+    """The final hidden states (B, T, H) the LM head reads, for `inputs` (`input_ids`, `attention_mask`, `position_ids`):
+    `decoder(**inputs)` for a bare model; for a DDP-style wrapper its own forward (so gradients synchronise), with
+    `output_hidden_states=True` and the logits of one position only."""
+    if unwrap_parallel(model) is model: return decoder(**inputs, use_cache=False).last_hidden_state
+    return model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
 # %% ../nbs/04_logps.ipynb #b88715c9
 def _head_vocab(head: nn.Module) -> int:
@@ -301,7 +331,7 @@ def concatenated_forward(model: nn.Module, batch: Mapping, temperature: float = 
     parts = decoder_and_head(model) if lean else None
     if parts is not None:
         decoder, head = parts
-        hidden = decoder(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=False).last_hidden_state
+        hidden = final_hidden_states(model, decoder, input_ids=ids, attention_mask=am, position_ids=pos)
         tok_logps, tok_means = head_logps(head, hidden[:, :-1][mask], targets[mask], temperature, chunk_size)
         row = mask.nonzero()[:, 0]                         # the sequence each scored token belongs to
         logps = tok_logps.new_zeros(ids.shape[0]).index_add(0, row, tok_logps)

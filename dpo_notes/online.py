@@ -11,18 +11,22 @@ from typing import Any, Callable
 
 import torch
 from .core import seed_everything, set_threads
-from .logps import selective_logps, positions_from_mask, decoder_and_head, head_logps
+import torch.nn.functional as F
+from .logps import selective_logps, positions_from_mask, decoder_and_head, final_hidden_states, head_logps, unwrap_peft
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import TIE_RULES, compare_scores, verdicts_to_mask
 
 # %% auto #0
-__all__ = ['OnlineDPOConfig', 'schedule_value', 'eos_token_ids', 'tokenize_prompts', 'cut_at_eos', 'generation_mode',
-           'sample_completions', 'completion_logps', 'reference_context', 'prompt_text', 'judge_pairs',
+__all__ = ['GENERATION_BACKENDS', 'LEAN_DECODE_TYPES', 'OnlineDPOConfig', 'schedule_value', 'eos_token_ids', 'tokenize_prompts',
+           'cut_at_eos', 'generation_mode', 'lean_decode_parts', 'lean_sample', 'sample_completions',
+           'completion_logps', 'pair_rows', 'pair_logps', 'reference_context', 'prompt_text', 'judge_pairs',
            'sequence_stats', 'online_dpo_loss', 'online_dpo_step', 'generate_completions', 'win_rate_eval',
            'prompt_batch', 'OnlineResult', 'train_online', 'online_parser', 'load_prompts', 'make_judge',
            'config_from_args', 'run_from_args', 'online_dpo_from_args', 'cli_online_dpo']
 
 # %% ../nbs/08_online_dpo.ipynb #3239ce56
+GENERATION_BACKENDS = ("auto", "lean", "hf")     # how completions are sampled: see `sample_completions`
+
 @dataclass
 class OnlineDPOConfig:
     "Online DPO hyper-parameters. Names and defaults follow TRL 1.16's `OnlineDPOConfig` unless a comment says otherwise."
@@ -58,8 +62,13 @@ class OnlineDPOConfig:
     seed: int = 42
     disable_tqdm: bool = False
     # speed and memory
-    bf16: bool | None = None                   # None: bf16 autocast where the GPU supports it, fp32 elsewhere
+    bf16: bool | None = None                   # None: bf16 autocast where the GPU has native bf16, fp32 elsewhere
+    fp16: bool = False                         # fp16 autocast + loss scaling, for GPUs without bf16 (T4, V100)
     gradient_checkpointing: bool = False       # TRL: True (and then it samples without the KV cache; we keep it)
+    padding_free: bool = True                  # score each pair as [prompt, a, b], the prompt once (ours; `pair_rows`)
+    generation_backend: str = "auto"           # "auto" | "lean" | "hf": see `sample_completions` (ours)
+    use_vllm: bool = False                     # sample with vLLM colocated on the GPU, weights synced every step (`dpo_notes.gpu`)
+    vllm_gpu_memory_utilization: float = 0.3   # the share of GPU memory vLLM may take (weights + KV cache)
     disable_dropout: bool = True
     use_cpu: bool = False
 
@@ -83,6 +92,11 @@ class OnlineDPOConfig:
         if not self.learning_rate > 0: raise ValueError(f"learning_rate: expected > 0, got {self.learning_rate}")
         if self.warmup_steps < 0: raise ValueError(f"warmup_steps: expected >= 0 (steps, or a fraction < 1), got {self.warmup_steps}")
         if self.max_grad_norm < 0: raise ValueError(f"max_grad_norm: expected >= 0, got {self.max_grad_norm}")
+        if self.fp16 and self.bf16: raise ValueError("fp16: expected False when bf16=True (one half-precision type)")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError(f"vllm_gpu_memory_utilization: expected a fraction in (0, 1), got {self.vllm_gpu_memory_utilization}")
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise ValueError(f"generation_backend: expected one of {GENERATION_BACKENDS}, got {self.generation_backend!r}")
 
 # %% ../nbs/08_online_dpo.ipynb #c965876b
 def schedule_value(values: float | list[float], epoch: float) -> float:
@@ -129,6 +143,14 @@ def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int], pad_token_id: i
     return ids[:, :width], mask[:, :width], contains_eos
 
 # %% ../nbs/08_online_dpo.ipynb #b46a115c
+LEAN_DECODE_TYPES = ("llama", "mistral", "qwen2")       # decoder layers of the Llama shape
+_NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0,
+                       "min_new_tokens": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+                       "encoder_repetition_penalty": 1.0, "suppress_tokens": None, "begin_suppress_tokens": None,
+                       "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None,
+                       "renormalize_logits": False, "exponential_decay_length_penalty": None, "guidance_scale": None,
+                       "watermarking_config": None, "top_h": None}
+
 @contextmanager
 def generation_mode(model):
     "Yield the bare model in eval mode under no_grad (checkpointing is a training-mode feature: the KV cache works); restore its mode."
@@ -138,45 +160,180 @@ def generation_mode(model):
         with torch.no_grad(): yield m
     finally: m.train(was_training)
 
+def lean_decode_parts(model, total_length: int | None = None):
+    """(decoder, head, apply_rotary_pos_emb) for `lean_sample`, or None where it would not reproduce `generate`:
+    see the prose above. `total_length`: prompt + new tokens, checked against a sliding window."""
+    parts = decoder_and_head(_unwrap(model))
+    base = unwrap_peft(_unwrap(model))
+    cfg = getattr(base, "config", None)
+    if parts is None or cfg is None: return None
+    tc = cfg.get_text_config()
+    if tc.model_type not in LEAN_DECODE_TYPES or tc._attn_implementation != "sdpa": return None
+    if getattr(tc, "pretraining_tp", 1) != 1: return None
+    if any(t != "full_attention" for t in (getattr(tc, "layer_types", None) or [])): return None
+    window = getattr(tc, "sliding_window", None) if getattr(tc, "use_sliding_window", True) else None
+    if window is not None and (total_length is None or total_length > window): return None
+    gc = getattr(base, "generation_config", None)
+    if gc is not None and any(getattr(gc, k, None) not in (None, v) for k, v in _NEUTRAL_GENERATION.items()): return None
+    decoder, head = parts
+    need = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    if not all(hasattr(decoder, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")): return None
+    for layer in decoder.layers:
+        a = getattr(layer, "self_attn", None)
+        if not all(hasattr(layer, k) for k in need) or not all(hasattr(a, k) for k in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+            return None
+        if hasattr(a, "q_norm") or hasattr(a, "sinks"): return None        # Qwen3-style norms, attention sinks
+    rope = getattr(inspect.getmodule(type(decoder.layers[0].self_attn)), "apply_rotary_pos_emb", None)
+    return None if rope is None else (decoder, head, rope)
+
+def _warpers(temperature: float, top_k: int, top_p: float):
+    "`generate`'s sampling warpers for these settings, in its order (temperature, top-k, top-p)."
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    ws = []
+    if temperature != 1.0: ws.append(TemperatureLogitsWarper(temperature))
+    if top_k: ws.append(TopKLogitsWarper(top_k=top_k))
+    if top_p < 1.0: ws.append(TopPLogitsWarper(top_p=top_p))
+    return ws
+
+def lean_sample(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_ids: list[int], pad_token_id: int,
+                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
+                min_new_tokens: int = 0, parts=None) -> torch.Tensor:
+    """Sample up to `max_new_tokens` per row from a Llama-shaped causal LM with a preallocated KV cache.
+    prompt_ids, prompt_mask (N, P) left-padded -> new token ids (N, max_new_tokens), `pad_token_id` after a row's
+    eos (and after the last step if every row ended early): what `generate` returns after the prompt."""
+    parts = parts or lean_decode_parts(model, prompt_ids.shape[1] + max_new_tokens)
+    if parts is None: raise ValueError("model: lean_sample needs a Llama-shaped decoder with sdpa attention (see lean_decode_parts)")
+    decoder, head, rope = parts
+    N, P = prompt_ids.shape; L = P + max_new_tokens; dev = prompt_ids.device
+    warpers, eos = _warpers(temperature, top_k, top_p) if do_sample else [], torch.tensor(eos_ids, device=dev)
+    real = torch.zeros(N, L, dtype=torch.bool, device=dev); real[:, :P] = prompt_mask.bool()
+    pos = positions_from_mask(prompt_mask)
+    kv = [None] * len(decoder.layers)                     # per layer: (K, V) buffers (N, H_kv, L, D), filled lazily
+
+    def attend(li, layer, x, cos, sin, start, mask):
+        "One decoder layer on x (N, T, H) whose tokens sit at cache columns [start, start+T)."
+        a, T = layer.self_attn, x.shape[1]
+        h = layer.input_layernorm(x)
+        q, k, v = (proj(h).view(N, T, -1, a.head_dim).transpose(1, 2) for proj in (a.q_proj, a.k_proj, a.v_proj))
+        q, k = rope(q, k, cos, sin)
+        if kv[li] is None: kv[li] = (k.new_empty(N, k.shape[1], L, k.shape[-1]), v.new_empty(N, v.shape[1], L, v.shape[-1]))
+        K, V = kv[li]; K[:, :, start:start + T] = k; V[:, :, start:start + T] = v
+        o = F.scaled_dot_product_attention(q, K[:, :, :start + T], V[:, :, :start + T], attn_mask=mask, scale=a.scaling,
+                                           enable_gqa=q.shape[1] != k.shape[1])
+        x = x + a.o_proj(o.transpose(1, 2).reshape(N, T, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def run(ids, p, start, mask):
+        x = decoder.embed_tokens(ids); cos, sin = decoder.rotary_emb(x, p)
+        for li, layer in enumerate(decoder.layers): x = attend(li, layer, x, cos, sin, start, mask)
+        return head(decoder.norm(x[:, -1])).to(torch.float32)           # generate's fp32 scores of the last position
+
+    causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
+    # a query may see earlier real tokens and itself (so a padding row never has an empty softmax)
+    mask = causal & (real[:, None, :P] | torch.eye(P, dtype=torch.bool, device=dev))
+    scores = run(prompt_ids, pos, 0, mask[:, None])
+    out = torch.full((N, max_new_tokens), pad_token_id, dtype=prompt_ids.dtype, device=dev)
+    done = torch.zeros(N, dtype=torch.bool, device=dev); p = pos[:, -1:]
+    for t in range(max_new_tokens):
+        if t < min_new_tokens: scores[:, eos] = -math.inf
+        for w in warpers: scores = w(None, scores)
+        nxt = torch.multinomial(scores.softmax(-1), 1).squeeze(1) if do_sample else scores.argmax(-1)
+        nxt = nxt.masked_fill(done, pad_token_id); out[:, t] = nxt
+        done |= torch.isin(nxt, eos)
+        if t == max_new_tokens - 1 or bool(done.all()): break
+        real[:, P + t] = True; p = p + 1
+        scores = run(nxt[:, None], p, P + t, real[:, None, None, :P + t + 1])
+    return out
+
+# %% ../nbs/08_online_dpo.ipynb #8e6978a9
 def sample_completions(model, prompt_ids, prompt_mask, *, num_samples: int = 2, max_new_tokens: int = 64,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_ids: list[int], pad_token_id: int,
-                       do_sample: bool = True, generation_kwargs: dict | None = None):
-    """`num_samples` completions per prompt from one batched `generate` (KV cache on), cut at the first eos.
+                       do_sample: bool = True, generation_kwargs: dict | None = None, backend: str = "auto"):
+    """`num_samples` completions per prompt from one batched sampling call (KV cache on), cut at the first eos.
     prompt_ids, prompt_mask (B, P) left-padded -> completion_ids, completion_mask (num_samples*B, C), contains_eos
-    (num_samples*B,). Rows come in blocks: [every prompt's sample 0; every prompt's sample 1; ...], TRL's layout."""
+    (num_samples*B,). Rows come in blocks: [every prompt's sample 0; every prompt's sample 1; ...], TRL's layout.
+    `backend`: "lean" (`lean_sample`), "hf" (`generate`), "auto" (lean where `lean_decode_parts` allows it and
+    `generation_kwargs` holds nothing but `min_new_tokens`, else `generate`)."""
+    if backend not in GENERATION_BACKENDS: raise ValueError(f"backend: expected one of {GENERATION_BACKENDS}, got {backend!r}")
     ids, mask = prompt_ids.repeat(num_samples, 1), prompt_mask.repeat(num_samples, 1)
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+    gk = dict(generation_kwargs or {})
+    parts = lean_decode_parts(model, ids.shape[1] + max_new_tokens) if backend != "hf" and set(gk) <= {"min_new_tokens"} else None
+    if backend == "lean" and parts is None:
+        raise ValueError("backend='lean': this model or its generation settings need `generate` (see lean_decode_parts); use 'auto' or 'hf'")
     with generation_mode(model) as m:
-        out = m.generate(input_ids=ids, attention_mask=mask, do_sample=do_sample, max_new_tokens=max_new_tokens,
-                         eos_token_id=eos_ids, pad_token_id=pad_token_id, use_cache=True, **sampling, **(generation_kwargs or {}))
-    return cut_at_eos(out[:, ids.shape[1]:], eos_ids, pad_token_id)
+        if parts is not None:
+            out = lean_sample(m, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_token_id=pad_token_id,
+                              temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
+                              min_new_tokens=gk.get("min_new_tokens") or 0, parts=parts)
+        else:
+            sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+            out = m.generate(input_ids=ids, attention_mask=mask, do_sample=do_sample, max_new_tokens=max_new_tokens,
+                             eos_token_id=eos_ids, pad_token_id=pad_token_id, use_cache=True, **sampling, **gk)[:, ids.shape[1]:]
+    return cut_at_eos(out, eos_ids, pad_token_id)
 
 # %% ../nbs/08_online_dpo.ipynb #ff24cb1b
-def _is_parallel(model) -> bool:
-    "True when `model` is wrapped (DDP, compile): its forward must be called, not its submodules'."
-    return _unwrap(model) is not model
-
 def completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0,
-                     chunk_size: int | None = None) -> torch.Tensor:
+                     chunk_size: int | None = None, rows: dict | None = None) -> torch.Tensor:
     """Per-token log-probs of the completion tokens under `model`, 0 on padding: (B, C) fp32.
     prompt_ids/mask (B, P) left-padded; completion_ids/mask (B, C) right-padded. Positions come from the attention mask
-    (those `generate` used); only positions that predict a real completion token go through the LM head."""
+    (those `generate` used); only positions that predict a real completion token go through the LM head.
+    `rows`: `pair_rows` of these 2B rows (each prompt once), used where the model can take that layout."""
     if completion_ids.shape != completion_mask.shape:
         raise ValueError(f"completion_mask: expected shape {tuple(completion_ids.shape)}, got {tuple(completion_mask.shape)}")
     if prompt_ids.shape[0] != completion_ids.shape[0]:
         raise ValueError(f"completion_ids: expected {prompt_ids.shape[0]} rows (one per prompt row), got {completion_ids.shape[0]}")
+    if rows is not None:
+        lp = pair_logps(model, rows, completion_ids, completion_mask, temperature, chunk_size)
+        if lp is not None: return lp
     ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
     pos = positions_from_mask(mask)
     C, keep = completion_ids.shape[1], completion_mask.bool()
-    parts = None if _is_parallel(model) else decoder_and_head(model)
+    parts = decoder_and_head(model)
     if parts is not None:                                         # hidden states -> LM head on completion tokens only
         decoder, head = parts
-        h = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state[:, -C - 1:-1]
+        h = final_hidden_states(model, decoder, input_ids=ids, attention_mask=mask, position_ids=pos)[:, -C - 1:-1]
         lp, _ = head_logps(head, h[keep], completion_ids[keep], temperature, chunk_size)
     else:                                                         # through the wrapper: logits of the last C+1 positions
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
         lp = selective_logps(logits[keep], completion_ids[keep], chunk_size=chunk_size, temperature=temperature)
     return torch.zeros(completion_ids.shape, dtype=torch.float32, device=ids.device).masked_scatter(keep, lp.float())
+
+# %% ../nbs/08_online_dpo.ipynb #8ecb3cd1
+def pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict:
+    """The 2B rows of a step as B rows [prompt, completion i, completion B+i]: `input_ids`, `position_ids` (B, P+2C)
+    and `attention_mask` (B, 1, P+2C, P+2C) bool, True where a query may attend a key.
+    prompt_ids/mask (B, P) left-padded; completion_ids/mask (2B, C) right-padded."""
+    B, P = prompt_ids.shape; C = completion_ids.shape[1]; dev = prompt_ids.device
+    if completion_ids.shape[0] != 2 * B:
+        raise ValueError(f"completion_ids: expected 2*B = {2 * B} rows (two per prompt), got {completion_ids.shape[0]}")
+    ids = torch.cat([prompt_ids, completion_ids[:B], completion_ids[B:]], 1)
+    real = torch.cat([prompt_mask, completion_mask[:B], completion_mask[B:]], 1).bool()
+    after_prompt = prompt_mask.sum(1, keepdim=True) + torch.arange(C, device=dev)
+    pos = torch.cat([positions_from_mask(prompt_mask), after_prompt, after_prompt], 1)
+    i = torch.arange(P + 2 * C, device=dev)
+    in_a, in_b = (i >= P) & (i < P + C), i >= P + C
+    allowed = (i[:, None] >= i[None, :]) & ~(in_b[:, None] & in_a[None, :])          # causal, and b never sees a
+    mask = (allowed & real[:, None, :]) | torch.eye(P + 2 * C, dtype=torch.bool, device=dev)   # padding: itself only
+    return {"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None]}
+
+def pair_logps(model, rows: dict, completion_ids, completion_mask, temperature: float = 1.0,
+               chunk_size: int | None = None) -> torch.Tensor | None:
+    """`completion_logps` of the 2B completions from one forward over `pair_rows`' B rows: (2B, C) fp32, 0 on padding;
+    None where the model cannot take that layout (no lean head, an attention kernel without 4-D masks)."""
+    from dpo_notes.train import can_pack
+    if not can_pack(model): return None
+    decoder, head = decoder_and_head(model)
+    mask = rows["attention_mask"]
+    if unwrap_peft(_unwrap(model)).config.get_text_config()._attn_implementation == "eager":   # eager adds the mask
+        dt = next(decoder.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
+    h = final_hidden_states(model, decoder, input_ids=rows["input_ids"], position_ids=rows["position_ids"], attention_mask=mask)
+    B, C = h.shape[0], completion_ids.shape[1]; P = h.shape[1] - 2 * C
+    h_a = h[:, P - 1:P + C - 1]                                            # the states that predict a's tokens
+    h_b = torch.cat([h[:, P - 1:P], h[:, P + C:P + 2 * C - 1]], 1)        # b's: the prompt's last, then b's own
+    keep = completion_mask.bool()
+    lp, _ = head_logps(head, torch.cat([h_a, h_b])[keep], completion_ids[keep], temperature, chunk_size)
+    return torch.zeros(completion_ids.shape, dtype=torch.float32, device=h.device).masked_scatter(keep, lp.float())
 
 # %% ../nbs/08_online_dpo.ipynb #1b578b03
 @contextmanager
@@ -266,9 +423,10 @@ def online_dpo_loss(model, ref_model, prompt_ids, prompt_mask, completion_ids, c
     pp_ids, pp_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
     T = cfg.temperature if cfg.logps_temperature else 1.0
     t0 = time.perf_counter()
-    logps = completion_logps(model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T)
+    rows = pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) if cfg.padding_free else None
+    logps = completion_logps(model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
     with torch.no_grad(), reference_context(model, ref_model) as ref:
-        ref_logps = completion_logps(ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T)
+        ref_logps = completion_logps(ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
     _sync(device); t_logps = time.perf_counter() - t0
     seq, ref_seq = logps.sum(1), ref_logps.sum(1)
     losses, chosen_rewards, rejected_rewards = dpo_loss(seq[chosen_idx], seq[rejected_idx], ref_seq[chosen_idx],
@@ -297,17 +455,19 @@ def online_dpo_loss(model, ref_model, prompt_ids, prompt_mask, completion_ids, c
 
 # %% ../nbs/08_online_dpo.ipynb #52fbce62
 def online_dpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig, epoch: float = 0.0,
-                    generator: torch.Generator | None = None):
+                    generator: torch.Generator | None = None, sampler=None):
     """One online DPO step on B prompts: sample 2 completions each from the current policy, judge them, DPO/IPO loss.
+    `sampler`: a `dpo_notes.gpu.VLLMSampler` already synced with the policy, else the policy samples itself.
     Returns (loss with grad, metrics: TRL's names plus `pairs_kept` and `time/*`, samples: texts/scores/verdicts)."""
     device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     t0 = time.perf_counter()
     p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
-    c_ids, c_mask, has_eos = sample_completions(model, p_ids, p_mask, num_samples=2, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, eos_ids=eos,
-                                                pad_token_id=pad, generation_kwargs=cfg.generation_kwargs)
+    skw = dict(num_samples=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+               eos_ids=eos, pad_token_id=pad, generation_kwargs=cfg.generation_kwargs)
+    if sampler is not None: c_ids, c_mask, has_eos = sampler.sample(p_ids, p_mask, **skw)
+    else: c_ids, c_mask, has_eos = sample_completions(model, p_ids, p_mask, backend=cfg.generation_backend, **skw)
     _sync(device); t1 = time.perf_counter()
     texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
     B = len(prompts)
@@ -420,15 +580,15 @@ def train_online(model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig | 
     (default `online_dpo_step`; XPO passes `xpo_step`). The reference is `ref_model`, else a frozen copy of `model`,
     else (LoRA via `peft_config`) `model` with its adapter disabled. `eval_fn(model) -> dict` runs before training, every
     `cfg.eval_steps` and at the end. To resume, pass the same starting `model` and `resume_from_checkpoint`."""
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from dpo_notes.train import (setup_policy, make_reference, make_optimizer, make_scheduler, autocast,
-                                 save_checkpoint, load_checkpoint, save_model)
+                                 save_checkpoint, load_checkpoint, save_model, make_accelerator, configure_deepspeed,
+                                 accumulating, on_device)
     cfg = cfg or OnlineDPOConfig(); step_fn = step_fn or online_dpo_step
-    acc = accelerator or Accelerator(cpu=cfg.use_cpu)
+    acc = accelerator or make_accelerator(cfg)
     seed_everything(cfg.seed)
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
-    model = setup_policy(model, peft_config, cfg).to(acc.device).train()
+    model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
     ref_model = make_reference(model, ref_model)                # None with LoRA: the adapter is switched off instead
     if ref_model is not None:
         if cfg.disable_dropout:
@@ -437,6 +597,7 @@ def train_online(model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig | 
         ref_model.to(acc.device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.max_steps)
+    configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
     st = {"step": 0, "history": []}
     if resume_from_checkpoint is not None: st = load_checkpoint(resume_from_checkpoint, model, optimizer, scheduler, acc)
@@ -444,6 +605,12 @@ def train_online(model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig | 
     history, ga, world, rank = st["history"], cfg.gradient_accumulation_steps, acc.num_processes, acc.process_index
     params = [p for p in model.parameters() if p.requires_grad]
     per_epoch = max(1, len(prompts) // (cfg.per_device_train_batch_size * world))      # micro-steps per epoch
+    sampler, extra = None, {}
+    if cfg.use_vllm:                       # vLLM on this process's GPU; fails here, clearly, without vLLM or a GPU
+        from dpo_notes.gpu import VLLMSampler
+        sampler = VLLMSampler(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                              max_model_len=cfg.max_length, seed=cfg.seed + rank)
+        extra = {"sampler": sampler}
     def run_eval(step):
         if eval_fn is not None: history.append({**eval_fn(acc.unwrap_model(model)), "epoch": step * ga / per_epoch, "step": step})
     if st["step"] == 0: run_eval(0)
@@ -452,11 +619,12 @@ def train_online(model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig | 
     window = []
     while st["step"] < cfg.max_steps:
         step = st["step"]; t0 = time.perf_counter(); coin = _pair_generator(cfg.seed, step, rank)
+        if sampler is not None: sampler.sync_weights(model)          # this step's policy, LoRA merged into copies
         for j in range(ga):
             idx, epoch = prompt_batch(len(prompts), cfg.per_device_train_batch_size, step * ga + j, cfg.seed, rank, world)
-            with acc.no_sync(model) if j < ga - 1 else nullcontext():      # all-reduce on the last micro-batch only
+            with accumulating(acc, model, last=j == ga - 1):             # all-reduce on the last micro-batch only
                 with autocast(cfg, acc.device):
-                    loss, metrics, _ = step_fn(model, ref_model, tokenizer, [prompts[i] for i in idx], judge, cfg, epoch, coin)
+                    loss, metrics, _ = step_fn(model, ref_model, tokenizer, [prompts[i] for i in idx], judge, cfg, epoch, coin, **extra)
                 tb = time.perf_counter()
                 acc.backward(loss / ga)
                 metrics["time/backward"] = time.perf_counter() - tb
@@ -485,7 +653,7 @@ def train_online(model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig | 
         with open(os.path.join(cfg.output_dir, "history.json"), "w") as f: json.dump(history, f, indent=1)
     return OnlineResult(model, history, ref_model, cfg.output_dir)
 
-# %% ../nbs/08_online_dpo.ipynb #d3afe4e2
+# %% ../nbs/08_online_dpo.ipynb #5107c8f9
 def online_parser(prog: str = "dpo-notes online-dpo", xpo: bool = False):
     "The argparse parser of `dpo-notes online-dpo` (and of `dpo-notes xpo`, with `--alpha`); flag names are TRL's."
     import argparse
@@ -517,7 +685,13 @@ def online_parser(prog: str = "dpo-notes online-dpo", xpo: bool = False):
     a("--logps_temperature", action="store_true", help="score log-probs at logits / temperature, as sampled")
     a("--use_peft", action="store_true"); a("--lora_r", type=int, default=16); a("--lora_alpha", type=int, default=32)
     a("--lora_dropout", type=float, default=0.05); a("--lora_target_modules", nargs="+", default=["all-linear"])
-    a("--bf16", action="store_true", default=None); a("--gradient_checkpointing", action="store_true")
+    a("--bf16", action="store_true", default=None); a("--fp16", action="store_true")
+    a("--gradient_checkpointing", action="store_true")
+    a("--no_padding_free", dest="padding_free", action="store_false", help="score the 2B rows padded, each prompt twice")
+    a("--generation_backend", choices=list(GENERATION_BACKENDS), default=d.generation_backend)
+    a("--load_in_4bit", action="store_true", help="QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, CUDA)")
+    a("--use_vllm", action="store_true", help="sample with vLLM colocated on the GPU (pip install vllm)")
+    a("--vllm_gpu_memory_utilization", type=float, default=d.vllm_gpu_memory_utilization)
     a("--use_cpu", action="store_true")
     a("--output_dir", default=None); a("--save_steps", type=int, default=None); a("--eval_steps", type=int, default=None)
     a("--logging_steps", type=int, default=d.logging_steps); a("--resume_from_checkpoint", default=None)
@@ -571,11 +745,12 @@ def config_from_args(args, cls=None):
 
 def run_from_args(args, cfg, step_fn) -> OnlineResult:
     "Load the model, prompts and judge the flags name (on the toy, also a win-rate eval vs the starting model) and train."
-    from accelerate import Accelerator
-    from dpo_notes.train import load_policy
+    from dpo_notes.train import load_policy, make_accelerator
     set_threads()
-    acc = Accelerator(cpu=cfg.use_cpu)
-    model, tok = load_policy(args.model_name_or_path, args.gguf_file, args.trust_remote_code)
+    acc = make_accelerator(cfg)
+    from dpo_notes.gpu import check_4bit_args
+    check_4bit_args(args.load_in_4bit, args.use_peft)
+    model, tok = load_policy(args.model_name_or_path, args.gguf_file, args.trust_remote_code, args.load_in_4bit)
     prompts = load_prompts(args.dataset_name, args.dataset_split, args.max_prompts)
     judge = make_judge(args.judge, args.reward_model_name_or_path, args.judge_model_name_or_path, acc.device)
     peft_config = None

