@@ -15,7 +15,7 @@ __all__ = ['SMOLLM2_GGUF', 'SMOLLM2_CHAT_TEMPLATE', 'PAD_CANDIDATES', 'HH_ASSIST
            'smollm2_gguf_path', 'load_smollm2_tokenizer', 'ensure_pad_token', 'is_messages', 'split_hh', 'render_chat',
            'normalize_preference', 'normalize_preferences', 'normalize_prompt', 'normalize_prompts', 'load_records',
            'load_preferences', 'load_prompts', 'hh_to_messages', 'hh_to_chat', 'encode_prompts', 'encode_completions',
-           'truncate_preference', 'tokenize_preference', 'tokenize_preferences', 'PreferenceCollator',
+           'truncate_preference', 'tokenize_preference', 'tokenize_preferences', 'Padder', 'PreferenceCollator',
            'token_label_table', 'tokenize_prompts', 'PromptCollator']
 
 # %% ../nbs/05_data.ipynb #9f9cac8f
@@ -321,8 +321,8 @@ def _pad(seqs, value, side="right", multiple=None) -> torch.Tensor:
     return out
 
 @dataclass
-class PreferenceCollator:
-    "Pad tokenised pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one preference batch, TRL's layout."
+class Padder:
+    "What every collator here holds: the pad id, and the multiple the padded length is rounded up to."
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
@@ -330,6 +330,10 @@ class PreferenceCollator:
     def from_tokenizer(cls, tokenizer, **kwargs):
         "A collator padding with `tokenizer`'s pad id (one is set by `ensure_pad_token` if missing)."
         return cls(ensure_pad_token(tokenizer).pad_token_id, **kwargs)
+
+@dataclass
+class PreferenceCollator(Padder):
+    "Pad tokenised pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one preference batch, TRL's layout."
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         """`input_ids`, `attention_mask`, `labels`: (2B, T), rows [chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}],
@@ -374,15 +378,8 @@ def tokenize_prompts(data: Iterable[dict], tokenizer, max_prompt_length: int | N
     return Dataset.from_list(rows)
 
 @dataclass
-class PromptCollator:
+class PromptCollator(Padder):
     "Left-pad tokenised prompts into a generation batch."
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer, **kwargs):
-        "A collator padding with `tokenizer`'s pad id (one is set by `ensure_pad_token` if missing)."
-        return cls(ensure_pad_token(tokenizer).pad_token_id, **kwargs)
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         "`input_ids`, `attention_mask`: (B, P), left-padded; `prompt`: list of B strings when the examples carry them."
