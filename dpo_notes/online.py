@@ -320,14 +320,10 @@ def pair_logps(model, rows: dict, completion_ids, completion_mask, temperature: 
                chunk_size: int | None = None) -> torch.Tensor | None:
     """`completion_logps` of the 2B completions from one forward over `pair_rows`' B rows: (2B, C) fp32, 0 on padding;
     None where the model cannot take that layout (no lean head, an attention kernel without 4-D masks)."""
-    from dpo_notes.train import can_pack
+    from dpo_notes.train import can_pack, masked_hidden_states
     if not can_pack(model): return None
-    decoder, head = decoder_and_head(model)
-    mask = rows["attention_mask"]
-    if unwrap_peft(_unwrap(model)).config.get_text_config()._attn_implementation == "eager":   # eager adds the mask
-        dt = next(decoder.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
-    h = final_hidden_states(model, decoder, input_ids=rows["input_ids"], position_ids=rows["position_ids"], attention_mask=mask)
+    h = masked_hidden_states(model, rows["input_ids"], rows["position_ids"], rows["attention_mask"])
+    head = decoder_and_head(model)[1]
     B, C = h.shape[0], completion_ids.shape[1]; P = h.shape[1] - 2 * C
     h_a = h[:, P - 1:P + C - 1]                                            # the states that predict a's tokens
     h_b = torch.cat([h[:, P - 1:P], h[:, P + C:P + 2 * C - 1]], 1)        # b's: the prompt's last, then b's own

@@ -24,11 +24,12 @@ from .data import PreferenceCollator, normalize_preferences, tokenize_preference
 # %% auto #0
 __all__ = ['TOKEN_KEYS', 'METRICS', 'DPOConfig', 'validate_config', 'make_optimizer', 'num_warmup_steps', 'lr_lambda',
            'make_scheduler', 'prepare_examples', 'epoch_order', 'make_loader', 'make_reference', 'reference_logps',
-           'pack_pairs', 'can_pack', 'packed_token_logps', 'packed_forward', 'use_bf16', 'autocast', 'make_accelerator',
-           'configure_deepspeed', 'accumulating', 'dpo_metrics', 'dpo_step', 'weights_hash', 'ref_cache_key',
-           'precompute_ref_logps', 'evaluate', 'rng_state', 'set_rng_state', 'save_model', 'load_weights',
-           'save_checkpoint', 'load_checkpoint', 'DPOResult', 'is_4bit', 'on_device', 'setup_policy', 'train_dpo',
-           'plot_history', 'dpo_arg_parser', 'load_policy', 'load_pairs', 'dpo_from_args', 'cli_dpo']
+           'pack_pairs', 'can_pack', 'masked_hidden_states', 'packed_token_logps', 'packed_forward', 'use_bf16',
+           'autocast', 'make_accelerator', 'configure_deepspeed', 'accumulating', 'dpo_metrics', 'dpo_step',
+           'weights_hash', 'ref_cache_key', 'precompute_ref_logps', 'evaluate', 'rng_state', 'set_rng_state',
+           'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'DPOResult', 'is_4bit', 'on_device',
+           'setup_policy', 'train_dpo', 'plot_history', 'dpo_arg_parser', 'load_policy', 'load_pairs', 'dpo_from_args',
+           'cli_dpo']
 
 # %% ../nbs/06_dpo_training.ipynb #46c4143a
 @dataclass
@@ -257,16 +258,20 @@ def can_pack(model) -> bool:
     "Whether `packed_token_logps` can run `model` (lean head found, a kernel that takes our 4-D mask), wrapped or not."
     return decoder_and_head(model) is not None and _packable(unwrap_parallel(model))
 
-def packed_token_logps(model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None):
-    """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from one
-    forward of `model` (through its DDP wrapper if it has one)."""
-    decoder, head = decoder_and_head(model)
-    mask = packed["attention_mask"]
+def masked_hidden_states(model, input_ids, position_ids, mask) -> torch.Tensor:
+    """Final hidden states (R, L, H) of `model` (through its DDP wrapper if it has one) under our own attention mask:
+    `mask` (R, 1, L, L) bool, True where a query may attend a key; made additive for `eager` attention."""
+    decoder, _ = decoder_and_head(model)
     if unwrap_parallel(model).config.get_text_config()._attn_implementation == "eager":   # eager adds the mask to the scores
         dt = next(decoder.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
-    hidden = final_hidden_states(model, decoder, input_ids=packed["input_ids"], position_ids=packed["position_ids"],
-                                 attention_mask=mask)
+    return final_hidden_states(model, decoder, input_ids=input_ids, position_ids=position_ids, attention_mask=mask)
+
+def packed_token_logps(model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None):
+    """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from one
+    forward of `model` (through its DDP wrapper if it has one)."""
+    hidden = masked_hidden_states(model, packed["input_ids"], packed["position_ids"], packed["attention_mask"])
+    head = decoder_and_head(model)[1]
     h = hidden.reshape(-1, hidden.shape[-1])[packed["source"]]                 # (M, H): states that predict each token
     return head_logps(head, h, packed["targets"], temperature, chunk_size)
 
