@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib, importlib.util, os, socket
 
 import torch
-from .online import cut_at_eos
 
 # %% auto #0
 __all__ = ['require', 'bnb_4bit_config', 'load_4bit_kwargs', 'prepare_4bit', 'check_4bit_args', 'policy_weights', 'VLLMSampler']
@@ -100,7 +99,7 @@ def _free_port() -> int:
 
 class VLLMSampler:
     """Online-DPO sampling with vLLM colocated on the training GPU (TRL's `vllm_mode="colocate"`). Each step:
-    `sync_weights(model)` with the current policy, then `sample(...)`, which returns what `online.sample_completions` does."""
+    `sync_weights(model)` with the current policy, then `sample(...)`: token ids, padded, for `runtime.cut_at_eos`."""
     def __init__(self, model, tokenizer=None, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
                  dtype: str = "auto", seed: int = 0, enable_sleep_mode: bool = False):
         self.vllm = require("vllm", "--use_vllm", note=" (CUDA GPU required)")
@@ -143,8 +142,8 @@ class VLLMSampler:
 
     def sample(self, prompt_ids, prompt_mask, *, num_samples: int = 2, max_new_tokens: int = 64, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, eos_ids: list[int], pad_token_id: int, generation_kwargs: dict | None = None):
-        """`num_samples` completions per prompt, as `online.sample_completions` returns them: completion_ids, completion_mask
-        (num_samples*B, C) in blocks [every prompt's sample 0; every prompt's sample 1; ...], cut at the first eos, contains_eos."""
+        """`num_samples` completions per prompt: ids (num_samples*B, C), right-padded with `pad_token_id`, in blocks
+        [every prompt's sample 0; every prompt's sample 1; ...]; `runtime.cut_at_eos` makes them what `generate` gives."""
         extra = dict(generation_kwargs or {})
         min_tokens = int(extra.pop("min_new_tokens", 0) or 0)
         if extra: raise ValueError(f"generation_kwargs: with vLLM only min_new_tokens is supported, got {sorted(extra)}")
@@ -165,7 +164,7 @@ class VLLMSampler:
         comps = [_completion_ids(o.outputs[0]) for o in outs]
         ids = torch.full((len(comps), max(max(map(len, comps)), 1)), pad_token_id, dtype=torch.long)
         for i, c in enumerate(comps): ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
-        return cut_at_eos(ids.to(prompt_ids.device), eos_ids, pad_token_id)
+        return ids.to(prompt_ids.device)
 
 def _completion_ids(out) -> list[int]:
     "A vLLM completion's token ids, with the stop token it ended on (vLLM keeps it; this makes sure)."

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from dpo_notes.core import set_threads
 from dpo_notes.gpu import (VLLMSampler, bnb_4bit_config, check_4bit_args, load_4bit_kwargs, policy_weights, prepare_4bit,
                            require)
-from dpo_notes.online import cut_at_eos
+from dpo_notes.runtime import cut_at_eos
 from dpo_notes.toy import load_toy, make_toy_model, toy_prompts
 
 set_threads()
@@ -174,8 +174,8 @@ def test_sampler_scripted(toy):
         assert fake.instances == []                                           # built lazily
         with pytest.raises(RuntimeError, match="call sync_weights"): s.sample(P, M, eos_ids=[1, 4], pad_token_id=0)
         s.sync_weights(model)
-        ids, mask, eos = s.sample(P, M, num_samples=2, max_new_tokens=4, temperature=0.7, top_p=0.9, top_k=0,
-                                  eos_ids=[1, 4], pad_token_id=0)
+        ids, mask, eos = cut_at_eos(s.sample(P, M, num_samples=2, max_new_tokens=4, temperature=0.7, top_p=0.9, top_k=0,
+                                               eos_ids=[1, 4], pad_token_id=0), [1, 4], 0)
     assert ids.tolist() == [[5, 4, 0, 0], [9, 2, 1, 0], [2, 2, 3, 3], [1, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert eos.tolist() == [True, True, False, True]
@@ -201,8 +201,8 @@ def test_sampler_matches_cut_at_eos(toy):
               generation_kwargs={"min_new_tokens": 2})
     with mock.patch.dict(sys.modules, {"vllm": fake}):
         s = VLLMSampler(model, tok); s.sync_weights(model)
-        torch.manual_seed(1); out = s.sample(P, M, **kw)
-        torch.manual_seed(1); again = s.sample(P, M, **kw)
+        torch.manual_seed(1); out = cut_at_eos(s.sample(P, M, **kw), kw["eos_ids"], kw["pad_token_id"])
+        torch.manual_seed(1); again = cut_at_eos(s.sample(P, M, **kw), kw["eos_ids"], kw["pad_token_id"])
         with pytest.raises(ValueError, match=r"only min_new_tokens is supported, got \['repetition_penalty', 'top_a'\]"):
             s.sample(P, M, eos_ids=[1], pad_token_id=0, generation_kwargs={"top_a": 1, "repetition_penalty": 1.1})
     llm = fake.instances[0]
