@@ -37,11 +37,13 @@ def num_warmup_steps(cfg, total_steps: int) -> int:
     w = cfg.warmup_steps
     return int(w) if w >= 1 else math.ceil(total_steps * w)
 
+# %% ../nbs/15_runtime.ipynb #84d8d7a2
 def lr_lambda(step: int, warmup: int, total: int) -> float:
     "The multiplier of the peak learning rate at optimizer step `step`: 0→1 over `warmup` steps, then 1→0 at `total`."
     if step < warmup: return step / max(1, warmup)              # t / w
     return max(0.0, (total - step) / max(1, total - warmup))    # (T - t) / (T - w)
 
+# %% ../nbs/15_runtime.ipynb #e5b092d0
 def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     "Linear warmup, then linear decay to 0 at `total_steps` (transformers' `get_linear_schedule_with_warmup`)."
     return torch.optim.lr_scheduler.LambdaLR(
@@ -55,6 +57,7 @@ def use_bf16(cfg, device: torch.device) -> bool:
     if cfg.bf16 is not None: return cfg.bf16
     return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
+# %% ../nbs/15_runtime.ipynb #82de8c3d
 def autocast(cfg, device: torch.device):
     "The forward's precision context: bf16 autocast when `use_bf16`, fp16 autocast with `cfg.fp16`, else nothing (fp32)."
     if getattr(cfg, "fp16", False): return torch.autocast(device.type, dtype=torch.float16)
@@ -81,6 +84,7 @@ def accumulating(acc: Accelerator, model, last: bool):
         with acc.no_sync(model): yield
     finally: acc.gradient_state._set_sync_gradients(True)
 
+# %% ../nbs/15_runtime.ipynb #7d48fa15
 def configure_deepspeed(acc: Accelerator, cfg) -> None:
     "Under a DeepSpeed launch (`examples/accelerate_configs/zero2.yaml`), fill the config's 'auto' values from `cfg`."
     from accelerate.utils import DistributedType
@@ -94,6 +98,7 @@ def configure_deepspeed(acc: Accelerator, cfg) -> None:
     if ds.get("train_batch_size", "auto") == "auto": ds["train_batch_size"] = cfg.per_device_train_batch_size * acc.num_processes
     if ds.get("gradient_clipping", "auto") == "auto": ds["gradient_clipping"] = cfg.max_grad_norm
 
+# %% ../nbs/15_runtime.ipynb #a8209c85
 def sync_device(device) -> None:
     "Wait for the GPU so a timer measures the work, not the launch."
     if torch.device(device).type == "cuda": torch.cuda.synchronize()
@@ -104,19 +109,23 @@ def is_peft(model) -> bool:
     from accelerate.utils import is_peft_model
     return is_peft_model(model)
 
+# %% ../nbs/15_runtime.ipynb #e7b55aa7
 def unwrap(model):
     "The module under DDP/`torch.compile` wrappers (a peft model stays a peft model)."
     from accelerate.utils import extract_model_from_parallel
     return extract_model_from_parallel(model)
 
+# %% ../nbs/15_runtime.ipynb #bdf88e39
 def is_4bit(model) -> bool:
     "Whether `model`'s base weights were loaded in 4 bits (bitsandbytes, `--load_in_4bit`)."
     return bool(getattr(unwrap(model), "is_loaded_in_4bit", False))
 
+# %% ../nbs/15_runtime.ipynb #e179b0e6
 def on_device(model, device):
     "`model.to(device)`, except for 4-bit models: `from_pretrained` put them on their GPU, and they cannot be moved."
     return model if is_4bit(model) else model.to(device)
 
+# %% ../nbs/15_runtime.ipynb #f20f6ae0
 def disable_dropout(model):
     "Set every dropout probability in `model` to 0, in place; returns `model`."
     for m in model.modules():
@@ -141,6 +150,7 @@ def setup_policy(model, peft_config, cfg):
         if is_peft(model): model.enable_input_require_grads()   # frozen embeddings: give checkpointing a grad to follow
     return model
 
+# %% ../nbs/15_runtime.ipynb #8325bb3b
 def lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, target_modules=("all-linear",)):
     "A causal-LM `peft.LoraConfig`; `target_modules=['all-linear']` (TRL's default in its scripts) adapts every linear layer but the head."
     from peft import LoraConfig
@@ -158,6 +168,7 @@ def _fresh_lora(m) -> bool:
     others = [n for n, _ in m.named_parameters() if f".{name}." in n and "lora_A" not in n and "lora_B" not in n]
     return bool(Bs) and not others and all(not p.any() for p in Bs)
 
+# %% ../nbs/15_runtime.ipynb #7868f76b
 def add_reference_adapter(model) -> None:
     "Copy `model`'s active adapter into a frozen adapter named `REF_ADAPTER` (the active one stays active)."
     m = unwrap(model); name = m.active_adapter
@@ -181,6 +192,7 @@ def make_reference(model, ref_model=None, copy_adapter: bool | None = None):
     if copy_adapter and REF_ADAPTER not in m.peft_config: add_reference_adapter(m)
     return None
 
+# %% ../nbs/15_runtime.ipynb #41c01ea5
 @contextlib.contextmanager
 def reference_context(model, ref_model=None):
     """Yield the module to run as the reference (call it under `torch.no_grad()`): `ref_model`; else the peft `model`
@@ -214,11 +226,13 @@ def rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
+# %% ../nbs/15_runtime.ipynb #25e08137
 def set_rng_state(s: dict) -> None:
     "Restore what `rng_state` returned."
     random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+# %% ../nbs/15_runtime.ipynb #aaf915a3
 def weights_hash(model: nn.Module, skip: str | None = None) -> str:
     "sha256 of `model`'s tensors (names, dtypes, bytes), leaving out those whose name contains `skip`."
     h = hashlib.sha256()
@@ -244,6 +258,7 @@ def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = Fal
         if bar: hf_logging.enable_progress_bar()
     if tokenizer is not None: tokenizer.save_pretrained(path)
 
+# %% ../nbs/15_runtime.ipynb #7ceea1f7
 def _load_adapters(model, path: Path) -> None:
     "Load each adapter `save_model` wrote (the first at `path`, others in `path/<name>`) into peft `model`."
     from peft import set_peft_model_state_dict
@@ -256,6 +271,7 @@ def _load_adapters(model, path: Path) -> None:
         res = set_peft_model_state_dict(model, load_file(f), adapter_name=name)
         if res.unexpected_keys: raise ValueError(f"adapter checkpoint {f} has unexpected tensors {res.unexpected_keys[:5]}")
 
+# %% ../nbs/15_runtime.ipynb #7af99cde
 def load_weights(model, path: str | Path) -> None:
     "Load what `save_model` wrote into `model`, in place; raise if a tensor is missing (tied copies aside) or unknown."
     from safetensors.torch import load_file
@@ -288,6 +304,7 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, st
     accelerator.wait_for_everyone()
     return path
 
+# %% ../nbs/15_runtime.ipynb #7d441e6d
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) -> dict:
     "Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs; return the loop's `state`."
     path = Path(path)
