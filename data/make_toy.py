@@ -56,7 +56,7 @@ def make_prompts(split):
     return rows
 
 def make_prefs(model, tok, split):
-    "Pairs of `s` SFT samples per prompt, judged by the toy reward; ties and unfinished samples dropped."
+    "Pairs of `s` SFT samples per prompt, judged by the toy reward; ties, unfinished and empty samples dropped."
     prompts, k = toy.toy_prompts(split), PREF_PAIRS[split]
     torch.manual_seed(SEED + (split == "test"))
     comps, fins = toy.generate(model, tok, prompts, n=2 * k)
@@ -65,6 +65,7 @@ def make_prefs(model, tok, split):
         for j in range(k):
             a, b = 2 * k * i + 2 * j, 2 * k * i + 2 * j + 1
             if not (fins[a] and fins[b]): continue
+            if not (comps[a].strip() and comps[b].strip()): continue   # stopped at once: data.normalize_preference rejects it
             ra, rb = toy.reward(p, comps[a]), toy.reward(p, comps[b])
             if ra == rb: continue
             (c, rc), (r, rr) = sorted([(comps[a], ra), (comps[b], rb)], key=lambda x: -x[1])

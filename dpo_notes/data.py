@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #50453809
 from __future__ import annotations
-import copy, functools, os, re, warnings
+import copy, functools, json, logging, os, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -13,10 +13,10 @@ import torch
 # %% auto #0
 __all__ = ['SMOLLM2_GGUF', 'SMOLLM2_CHAT_TEMPLATE', 'PAD_CANDIDATES', 'HH_ASSISTANT', 'REF_KEYS', 'LOCAL_SUFFIXES',
            'smollm2_gguf_path', 'load_smollm2_tokenizer', 'ensure_pad_token', 'is_messages', 'split_hh', 'render_chat',
-           'normalize_preference', 'normalize_preferences', 'normalize_prompt', 'normalize_prompts', 'load_records',
-           'load_preferences', 'load_prompts', 'hh_to_messages', 'hh_to_chat', 'encode_prompts', 'encode_completions',
-           'truncate_preference', 'tokenize_preference', 'tokenize_preferences', 'Padder', 'PreferenceCollator',
-           'token_label_table', 'tokenize_prompts', 'PromptCollator']
+           'normalize_preference', 'normalize_preferences', 'normalize_prompt', 'normalize_prompts', 'json_problem',
+           'load_records', 'load_preferences', 'load_prompts', 'hh_to_messages', 'hh_to_chat', 'encode_prompts',
+           'encode_completions', 'truncate_preference', 'tokenize_preference', 'tokenize_preferences', 'Padder',
+           'PreferenceCollator', 'token_label_table', 'tokenize_prompts', 'PromptCollator']
 
 # %% ../nbs/05_data.ipynb #9f9cac8f
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -157,6 +157,17 @@ REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 def _summary(idxs, n=5):
     return ", ".join(map(str, idxs[:n])) + (", ..." if len(idxs) > n else "")
 
+def _nothing_left(n: int, invalid: list, same: list, drop_identical: bool) -> str:
+    "Why no pair is left to train on: the first reasons, each with the records (index) it applies to."
+    by_reason = {}
+    for i, msg in invalid: by_reason.setdefault(re.sub(r"^record \d+: ", "", msg), []).append(i)
+    why = [f"record{'s' * (len(ix) > 1)} {_summary(ix)}: {m}" for m, ix in list(by_reason.items())[:2]]
+    rest = sorted(i for ix in list(by_reason.values())[2:] for i in ix)
+    if rest: why.append(f"other problems in record{'s' * (len(rest) > 1)} {_summary(rest)}")
+    if same: why.append(f"chosen == rejected in record{'s' * (len(same) > 1)} {_summary(same)}, nothing to learn" +
+                        (" (dropped by drop_identical=True)" if drop_identical else "") + " (expected at least one pair whose completions differ)")
+    return f"normalize_preferences: no usable preference pair among {n} records: " + "; ".join(why)
+
 def normalize_preferences(data: Iterable[dict], tokenizer=None, drop_identical: bool = False, skip_invalid: bool = False,
                           allow_empty: bool = False):
     "Normalise every record of `data` (see `normalize_preference`) → a `datasets.Dataset` of prompt/chosen/rejected strings."
@@ -173,11 +184,12 @@ def normalize_preferences(data: Iterable[dict], tokenizer=None, drop_identical: 
         r.update({k: rec[k] for k in REF_KEYS if rec.get(k) is not None})
         rows.append(r)
     n = len(rows) + len(invalid) + (len(same) if drop_identical else 0)
+    if len(rows) == (0 if drop_identical else len(same)):          # not one pair with a preference: refuse
+        raise ValueError(_nothing_left(n, invalid, same, drop_identical))
     if invalid: warnings.warn(f"normalize_preferences: skipped {len(invalid)} of {n} invalid records "
                               f"({_summary([i for i, _ in invalid])}); first: {invalid[0][1]}")
     if same: warnings.warn(f"normalize_preferences: {len(same)} of {n} records have chosen == rejected "
                            f"({_summary(same)}): no preference signal; " + ("dropped" if drop_identical else "kept (drop_identical=True drops them)"))
-    if not rows: raise ValueError(f"normalize_preferences: no valid records among {n}")
     return Dataset.from_list(rows)
 
 # %% ../nbs/05_data.ipynb #cd5bfed3
@@ -196,8 +208,51 @@ def normalize_prompts(data: Iterable[dict], tokenizer=None):
     from datasets import Dataset
     return Dataset.from_list([normalize_prompt(r, i, tokenizer) for i, r in enumerate(data)])
 
+# %% ../nbs/05_data.ipynb #5c628dc4
+def _blank(p: Path, chunk: int = 1 << 16) -> bool:
+    "True when the file holds nothing but whitespace (read in chunks: a big file stops at its first character)."
+    with open(p, "rb") as f:
+        while block := f.read(chunk):
+            if block.strip(): return False
+    return True
+
+def _msg(e: json.JSONDecodeError) -> str: return e.msg.removesuffix(" starting at")   # "Unterminated string"
+
+def json_problem(path) -> str | None:
+    "The first problem of a .json/.jsonl file as 'line N: what, (expected ...)', or None when every record parses."
+    p = Path(path)
+    if _blank(p): return "the file is empty (expected one JSON object per line" + (", or a JSON list of objects)" if p.suffix == ".json" else ")")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if p.suffix == ".json" and text.lstrip().startswith("["):          # one JSON list of records
+        try: data = json.loads(text)
+        except json.JSONDecodeError as e: return f"line {e.lineno}, column {e.colno}: {_msg(e)} (expected a complete JSON list of objects)"
+        bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
+        return None if bad is None else f"item {bad}: expected a JSON object {{...}}, got {type(data[bad]).__name__}"
+    for n, line in enumerate(text.splitlines(), 1):                     # JSON Lines
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            return f"line {n}, column {e.colno}: {_msg(e)} (expected one complete JSON object per line, got {line[:40]!r})"
+        if not isinstance(rec, dict): return f"line {n}: expected a JSON object {{...}}, got {type(rec).__name__}"
+    return None
+
 # %% ../nbs/05_data.ipynb #2ecb3295
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+def _load_file(p: Path):
+    "One local file as a `Dataset` (its 'train' split); a broken file raises a ValueError naming it and the bad line."
+    from datasets import load_dataset
+    kind = LOCAL_SUFFIXES[p.suffix]
+    if kind == "json" and _blank(p): raise ValueError(f"{p}: {json_problem(p)}")
+    log = logging.getLogger("datasets"); level = log.level
+    log.setLevel(logging.CRITICAL)               # its own "Failed to load JSON" log line would precede ours
+    try: return load_dataset(kind, data_files=str(p), split="train")   # one file = one 'train' split
+    except Exception as e:
+        why = json_problem(p) if kind == "json" else None
+        if why: raise ValueError(f"{p}: {why}") from None
+        cause = e.__cause__ or e
+        raise ValueError(f"{p}: not a readable {kind} file ({type(cause).__name__}: {str(cause)[:200]})") from e
+    finally: log.setLevel(level)
 
 def load_records(source, split: str = "train"):
     "Raw records from a list/`Dataset` (as is), a local .json/.jsonl/.parquet file, or a hub dataset name."
@@ -206,17 +261,26 @@ def load_records(source, split: str = "train"):
     p = Path(source)
     if p.suffix in LOCAL_SUFFIXES:
         if not p.exists(): raise FileNotFoundError(f"no such data file: {p}")
-        return load_dataset(LOCAL_SUFFIXES[p.suffix], data_files=str(p), split="train")  # one file = one 'train' split
+        return _load_file(p)
     return load_dataset(str(source), split=split)       # the hub (needs the network)
+
+def _named(source, fn, *args):
+    "`fn(*args)`, with the data file's name in front of a ValueError it raises."
+    try: return fn(*args)
+    except ValueError as e:
+        if not isinstance(source, (str, os.PathLike)) or str(e).startswith(str(source)): raise
+        raise ValueError(f"{source}: {e}") from None
 
 def load_preferences(source, split: str = "train", tokenizer=None, drop_identical: bool = False, skip_invalid: bool = False,
                      allow_empty: bool = False):
     "Load preference data (file, hub name, list or `Dataset`) → a normalised `Dataset` of prompt/chosen/rejected strings."
-    return normalize_preferences(load_records(source, split), tokenizer, drop_identical, skip_invalid, allow_empty)
+    return _named(source, normalize_preferences, load_records(source, split), tokenizer, drop_identical, skip_invalid, allow_empty)
 
 def load_prompts(source, split: str = "train", tokenizer=None):
-    "Load a prompt-only set (file, hub name, list or `Dataset`) → a `Dataset` with one `prompt` string column."
-    return normalize_prompts(load_records(source, split), tokenizer)
+    "Load a prompt-only set (file, hub name, list or `Dataset`) → a `Dataset` with one `prompt` string column (non-empty)."
+    ds = _named(source, normalize_prompts, load_records(source, split), tokenizer)
+    if not len(ds): raise ValueError(f"{source}: no prompts (expected records with a 'prompt' field)")
+    return ds
 
 # %% ../nbs/05_data.ipynb #ab248f5a
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")

@@ -4,20 +4,21 @@
 
 # %% ../nbs/10_eval.ipynb #41873381
 from __future__ import annotations
-import html, math, warnings
+import contextlib, html, math, random, warnings
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
+import torch
 from .core import seed_everything
 from .judges import TIE, FAILED
 from .toy import distinct_n, distinct_rate
 
 # %% auto #0
-__all__ = ['WIN_RATE_ORDERS', 'RESULTS', 'wilson_interval', 'bootstrap_interval', 'judge_outcomes', 'completions_for',
-           'WinRateResult', 'summarize_outcomes', 'apply_unfinished', 'win_rate', 'win_rate_vs_dataset', 'render_row',
-           'RowPager', 'completion_viewer', 'rows_html']
+__all__ = ['WIN_RATE_ORDERS', 'RESULTS', 'wilson_interval', 'bootstrap_interval', 'judge_outcomes', 'forked_rng',
+           'completions_for', 'WinRateResult', 'summarize_outcomes', 'apply_unfinished', 'win_rate',
+           'win_rate_vs_dataset', 'render_row', 'RowPager', 'completion_viewer', 'rows_html']
 
 # %% ../nbs/10_eval.ipynb #9ec9b3bc
 def _z(conf: float) -> float:
@@ -90,6 +91,18 @@ def judge_outcomes(judge, prompts: Sequence[str], policy: Sequence[str], referen
                          "verdict_reference_first": pd.array(vrf, dtype="Float64"),
                          "outcome": [float(np.mean(s)) for s in scores]})  # mean of a list with a nan is nan
 
+# %% ../nbs/10_eval.ipynb #cb34d691
+@contextlib.contextmanager
+def forked_rng(seed: int):
+    "Run a block with torch, Python `random` and NumPy seeded by `seed`; restore their previous states afterwards."
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):   # saves and restores the CPU and CUDA generators
+            seed_everything(seed)
+            yield
+    finally: random.setstate(py); np.random.set_state(npy)
+
 # %% ../nbs/10_eval.ipynb #269a2685
 def _decoding(do_sample: bool, temperature: float, seed: int) -> str:
     return f"sampled (temperature={temperature}, seed={seed})" if do_sample else "greedy"
@@ -107,9 +120,9 @@ def completions_for(source, prompts: Sequence[str], tokenizer=None, *, name: str
         return source, None, "precomputed"
     if tokenizer is None: raise ValueError(f"tokenizer is required to generate with the {name} model")
     from dpo_notes.toy import generate                                 # batched, left-padded, cut at EOS
-    seed_everything(seed)
-    comps, finished = generate(source, tokenizer, list(prompts), n=1, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, do_sample=do_sample)
+    with forked_rng(seed):                                             # seeded, without resetting the caller's streams
+        comps, finished = generate(source, tokenizer, list(prompts), n=1, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, do_sample=do_sample)
     return list(comps), list(finished), _decoding(do_sample, temperature, seed)
 
 # %% ../nbs/10_eval.ipynb #6353ab9d

