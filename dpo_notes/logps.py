@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'LOGITS_PER_CHUNK', 'selective_logps', 'shift_labels', 'get_batch_logps', 'positions_from_mask',
            'linear_logps', 'unwrap_peft', 'unwrap_parallel', 'decoder_and_head', 'final_hidden_states', 'head_logps',
-           'check_batch', 'concatenated_forward']
+           'check_batch', 'ld_token_weights', 'wpo_weights', 'concatenated_forward']
 
 # %% ../nbs/04_logps.ipynb #330d6fbd
 IGNORE_INDEX = -100   # label of prompt and padding positions: not scored
@@ -132,12 +132,13 @@ def _chunk_logits(h, w, b, acc, T):
 
 # %% ../nbs/04_logps.ipynb #0b00a5e9
 class _LinearLogps(torch.autograd.Function):
-    "Per-token log-probs and mean logit of `(h @ W.T + b) / T`, `rows` tokens at a time. See `linear_logps`."
+    "Per-token log-probs, mean logit and (optionally) log Σ p² of `(h @ W.T + b) / T`, `rows` tokens at a time. See `linear_logps`."
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, temperature, rows, finish_now):
+    def forward(ctx, h, weight, bias, targets, temperature, rows, finish_now, want_sq):
         dt = _compute_dtype(h); acc = _acc_dtype(dt); T = temperature
         M = h.shape[0]
         logps, means, lse = (h.new_empty(M, dtype=acc) for _ in range(3))
+        sq = h.new_empty(M if want_sq else 0, dtype=acc)
         grad_h = h.new_empty(h.shape, dtype=acc) if finish_now else None
         with torch.autocast(h.device.type, enabled=False):           # we pick every dtype ourselves
             w = weight.to(dt); b = None if bias is None else bias.to(dt)
@@ -146,19 +147,20 @@ class _LinearLogps(torch.autograd.Function):
                 means[s:s+rows] = z.mean(-1)
                 lse[s:s+rows] = l = torch.logsumexp(z, -1)
                 logps[s:s+rows] = z.gather(-1, t).squeeze(-1) - l
+                if want_sq: sq[s:s+rows] = torch.logsumexp(2 * z, -1) - 2 * l   # log Σ p² = lse(2z) − 2·lse(z)
                 if finish_now:      # frozen head: d logp / dh = (onehot - softmax) W / T, now, while z is here
                     G = z.sub_(l[:, None]).exp_().neg_().scatter_add_(-1, t, torch.ones_like(l[:, None])).div_(T)
                     grad_h[s:s+rows] = _mm_acc(G.to(dt), w)
         if finish_now: ctx.save_for_backward(grad_h)
         else: ctx.save_for_backward(h, weight, bias, targets, lse)
         ctx.finish_now, ctx.T, ctx.rows, ctx.dt, ctx.h_dtype = finish_now, T, rows, dt, h.dtype
-        ctx.mark_non_differentiable(means)
-        return logps, means
+        ctx.mark_non_differentiable(means, sq)
+        return logps, means, sq
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logps, _grad_means):
-        nones = (None,) * 4                                           # targets, temperature, rows, finish_now
+    def backward(ctx, grad_logps, _grad_means, _grad_sq):
+        nones = (None,) * 5                                           # targets, temperature, rows, finish_now, want_sq
         if ctx.finish_now:
             (grad_h,) = ctx.saved_tensors
             return (grad_h * grad_logps[:, None]).to(ctx.h_dtype), None, None, *nones
@@ -184,20 +186,23 @@ class _LinearLogps(torch.autograd.Function):
 
 # %% ../nbs/04_logps.ipynb #a5cddc3e
 def linear_logps(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                 temperature: float = 1.0, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 temperature: float = 1.0, chunk_size: int | None = None,
+                 return_log_sum_sq_probs: bool = False) -> tuple[torch.Tensor, ...]:
     """Log-probs of `targets` under `softmax((h @ weight.T + bias) / temperature)`, and each row's mean logit.
 
     h: (M, H) hidden states; weight: (V, H); bias: (V,) or None; targets: (M,) in [0, V). Returns `logps` (M,)
-    (differentiable, fp32) and `mean_logits` (M,) (detached, fp32). The (M, V) logits exist `chunk_size` rows at a
-    time (default ~16M logits per chunk); with a frozen head the gradient of `h` is finished in the forward."""
+    (differentiable, fp32) and `mean_logits` (M,) (detached, fp32), then with `return_log_sum_sq_probs` each row's
+    log Σ_v p_v² (M,) (detached, fp32; WPO's, TRL's `log_sum_sq_probs`). The (M, V) logits exist `chunk_size` rows
+    at a time (default ~16M logits per chunk); with a frozen head the gradient of `h` is finished in the forward."""
     _check_temperature(temperature)
     if h.ndim != 2 or weight.ndim != 2 or h.shape[1] != weight.shape[1]:
         raise ValueError(f"h has shape {tuple(h.shape)} and weight {tuple(weight.shape)}: expected (M, H) and (V, H)")
     if targets.shape != h.shape[:1]: raise ValueError(f"targets has shape {tuple(targets.shape)}, expected ({h.shape[0]},)")
     finish_now = (torch.is_grad_enabled() and h.requires_grad and not weight.requires_grad
                   and (bias is None or not bias.requires_grad))
-    return _LinearLogps.apply(h, weight, bias, targets.long(), float(temperature),
-                              _rows_per_chunk(weight.shape[0], chunk_size), finish_now)
+    logps, means, sq = _LinearLogps.apply(h, weight, bias, targets.long(), float(temperature),
+                                          _rows_per_chunk(weight.shape[0], chunk_size), finish_now, bool(return_log_sum_sq_probs))
+    return (logps, means, sq) if return_log_sum_sq_probs else (logps, means)
 
 # %% ../nbs/04_logps.ipynb #c0c3fff5
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
@@ -260,24 +265,27 @@ def final_hidden_states(model: nn.Module, decoder: nn.Module, **inputs) -> torch
 def _head_vocab(head: nn.Module) -> int:
     return getattr(head, "out_features", None) or head.weight.shape[0]
 
-def _module_head_logps(head, h, targets, temperature, rows):
+def _module_head_logps(head, h, targets, temperature, rows, want_sq=False):
     "Any head module: logits of `rows` tokens at a time, recomputed in the backward (activation checkpointing)."
     def chunk(hc, tc):
         z = head(hc)
-        return selective_logps(z, tc, temperature=temperature), (z.to(_acc_dtype(z.dtype)) / temperature).mean(-1).detach()
+        za = z.to(_acc_dtype(z.dtype)) / temperature
+        sq = (torch.logsumexp(2 * za, -1) - 2 * torch.logsumexp(za, -1)).detach() if want_sq else za.new_zeros(0)
+        return selective_logps(z, tc, temperature=temperature), za.mean(-1).detach(), sq
     ckpt = torch.is_grad_enabled()
     outs = [checkpoint(chunk, h[s:s+rows], targets[s:s+rows], use_reentrant=False) if ckpt else chunk(h[s:s+rows], targets[s:s+rows])
             for s in range(0, h.shape[0], rows)]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    return tuple(torch.cat([o[i] for o in outs]) for i in range(3 if want_sq else 2))
 
 def head_logps(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-               chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               chunk_size: int | None = None, return_log_sum_sq_probs: bool = False) -> tuple[torch.Tensor, ...]:
     """Per-token log-probs (M,) and mean logits (M,) of `targets` (M,) from final hidden states h (M, H) and the
-    LM head module: `linear_logps` for a plain linear head, chunked + checkpointed module calls otherwise."""
+    LM head module (and, with `return_log_sum_sq_probs`, log Σ_v p_v² (M,)): `linear_logps` for a plain linear
+    head, chunked + checkpointed module calls otherwise."""
     lin = _plain_linear(head)
-    if lin is not None: return linear_logps(h, lin.weight, lin.bias, targets, temperature, chunk_size)
-    if h.shape[0] == 0: return h.new_zeros(0, dtype=torch.float32), h.new_zeros(0, dtype=torch.float32)
-    return _module_head_logps(head, h, targets, temperature, _rows_per_chunk(_head_vocab(head), chunk_size))
+    if lin is not None: return linear_logps(h, lin.weight, lin.bias, targets, temperature, chunk_size, return_log_sum_sq_probs)
+    if h.shape[0] == 0: return (h.new_zeros(0, dtype=torch.float32),) * (3 if return_log_sum_sq_probs else 2)
+    return _module_head_logps(head, h, targets, temperature, _rows_per_chunk(_head_vocab(head), chunk_size), return_log_sum_sq_probs)
 
 # %% ../nbs/04_logps.ipynb #f9ac633c
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels")
@@ -310,37 +318,79 @@ def check_batch(batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         raise ValueError("batch['labels'] has labels where attention_mask == 0: padding must be labelled -100")
     return ids, am, labels
 
-# %% ../nbs/04_logps.ipynb #e4d255d3
+# %% ../nbs/04_logps.ipynb #8ee7981a
 def _chosen_rejected(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Split a (2B, ...) tensor into its chosen (B, ...) and rejected (B, ...) halves."
     return x[: x.shape[0] // 2], x[x.shape[0] // 2:]
 
+def ld_token_weights(mask: torch.Tensor, ld_alpha: float) -> torch.Tensor:
+    """LD-DPO's token weights (2B, T) for a completion mask (2B, T), rows [chosen; rejected]: 1 on the first
+    min(|y_w|, |y_l|) completion tokens of each row (the length the pair shares), `ld_alpha` on the tokens beyond it,
+    0 off the completion. `(per_token_logps * weights).sum(-1)` is TRL 1.16's `ld_alpha` log-prob."""
+    if not (isinstance(ld_alpha, (int, float)) and 0.0 <= ld_alpha <= 1.0):
+        raise ValueError(f"ld_alpha must be a number in [0, 1], got {ld_alpha!r}")
+    if mask.ndim != 2 or mask.shape[0] % 2: raise ValueError(f"mask must be (2B, T) with rows [chosen; rejected], got {tuple(mask.shape)}")
+    m = mask.bool()
+    pos = m.long().cumsum(-1)                                      # 1, 2, ... along each completion
+    c, r = _chosen_rejected(m.sum(-1))
+    shared = torch.minimum(c, r).repeat(2)[:, None]                # the pair's shared length, on both of its rows
+    w = torch.where(pos <= shared, 1.0, float(ld_alpha))
+    return w * m
+
+# %% ../nbs/04_logps.ipynb #8447887a
+@torch.no_grad()
+def wpo_weights(per_token_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """WPO's pair weights (B,), detached: w(y) = exp(mean over y's tokens of log p(y_t) − log Σ_v p_v²), chosen × rejected.
+
+    per_token_logps, log_sum_sq_probs, mask: (2B, T), rows [chosen; rejected] (TRL 1.16's `use_weighting`)."""
+    if not per_token_logps.shape == log_sum_sq_probs.shape == mask.shape or mask.ndim != 2 or mask.shape[0] % 2:
+        raise ValueError(f"per_token_logps, log_sum_sq_probs, mask must share one (2B, T) shape, got "
+                         f"{tuple(per_token_logps.shape)}, {tuple(log_sum_sq_probs.shape)}, {tuple(mask.shape)}")
+    aligned = (per_token_logps - log_sum_sq_probs) * mask          # log p(y_t) − log Σ_v p_v², on completion tokens
+    w = torch.exp(aligned.sum(-1) / mask.sum(-1).clamp(min=1))     # geometric mean over the completion's tokens
+    c, r = _chosen_rejected(w)
+    return c * r
+
+# %% ../nbs/04_logps.ipynb #e4d255d3
+def _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, lean, want_sq):
+    """Per-token log-probs (2B, T-1) (0 off the completion, differentiable), per-row sums of mean logits (2B,),
+    and log Σ_v p_v² (2B, T-1) (or None), from the lean head or (`lean=False`, or where it cannot run) full logits."""
+    parts = decoder_and_head(model) if lean else None
+    if parts is not None:
+        decoder, head = parts
+        hidden = final_hidden_states(model, decoder, input_ids=ids, attention_mask=am, position_ids=pos)
+        outs = head_logps(head, hidden[:, :-1][mask], targets[mask], temperature, chunk_size, want_sq)
+        dense = lambda v: torch.zeros(mask.shape, dtype=v.dtype, device=v.device).masked_scatter(mask, v)
+        return dense(outs[0]), dense(outs[1]).sum(-1), dense(outs[2]) if want_sq else None
+    logits = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=False).logits[:, -ids.shape[1]:][:, :-1]
+    tok_logps = selective_logps(logits, targets, temperature=temperature) * mask
+    with torch.no_grad():
+        z = logits.float() / temperature
+        sq = torch.logsumexp(2 * z, -1) - 2 * torch.logsumexp(z, -1) if want_sq else None
+        return tok_logps, (z.mean(-1) * mask).sum(-1), sq
+
 def concatenated_forward(model: nn.Module, batch: Mapping, temperature: float = 1.0, chunk_size: int | None = None,
-                         lean: bool = True) -> dict[str, torch.Tensor]:
+                         lean: bool = True, ld_alpha: float | None = None, use_weighting: bool = False) -> dict[str, torch.Tensor]:
     """Chosen and rejected completion log-probs from one forward pass of `model` on the whole preference batch.
 
     batch: `input_ids`, `attention_mask`, `labels`, each (2B, T), rows [chosen; rejected], labels -100 on prompt and
     padding (any padding side). `temperature` divides the logits. Returns a dict of `chosen_logps`,
     `rejected_logps` (B,) summed log-probs (differentiable), `chosen_lengths`, `rejected_lengths` (B,) completion
     token counts, and `mean_chosen_logits`, `mean_rejected_logits` (0-d, detached): TRL's `logits/chosen` and
-    `logits/rejected`. `lean=True` runs the LM head only on completion positions, in chunks of `chunk_size` rows."""
+    `logits/rejected`. `lean=True` runs the LM head only on completion positions, in chunks of `chunk_size` rows.
+    `ld_alpha` (LD-DPO): the sums weight tokens beyond the pair's shared length by it (`ld_token_weights`), and
+    `sft_chosen_logps` (B,) keeps the plain chosen sums for the 'sft' loss. `use_weighting` (WPO): adds
+    `wpo_weights` (B,), detached (`wpo_weights`)."""
     _check_temperature(temperature)
     ids, am, labels = check_batch(batch)
     pos = positions_from_mask(am)                          # same positions whatever the padding side
     targets, mask = shift_labels(labels)                   # (2B, T-1): the token position t must predict
-    parts = decoder_and_head(model) if lean else None
-    if parts is not None:
-        decoder, head = parts
-        hidden = final_hidden_states(model, decoder, input_ids=ids, attention_mask=am, position_ids=pos)
-        tok_logps, tok_means = head_logps(head, hidden[:, :-1][mask], targets[mask], temperature, chunk_size)
-        row = mask.nonzero()[:, 0]                         # the sequence each scored token belongs to
-        logps = tok_logps.new_zeros(ids.shape[0]).index_add(0, row, tok_logps)
-        mean_sums = tok_means.new_zeros(ids.shape[0]).index_add(0, row, tok_means)
-    else:
-        logits = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=False).logits[:, -ids.shape[1]:]
-        logps = get_batch_logps(logits, labels, temperature=temperature)
-        with torch.no_grad(): mean_sums = ((logits[:, :-1].float() / temperature).mean(-1) * mask).sum(-1)
+    tok_logps, mean_sums, sq = _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, lean, use_weighting)
+    weights = mask if ld_alpha is None else ld_token_weights(mask, ld_alpha)
     lengths = mask.sum(-1)
-    (cl, rl), (cm, rm), (cn, rn) = map(_chosen_rejected, (logps, mean_sums, lengths))
-    return dict(chosen_logps=cl, rejected_logps=rl, chosen_lengths=cn, rejected_lengths=rn,
-                mean_chosen_logits=cm.sum() / cn.sum(), mean_rejected_logits=rm.sum() / rn.sum())
+    (cl, rl), (cm, rm), (cn, rn) = map(_chosen_rejected, ((tok_logps * weights).sum(-1), mean_sums, lengths))
+    out = dict(chosen_logps=cl, rejected_logps=rl, chosen_lengths=cn, rejected_lengths=rn,
+               mean_chosen_logits=cm.sum() / cn.sum(), mean_rejected_logits=rm.sum() / rn.sum())
+    if ld_alpha is not None: out["sft_chosen_logps"] = _chosen_rejected(tok_logps.sum(-1))[0]
+    if use_weighting: out["wpo_weights"] = wpo_weights(tok_logps.detach(), sq, mask)
+    return out

@@ -190,3 +190,30 @@ def test_bad_batches():
     }
     for msg, bad in cases.items():
         with pytest.raises(ValueError, match=__import__("re").escape(msg)): concatenated_forward(model, bad)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_ld_alpha_and_wpo_lean_equals_full_logits(arch):
+    "LD-DPO sums, plain `sft_chosen_logps` and WPO weights: lean head = full-logits path = naive, left or right padded."
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from dpo_notes.logps import ld_token_weights, shift_labels, wpo_weights
+    torch.manual_seed(0)
+    model = _llama(0) if arch == "llama" else GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=H, n_layer=2, n_head=4,
+                                                                        n_positions=64, initializer_range=0.2)).eval()
+    g = torch.Generator().manual_seed(5)
+    R = lambda n: torch.randint(3, V, (n,), generator=g).tolist()
+    pairs = [(R(3), R(4), R(2)), (R(6), R(1), R(5)), (R(2), R(7), R(3))]
+    right, left = _pref_batch(pairs, "right"), _pref_batch(pairs, "left")
+    with torch.no_grad():
+        outs = [concatenated_forward(model, b, ld_alpha=0.25, use_weighting=True, lean=lean, chunk_size=5)
+                for b in (right, left) for lean in (True, False)]
+        logits = model(input_ids=right["input_ids"], attention_mask=right["attention_mask"]).logits[:, :-1]
+    targets, mask = shift_labels(right["labels"])
+    ls = logits.log_softmax(-1)
+    tok = ls.gather(-1, targets[..., None])[..., 0] * mask
+    want = dict(ld=(tok * ld_token_weights(mask, 0.25)).sum(-1), sft=tok.sum(-1)[:3],
+                w=wpo_weights(tok, torch.logsumexp(2 * ls, -1), mask))
+    assert (want["ld"] - tok.sum(-1)).abs().max() > 0.1          # the pairs differ in length: LD changes the sums
+    for o in outs:
+        _close(torch.cat([o["chosen_logps"], o["rejected_logps"]]), want["ld"])
+        _close(o["sft_chosen_logps"], want["sft"]); _close(o["wpo_weights"], want["w"])
