@@ -1,6 +1,7 @@
-"""Our hand-written DPO loop (`dpo_notes.train`) against TRL 1.16's `DPOTrainer`, plus exact resume and the
-precomputed-reference cache. Everything runs on CPU on the shipped toy "s" model in well under a minute."""
-import copy, warnings
+"""Our hand-written DPO loop (`dpo_notes.train`) against TRL 1.16's `DPOTrainer` (the step with TRL's loss options,
+ten steps, an arriving LoRA adapter, TR-DPO), plus exact resume, the precomputed-reference cache and TR-DPO under LoRA.
+Everything runs on CPU on the shipped toy "s" model."""
+import copy, math, warnings
 
 import pytest
 import torch
@@ -8,7 +9,10 @@ import torch
 from dpo_notes.core import set_threads
 from dpo_notes.toy import load_toy, load_toy_dataset
 from dpo_notes.data import PreferenceCollator
-from dpo_notes.train import DPOConfig, dpo_step, make_reference, precompute_ref_logps, prepare_examples, train_dpo
+from dpo_notes.runtime import REF_ADAPTER
+from dpo_notes.train import (DPOConfig, dpo_step, make_reference, mix_low_rank, packed_forward, plain_dpo_step,
+                             plain_dpo_train, precompute_ref_logps, prepare_examples, ref_cache_key, train_dpo)
+import dpo_notes.train as train
 
 set_threads()
 warnings.filterwarnings("ignore")
@@ -35,34 +39,44 @@ def trl_trainer(model, tok, pairs, out, **kw):
                       train_dataset=Dataset.from_list(trl_records(pairs)), processing_class=tok)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-def test_step_matches_trl(toy, tmp_path, loss_type):
+STEP_OPTIONS = [dict(loss_type="sigmoid"), dict(loss_type="ipo"), dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]),
+                dict(ld_alpha=0.5), dict(use_weighting=True), dict(f_divergence_type="js_divergence"),
+                dict(loss_type="exo_pair", label_smoothing=1e-3), dict(loss_type=["sigmoid", "sft"], ld_alpha=0.3)]
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+@pytest.mark.parametrize("opts", STEP_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_step_matches_trl(toy, tmp_path, opts, padding_free):
+    "The trainer's step with TRL's loss options (lists with weights, LD-DPO, WPO, f-divergences) equals TRL's, packed or padded."
     model, tok, pairs = toy
     B, beta = 6, 0.3
     policy = copy.deepcopy(model).train()
+    torch.manual_seed(0)
     with torch.no_grad():                       # move the policy off the reference so the rewards are not all 0
         for p in policy.parameters(): p.add_(0.02 * torch.randn_like(p))
     ref = copy.deepcopy(model)
-    trainer = trl_trainer(copy.deepcopy(policy), tok, pairs, tmp_path, beta=beta, loss_type=loss_type,
-                          per_device_train_batch_size=B)
+    trainer = trl_trainer(copy.deepcopy(policy), tok, pairs, tmp_path, beta=beta, per_device_train_batch_size=B, **opts)
     trainer.ref_model.load_state_dict(ref.state_dict())
     trainer.model.train()
     trl_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(B)])
     trl_loss = trainer.compute_loss(trainer.model, trl_batch).item()
     trl_m = {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
-    cfg = DPOConfig(output_dir=None, beta=beta, loss_type=loss_type)
+    cfg = DPOConfig(output_dir=None, beta=beta, padding_free=padding_free, **opts)
     batch = PreferenceCollator.from_tokenizer(tok)(prepare_examples(pairs[:B], tok, cfg))
     # same tokens, same completion mask: what we compare below is the step itself
     assert torch.equal(batch["input_ids"], trl_batch["input_ids"])
     assert torch.equal(batch["labels"], trl_batch["input_ids"].masked_fill(trl_batch["completion_mask"] == 0, -100))
     loss, m = dpo_step(policy, make_reference(policy, ref), batch, cfg)
-    assert abs(loss.item() - trl_loss) < 1e-5
-    assert abs(m["loss"] - trl_loss) < 1e-5
+    assert abs(loss.item() - trl_loss) < 1e-5 * max(1.0, abs(trl_loss)), (loss.item(), trl_loss)
+    assert abs(m["loss"] - trl_loss) < 1e-5 * max(1.0, abs(trl_loss))
     for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
               "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected"):
-        assert abs(m[k] - trl_m[k]) < 1e-5, (k, m[k], trl_m[k])
+        assert abs(m[k] - trl_m[k]) < 1e-5 * max(1.0, abs(trl_m[k])), (k, m[k], trl_m[k])
     assert abs(m["rewards/margins"]) > 1e-3     # a non-trivial comparison
+    if opts == STEP_OPTIONS[0] and padding_free:  # the plain step of the notebook's first half gives the same numbers
+        pl, pm = plain_dpo_step(policy, ref, batch, beta=beta)
+        assert abs(pl.item() - trl_loss) < 1e-5 and abs(pm["rewards/margins"] - trl_m["rewards/margins"]) < 1e-5
 
 
 def test_ten_steps_match_trl(toy, tmp_path):
@@ -84,8 +98,8 @@ def test_ten_steps_match_trl(toy, tmp_path):
     assert ours.history[-1]["loss"] < ours.history[0]["loss"] - 0.01      # and it learned something
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_resume_is_exact(toy, tmp_path, lora):
+@pytest.mark.parametrize("lora,tr_dpo", [(False, False), (True, False), (False, True), (True, True)])
+def test_resume_is_exact(toy, tmp_path, lora, tr_dpo):
     model, tok, pairs = toy
     peft_config = None
     if lora:
@@ -93,17 +107,22 @@ def test_resume_is_exact(toy, tmp_path, lora):
         peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
     cfg = DPOConfig(output_dir=str(tmp_path / "run"), learning_rate=3e-3, per_device_train_batch_size=4,
                     gradient_accumulation_steps=2, num_train_epochs=2, warmup_steps=0.2, save_steps=3,
-                    logging_steps=1, disable_tqdm=True)     # 6 steps per epoch: the resume crosses an epoch boundary
+                    logging_steps=1, disable_tqdm=True,      # 6 steps per epoch: the resume crosses an epoch boundary
+                    sync_ref_model=tr_dpo, ref_model_sync_steps=2)   # TR-DPO: the reference moves at steps 2, 4, ...
     straight = train_dpo(copy.deepcopy(model), tok, pairs, cfg, peft_config=peft_config)
     # a fresh start from the SFT weights, as a new process would have, then the checkpoint written at step 3
     resumed = train_dpo(copy.deepcopy(model), tok, pairs, cfg, peft_config=peft_config,
                         resume_from_checkpoint=tmp_path / "run" / "checkpoint-3")
-    assert len(straight.history) == len(resumed.history) == 12
-    for a, b in zip(straight.history, resumed.history):
-        assert abs(a["loss"] - b["loss"]) < 1e-6 and a["step"] == b["step"]
+    la, lb = straight.train_df, resumed.train_df
+    assert len(la) == len(lb) == 12 and la.step.tolist() == lb.step.tolist()
+    assert (la.loss - lb.loss).abs().max() < 1e-6
     sa, sb = straight.model.state_dict(), resumed.model.state_dict()
     assert sa.keys() == sb.keys()
     assert max((sa[k] - sb[k]).abs().max().item() for k in sa) < 1e-6
+    if tr_dpo and lora: assert any(f".{REF_ADAPTER}." in k for k in sa)
+    if tr_dpo and not lora:
+        ra, rb = straight.ref_model.state_dict(), resumed.ref_model.state_dict()
+        assert max((ra[k] - rb[k]).abs().max().item() for k in ra) < 1e-6
 
 
 def test_precomputed_reference(toy, tmp_path):
@@ -134,6 +153,174 @@ def test_precomputed_reference(toy, tmp_path):
 
 def test_config_rejects_bad_values():
     for kw, field in [({"beta": 0}, "beta"), ({"loss_type": "kto"}, "loss_type"), ({"label_smoothing": 0.5}, "label_smoothing"),
+                      ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "loss_weights"), ({"ld_alpha": -0.1}, "ld_alpha"),
+                      ({"f_divergence_type": "tv"}, "f_divergence_type"), ({"loss_type": "aot", "use_weighting": True}, "use_weighting"),
+                      ({"loss_type": "bco_pair", "f_divergence_type": "forward_kl"}, "f_divergence_type"),
+                      ({"ref_model_mixup_alpha": 1.5}, "ref_model_mixup_alpha"), ({"ref_model_sync_steps": 0}, "ref_model_sync_steps"),
+                      ({"sync_ref_model": True, "precompute_ref_logps": True}, "sync_ref_model"),
                       ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"), ({"warmup_steps": -1}, "warmup_steps"),
                       ({"max_prompt_length": 600, "max_length": 512}, "max_prompt_length")]:
         with pytest.raises(ValueError, match=field): DPOConfig(**kw)
+
+
+def trained_adapter(model, seed=0):
+    "A LoRA model whose adapter is already trained (non-zero B), as after an SFT-with-LoRA run."
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(seed)
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                           target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.5)
+    return lora
+
+
+def test_arriving_adapter_is_the_reference(toy):
+    "Issue 10, bug 1: a model that arrives with a trained adapter is scored against base + that adapter."
+    import math
+    model, tok, pairs = toy
+    cfg = DPOConfig(output_dir=None, max_steps=1, logging_steps=1, per_device_train_batch_size=8, shuffle=False,
+                    disable_tqdm=True)
+    h = train_dpo(trained_adapter(model), tok, pairs[:8], cfg).history[0]
+    assert abs(h["loss"] - math.log(2)) < 1e-6, h["loss"]          # the policy *is* the reference at step 0
+    assert abs(h["rewards/chosen"]) < 1e-6 and abs(h["rewards/margins"]) < 1e-6
+    # the precomputed path and its cache use the same reference
+    h = train_dpo(trained_adapter(model), tok, pairs[:8], DPOConfig(**{**cfg.__dict__, "precompute_ref_logps": True})).history[0]
+    assert abs(h["loss"] - math.log(2)) < 1e-6, h["loss"]
+
+
+def test_arriving_adapter_matches_trl(toy, tmp_path):
+    "Four steps from a trained adapter, ours against TRL 1.16 (which copies the adapter into a frozen 'ref' adapter)."
+    from datasets import Dataset
+    from trl import DPOConfig as TRLConfig, DPOTrainer
+    model, tok, pairs = toy
+    hp = dict(learning_rate=3e-3, per_device_train_batch_size=4, max_steps=4, beta=0.1, max_grad_norm=1.0)
+    args = TRLConfig(output_dir=str(tmp_path), report_to=[], bf16=False, gradient_checkpointing=False, use_cpu=True,
+                     train_sampling_strategy="sequential", save_strategy="no", disable_tqdm=True, logging_steps=1,
+                     seed=0, **hp)
+    trainer = DPOTrainer(model=trained_adapter(model), ref_model=None, args=args,
+                         train_dataset=Dataset.from_list(trl_records(pairs)), processing_class=tok)
+    assert "ref" in trainer.model.peft_config
+    trainer.train()
+    trl_log = [h for h in trainer.state.log_history if "loss" in h and "rewards/margins" in h]
+    ours = train_dpo(trained_adapter(model), tok, pairs, DPOConfig(output_dir=None, shuffle=False, logging_steps=1, seed=0,
+                                                                   disable_tqdm=True, **hp)).history
+    assert len(ours) == len(trl_log) == 4
+    assert abs(trl_log[0]["loss"] - 0.6931) < 1e-4
+    for a, b in zip(ours, trl_log):
+        for k in ("loss", "rewards/chosen", "rewards/margins", "logps/chosen"):
+            assert abs(a[k] - b[k]) < 1e-4 * max(1.0, abs(b[k])), (a["step"], k, a[k], b[k])
+
+
+def test_cache_key_follows_the_reference_adapter(toy):
+    "The cache key hashes the arriving adapter's frozen copy (a changed starting adapter: a new key), not the trained one."
+    model, tok, pairs = toy
+    cfg = DPOConfig(output_dir=None)
+    ex = prepare_examples(pairs[:4], tok, cfg)
+    lora = trained_adapter(model)
+    make_reference(lora)
+    key = ref_cache_key(lora, None, ex, cfg)
+    q = lora.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad(): q.lora_B["default"].weight.add_(1.0)
+    assert ref_cache_key(lora, None, ex, cfg) == key
+    with torch.no_grad(): q.lora_B[REF_ADAPTER].weight.add_(1.0)
+    assert ref_cache_key(lora, None, ex, cfg) != key
+
+
+def test_cdpo_warns_once():
+    "Issue 10, bug 4: label_smoothing with 'sigmoid' is cDPO here, ignored by TRL 1.16: one warning per process."
+    train._CDPO_WARNED[0] = False
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        DPOConfig(label_smoothing=0.1); DPOConfig(label_smoothing=0.2); DPOConfig(loss_type="robust", label_smoothing=0.1)
+    msgs = [str(x.message) for x in w if "cDPO" in str(x.message)]
+    assert len(msgs) == 1 and "TRL 1.16 ignores label_smoothing" in msgs[0], msgs
+    train._CDPO_WARNED[0] = False
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        DPOConfig(loss_type="robust", label_smoothing=0.1)
+    assert not [x for x in w if "cDPO" in str(x.message)]
+
+
+def test_plain_loop_step_equals_trainer_step(toy):
+    "One step of `plain_dpo_train` and of `train_dpo` (no clipping, no warmup) leave the same weights."
+    model, tok, pairs = toy
+    a = copy.deepcopy(model)
+    plain_dpo_train(a, tok, pairs[:8], learning_rate=1e-3, batch_size=8, seed=3)
+    b = train_dpo(copy.deepcopy(model), tok, pairs[:8], DPOConfig(output_dir=None, learning_rate=1e-3, max_steps=1,
+                  max_grad_norm=0, per_device_train_batch_size=8, seed=3, disable_tqdm=True)).model
+    upd = lambda net: torch.cat([(x - y).flatten() for x, y in zip(net.parameters(), model.parameters())])
+    da, db = upd(a), upd(b)
+    assert float((da - db).norm() / da.norm()) < 1e-3 and float((da - db).abs().max()) < 1e-4
+
+
+def test_tr_dpo_matches_trl(toy, tmp_path):
+    "TR-DPO with a full model: our losses and our reference weights after the syncs equal TRL 1.16's (sync_ref_model=True)."
+    model, tok, pairs = toy
+    hp = dict(learning_rate=3e-3, per_device_train_batch_size=4, max_steps=6, beta=0.1, max_grad_norm=1.0,
+              sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=0.6)
+    trainer = trl_trainer(copy.deepcopy(model), tok, pairs, tmp_path, **hp)
+    trainer.train()
+    trl_log = [h for h in trainer.state.log_history if "loss" in h and "rewards/margins" in h]
+    ours = train_dpo(copy.deepcopy(model), tok, pairs, DPOConfig(output_dir=None, shuffle=False, logging_steps=1, seed=0,
+                                                                 disable_tqdm=True, **hp))
+    log = ours.train_df.to_dict("records")
+    assert len(log) == len(trl_log) == 6
+    assert [h["step"] for h in ours.history if "ref_sync/rel_error" in h] == [2, 4, 6]
+    for a, b in zip(log, trl_log):
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (a["step"], a["loss"], b["loss"])
+        assert abs(a["rewards/margins"] - b["rewards/margins"]) < 1e-4
+    assert abs(log[-1]["rewards/chosen"]) > 1e-4           # after a sync the reference differs from the start
+    ra, rb, start = ours.ref_model.state_dict(), trainer.ref_model.state_dict(), model.state_dict()
+    pa, pb = ours.model.state_dict(), trainer.model.state_dict()
+    flat = lambda sd, keys: torch.cat([sd[k].flatten() for k in keys])
+    ref_diff = flat(ra, ra) - flat(rb, ra)
+    moved = flat(ra, ra) - flat(start, ra)
+    # Adam turns float rounding into small weight differences (the policies differ by as much); the reference, a mix
+    # of past policies, differs by no more, and moved 100x further than that
+    assert ref_diff.abs().max() <= (flat(pa, pa) - flat(pb, pa)).abs().max() + 1e-6
+    assert float(ref_diff.norm() / moved.norm()) < 1e-2
+
+
+def test_mix_low_rank_is_the_best_rank_r_mix():
+    torch.manual_seed(0)
+    B1, A1, B2, A2 = torch.randn(40, 3), torch.randn(3, 30), torch.randn(40, 3), torch.randn(3, 30)
+    W = 0.3 * B1 @ A1 + 0.7 * B2 @ A2
+    B, A, err = mix_low_rank(B1, A1, B2, A2, 0.3)
+    U, S, Vh = torch.linalg.svd(W.double())
+    assert torch.allclose(B @ A, (U[:, :3] * S[:3] @ Vh[:3]).float(), atol=1e-4)
+    assert abs(err - float(S[3:].norm() / S.norm())) < 1e-6 and err > 0.1
+    B, A, err = mix_low_rank(B1, A1, B1 @ torch.randn(3, 3), A2, 0.3)        # shared column space: exact
+    assert err < 1e-6
+
+
+def test_tr_dpo_lora_mixes_effective_weights(toy):
+    "Under LoRA the 'ref' adapter's delta after a sync is α·ΔW_θ + (1−α)·ΔW_ref to within the logged truncation error."
+    from peft import LoraConfig
+    model, tok, pairs = toy
+    alpha, snaps = 0.6, {}
+    def delta(m, adapter):
+        m = m.module if hasattr(m, "module") else m
+        return {n: (mod.lora_B[adapter].weight @ mod.lora_A[adapter].weight).detach().clone()
+                for n, mod in m.named_modules() if hasattr(mod, "lora_A") and adapter in getattr(mod, "lora_A", {})}
+    holder = {}
+    orig = train.after_step
+    def spy(run, *a):
+        holder["model"] = run.model
+        if run.st["step"] == 2: snaps["ref_before"] = delta(run.model, REF_ADAPTER)
+        orig(run, *a)
+        if run.st["step"] == 3: snaps["pol"], snaps["ref_after"] = delta(run.model, "default"), delta(run.model, REF_ADAPTER)
+    train.after_step = spy
+    try:
+        res = train_dpo(copy.deepcopy(model), tok, pairs, DPOConfig(output_dir=None, max_steps=3, logging_steps=1,
+                        per_device_train_batch_size=8, learning_rate=1e-2, sync_ref_model=True, ref_model_sync_steps=3,
+                        ref_model_mixup_alpha=alpha, disable_tqdm=True),
+                        peft_config=LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    finally: train.after_step = orig
+    err = [h["ref_sync/rel_error"] for h in res.history if "ref_sync/rel_error" in h]
+    assert len(err) == 1
+    worst = 0.0
+    for k, want in ((k, alpha * snaps["pol"][k] + (1 - alpha) * snaps["ref_before"][k]) for k in snaps["pol"]):
+        rel = float((snaps["ref_after"][k] - want).norm() / want.norm().clamp(min=1e-12))
+        assert rel <= err[0] + 1e-5, (k, rel, err[0]); worst = max(worst, rel)
+    assert abs(worst - err[0]) < 1e-4            # the logged error is the largest one
