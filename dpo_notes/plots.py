@@ -28,6 +28,7 @@ def method_color(name: str, i: int = 0) -> str:
     keys = [k for k in sorted(METHOD_COLORS, key=len, reverse=True) if n == k or n.startswith(k + " ")]
     return METHOD_COLORS[keys[0]] if keys else f"C{i % 10}"
 
+# %% ../nbs/11_plots.ipynb #2a4a2969
 def _finish(fig: Figure, path: str | Path | None) -> Figure:
     "Tight layout, save to `path` as PNG when given, return `fig`."
     fig.tight_layout()
@@ -49,6 +50,16 @@ def _yerr(rates, los, his) -> np.ndarray:
     r, lo, hi = (np.asarray(a, dtype=float) for a in (rates, los, his))
     return np.clip(np.nan_to_num(np.stack([r - lo, hi - r]), nan=0.0), 0, None)   # clip float dust below 0
 
+# %% ../nbs/11_plots.ipynb #757d1339
+def _label_bars(ax, x, results, labels, rates, his) -> None:
+    "Write each bar's rate (and n, when known) just above its error bar, where nothing else is drawn."
+    for i, k in enumerate(labels):
+        n = getattr(results[k], "n", None)
+        top = rates[i] if math.isnan(his[i]) else max(rates[i], his[i])
+        ax.annotate(f"{rates[i]:.3f}" + (f"\nn={n}" if n is not None else ""), (x[i], top + 0.015), ha="center",
+                    va="bottom", fontsize=8)
+
+# %% ../nbs/11_plots.ipynb #af3bb5fb
 def plot_win_rates(results: Mapping[str, object], path=None, ax=None, title: str = "Win rate",
                    ylabel: str = "Win rate (95% interval)", reference: float | None = 0.5) -> Figure:
     "Bar chart of `results` (label → WinRateResult or (rate, lo, hi)) with error bars and a dashed line at `reference`."
@@ -60,11 +71,7 @@ def plot_win_rates(results: Mapping[str, object], path=None, ax=None, title: str
     x = np.arange(len(labels))
     ax.bar(x, rates, yerr=_yerr(rates, los, his), capsize=5, color=[method_color(k, i) for i, k in enumerate(labels)],
            alpha=0.85, edgecolor="black", linewidth=0.6)
-    for i, k in enumerate(labels):       # the label sits above the error bar, where nothing else is drawn
-        n = getattr(results[k], "n", None)
-        top = rates[i] if math.isnan(his[i]) else max(rates[i], his[i])
-        ax.annotate(f"{rates[i]:.3f}" + (f"\nn={n}" if n is not None else ""), (x[i], top + 0.015), ha="center",
-                    va="bottom", fontsize=8)
+    _label_bars(ax, x, results, labels, rates, his)
     if reference is not None: ax.axhline(reference, color="black", ls="--", lw=1)
     ax.set_xticks(x, labels); ax.set_ylim(0, 1.12); ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel(ylabel); ax.set_title(title)
@@ -89,32 +96,43 @@ def _resolve(metric, runs) -> str | None:
         if any(name in df.columns for df in runs.values()): return name
     return None
 
+# %% ../nbs/11_plots.ipynb #09680f23
+def _panels(runs, metrics) -> list[tuple[str, str]]:
+    "(title, column) of each panel: `metrics` resolved against the runs' columns, or the online trio when None."
+    if metrics is None:   # the online trio, under whichever names the frames use; absent ones are skipped
+        panels = [(label, col) for label, names in DEFAULT_ONLINE_METRICS.items() if (col := _resolve(names, runs))]
+        if not panels: raise ValueError(f"none of the default metrics {DEFAULT_ONLINE_METRICS} found; pass metrics=")
+        return panels
+    panels = []
+    for m in ([metrics] if isinstance(metrics, str) else metrics):
+        if (col := _resolve(m, runs)) is None:
+            cols = sorted({c for df in runs.values() for c in df.columns})
+            raise ValueError(f"metric {m!r} is in no history; available columns: {cols}")
+        panels.append((col, col))
+    return panels
+
+# %% ../nbs/11_plots.ipynb #11944eb4
+def _draw_panel(ax, runs, col, step) -> None:
+    "One metric: a line per run (NaN steps dropped), a band where the run has `<col>_lo`/`<col>_hi` columns."
+    for i, (run, df) in enumerate(runs.items()):
+        if col not in df.columns: continue
+        d = df[[step, col] + [c for c in (f"{col}_lo", f"{col}_hi") if c in df.columns]].dropna(subset=[col])
+        color = method_color(run, i)
+        ax.plot(d[step], d[col], marker="o" if len(d) <= 20 else None, ms=3, color=color, label=run)
+        if f"{col}_lo" in d.columns and f"{col}_hi" in d.columns:
+            ax.fill_between(d[step], d[f"{col}_lo"], d[f"{col}_hi"], color=color, alpha=0.2, lw=0)
+
+# %% ../nbs/11_plots.ipynb #c31f245d
 def plot_history(histories, metrics=None, step: str = "step", path=None, title: str | None = None,
                  ylims: Mapping[str, tuple] | None = None) -> Figure:
     "One panel per metric, one line per run, from history DataFrames (rows = logged steps, TRL metric names as columns)."
     runs = _as_runs(histories)
     for name, df in runs.items():
         if step not in df.columns: raise ValueError(f"history {name!r} has no {step!r} column; columns: {list(df.columns)}")
-    if metrics is None:   # the online trio, under whichever names the frames use; absent ones are skipped
-        panels = [(label, col) for label, names in DEFAULT_ONLINE_METRICS.items() if (col := _resolve(names, runs))]
-        if not panels: raise ValueError(f"none of the default metrics {DEFAULT_ONLINE_METRICS} found; pass metrics=")
-    else:
-        panels = []
-        for m in ([metrics] if isinstance(metrics, str) else metrics):
-            col = _resolve(m, runs)
-            if col is None:
-                cols = sorted({c for df in runs.values() for c in df.columns})
-                raise ValueError(f"metric {m!r} is in no history; available columns: {cols}")
-            panels.append((col, col))
+    panels = _panels(runs, metrics)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
     for ax, (label, col) in zip(axes[0], panels):
-        for i, (run, df) in enumerate(runs.items()):
-            if col not in df.columns: continue
-            d = df[[step, col] + [c for c in (f"{col}_lo", f"{col}_hi") if c in df.columns]].dropna(subset=[col])
-            color = method_color(run, i)
-            ax.plot(d[step], d[col], marker="o" if len(d) <= 20 else None, ms=3, color=color, label=run)
-            if f"{col}_lo" in d.columns and f"{col}_hi" in d.columns:
-                ax.fill_between(d[step], d[f"{col}_lo"], d[f"{col}_hi"], color=color, alpha=0.2, lw=0)
+        _draw_panel(ax, runs, col, step)
         if "win" in col or "accurac" in col: ax.axhline(0.5, color="black", ls="--", lw=1)
         if ylims and col in ylims: ax.set_ylim(*ylims[col])
         ax.set_title(label if label == col else f"{label} ({col})", fontsize=10)
@@ -142,6 +160,15 @@ def human_size(n: float) -> str:
     if n >= 1e3: return f"{n / 1e3:.3g}K"
     return f"{n:.3g}"
 
+# %% ../nbs/11_plots.ipynb #05b95476
+def _size_axis(ax, sizes) -> None:
+    "Log x axis spanning `sizes` with a margin, one tick per size labelled in parameters (0.2M, 1B), no minor labels."
+    ax.set_xscale("log")
+    ax.set_xlim(min(sizes) / 1.6, max(sizes) * 1.6)
+    ax.set_xticks(sorted(sizes), [human_size(s) for s in sorted(sizes)])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+
+# %% ../nbs/11_plots.ipynb #6168b2f4
 def plot_scaling(results: Mapping[str, Mapping[float, object]], path=None, ax=None, *,
                  reference: float | None = 0.5, reference_label: str = "reference (win rate 0.5)",
                  title: str = "Win rate by model size", xlabel: str = "Model size (parameters)",
@@ -160,11 +187,7 @@ def plot_scaling(results: Mapping[str, Mapping[float, object]], path=None, ax=No
                     color=method_color(method, i), label=method)
         all_sizes.update(sizes)
     if reference is not None: ax.axhline(reference, color="black", ls="--", lw=1.2, label=reference_label)
-    ax.set_xscale("log")
-    lo, hi = min(all_sizes), max(all_sizes)
-    ax.set_xlim(lo / 1.6, hi * 1.6)
-    ax.set_xticks(sorted(all_sizes), [human_size(s) for s in sorted(all_sizes)])
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    _size_axis(ax, all_sizes)
     ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.set_title(title)
     ax.grid(True, which="both", ls="--", c="0.7"); ax.legend(fontsize=8)
     return _finish(fig, path)

@@ -17,13 +17,14 @@ from .online import OnlineDPOConfig, train_online
 from .xpo import XPOConfig, train_xpo
 
 # %% auto #0
-__all__ = ['SCALING_METHODS', 'SCALING_COLUMNS', 'scaling_budget', 'offline_pairs', 'train_method', 'evaluate_policy',
-           'run_scaling', 'scaling_results']
+__all__ = ['SCALING_METHODS', 'SCALING_COLUMNS', 'SCALING_LRS', 'SCALING_SEEDS', 'SCALING_GRID', 'scaling_budget',
+           'offline_pairs', 'train_method', 'evaluate_policy', 'check_grid', 'scaling_row', 'run_scaling',
+           'scaling_results', 'run_scaling_seeds', 'seed_summary', 'paired_gaps']
 
 # %% ../nbs/12_scaling.ipynb #c32ead87
 SCALING_METHODS = ("SFT", "offline DPO", "online DPO", "XPO")
 SCALING_COLUMNS = ("method", "size", "n_params", "win_rate", "lo", "hi", "distinct_rate", "mean_reward", "finished",
-                   "steps", "pairs", "learning_rate", "seconds")
+                   "steps", "pairs", "learning_rate", "seconds", "cpu_seconds", "eval_cpu_seconds")
 
 def scaling_budget(steps: int = 40, batch_size: int = 32, learning_rate: float = 2e-3, beta: float = 0.1,
                    seed: int = 0) -> dict:
@@ -67,6 +68,32 @@ def evaluate_policy(model, tokenizer, rows, seed: int = 0, max_new_tokens: int =
                 finished=res.finished_policy)
 
 # %% ../nbs/12_scaling.ipynb #b48b5ca1
+def check_grid(sizes: list, methods: list, learning_rate: float | dict) -> dict:
+    "The learning rate of each size, {size: lr}, for a valid grid; a `ValueError` naming the field otherwise."
+    for s in sizes:
+        if s not in TOY_SIZES: raise ValueError(f"sizes: expected a subset of {list(TOY_SIZES)}, got {s!r}")
+    for m in methods:
+        if m not in SCALING_METHODS: raise ValueError(f"methods: expected a subset of {SCALING_METHODS}, got {m!r}")
+    if not sizes or not methods: raise ValueError("sizes, methods: expected at least one of each")
+    lrs = learning_rate if isinstance(learning_rate, dict) else dict.fromkeys(sizes, learning_rate)
+    if missing := [x for x in sizes if x not in lrs]: raise ValueError(f"learning_rate: expected a value for sizes {missing}")
+    return lrs
+
+# %% ../nbs/12_scaling.ipynb #f4feefe0
+def scaling_row(method: str, size: str, sft, tokenizer, prompts: list[str], rows: list[dict], budget: dict,
+                max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+    "Train a copy of `sft` with `method` on `budget`, score it on `rows`: one row of the table, `SCALING_COLUMNS`."
+    seed_everything(budget["seed"])                      # every method starts from the same RNG state
+    t0, c0 = time.perf_counter(), time.process_time()
+    model = train_method(method, copy.deepcopy(sft), tokenizer, prompts, budget, max_new_tokens)
+    seconds, cpu, c1 = time.perf_counter() - t0, time.process_time() - c0, time.process_time()
+    ev = evaluate_policy(model, tokenizer, rows, budget["seed"], max_new_tokens)
+    steps = budget["max_steps"] if method != "SFT" else 0
+    return dict(method=method, size=size, n_params=count_params(sft), **ev, steps=steps,
+                pairs=steps * budget["per_device_train_batch_size"], learning_rate=budget["learning_rate"] if steps else 0.0,
+                seconds=round(seconds, 1), cpu_seconds=round(cpu, 1), eval_cpu_seconds=round(time.process_time() - c1, 1))
+
+# %% ../nbs/12_scaling.ipynb #99fbfd64
 def run_scaling(sizes=tuple(TOY_SIZES), methods=SCALING_METHODS, steps: int = 40, seed: int = 0,
                 out_csv: str | Path | None = None, batch_size: int = 32, learning_rate: float | dict = 2e-3,
                 beta: float = 0.1, n_eval: int | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
@@ -75,31 +102,16 @@ def run_scaling(sizes=tuple(TOY_SIZES), methods=SCALING_METHODS, steps: int = 40
     (the first `n_eval`, all 256 by default). `learning_rate`: one value, or {size: value}. One row per (method, size)
     with `SCALING_COLUMNS`; written to `out_csv` (after every row, so a stopped run keeps what it finished) when given."""
     sizes, methods = list(sizes), list(methods)
-    for s in sizes:
-        if s not in TOY_SIZES: raise ValueError(f"sizes: expected a subset of {list(TOY_SIZES)}, got {s!r}")
-    for m in methods:
-        if m not in SCALING_METHODS: raise ValueError(f"methods: expected a subset of {SCALING_METHODS}, got {m!r}")
-    if not sizes or not methods: raise ValueError("sizes, methods: expected at least one of each")
-    lrs = learning_rate if isinstance(learning_rate, dict) else dict.fromkeys(sizes, learning_rate)
-    if missing := [x for x in sizes if x not in lrs]: raise ValueError(f"learning_rate: expected a value for sizes {missing}")
-    budgets = {x: scaling_budget(steps, batch_size, lrs[x], beta, seed) for x in sizes}
+    lrs = check_grid(sizes, methods, learning_rate)
+    budgets = {x: scaling_budget(steps, batch_size, lrs[x], beta, seed) for x in sizes}   # bad budgets fail before any run
     prompts = [r["prompt"] for r in load_toy_dataset("prompts", "train")]
-    rows = list(load_toy_dataset("prompts", "test"))[:n_eval]
-    out = []
+    rows, out = list(load_toy_dataset("prompts", "test"))[:n_eval], []
     for size in sizes:
         sft, tok = load_toy(size)
         for method in methods:
-            seed_everything(seed)
-            t0 = time.perf_counter()
-            model = train_method(method, copy.deepcopy(sft), tok, prompts, budgets[size], max_new_tokens)
-            seconds = time.perf_counter() - t0
-            ev = evaluate_policy(model, tok, rows, seed, max_new_tokens)
-            trained = method != "SFT"
-            out.append(dict(method=method, size=size, n_params=count_params(sft), **ev, steps=steps if trained else 0,
-                            pairs=steps * batch_size if trained else 0,
-                            learning_rate=lrs[size] if trained else 0.0, seconds=round(seconds, 1)))
-            if verbose: print(f"{size} {method:12s} win {ev['win_rate']:.3f} [{ev['lo']:.3f}, {ev['hi']:.3f}] distinct "
-                              f"{ev['distinct_rate']:.2f} reward {ev['mean_reward']:+.2f} ({seconds:.0f}s)", flush=True)
+            out.append(r := scaling_row(method, size, sft, tok, prompts, rows, budgets[size], max_new_tokens))
+            if verbose: print(f"{size} {method:12s} win {r['win_rate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] distinct "
+                              f"{r['distinct_rate']:.2f} reward {r['mean_reward']:+.2f} ({r['seconds']:.0f}s)", flush=True)
             df = pd.DataFrame(out, columns=list(SCALING_COLUMNS))
             if out_csv is not None: df.to_csv(out_csv, index=False)
     return df
@@ -110,3 +122,37 @@ def scaling_results(df: pd.DataFrame) -> dict:
     missing = [c for c in ("method", "n_params", "win_rate", "lo", "hi") if c not in df.columns]
     if missing: raise ValueError(f"df: expected the run_scaling columns, missing {missing}")
     return {m: {int(r.n_params): (r.win_rate, r.lo, r.hi) for r in g.itertuples()} for m, g in df.groupby("method", sort=False)}
+
+# %% ../nbs/12_scaling.ipynb #6765390f
+def run_scaling_seeds(seeds, out_csv: str | Path | None = None, **kw) -> pd.DataFrame:
+    "`run_scaling(seed=s, **kw)` for each of `seeds`, stacked with a `seed` column; written to `out_csv` after each seed."
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds): raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
+    runs = []
+    for s in seeds:
+        runs.append(run_scaling(seed=s, **kw).assign(seed=s))
+        df = pd.concat(runs, ignore_index=True)
+        if out_csv is not None: df.to_csv(out_csv, index=False)
+    return df
+
+# %% ../nbs/12_scaling.ipynb #a1b6774f
+def seed_summary(df: pd.DataFrame, value: str = "win_rate") -> pd.DataFrame:
+    "Per (method, size) of a `run_scaling_seeds` table: n seeds, mean, sd (n − 1), min and max of `value`."
+    if missing := [c for c in ("method", "size", "seed", value) if c not in df.columns]:
+        raise ValueError(f"df: expected a run_scaling_seeds table, missing columns {missing}")
+    return df.groupby(["method", "size"], sort=False)[value].agg(n="count", mean="mean", sd="std", min="min", max="max")
+
+# %% ../nbs/12_scaling.ipynb #38aea5a5
+def paired_gaps(df: pd.DataFrame, a: str, b: str, value: str = "win_rate") -> pd.DataFrame:
+    "Per size: `value` of method `a` minus that of `b` on the same seed; n seeds, mean, sd, and seeds where `a` was ahead."
+    wide = df.pivot_table(index=["size", "seed"], columns="method", values=value, sort=False)
+    for m in (a, b):
+        if m not in wide.columns: raise ValueError(f"a, b: expected methods of the table {list(wide.columns)}, got {m!r}")
+    gap = (wide[a] - wide[b]).dropna().rename("gap").reset_index()
+    out = gap.groupby("size", sort=False).gap.agg(n="count", mean="mean", sd="std", ahead=lambda g: int((g > 0).sum()))
+    return out.rename(columns={"mean": f"mean {a} − {b}"})
+
+# %% ../nbs/12_scaling.ipynb #8666951b
+SCALING_LRS = {"s": 2e-3, "m": 2e-3, "l": 1e-3}        # per size: `l` halved, as the toy's own SFT recipe does
+SCALING_SEEDS = {"s": (0, 1, 2, 3, 4), "m": (0, 1, 2)}   # what a shared 2-core CPU afforded: see the text
+SCALING_GRID = dict(methods=SCALING_METHODS, steps=40, learning_rate=SCALING_LRS, verbose=False)

@@ -37,7 +37,7 @@ def test_history_panels_and_nans():
 
 def test_dpo_history(tmp_path):
     h = pd.DataFrame({"step": [1, 2, 3], "loss": [0.69, 0.6, 0.5], "rewards/margins": [0, 0.1, 0.3],
-                      "rewards/accuracies": [0.5, 0.6, 0.8]})
+                      "rewards/accuracies": [0.0, 0.6, 0.8]})
     fig = plot_dpo_history(h, path=tmp_path / "dpo.png")
     assert (tmp_path / "dpo.png").exists()
     assert [a.get_title() for a in fig.axes] == list(DPO_METRICS)
