@@ -12,6 +12,11 @@ def _flags(src):
     "The `#| slow`/`#| gpu` style flags of a cell's source."
     return {m.group(1) for m in re.finditer(r"^#\|\s*(\w+)\s*$", src, re.M)}
 
+def _terminal_view(text):
+    "What a terminal shows of a stream: each line after its last carriage return (a progress bar: its final state)."
+    text = "".join(text) if isinstance(text, list) else text
+    return "\n".join(l.rsplit("\r", 1)[-1] for l in text.split("\n"))
+
 def run(path, skip=("gpu",)):
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
@@ -28,6 +33,9 @@ def run(path, skip=("gpu",)):
         sh.run_all(nb, exc_stop=True)
     finally: os.chdir(cwd)
     for c in skipped: c.cell_type = "code"
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream": o["text"] = _terminal_view(o["text"])
     write_nb(nb, path)
     os.system(f"nbdev_clean --fname {path}")
     print(f"{path}: {time.time()-t0:.0f}s")
