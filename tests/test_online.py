@@ -3,15 +3,17 @@
 Parity is checked by driving TRL's real code: its `training_step` on the same model and the same completions (its
 `_generate` replaced by a stub returning our samples, its reward function returning fixed scores), then reading
 the loss it returns and the metrics it logs. Also: position ids, TRL's β-schedule crash (trl#6801), KL/entropy over
-padding (trl#6803), resume, and two processes under `accelerate launch`.
+padding (trl#6803), resume, and two processes under `accelerate launch`. And the fixes of issue 10: a LoRA adapter the
+model arrives with is the reference (step-0 KL 0, loss log 2), kept pairs weigh the same across micro-batches
+(dropped pairs neither tilt nor dilute a step), a NaN loss stops the run naming the step; and TRL's `reward_funcs`.
 """
 import copy, json, os, subprocess, sys, tempfile, warnings
 import pytest
 import torch
 from dpo_notes.core import set_threads
+from dpo_notes import online
 from dpo_notes.online import (OnlineDPOConfig, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
-                              sample_completions, schedule_value, sequence_stats, tokenize_prompts, train_online, cli_online_dpo,
-                              online_dpo_from_args)
+                              sample_completions, schedule_value, sequence_stats, tokenize_prompts, train_online)
 
 set_threads()
 warnings.filterwarnings("ignore")
@@ -208,6 +210,7 @@ def test_config_validation():
 
 def test_cli_on_the_toy(tmp_path):
     pytest.importorskip("dpo_notes.toy")
+    from dpo_notes.cli import cli_online_dpo, online_dpo_from_args
     argv = ["--model_name_or_path", "toy:s", "--max_steps", "2", "--per_device_train_batch_size", "4",
             "--max_new_tokens", "8", "--learning_rate", "1e-3", "--disable_tqdm"]
     res = online_dpo_from_args(argv + ["--output_dir", str(tmp_path)])
@@ -243,3 +246,151 @@ def test_two_processes_stay_in_sync(tmp_path):
     assert a["world"] == b["world"] == 2
     assert a["hash"] == b["hash"]                 # gradients were all-reduced
     assert a["loss"] == b["loss"]                 # logged metrics are averaged over ranks
+
+
+# ------------------------------------------------------------------------------------------- issue 10 and issue 12
+SIX = ["ann reviews the lamp :", "bob reviews the bike :", "cat reviews the chair :", "dan reviews the phone :",
+       "ann reviews the bike :", "bob reviews the chair :"]
+
+def fake_sample_completions(model, prompt_ids, prompt_mask, *, num_samples=2, max_new_tokens=4, eos_ids=(1,), pad_token_id=0, **_):
+    "Deterministic completions (no RNG): a function of each prompt's real tokens and the sample index, never an eos."
+    rows = []
+    for s in range(num_samples):
+        for r in range(prompt_ids.shape[0]):
+            h = int(prompt_ids[r][prompt_mask[r].bool()].sum()) * 7 + s * 13
+            rows.append([3 + (h + 5 * t) % 17 for t in range(max_new_tokens)])
+    return cut_at_eos(torch.tensor(rows, device=prompt_ids.device), list(eos_ids), pad_token_id)
+
+def dropping(drop: set):
+    "A reward that cannot score the completions of the prompts in `drop` (None: the pair fails, it is never a win)."
+    return lambda p, c: None if p in drop else float(len(c))
+
+def one_step(m, tok, prompts, judge, **kw):
+    cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=1, max_new_tokens=4, learning_rate=1e-3, max_grad_norm=0, seed=0, **kw)
+    return train_online(copy.deepcopy(m), tok, prompts, judge, cfg)
+
+def test_kept_pairs_weigh_the_same_across_micro_batches(monkeypatch):
+    """Issue 10, bug 2: 2 micro-batches keeping 1 and 3 pairs must give the gradient of the mean over the 4 kept pairs,
+    what one micro-batch of all 6 prompts gives. (Before: each micro-batch's mean halved, the lone pair weighed 3x.)"""
+    monkeypatch.setattr(online, "sample_completions", fake_sample_completions)
+    m, tok = tiny()
+    first = [SIX[i] for i in online.prompt_batch(6, 3, 0, 0)[0]]
+    judge = dropping(set(first[:2]))                          # micro-batch 1 keeps 1 pair, micro-batch 2 keeps 3
+    two = one_step(m, tok, SIX, judge, per_device_train_batch_size=3, gradient_accumulation_steps=2)
+    one = one_step(m, tok, SIX, judge, per_device_train_batch_size=6)
+    g2, g1 = two.history[-1]["grad_norm"], one.history[-1]["grad_norm"]
+    assert abs(g2 - g1) < 1e-5 * g1, (g2, g1)
+    assert abs(two.history[-1]["loss"] - one.history[-1]["loss"]) < 1e-6
+    for a, b in zip(two.model.parameters(), one.model.parameters()): torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+def test_empty_micro_batch_does_not_dilute(monkeypatch):
+    "A micro-batch whose pairs all fail adds nothing and does not scale the step down."
+    monkeypatch.setattr(online, "sample_completions", fake_sample_completions)
+    m, tok = tiny()
+    second = [SIX[i] for i in online.prompt_batch(6, 3, 1, 0)[0]]
+    first = [SIX[i] for i in online.prompt_batch(6, 3, 0, 0)[0]]
+    two = one_step(m, tok, SIX, dropping(set(second)), per_device_train_batch_size=3, gradient_accumulation_steps=2)
+    one = one_step(m, tok, first, dropping(set()), per_device_train_batch_size=3)
+    assert abs(two.history[-1]["grad_norm"] - one.history[-1]["grad_norm"]) < 1e-5 * one.history[-1]["grad_norm"]
+
+def test_nan_loss_stops_before_the_update(tmp_path):
+    m, tok = tiny()
+    calls = []
+    def poisoned(model, ref_model, batch, cfg, epoch=0.0, denominator=None):
+        loss, met = online.pairs_loss(model, ref_model, batch, cfg, epoch, denominator); calls.append(1)
+        return (loss * float("nan") if len(calls) == 2 else loss), met
+    cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=3, per_device_train_batch_size=3, max_new_tokens=4, learning_rate=1e-3,
+                          save_steps=1, output_dir=str(tmp_path))
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train_online(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg,
+                     step_fn=online.OnlineMethod("poisoned", online.collect_pairs, poisoned))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-1"]
+
+def arriving_adapter(m):
+    "A peft model with a trained (non-zero) LoRA adapter, as after SFT with LoRA."
+    from peft import LoraConfig, get_peft_model
+    pm = get_peft_model(copy.deepcopy(m), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    return pm
+
+def test_arriving_adapter_is_the_reference():
+    """Issue 10, bug 1: a model with a trained adapter and no peft_config is scored against base + that adapter:
+    at step 1 the policy is the reference, KL 0 and loss log 2. (Before: the base model, KL and loss off.)"""
+    import math
+    m, tok = tiny()
+    pm = arriving_adapter(m)
+    x = tok(PROMPTS, return_tensors="pt").input_ids
+    assert (pm(x).logits - m(x).logits).abs().max() > 1e-2           # the adapter really changes the model
+    cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=1, per_device_train_batch_size=3, max_new_tokens=5, learning_rate=1e-3,
+                          tie_rule="random")
+    res = train_online(pm, tok, PROMPTS, lambda p, c: float(len(c)), cfg)
+    h = res.history[0]
+    assert abs(h["objective/kl"]) < 1e-4 and abs(h["loss"] - math.log(2)) < 1e-5, h
+    assert res.ref_model is None and "ref" in res.model.peft_config
+
+def test_full_step_equals_plain_step():
+    "The fast step (lean sampler, prompt-once rows, lean head) computes the plain step's loss."
+    m, tok = tiny(); policy = perturbed(m)
+    rf = lambda p, c: float(len(c.split()))
+    torch.manual_seed(0)
+    full, _, _ = online_dpo_step(policy, m, tok, PROMPTS, rf, OnlineDPOConfig(max_new_tokens=6, temperature=1.0))
+    torch.manual_seed(0)
+    plain, _ = online.plain_online_step(policy, m, tok, PROMPTS, rf, beta=0.1, max_new_tokens=6)
+    torch.testing.assert_close(full, plain, atol=1e-5, rtol=0)
+
+def tiny_classifier(n_vocab, seed=0):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(LlamaConfig(vocab_size=n_vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                      num_attention_heads=2, num_labels=1, pad_token_id=0)).eval()
+
+def test_reward_funcs_equal_trl():
+    "A callable and a tiny random sequence classifier, weighted: our scores = TRL 1.16's `_calculate_rewards_from_functions`."
+    m, tok = tiny(); rm = tiny_classifier(len(tok))
+    def n_words(prompts, completions, **kw): return [float(len(c.split())) for c in completions]
+    comps = ["great lamp .", "it is bad", "a good bike", "awful", "the chair", "good good good"]
+    ours = online.RewardFunctions([n_words, rm], [0.5, -2.0], [None, tok]).score(PROMPTS * 2, comps)
+    tr = trl_trainer(m, m, tok, [0.0] * 6)
+    tr.reward_funcs, tr.reward_processing_classes = [n_words, rm], [None, tok]
+    tr.reward_weights = torch.tensor([0.5, -2.0])
+    theirs = tr._calculate_rewards_from_functions(PROMPTS * 2, comps, [[0]] * 6)
+    torch.testing.assert_close(torch.tensor(ours), theirs.float(), atol=1e-5, rtol=0)
+
+def test_reward_funcs_failure_rules():
+    "None from any reward function: the completion is unscorable and its pair dropped, never won (TRL: nansum counts 0)."
+    m, tok = tiny()
+    def picky(prompts, completions, completion_ids=None):
+        assert completion_ids is not None and len(completion_ids) == len(completions)
+        return [None if "awful" in c else 1.0 for c in completions]
+    judge = online.RewardFunctions([picky, tiny_classifier(len(tok))], None, [None, tok])
+    a, k, s = judge_pairs(judge, PROMPTS, ["awful", "good", "good"], ["good", "awful", "great"], [True] * 3, [True] * 3,
+                          completion_ids=torch.zeros(6, 2, dtype=torch.long))
+    assert k.tolist() == [False, False, True] and torch.isnan(s[0]) and torch.isnan(s[4])
+    with pytest.raises(ValueError, match="reward_weights"): online.RewardFunctions([picky, picky], [1.0])
+    with pytest.raises(ValueError, match="sequence-classification"): online.RewardFunctions([m], None, [tok])
+    with pytest.raises(ValueError, match="reward_processing_classes"): online.RewardFunctions([picky, picky], None, [None])
+    with pytest.raises(ValueError, match="both"): train_online(m, tok, PROMPTS, picky, OnlineDPOConfig(), reward_funcs=[picky])
+
+def test_train_online_with_reward_funcs():
+    "TRL's reward interface end to end: a callable and a classifier, weighted."
+    m, tok = tiny()
+    seen = []
+    def count(prompts, completions, **kw): seen.append((prompts[0], kw.get("completion_ids") is not None)); return [float(len(c)) for c in completions]
+    cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=2, per_device_train_batch_size=3, max_new_tokens=4, learning_rate=1e-3,
+                          reward_weights=[1.0, 0.5])
+    res = train_online(copy.deepcopy(m), tok, PROMPTS * 2, cfg=cfg, reward_funcs=[count, tiny_classifier(len(tok))],
+                       reward_processing_classes=[None, tok])
+    assert len(res.train_df) == 2 and all(torch.isfinite(torch.tensor(res.train_df["objective/scores"].values)))
+    assert seen and seen[0][1]                                   # **kwargs functions get completion_ids, as in TRL
+
+def test_old_style_step_function_still_runs():
+    "A step function of the old kind (benchmarks wrap online_dpo_step this way) runs, each micro-batch weighing 1/accumulation."
+    m, tok = tiny(); calls = []
+    def timed_step(*a, **k): calls.append(1); return online_dpo_step(*a, **k)
+    cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=2, per_device_train_batch_size=3, max_new_tokens=4, learning_rate=1e-3,
+                          gradient_accumulation_steps=2)
+    res = train_online(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg, step_fn=timed_step)
+    assert len(calls) == 4 and len(res.train_df) == 2
+    with pytest.raises(ValueError, match="step_fn"): train_online(m, tok, PROMPTS, lambda p, c: 1.0, cfg, step_fn=3)

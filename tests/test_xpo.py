@@ -3,19 +3,23 @@
 XPO left TRL after 1.0 and TRL 1.0 cannot be installed beside 1.16, so its loss is transcribed below, line for line, from
 https://github.com/huggingface/trl/blob/v1.0.0/trl/experimental/xpo/xpo_trainer.py (`XPOTrainer._compute_losses`).
 Also: the reference samples of a LoRA policy come from the adapter-disabled model (TRL 1.0 used `get_base_model()`,
-which keeps LoRA on), XPO's metrics, the α schedule, and the command line.
+which keeps LoRA on), XPO's metrics, the α schedule, and the command line. And the fixes of issue 10 on XPO's side: an
+adapter the model arrives with is the reference (it samples and scores), kept pairs weigh the same across
+micro-batches; and TRL's `reward_funcs`. (`tests/test_xpo_trl113.py` compares with TRL 1.13.0's own trainer.)
 """
 import copy, warnings
 import pytest
 import torch
 import torch.nn.functional as F
 from dpo_notes.core import set_threads
-from dpo_notes.online import completion_logps, reference_context, sample_completions, tokenize_prompts
-from dpo_notes.xpo import XPOConfig, cli_xpo, pad_right, train_xpo, xpo_from_args, xpo_loss, xpo_step
+from dpo_notes.online import completion_logps, sample_completions, tokenize_prompts
+from dpo_notes.runtime import reference_context
+from dpo_notes.xpo import XPOConfig, pad_right, plain_xpo_step, train_xpo, xpo_loss, xpo_step
 
 set_threads()
 warnings.filterwarnings("ignore")
-from test_online import PROMPTS, perturbed, tiny     # noqa: E402  (the tiny model and tokenizer, shared)
+from test_online import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed,   # noqa: E402
+                         tiny, tiny_classifier)    # the tiny model and tokenizer, shared
 
 def trl_1_0_compute_losses(model_logprobs_model_data, model_logprobs_ref_data, ref_logprobs_ref_data,
                            ref_logprobs_model_data, chosen_mask, beta, alpha, loss_type):
@@ -118,9 +122,62 @@ def test_alpha_schedule_and_validation():
 
 def test_cli_xpo_on_the_toy(tmp_path):
     pytest.importorskip("dpo_notes.toy")
+    from dpo_notes.cli import cli_xpo, xpo_from_args
     argv = ["--model_name_or_path", "toy:s", "--max_steps", "2", "--per_device_train_batch_size", "4", "--alpha", "1e-3",
             "--max_new_tokens", "8", "--learning_rate", "1e-3", "--disable_tqdm"]
     res = xpo_from_args(argv + ["--output_dir", str(tmp_path)])
     assert (tmp_path / "model.safetensors").exists()
     assert res.history[-1]["alpha"] == 1e-3 and "loss/xpo" in res.history[-1]
     assert cli_xpo(argv) == 0                              # what `dpo-notes xpo` returns as its exit code
+
+
+def test_full_step_equals_plain_step():
+    "xpo_step (lean sampler, prompt-once rows, lean head) computes plain_xpo_step's loss: DPO + alpha * log pi(y~|x)."
+    m, tok = tiny(); policy = perturbed(m)
+    rf = lambda p, c: float(len(c.split()))
+    torch.manual_seed(0)
+    full, _, _ = xpo_step(policy, m, tok, PROMPTS, rf, XPOConfig(max_new_tokens=6, temperature=1.0, alpha=0.05))
+    torch.manual_seed(0)
+    plain, _ = plain_xpo_step(policy, m, tok, PROMPTS, rf, beta=0.1, alpha=0.05, max_new_tokens=6)
+    torch.testing.assert_close(full, plain, atol=1e-5, rtol=0)
+
+def test_arriving_adapter_is_the_reference():
+    """Issue 10, bug 1, XPO's side: with a trained adapter and no peft_config the reference (which also samples) is
+    base + that adapter: step-1 KL 0 and DPO part log 2, and the reference samples are the starting policy's."""
+    import math
+    from dpo_notes.runtime import make_reference
+    m, tok = tiny()
+    cfg = XPOConfig(disable_tqdm=True, max_steps=1, per_device_train_batch_size=3, max_new_tokens=5, learning_rate=1e-3, alpha=1e-2)
+    res = train_xpo(arriving_adapter(m), tok, PROMPTS, lambda p, c: float(len(c)), cfg)
+    h = res.history[0]
+    assert abs(h["objective/kl"]) < 1e-4 and abs(h["loss/dpo"] - math.log(2)) < 1e-5, h
+    pm = arriving_adapter(m); start = copy.deepcopy(pm)
+    assert make_reference(pm) is None
+    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0, temperature=1.0)
+    torch.manual_seed(3)
+    with reference_context(pm) as ref: ours, _, _ = sample_completions(ref, p_ids, p_mask, **kw)
+    torch.manual_seed(3); want, _, _ = sample_completions(start, p_ids, p_mask, **kw)
+    assert torch.equal(ours, want)
+
+def test_kept_pairs_weigh_the_same_across_micro_batches(monkeypatch):
+    "Issue 10, bug 2, in XPO: micro-batches keeping 1 and 3 pairs = one micro-batch of the 4 (the loop is online DPO's)."
+    from dpo_notes import online
+    monkeypatch.setattr(online, "sample_completions", fake_sample_completions)
+    m, tok = tiny()
+    first = [SIX[i] for i in online.prompt_batch(6, 3, 0, 0)[0]]
+    kw = dict(disable_tqdm=True, max_steps=1, max_new_tokens=4, learning_rate=1e-3, max_grad_norm=0, seed=0, alpha=0.1)
+    judge = dropping(set(first[:2]))
+    two = train_xpo(copy.deepcopy(m), tok, SIX, judge, XPOConfig(**kw, per_device_train_batch_size=3, gradient_accumulation_steps=2))
+    one = train_xpo(copy.deepcopy(m), tok, SIX, judge, XPOConfig(**kw, per_device_train_batch_size=6))
+    g2, g1 = two.history[-1]["grad_norm"], one.history[-1]["grad_norm"]
+    assert abs(g2 - g1) < 1e-5 * g1, (g2, g1)
+
+def test_train_xpo_with_reward_funcs():
+    m, tok = tiny()
+    def n_chars(prompts, completions, **kw): return [float(len(c)) for c in completions]
+    cfg = XPOConfig(disable_tqdm=True, max_steps=2, per_device_train_batch_size=3, max_new_tokens=4, learning_rate=1e-3,
+                    reward_weights=[1.0, 2.0])
+    res = train_xpo(copy.deepcopy(m), tok, PROMPTS * 2, cfg=cfg, reward_funcs=[n_chars, tiny_classifier(len(tok))],
+                    reward_processing_classes=[None, tok])
+    assert len(res.train_df) == 2 and "objective/model_scores" in res.train_df
