@@ -45,6 +45,7 @@ def _quiet_loading(prog: str) -> None:
         import transformers; transformers.utils.logging.disable_progress_bar()
     except ImportError: pass
     warnings.formatwarning = lambda msg, cat, *a, **k: f"{prog}: warning: {' '.join(str(msg).split())}\n"
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")   # deprecations: for developers
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dpo-notes` command; returns the exit status."
@@ -257,7 +258,8 @@ def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None
     if not names: return None
     out = []
     for n in names:
-        if n in JUDGES: out.append(make_judge(n, device=device))
+        if n in JUDGES:                   # a scored judge is a reward function through its `score(prompts, completions)`
+            j = make_judge(n, device=device); out.append(getattr(j, "score", j))
         elif ":" in n and not os.path.exists(n): out.append(_resolve(n))
         else: out.append(load_reward_model(n, device)[0])
     return out
