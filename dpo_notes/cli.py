@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_cli.ipynb #c3d70809
 from __future__ import annotations
-import argparse, importlib, json, os, sys
+import argparse, contextlib, importlib, json, os, sys
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'JUDGES', 'DEMO_DEFAULTS', 'Parser', 'main', 'add_model_args', 'model_from_args',
@@ -37,15 +37,20 @@ def _one_line(e: BaseException) -> str:
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return " ".join(msg.split()) or type(e).__name__
 
-def _quiet_loading(prog: str) -> None:
-    "No per-file loading bars from transformers/datasets on the command line, and warnings in one line each."
+@contextlib.contextmanager
+def _quiet_loading(prog: str):
+    "While a command runs: no per-file loading bars from transformers/datasets, warnings in one line each (restored after)."
     import warnings
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         import transformers; transformers.utils.logging.disable_progress_bar()
     except ImportError: pass
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"{prog}: warning: {' '.join(str(msg).split())}\n"
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")   # deprecations: for developers
+    fmt = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")   # deprecations: for developers
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"{prog}: warning: {' '.join(str(msg).split())}\n"
+        try: yield
+        finally: warnings.formatwarning = fmt
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dpo-notes` command; returns the exit status."
@@ -58,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the subcommand (see `dpo-notes <command> --help`)")
     if not argv: p.print_help(); return 2
     cmd = p.parse_args(argv[:1]).command
-    _quiet_loading(f"dpo-notes {cmd}")
-    try: return int(_resolve(SUBCOMMANDS[cmd][0])(argv[1:]) or 0)
+    try:
+        with _quiet_loading(f"dpo-notes {cmd}"): return int(_resolve(SUBCOMMANDS[cmd][0])(argv[1:]) or 0)
     except USER_ERRORS as e:
         if debug: raise
         print(f"dpo-notes {cmd}: error: {_one_line(e)}", file=sys.stderr)
@@ -218,7 +223,7 @@ def load_prompts(name: str, split: str = "train", limit: int | None = None) -> l
         from dpo_notes.data import load_records, normalize_prompt
         chat = lambda r: isinstance(r, dict) and isinstance(r.get("prompt"), list)
         try: prompts = [r["prompt"] if chat(r) else normalize_prompt(r, i)["prompt"] for i, r in enumerate(load_records(name, split))]
-        except ValueError as e: raise ValueError(f"dataset_name {name!r}: {e}") from None
+        except ValueError as e: raise ValueError(f"{name}: {e}") from None
     if not prompts: raise ValueError(f"dataset_name: {name!r} (split {split!r}) has no prompts")
     return prompts[:limit] if limit else prompts
 

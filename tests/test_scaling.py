@@ -26,7 +26,8 @@ def test_small_run(tmp_path):
 def test_same_seed_same_table():
     kw = dict(sizes=("s",), methods=("SFT", "online DPO"), steps=1, batch_size=4, n_eval=8, verbose=False)
     a, b = run_scaling(**kw), run_scaling(**kw)
-    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    timings = [c for c in a.columns if c.endswith("seconds")]          # wall and CPU time vary from run to run
+    pd.testing.assert_frame_equal(a.drop(columns=timings), b.drop(columns=timings))
 
 @pytest.mark.parametrize("kw,field", [(dict(sizes=("xl",)), "sizes"), (dict(methods=("PPO",)), "methods"),
                                       (dict(steps=-1), "steps"), (dict(sizes=()), "sizes"),
