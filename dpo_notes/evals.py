@@ -26,6 +26,7 @@ def _z(conf: float) -> float:
     if not 0 < conf < 1: raise ValueError(f"conf must be in (0, 1), got {conf}")
     return NormalDist().inv_cdf(0.5 + conf / 2)
 
+# %% ../nbs/10_eval.ipynb #af4a2ce7
 def wilson_interval(k: float, n: int, conf: float = 0.95) -> tuple[float, float]:
     "Wilson score interval for `k` wins (ties may make it fractional) out of `n`; (nan, nan) when n == 0."
     if n < 0: raise ValueError(f"n must be >= 0, got {n}")
@@ -58,6 +59,7 @@ def _judge_fn(judge) -> Callable:
     if not callable(fn): raise ValueError(f"judge must be callable or have a .judge method, got {type(judge).__name__}")
     return fn
 
+# %% ../nbs/10_eval.ipynb #45aced6a
 def _policy_score(verdict, policy_pos: int) -> float:
     "Score of one judgment for the policy shown at `policy_pos` (0 or 1): 1 win, 0 loss, ½ tie, nan failure."
     if verdict == FAILED: return math.nan
@@ -107,6 +109,7 @@ def forked_rng(seed: int):
 def _decoding(do_sample: bool, temperature: float, seed: int) -> str:
     return f"sampled (temperature={temperature}, seed={seed})" if do_sample else "greedy"
 
+# %% ../nbs/10_eval.ipynb #39bdd613
 def completions_for(source, prompts: Sequence[str], tokenizer=None, *, name: str = "policy", do_sample: bool = False,
                     temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 64) -> tuple[list[str], list | None, str]:
     "(completions (n,), finished flags (n,) or None, how they were made) for a model or a precomputed list `source`."
@@ -202,6 +205,7 @@ def apply_unfinished(outcomes: Sequence[float], policy_finished=None, reference_
 def _result_label(o: float) -> str:
     return "failure" if math.isnan(o) else "win" if o > 0.5 else "loss" if o < 0.5 else "tie"
 
+# %% ../nbs/10_eval.ipynb #c49b22b2
 def win_rate(policy, reference, prompts: Sequence[str], judge, tokenizer=None, *, order: str = "both",
              interval: str = "wilson", conf: float = 0.95, do_sample: bool = False, temperature: float = 1.0,
              seed: int = 0, max_new_tokens: int = 64, n_boot: int = 2000, with_scores: bool = True,
@@ -248,6 +252,7 @@ def _cell(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA: return "–"
     return f"{v:.3g}" if isinstance(v, float) else html.escape(str(v))
 
+# %% ../nbs/10_eval.ipynb #4d2f6ff0
 def _verdict_text(v, policy_first: bool) -> str:
     "A verdict as words: which completion the judge picked in that order."
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)): return "not asked"
@@ -255,6 +260,7 @@ def _verdict_text(v, policy_first: bool) -> str:
     if v == TIE: return "tie"
     return "policy" if (v == 0) == policy_first else "reference"
 
+# %% ../nbs/10_eval.ipynb #45c9caaf
 def render_row(row: Mapping | pd.Series) -> str:
     "One per-prompt row of a win-rate result as an HTML card: prompt, the two completions side by side, scores, verdicts."
     g = lambda k: row.get(k) if hasattr(row, "get") else None
@@ -271,6 +277,7 @@ def render_row(row: Mapping | pd.Series) -> str:
             f"<tr>{side('policy')}{side('reference')}</tr></table><p>judge: {verdicts}; outcome {_cell(g('outcome'))} "
             f"<b style='color:{colors.get(res, 'black')}'>{html.escape(res)}</b></p></div>")
 
+# %% ../nbs/10_eval.ipynb #c7eee074
 class RowPager:
     "Paging logic for a win-rate result's `rows`: a `filter` on the result column, and `next`/`prev`/`goto` over it."
     def __init__(self, rows: pd.DataFrame | "WinRateResult", filter: str = "all"):
@@ -310,6 +317,7 @@ def completion_viewer(result, filter: str = "all"):
     box.pager = pg                      # the logic behind the widget, for tests and for scripting
     return box
 
+# %% ../nbs/10_eval.ipynb #6837df4d
 def rows_html(result, n: int = 5, columns: Sequence[str] | None = None) -> str:
     "A static HTML table of the first `n` per-prompt rows (for readers without a live kernel)."
     rows = getattr(result, "rows", result)

@@ -40,6 +40,7 @@ def check_pairs(prompts: Sequence[str], pairs: Sequence[tuple[str, str]]):
             raise ValueError(f"pairs[{i}]: expected a pair of two strings (completion_a, completion_b), got {pair!r:.80}")
     return prompts, [tuple(p) for p in pairs]
 
+# %% ../nbs/07_judges.ipynb #96a463e0
 def _as_verdict(v, who: str):
     "`v` as an exact verdict value; anything else is a bug in the judge that produced it."
     if isinstance(v, bool) or v not in VERDICTS:
@@ -98,6 +99,7 @@ def compare_scores(score_a: float | None, score_b: float | None, tol: float = 0.
     if score_b - score_a > tol: return SECOND
     return TIE
 
+# %% ../nbs/07_judges.ipynb #8083afed
 class ScoredJudge(PairwiseJudge):
     "A judge from a score: subclasses implement `score(prompts, completions) -> list[float]` (NaN: no score)."
     def __init__(self, tie_tol: float = 0.0):
@@ -136,9 +138,11 @@ def _max_len(tokenizer, model) -> int | None:
     if n is not None and n < 10**7: return int(n)
     return getattr(model.config, "max_position_embeddings", None)
 
+# %% ../nbs/07_judges.ipynb #753fade6
 def _arch_hint(name: str) -> str:
     return ": a language model; to judge with one, use LocalLLMJudge (--judge llm)" if name.endswith("ForCausalLM") else ""
 
+# %% ../nbs/07_judges.ipynb #ec9f8f56
 def check_reward_model(model):
     "Refuse a model that is not a sequence classifier (one score per sequence), e.g. a causal LM; returns `model`."
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model   # under a PEFT wrapper
@@ -148,6 +152,7 @@ def check_reward_model(model):
                          f"per sequence), got {name}{_arch_hint(name)}")
     return model
 
+# %% ../nbs/07_judges.ipynb #09770679
 class RewardModelJudge(ScoredJudge):
     "Judge with a sequence-classification reward model; texts re-tokenised with the RM's own tokenizer/template."
     def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None, sep: str = " ",
@@ -214,6 +219,7 @@ def _load_error(name_or_path: str, e: Exception) -> ValueError:
     return ValueError(f"reward model {name_or_path!r}: cannot be loaded (expected a local folder or a hub name): "
                       f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
 
+# %% ../nbs/07_judges.ipynb #50d58b27
 def _check_rm_config(name_or_path: str, trust_remote_code: bool):
     "The checkpoint's config; a ValueError when its architecture is not a sequence classifier."
     from transformers import AutoConfig
@@ -225,6 +231,7 @@ def _check_rm_config(name_or_path: str, trust_remote_code: bool):
                          f"(...ForSequenceClassification), got {', '.join(archs)}{_arch_hint(archs[0])}")
     return cfg
 
+# %% ../nbs/07_judges.ipynb #c0d08abd
 def load_reward_model(name_or_path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False,
                       dtype: torch.dtype = torch.float32):
     "(model, tokenizer) of a sequence-classification reward model, eval mode on `device`; the tokenizer has a pad token."
@@ -266,11 +273,13 @@ def combine_orders(l_ab: float, l_ba: float) -> float:
     if math.isinf(x) and math.isinf(y) and x != y: return 0.0   # text answers that followed the position: a tie
     return (x + y) / 2
 
+# %% ../nbs/07_judges.ipynb #19f67889
 def verdict_from_log_odds(s: float, margin: float = 0.0):
     "FIRST if `s > margin`, SECOND if `s < -margin`, TIE between, FAILED for NaN."
     if math.isnan(s): return FAILED
     return FIRST if s > margin else SECOND if s < -margin else TIE
 
+# %% ../nbs/07_judges.ipynb #1c085bed
 def vote_orders(l_ab: float, l_ba: float, margin: float = 0.0) -> float:
     "Both orders as two votes: the agreed side as ±inf, 0.0 (a tie) when they disagree, NaN when either failed."
     va, vb = verdict_from_log_odds(l_ab, margin), flip(verdict_from_log_odds(l_ba, margin))
@@ -326,6 +335,7 @@ def label_token_ids(tokenizer, labels: Sequence[str] = ("A", "B")) -> list[list[
     if set(out[0]) & set(out[1]): raise ValueError(f"labels: {labels} share a first token, so their probabilities cannot be told apart")
     return out
 
+# %% ../nbs/07_judges.ipynb #01719c18
 class LocalLLMJudge(LLMJudge):
     "LLM judge from a local causal LM: log p('A') - log p('B') for the next token after the question."
     def __init__(self, model, tokenizer, template: str = DEFAULT_JUDGE_TEMPLATE, labels: Sequence[str] = ("A", "B"),
@@ -384,6 +394,7 @@ def parse_answer(text: str | None, labels: Sequence[str] = ("A", "B")) -> int | 
     m = re.match(r"\W*(\w+)", text or "")
     return labels.index(m.group(1)) if m and m.group(1) in labels else None
 
+# %% ../nbs/07_judges.ipynb #97912e3f
 class EndpointLLMJudge(LLMJudge):
     "LLM judge through an OpenAI-compatible `/chat/completions` endpoint; key from `$api_key_env`, never stored."
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
@@ -509,6 +520,7 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     c, h = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return (max(0.0, c - h), min(1.0, c + h))
 
+# %% ../nbs/07_judges.ipynb #20fd2f4c
 def agreement(v1: Sequence, v2: Sequence) -> dict:
     "Agreement of two judges' verdicts on the same pairs, over pairs where both are decisive; ties and failures counted."
     if len(v1) != len(v2): raise ValueError(f"v2: expected as many verdicts as v1 ({len(v1)}), got {len(v2)}")

@@ -29,10 +29,12 @@ def _rows_per_chunk(vocab_size: int, chunk_size: int | None = None) -> int:
         return int(chunk_size)
     return max(1, LOGITS_PER_CHUNK // max(int(vocab_size), 1))
 
+# %% ../nbs/04_logps.ipynb #990f7c2d
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     "Accumulation dtype: fp32 for half types; fp64 stays fp64 (so `gradcheck` can check us)."
     return torch.promote_types(dtype, torch.float32)
 
+# %% ../nbs/04_logps.ipynb #3e7bf110
 def _check_temperature(temperature: float):
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
 
@@ -90,7 +92,7 @@ def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = targets != IGNORE_INDEX
     return targets.masked_fill(~mask, 0), mask
 
-
+# %% ../nbs/04_logps.ipynb #d5c19ae6
 def get_batch_logps(logits: torch.Tensor, labels: torch.Tensor, average_log_prob: bool = False,
                     temperature: float = 1.0) -> torch.Tensor:
     """Sum (or mean, `average_log_prob`) of the log-probs of the labels that are not -100.
@@ -115,6 +117,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     t = x.device.type
     return torch.get_autocast_dtype(t) if torch.is_autocast_enabled(t) else x.dtype
 
+# %% ../nbs/04_logps.ipynb #c05c035c
 def _mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     "`a @ b` in at least fp32, without first rounding the product to a half dtype."
     if a.dtype in (torch.float32, torch.float64): return a @ b
@@ -123,6 +126,7 @@ def _mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         except (TypeError, RuntimeError): pass
     return a.float() @ b.float()
 
+# %% ../nbs/04_logps.ipynb #2c7d8d77
 def _chunk_logits(h, w, b, acc, T):
     "One chunk of logits (rows, V) = (h @ w.T + b) / T, projected in w's dtype and returned in `acc`."
     z = h.to(w.dtype) @ w.t()
@@ -211,6 +215,7 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
     "The transformers model inside a peft `PeftModel` (its LoRA layers stay injected), or `model` itself."
     return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
 
+# %% ../nbs/04_logps.ipynb #847b6047
 def _plain_linear(head: nn.Module) -> nn.Linear | None:
     "The `nn.Linear` that computes `head`'s output (resolving peft's `ModulesToSaveWrapper`), or None."
     if hasattr(head, "modules_to_save") and hasattr(head, "original_module"):
@@ -218,6 +223,7 @@ def _plain_linear(head: nn.Module) -> nn.Linear | None:
         head = head.modules_to_save[active[0]] if active else head.original_module
     return head if type(head) is nn.Linear else None
 
+# %% ../nbs/04_logps.ipynb #d52cb935
 def unwrap_parallel(model: nn.Module) -> nn.Module:
     "The module inside a DDP / FSDP / DeepSpeed / `torch.compile` wrapper, or `model` itself."
     from accelerate.utils import extract_model_from_parallel
@@ -225,6 +231,7 @@ def unwrap_parallel(model: nn.Module) -> nn.Module:
 
 _LAST_STATE_OK = weakref.WeakKeyDictionary()   # model -> does hidden_states[-1] equal its decoder's output?
 
+# %% ../nbs/04_logps.ipynb #b258c6d9
 def _last_state_is_final(base: nn.Module, decoder: nn.Module) -> bool:
     "Whether `base(..., output_hidden_states=True).hidden_states[-1]` is the decoder's final (normed) state: checked once."
     if base not in _LAST_STATE_OK:
@@ -236,6 +243,7 @@ def _last_state_is_final(base: nn.Module, decoder: nn.Module) -> bool:
         _LAST_STATE_OK[base] = a.shape == b.shape and torch.equal(a, b)
     return _LAST_STATE_OK[base]
 
+# %% ../nbs/04_logps.ipynb #d9108bff
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, lm_head) of a causal LM, peft-wrapped or not, inside a DDP-style wrapper or not; None where
     `decoder → lm_head` would not reproduce the model's logits (post-head logit transforms, prompt-learning peft, no
@@ -254,6 +262,7 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     if wrapped is not model and not _last_state_is_final(base, decoder): return None
     return decoder, head
 
+# %% ../nbs/04_logps.ipynb #7b134cbb
 def final_hidden_states(model: nn.Module, decoder: nn.Module, **inputs) -> torch.Tensor:
     """The final hidden states (B, T, H) the LM head reads, for `inputs` (`input_ids`, `attention_mask`, `position_ids`):
     `decoder(**inputs)` for a bare model; for a DDP-style wrapper its own forward (so gradients synchronise), with
@@ -265,6 +274,7 @@ def final_hidden_states(model: nn.Module, decoder: nn.Module, **inputs) -> torch
 def _head_vocab(head: nn.Module) -> int:
     return getattr(head, "out_features", None) or head.weight.shape[0]
 
+# %% ../nbs/04_logps.ipynb #b2687a45
 def _module_head_logps(head, h, targets, temperature, rows, want_sq=False):
     "Any head module: logits of `rows` tokens at a time, recomputed in the backward (activation checkpointing)."
     def chunk(hc, tc):
@@ -277,6 +287,7 @@ def _module_head_logps(head, h, targets, temperature, rows, want_sq=False):
             for s in range(0, h.shape[0], rows)]
     return tuple(torch.cat([o[i] for o in outs]) for i in range(3 if want_sq else 2))
 
+# %% ../nbs/04_logps.ipynb #7fbb292c
 def head_logps(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                chunk_size: int | None = None, return_log_sum_sq_probs: bool = False) -> tuple[torch.Tensor, ...]:
     """Per-token log-probs (M,) and mean logits (M,) of `targets` (M,) from final hidden states h (M, H) and the
@@ -323,6 +334,7 @@ def _chosen_rejected(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Split a (2B, ...) tensor into its chosen (B, ...) and rejected (B, ...) halves."
     return x[: x.shape[0] // 2], x[x.shape[0] // 2:]
 
+# %% ../nbs/04_logps.ipynb #73b343df
 def ld_token_weights(mask: torch.Tensor, ld_alpha: float) -> torch.Tensor:
     """LD-DPO's token weights (2B, T) for a completion mask (2B, T), rows [chosen; rejected]: 1 on the first
     min(|y_w|, |y_l|) completion tokens of each row (the length the pair shares), `ld_alpha` on the tokens beyond it,
@@ -369,6 +381,7 @@ def _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, le
         sq = torch.logsumexp(2 * z, -1) - 2 * torch.logsumexp(z, -1) if want_sq else None
         return tok_logps, (z.mean(-1) * mask).sum(-1), sq
 
+# %% ../nbs/04_logps.ipynb #c86f310a
 def concatenated_forward(model: nn.Module, batch: Mapping, temperature: float = 1.0, chunk_size: int | None = None,
                          lean: bool = True, ld_alpha: float | None = None, use_weighting: bool = False) -> dict[str, torch.Tensor]:
     """Chosen and rejected completion log-probs from one forward pass of `model` on the whole preference batch.

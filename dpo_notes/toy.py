@@ -49,6 +49,7 @@ def make_prompt(name: str, product: str, template: int = 0) -> str:
     if not 0 <= template < len(TEMPLATES): raise ValueError(f"template: expected 0..{len(TEMPLATES)-1}, got {template!r}")
     return TEMPLATES[template].format(name=name, product=product)
 
+# %% ../nbs/01_toy.ipynb #40b39e17
 def prompt_product(prompt: str) -> str:
     "The product a prompt is about (its only product word)."
     found = [w for w in prompt.split() if w in PRODUCT_ASPECTS]
@@ -63,12 +64,14 @@ def split_name_products(seed: int = 0, per_product: int = 4) -> tuple[list, list
     train = [(n, p) for n in NAMES for p in PRODUCTS if (n, p) not in test]
     return train, sorted(test)
 
+# %% ../nbs/01_toy.ipynb #74b9c47b
 def toy_prompts(split: str = "train") -> list[str]:
     "Every prompt of `split` ('train' or 'test'): each held-in (or held-out) pair in each template."
     if split not in ("train", "test"): raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     pairs = split_name_products()[split == "test"]
     return [make_prompt(n, p, t) for n, p in pairs for t in range(len(TEMPLATES))]
 
+# %% ../nbs/01_toy.ipynb #a156756b
 def sample_prompts(n: int, split: str = "train", seed: int | random.Random = 0) -> list[str]:
     "`n` prompts of `split`, drawn without replacement while they last (then with), reproducibly from `seed`."
     if n < 0: raise ValueError(f"n: expected a count >= 0, got {n}")
@@ -93,6 +96,7 @@ def parse_sentence(words: tuple[str, ...]) -> tuple[str, int] | None:
         return w[3], _VERB_SENTIMENT[w[1]]
     return None
 
+# %% ../nbs/01_toy.ipynb #07bf1c31
 def split_sentences(completion: str) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
     "The '.'-terminated sentences of `completion` (as word tuples, '.' dropped) and the unterminated tail."
     sents, cur = [], []
@@ -131,10 +135,12 @@ def features(prompt: str, completion: str, finished: bool = True) -> dict[str, f
     f["own_aspects"] = float(len(parts))
     return f
 
+# %% ../nbs/01_toy.ipynb #d2677dfe
 def reward(prompt: str, completion: str, finished: bool = True) -> float:
     "The toy reward: `REWARD_WEIGHTS` · `features(prompt, completion, finished)`; at most `MAX_REWARD`."
     return sum(REWARD_WEIGHTS[k] * v for k, v in features(prompt, completion, finished).items())
 
+# %% ../nbs/01_toy.ipynb #23274b7b
 def reward_breakdown(prompt: str, completion: str, finished: bool = True) -> dict[str, float]:
     "Each feature's contribution (weight × value, non-zero ones only) and their sum under 'reward'."
     parts = {k: REWARD_WEIGHTS[k] * v for k, v in features(prompt, completion, finished).items() if v}
@@ -146,6 +152,7 @@ def distinct_rate(completions: list[str]) -> float:
     if not completions: raise ValueError("completions: expected a non-empty list of strings")
     return len(set(completions)) / len(completions)
 
+# %% ../nbs/01_toy.ipynb #3f313e69
 def distinct_n(completions: list[str], n: int = 2) -> float:
     "Distinct-n: unique word n-grams over all word n-grams, pooled across `completions` (0.0 if none)."
     if n < 1: raise ValueError(f"n: expected n >= 1, got {n}")
@@ -161,6 +168,7 @@ _CORRUPT_WORDS = sorted(set(ASPECTS) | set(PRODUCTS) | set(ADJECTIVES[1] + ADJEC
 
 def _rng(rng) -> random.Random: return rng if isinstance(rng, random.Random) else random.Random(rng)
 
+# %% ../nbs/01_toy.ipynb #e4d633e5
 def _corrupt(words: list[str], rng: random.Random) -> list[str]:
     "Drop a word, swap two neighbours, or insert a stray word."
     w, k = list(words), rng.randrange(3)
@@ -169,6 +177,7 @@ def _corrupt(words: list[str], rng: random.Random) -> list[str]:
     else: w.insert(rng.randrange(len(w) + 1), rng.choice(_CORRUPT_WORDS))
     return w
 
+# %% ../nbs/01_toy.ipynb #9dd02ec0
 def sample_sentence(product: str, rng: random.Random, probs: dict = CORPUS_PROBS) -> str:
     "One corpus sentence about `product` (possibly off topic or corrupted), ending with ' .'."
     sentiment = rng.choices((1, -1, 0), weights=probs["sentiment"])[0]
@@ -184,6 +193,7 @@ def sample_sentence(product: str, rng: random.Random, probs: dict = CORPUS_PROBS
     if rng.random() < probs["corrupt"]: w = _corrupt(w, rng)
     return " ".join(w + ["."])
 
+# %% ../nbs/01_toy.ipynb #9c5a4352
 def sample_completion(prompt: str, rng: random.Random | int | None = None, probs: dict = CORPUS_PROBS) -> str:
     "One review of the prompt's product from the mixed-quality corpus generator (no EOS)."
     rng, product = _rng(rng), prompt_product(prompt)
@@ -193,6 +203,7 @@ def sample_completion(prompt: str, rng: random.Random | int | None = None, probs
         out.append(rng.choice(out) if out and rng.random() < probs["repeat"] else sample_sentence(product, rng, probs))
     return " ".join(out)
 
+# %% ../nbs/01_toy.ipynb #a2db3ee5
 def best_of_n(prompt: str, n: int = 8, rng: random.Random | int | None = None) -> str:
     "The highest-reward of `n` generator samples (the first on ties): the fixed strong reference."
     rng = _rng(rng)
@@ -222,6 +233,7 @@ def build_toy_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
                                    clean_up_tokenization_spaces=False, model_max_length=128, padding_side="right")
 
+# %% ../nbs/01_toy.ipynb #ec489d3e
 def load_toy_tokenizer():
     "The shipped toy tokenizer (`data/tokenizer`)."
     from transformers import AutoTokenizer
@@ -237,6 +249,7 @@ TOY_SIZES = {  # size -> LlamaConfig arguments
 def _check_size(size):
     if size not in TOY_SIZES: raise ValueError(f"size: expected one of {list(TOY_SIZES)}, got {size!r}")
 
+# %% ../nbs/01_toy.ipynb #6d956b51
 def toy_config(size: str, tokenizer=None):
     "The `LlamaConfig` of toy model `size` ('s', 'm' or 'l'), tied embeddings, ids from `tokenizer`."
     from transformers import LlamaConfig
@@ -247,12 +260,14 @@ def toy_config(size: str, tokenizer=None):
                        num_key_value_heads=kw["num_attention_heads"], pad_token_id=tok.pad_token_id,
                        eos_token_id=tok.eos_token_id, bos_token_id=None, **kw)
 
+# %% ../nbs/01_toy.ipynb #f1953bc9
 def make_toy_model(size: str, tokenizer=None, seed: int = 0):
     "A freshly initialised (untrained) toy model of `size`, seeded."
     from transformers import LlamaForCausalLM
     torch.manual_seed(seed)
     return LlamaForCausalLM(toy_config(size, tokenizer))
 
+# %% ../nbs/01_toy.ipynb #3c5b45b6
 def count_params(model) -> int:
     "Number of distinct parameters (a tied embedding counts once)."
     return sum(p.numel() for p in model.parameters())
