@@ -27,7 +27,7 @@ def _resolve(target: str):
     mod, fn = target.split(":")
     return getattr(importlib.import_module(mod), fn)
 
-# %% ../nbs/13_cli.ipynb #4d68c1d4
+# %% ../nbs/13_cli.ipynb #5031b771
 class Parser(argparse.ArgumentParser):
     "argparse, with a usage error reported in one line (`<prog>: error: ... (see --help)`), exit status 2."
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -38,7 +38,7 @@ def _one_line(e: BaseException) -> str:
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return " ".join(msg.split()) or type(e).__name__
 
-# %% ../nbs/13_cli.ipynb #023b32c4
+# %% ../nbs/13_cli.ipynb #53884b61
 @contextlib.contextmanager
 def _quiet_loading(prog: str):
     "While a command runs: no per-file loading bars from transformers/datasets, warnings in one line each (restored after)."
@@ -54,7 +54,7 @@ def _quiet_loading(prog: str):
         try: yield
         finally: warnings.formatwarning = fmt
 
-# %% ../nbs/13_cli.ipynb #df601843
+# %% ../nbs/13_cli.ipynb #875af0c3
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dpo-notes` command; returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -78,13 +78,13 @@ def _opt(t):
     "argparse type of an optional field: 'none'/'null' → None, else `t(s)`."
     return lambda s: None if s.lower() in ("none", "null") else t(s)
 
-# %% ../nbs/13_cli.ipynb #f0b94224
+# %% ../nbs/13_cli.ipynb #9ae3c100
 def _bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "y"): return True
     if s.lower() in ("0", "false", "no", "n"): return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
-# %% ../nbs/13_cli.ipynb #09d8b4d6
+# %% ../nbs/13_cli.ipynb #3579a3f5
 def add_model_args(p: argparse.ArgumentParser) -> None:
     "`--model_name_or_path`, `--gguf_file`, `--trust_remote_code` and the LoRA / 4-bit group."
     p.add_argument("--model_name_or_path", default="toy:s",
@@ -99,7 +99,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load_in_4bit", action="store_true",
                    help="QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, a CUDA GPU)")
 
-# %% ../nbs/13_cli.ipynb #a4be0be9
+# %% ../nbs/13_cli.ipynb #2023aa69
 def model_from_args(args):
     "(model, tokenizer, peft_config or None) from the parsed model flags."
     from dpo_notes.gpu import check_4bit_args
@@ -128,12 +128,12 @@ def add_config_args(p: argparse.ArgumentParser, cls, title: str, skip=()) -> Non
             g.add_argument(f"--{f.name}", type=_ARG_TYPES[kind], default=f.default, metavar=kind.split(" ")[0].upper(),
                            **({"nargs": "?", "const": True} if "bool" in kind else {}))
 
-# %% ../nbs/13_cli.ipynb #72adc27a
+# %% ../nbs/13_cli.ipynb #16a9f07d
 def _unlist(v):
     "A one-element list from an nargs='+' flag → the element (TRL's `--loss_type sigmoid` is a one-loss list)."
     return v[0] if isinstance(v, list) and len(v) == 1 else v
 
-# %% ../nbs/13_cli.ipynb #79430e2d
+# %% ../nbs/13_cli.ipynb #8a5b4bfb
 def dpo_arg_parser() -> argparse.ArgumentParser:
     "The flags of `dpo-notes dpo`: TRL's example-script names, and a `--<field>` flag per `DPOConfig` field."
     from dpo_notes.train import DPOConfig
@@ -158,7 +158,7 @@ def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None) 
         recs = load_preferences(name, split, tokenizer, skip_invalid=True).to_list()   # warns with a count of what it drops
     return recs[:limit] if limit else recs
 
-# %% ../nbs/13_cli.ipynb #bbc6777b
+# %% ../nbs/13_cli.ipynb #5f044cca
 def dpo_from_args(args: argparse.Namespace):
     "Load the model and data the parsed flags name, and train: the `DPOResult`."
     from dataclasses import fields
@@ -171,7 +171,7 @@ def dpo_from_args(args: argparse.Namespace):
     evals = load_pairs(args.dataset_name, args.eval_split, tok) if args.eval_split else None
     return train_dpo(model, tok, train, cfg, eval_data=evals, peft_config=peft)
 
-# %% ../nbs/13_cli.ipynb #dfb66aa5
+# %% ../nbs/13_cli.ipynb #c2d0f739
 def cli_dpo(argv: list[str] | None = None) -> int:
     "`dpo-notes dpo [flags]`: train, print the last training and evaluation records as JSON; returns the exit status."
     res = dpo_from_args(dpo_arg_parser().parse_args(argv))
@@ -237,7 +237,7 @@ def load_prompts(name: str, split: str = "train", limit: int | None = None) -> l
     if not prompts: raise ValueError(f"dataset_name: {name!r} (split {split!r}) has no prompts")
     return prompts[:limit] if limit else prompts
 
-# %% ../nbs/13_cli.ipynb #920e8f92
+# %% ../nbs/13_cli.ipynb #e25fdc17
 def make_judge(judge: str = "toy", reward_model_name_or_path: str | None = None, judge_model_name_or_path: str | None = None,
                device=None):
     "The judge a command line names: a reward model, `llm` (`LocalLLMJudge`), `vader`, `rule` or `toy` (see `--judge`)."
@@ -269,7 +269,7 @@ def load_reward_model(name_or_path: str, device="cpu"):
     if rt.pad_token is None: rt.pad_token = rt.eos_token
     return rm, rt
 
-# %% ../nbs/13_cli.ipynb #ce7dbc23
+# %% ../nbs/13_cli.ipynb #f2d1ffab
 def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None:
     "TRL-style reward functions from `--reward_funcs` names: a judge name, `module:function`, or a sequence classifier."
     if not names: return None
@@ -292,7 +292,7 @@ def config_from_args(args, cls=None):
         if isinstance(kw.get(k), list) and len(kw[k]) == 1: kw[k] = kw[k][0]
     return cls(**kw)
 
-# %% ../nbs/13_cli.ipynb #217aa619
+# %% ../nbs/13_cli.ipynb #783c7c36
 def toy_eval_fn(model, tok, cfg, eval_split: str, device):
     "On the toy: a win-rate eval against the starting model's samples on 64 held-out prompts (an `eval_fn`)."
     import torch
@@ -324,7 +324,7 @@ def run_from_args(args, cfg, train_fn):
     if acc.is_main_process: print_summary(res, cfg)
     return res
 
-# %% ../nbs/13_cli.ipynb #44116006
+# %% ../nbs/13_cli.ipynb #2d427aba
 def print_summary(res, cfg) -> None:
     "The last logged row's key metrics, the eval win rates if any, where the model went."
     last = [r for r in res.history if "loss" in r][-1]
@@ -341,19 +341,19 @@ def online_dpo_from_args(argv: list[str] | None = None):
     args = online_parser().parse_args(argv)
     return run_from_args(args, config_from_args(args, OnlineDPOConfig), train_online)
 
-# %% ../nbs/13_cli.ipynb #d45276fe
+# %% ../nbs/13_cli.ipynb #6c0bc866
 def cli_online_dpo(argv: list[str] | None = None) -> int:
     "`dpo-notes online-dpo ...`: train, save to `--output_dir`, exit status 0."
     online_dpo_from_args(argv); return 0
 
-# %% ../nbs/13_cli.ipynb #6bb619ec
+# %% ../nbs/13_cli.ipynb #d2ceb784
 def xpo_from_args(argv: list[str] | None = None):
     "Parse `dpo-notes xpo` flags (online DPO's plus `--alpha`) and run: the `OnlineResult` (model, history)."
     from dpo_notes.xpo import XPOConfig, train_xpo
     args = online_parser("dpo-notes xpo", xpo=True).parse_args(argv)
     return run_from_args(args, config_from_args(args, XPOConfig), train_xpo)
 
-# %% ../nbs/13_cli.ipynb #b7f2d8e5
+# %% ../nbs/13_cli.ipynb #de0ec81c
 def cli_xpo(argv: list[str] | None = None) -> int:
     "`dpo-notes xpo ...`: train, save to `--output_dir`, exit status 0."
     xpo_from_args(argv); return 0
@@ -367,14 +367,14 @@ def _merged_history(history: list[dict]):
     df = pd.DataFrame(history)
     return df.groupby("step", as_index=False).first() if len(df) else df
 
-# %% ../nbs/13_cli.ipynb #fbb537af
+# %% ../nbs/13_cli.ipynb #02bdefac
 def _demo_prompts(n_eval: int):
     "The toy's training prompts, and the first `n_eval` held-out test prompts."
     from dpo_notes.toy import load_toy_dataset
     return ([r["prompt"] for r in load_toy_dataset("prompts", "train")],
             [r["prompt"] for r in load_toy_dataset("prompts", "test")][:n_eval])
 
-# %% ../nbs/13_cli.ipynb #9a8f7c46
+# %% ../nbs/13_cli.ipynb #94017f70
 def _demo_train(sft, tok, prompts, methods, common: dict, eval_fn, say):
     "Train each method from a copy of `sft`: ({method: OnlineResult}, {method: seconds})."
     import copy, time
@@ -400,7 +400,7 @@ def _demo_summary(runs, results, times):
                           "distinct rate": r.unique_policy, "final KL": float(runs[m].train_df["objective/kl"].iloc[-1]),
                           "train seconds": times[m]} for m, r in results.items()])
 
-# %% ../nbs/13_cli.ipynb #ea2b3bf2
+# %% ../nbs/13_cli.ipynb #6c6bff1b
 def _demo_report(summary, size, steps, batch_size, beta, learning_rate, max_new_tokens, seed, total) -> str:
     "report.md: the setting, how the win rate is measured, the table, the charts."
     table = summary.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else summary.to_string(index=False)
@@ -464,12 +464,12 @@ def run_demo(output_dir: str = "dpo_notes_demo", size: str = DEMO_DEFAULTS["size
     say(f"\ndone in {total:.0f} s; wrote {out / 'winrate.png'}, {out / 'curves.png'}, {out / 'metrics.csv'}, {out / 'report.md'}")
     return dict(summary=summary, results=results, runs=runs, output_dir=str(out), seconds=total)
 
-# %% ../nbs/13_cli.ipynb #2a3e12af
+# %% ../nbs/13_cli.ipynb #4a293b27
 def _has_tabulate() -> bool:
     try: import tabulate; return True
     except ImportError: return False
 
-# %% ../nbs/13_cli.ipynb #40166b16
+# %% ../nbs/13_cli.ipynb #f17ac412
 def cli_demo(argv: list[str] | None = None) -> int:
     "`dpo-notes demo [--output_dir D] [--size s] [--steps N] ...`"
     p = argparse.ArgumentParser(prog="dpo-notes demo", description="Online DPO and XPO on the shipped toy model (CPU, minutes), win rates vs SFT, charts.")
