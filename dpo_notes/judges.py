@@ -247,7 +247,7 @@ def load_reward_model(name_or_path: str, device: str | torch.device = "cpu", tru
         raise ValueError(f"reward model {name_or_path!r}: weights missing from the checkpoint ({', '.join(sorted(info['missing_keys'])[:3])}): "
                          "expected a trained sequence-classification reward model, not a randomly initialised head")
     ensure_pad_token(tok)
-    if model.config.pad_token_id is None: model.config.pad_token_id = tok.pad_token_id
+    model.config.pad_token_id = tok.pad_token_id    # the model finds each row's last token by this id (as TRL sets it)
     return check_reward_model(model).to(device).eval(), tok
 
 # %% ../nbs/07_judges.ipynb #10654b03

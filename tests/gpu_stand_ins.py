@@ -338,10 +338,17 @@ def _patched_from_pretrained(cls_name, kind):
             tok = stand_in_tokenizer(str(name))
             if "padding_side" in kw: tok.padding_side = kw["padding_side"]
             return tok
+        if kind == "cfg":                 # only reward-model checks read a hub config: a sequence classifier's
+            m = stand_in_model(str(name), "seq_cls", num_labels=2 if _family(str(name)) == "distilbert" else 1)
+            m.config.architectures = [type(m).__name__]
+            return m.config
         if kw.get("quantization_config") is not None:
             raise RuntimeError("dry run: a quantized hub model needs CUDA and bitsandbytes")
         labels = kw.get("num_labels", 2 if _family(str(name)) == "distilbert" else 1)   # sentiment classifiers: NEGATIVE, POSITIVE
-        return stand_in_model(str(name), kind, dtype=kw.get("dtype", kw.get("torch_dtype")), num_labels=labels)
+        model = stand_in_model(str(name), kind, dtype=kw.get("dtype", kw.get("torch_dtype")), num_labels=labels)
+        if kw.get("output_loading_info"):
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
     return from_pretrained
 
 
@@ -402,7 +409,8 @@ def _patch_targets():
     import datasets, transformers
     return [(transformers.AutoModelForCausalLM, "from_pretrained", "AutoModelForCausalLM", "causal"),
             (transformers.AutoModelForSequenceClassification, "from_pretrained", "AutoModelForSequenceClassification", "seq_cls"),
-            (transformers.AutoTokenizer, "from_pretrained", "AutoTokenizer", "tok")]
+            (transformers.AutoTokenizer, "from_pretrained", "AutoTokenizer", "tok"),
+            (transformers.AutoConfig, "from_pretrained", "AutoConfig", "cfg")]
 
 
 def _load_dataset(path, *args, **kw):
