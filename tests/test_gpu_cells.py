@@ -34,6 +34,13 @@ def session(nb: str, root: Path) -> NotebookSession:
     return _SESSIONS[nb]
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environ():
+    "A cell may set launcher variables (vLLM's single-process set-up: RANK, WORLD_SIZE, MASTER_PORT): keep them in."
+    from unittest import mock
+    with mock.patch.dict(os.environ): yield
+
+
 def test_cells_found():
     "The discovery itself: nbdev's `#| gpu` directive is what it looks for (a broken parser would test nothing)."
     assert len(CELLS) >= 20 and all(nb.endswith(".ipynb") for nb, _ in CELLS)
