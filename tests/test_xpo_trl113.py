@@ -31,6 +31,7 @@ TARGET = ROOT / ".cache" / f"trl-{TRL_VERSION}"
 WORKER = Path(__file__).with_name("trl113_worker.py")
 PROMPTS = ["ann reviews the lamp :", "bob reviews the bike :", "cat reviews the chair :", "dan reviews the phone :"]
 PAD, EOS, UNK = 0, 1, 2
+DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT"}
 
 
 def install_trl():
@@ -52,11 +53,12 @@ def run_worker(inputs: dict, tmp: Path) -> dict:
     "Run tests/trl113_worker.py under TRL 1.13 on `inputs`; its outputs."
     inp, out = tmp / "in.pt", tmp / "out.pt"
     torch.save(inputs, inp)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TARGET), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    # without a launcher's variables: an earlier test that left RANK/WORLD_SIZE/MASTER_PORT behind (vLLM's single-process
+    # set-up does) made TrainingArguments._setup_devices try to join a process group and fail
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(TARGET), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                TRL_EXPERIMENTAL_SILENCE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     r = subprocess.run([sys.executable, str(WORKER), str(inp), str(out)], env=env, capture_output=True, text=True, cwd=tmp)
-    if r.returncode != 0 and "_setup_devices" in r.stderr:     # TRL 1.13's TrainingArguments could not set up a device here
-        pytest.skip(f"TRL {TRL_VERSION} could not create its TrainingArguments in this environment: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, f"TRL {TRL_VERSION} worker failed:\n{r.stderr[-3000:]}"
     return torch.load(out, weights_only=False)
 
