@@ -14,10 +14,10 @@ from accelerate import Accelerator
 
 # %% auto #0
 __all__ = ['REF_ADAPTER', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast',
-           'make_accelerator', 'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit',
-           'on_device', 'disable_dropout', 'setup_policy', 'lora_config', 'add_reference_adapter', 'make_reference',
-           'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'weights_hash', 'save_model',
-           'load_weights', 'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
+           'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft',
+           'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config', 'add_reference_adapter',
+           'make_reference', 'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'weights_hash',
+           'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #1fbdb3f9
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
@@ -63,6 +63,16 @@ def autocast(cfg, device: torch.device):
     if getattr(cfg, "fp16", False): return torch.autocast(device.type, dtype=torch.float16)
     if use_bf16(cfg, device): return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+# %% ../nbs/15_runtime.ipynb #c8b24652
+def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively: `avx512_bf16` or `amx_bf16` among the flags of `/proc/cpuinfo` (or of
+    `cpuinfo`, for tests), and a torch build that uses AVX-512 here. False where neither can be read (macOS, Windows)."""
+    if cpuinfo is None:
+        try: cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError: return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and "AVX512" in torch.backends.cpu.get_cpu_capability()
 
 # %% ../nbs/15_runtime.ipynb #59a9991b
 def make_accelerator(cfg) -> Accelerator:

