@@ -62,11 +62,11 @@ class Stamps:
 
 
 def lora():
-    from dpo_notes.sentiment import lora_config
-    return lora_config()
+    from dpo_notes.runtime import lora_config
+    return lora_config(lora_dropout=0.0)
 
 def load():
-    from dpo_notes.sentiment import load_smollm2, sentiment_prompts
+    from dpo_notes.sentiment import load_smollm2_policy as load_smollm2, sentiment_prompts
     model, tok = load_smollm2()
     # the GGUF weights are de-quantised to fp32, but transformers still flags the model as quantized and TRL's
     # Trainer refuses to train it: clear the flag (ours never looks at it)
@@ -84,6 +84,7 @@ def offline_ours(model, tok, prompts, args, stamp):
     cfg = DPOConfig(output_dir=None, max_steps=args.total, per_device_train_batch_size=args.batch, learning_rate=1e-4,
                     bf16=args.precision == "bf16", gradient_checkpointing=False, logging_steps=10, shuffle=False,
                     disable_tqdm=True, max_length=128, seed=0)
+    stamp()                      # the start, as TRL's on_train_begin: both sides then time the same steps
     train_dpo(model, tok, make_pairs(prompts, args.batch * args.total), cfg, peft_config=lora(),
               on_step_end=lambda step, history: stamp())
 
@@ -112,6 +113,7 @@ def online_ours(model, tok, prompts, args, stamp):
                           bf16=args.precision == "bf16", gradient_checkpointing=False,
                           generation_kwargs={"min_new_tokens": args.max_new_tokens}, seed=0, disable_tqdm=True,
                           logging_steps=1, eval_steps=1)
+    stamp()
     train_online(model, tok, prompts, vader_reward, cfg, peft_config=lora(), eval_fn=lambda m: (stamp(), {})[1])
 
 def online_trl(model, tok, prompts, args, stamp):

@@ -91,17 +91,20 @@ def smol():
 
 def test_ci_size_pipeline_reward_rises(smol):
     """The notebook's pipeline in miniature on SmolLM2: pairs sampled once from the base and labelled by VADER,
-    offline DPO with LoRA for a few steps, the held-out reward measured on the same seeded pass before and after."""
+    offline DPO with LoRA, the held-out reward measured on the same seeded pass before and after."""
     base, tok = smol
-    train, test = sentiment_prompts("train")[:32], sentiment_prompts("test")[:32]
+    train, test = sentiment_prompts("train")[:160], sentiment_prompts("test")
     judge = vader_judge()
-    run = SentimentRun(lr_offline=3e-3, offline_steps=12, batch_size=4, max_new_tokens=12)
+    run = SentimentRun(offline_steps=20, batch_size=8, max_new_tokens=16, sample_bf16=False, cfg_kw={})
     before = evaluate(base, tok, test, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
-    df, evs = run_grid(base, tok, train, test, judge, {"offline DPO": [0.1]}, run=run, log=None)
-    after = df.iloc[0]
-    # measured here (fp32, 1 thread, ~110 s with the model load): 0.157 before, 0.211 after, KL 11.1 nats; 32 prompts
-    # give a standard error of about 0.05 each, but both passes use the same seed, so the comparison is paired
-    assert after.reward > before["reward"] + 0.03, (before["reward"], after.reward)
+    df, evs = run_grid(base, tok, train, test, judge, {"offline DPO": [0.05]}, run=run, log=None)
+    after, diff = df.iloc[0], evs[("offline DPO", 0.05, 0)]["rewards"] - before["rewards"]
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    # measured here (fp32, 1 thread, ~5 min with the model load): 0.067 before, 0.312 after, KL 7.42 nats, paired
+    # difference 0.245 with a standard error of 0.041 (both passes use the same seed and openings). The notebook's
+    # full point (240 pairs, 30 steps) goes from 0.067 to 0.368.
+    assert before["reward"] == pytest.approx(0.067, abs=0.05)          # the notebook's base model, same pass
+    assert diff.mean() > 3 * se and after.reward > before["reward"] + 0.08, (before["reward"], after.reward, se)
     assert after.kl > 0
 
 
