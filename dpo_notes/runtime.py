@@ -64,7 +64,7 @@ def autocast(cfg, device: torch.device):
     if use_bf16(cfg, device): return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
-# %% ../nbs/15_runtime.ipynb #c8b24652
+# %% ../nbs/15_runtime.ipynb #0ce1cc2c
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bf16 natively: `avx512_bf16` or `amx_bf16` among the flags of `/proc/cpuinfo` (or of
     `cpuinfo`, for tests), and a torch build that uses AVX-512 here. False where neither can be read (macOS, Windows)."""
