@@ -66,8 +66,8 @@ def lora():
     return lora_config(lora_dropout=0.0)
 
 def load():
-    from dpo_notes.sentiment import load_smollm2_policy as load_smollm2, sentiment_prompts
-    model, tok = load_smollm2()
+    from dpo_notes.sentiment import load_smollm2_policy, sentiment_prompts
+    model, tok = load_smollm2_policy()
     # the GGUF weights are de-quantised to fp32, but transformers still flags the model as quantized and TRL's
     # Trainer refuses to train it: clear the flag (ours never looks at it)
     model.is_quantized, model.hf_quantizer = False, None

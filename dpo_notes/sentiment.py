@@ -4,17 +4,15 @@
 
 # %% ../nbs/16_sentiment.ipynb #24bd1d5e
 from __future__ import annotations
-import copy, html, importlib.util, json, math, random, re, time
+import copy, html, json, math, random, re, time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from .core import data_dir, seed_everything
-from .data import smollm2_gguf_path
+from .core import data_dir
 from .runtime import cpu_native_bf16, load_policy, lora_config
 from .toy import distinct_n, distinct_rate
 from .judges import RuleJudge, ScoredJudge
@@ -125,10 +123,10 @@ def _eos_ids(model, tok) -> set[int]:
 def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int = 16, temperature: float = 1.0,
            seed: int = 0, batch_size: int = 32, bf16: bool = False) -> Samples:
     "`n` continuations of each prompt (raw text), sampled at `temperature` with no top-k/top-p/repetition penalty, seeded."
-    from dpo_notes.online import sample_completions
+    from dpo_notes.online import pad_token_id, sample_completions
     if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
     rows = [p for p in prompts for _ in range(n)]
-    eos = sorted(_eos_ids(model, tok)); pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    eos = sorted(_eos_ids(model, tok)); pad = pad_token_id(tok, eos)
     out_p, out_c = [], []
     with torch.random.fork_rng():
         torch.manual_seed(seed)

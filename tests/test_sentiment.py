@@ -8,9 +8,10 @@ import pytest
 import torch
 
 pytest.importorskip("vaderSentiment")
+from dpo_notes.data import smollm2_gguf_path
 from dpo_notes.judges import FIRST, SECOND, TIE, RuleJudge
 from dpo_notes.sentiment import (CompletionOnly, SentimentRun, bon_kl, evaluate, frontier, label_pairs, load_smollm2_policy,
-                                 review_prefix, run_baselines, run_grid, sample, sentiment_prompts, seq_kl, smollm2_gguf_path,
+                                 review_prefix, run_baselines, run_grid, sample, sentiment_prompts, seq_kl,
                                  vader_judge, vader_reward, vader_reward_func, vader_score)
 
 
