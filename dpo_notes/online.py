@@ -15,6 +15,7 @@ from .core import seed_everything
 from .logps import selective_logps, positions_from_mask, decoder_and_head, final_hidden_states, head_logps, unwrap_peft
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import TIE_RULES, compare_scores, verdicts_to_mask
+from .toy import distinct_n, distinct_rate
 from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
                                reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
@@ -697,15 +698,6 @@ def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int
         texts += tokenizer.batch_decode(c, skip_special_tokens=True); finished += e.tolist()
     return texts, finished
 
-# %% ../nbs/08_online_dpo.ipynb #7da33d6b
-def _distinct(texts: list[str]) -> float: return len(set(texts)) / max(len(texts), 1)
-
-# %% ../nbs/08_online_dpo.ipynb #4bef02d9
-def _distinct_2(texts: list[str]) -> float:
-    "Distinct-2: unique word bigrams over all word bigrams, pooled over `texts` (0 when there are none)."
-    grams = [tuple(w[i:i + 2]) for t in texts for w in [t.split()] for i in range(len(w) - 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
 # %% ../nbs/08_online_dpo.ipynb #feef9bcb
 def win_rate_eval(tokenizer, prompts: list, reward_fn: Callable, reference: list[str], reference_finished: list[bool] | None = None,
                   *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
@@ -719,7 +711,7 @@ def win_rate_eval(tokenizer, prompts: list, reward_fn: Callable, reference: list
     tf = _takes(reward_fn, "finished")
     score = lambda p, c, f: float(reward_fn(p, c, finished=f) if tf else reward_fn(p, c))
     ref_scores = torch.tensor([score(p, c, f) for p, c, f in zip(prompts, reference, ref_fin)])
-    distinct_fn = distinct_fn or _distinct
+    distinct_fn = distinct_fn or distinct_rate
     def evaluate(model) -> dict:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
@@ -729,7 +721,7 @@ def win_rate_eval(tokenizer, prompts: list, reward_fn: Callable, reference: list
         s = torch.tensor([score(p, c, f) for p, c, f in zip(prompts, texts, fin)])
         wins = (s > ref_scores).float() + 0.5 * (s == ref_scores).float()
         return {"eval_win_rate": float(wins.mean()), "eval_reward": float(s.mean()), "eval_ref_reward": float(ref_scores.mean()),
-                "eval_distinct_rate": float(distinct_fn(texts)), "eval_distinct_2": _distinct_2(texts),
+                "eval_distinct_rate": float(distinct_fn(texts)), "eval_distinct_2": distinct_n(texts),
                 "eval_contain_eos_token": sum(fin) / len(fin)}
     return evaluate
 
