@@ -13,11 +13,12 @@ from torch import nn
 from accelerate import Accelerator
 
 # %% auto #0
-__all__ = ['REF_ADAPTER', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast',
-           'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft',
-           'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config', 'add_reference_adapter',
-           'make_reference', 'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'weights_hash',
-           'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
+__all__ = ['LAUNCHER_VARS', 'REF_ADAPTER', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16',
+           'autocast', 'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed', 'sync_device',
+           'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config',
+           'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
+           'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint',
+           'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #1fbdb3f9
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
@@ -83,6 +84,9 @@ def make_accelerator(cfg) -> Accelerator:
         raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
     AcceleratorState._reset_state(); GradientState._reset_state()
     return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no")
+
+# %% ../nbs/15_runtime.ipynb #b81d4c2e
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 # %% ../nbs/15_runtime.ipynb #7ac05ced
 @contextlib.contextmanager

@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 from .core import data_dir
-from .runtime import cpu_native_bf16, load_policy, lora_config
+from .runtime import LAUNCHER_VARS, cpu_native_bf16, load_policy, lora_config
 from .toy import distinct_n, distinct_rate
 from .judges import RuleJudge, ScoredJudge
 
 # %% auto #0
-__all__ = ['METHODS', 'LAUNCHER_VARS', 'load_smollm2_policy', 'sentiment_prompts', 'review_prefix', 'imdb_prefixes',
-           'vader_score', 'vader_reward', 'vader_judge', 'vader_reward_func', 'CompletionOnly', 'Samples', 'precision',
-           'sample', 'seq_logps', 'seq_kl', 'distinct_2', 'evaluate', 'bon_kl', 'best_of_n', 'label_pairs',
-           'sample_pairs', 'sentiment_lora', 'train_offline_dpo', 'train_online_dpo', 'train_xpo_run', 'SentimentRun',
-           'train_method', 'run_baselines', 'run_grid', 'grid_tasks', 'run_grid_parallel', 'frontier', 'plot_frontier']
+__all__ = ['METHODS', 'load_smollm2_policy', 'sentiment_prompts', 'review_prefix', 'imdb_prefixes', 'vader_score', 'vader_reward',
+           'vader_judge', 'vader_reward_func', 'CompletionOnly', 'Samples', 'precision', 'sample', 'seq_logps',
+           'seq_kl', 'distinct_2', 'evaluate', 'bon_kl', 'best_of_n', 'label_pairs', 'sample_pairs', 'sentiment_lora',
+           'train_offline_dpo', 'train_online_dpo', 'train_xpo_run', 'SentimentRun', 'train_method', 'run_baselines',
+           'run_grid', 'grid_tasks', 'run_grid_parallel', 'frontier', 'plot_frontier']
 
 # %% ../nbs/16_sentiment.ipynb #31ed32e7
 def load_smollm2_policy(quiet: bool = True):
@@ -338,12 +338,9 @@ def run_grid(base, tok, train_prompts, test_prompts, judge, betas: dict, seeds=(
 # %% ../nbs/16_sentiment.ipynb #949e651b
 _WORKER: dict = {}
 
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 def _init_worker(loader: Callable, threads: int = 1):
     "Process-pool initializer: a single-process run with `threads` torch threads, the model loaded once per worker."
-    # A worker is one independent run. Launcher variables inherited from the parent (`accelerate launch`, a vLLM
-    # engine's set-up) would make accelerate join a process group on the parent's port, so they are dropped here.
+    # one independent run: launcher variables inherited from the parent would make accelerate join its process group
     for k in LAUNCHER_VARS: os.environ.pop(k, None)
     torch.set_num_threads(threads)
     model, tok = loader()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dpo_notes.runtime import LAUNCHER_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "mp_step.py"
 DDP_CONFIG = ROOT / "examples" / "accelerate_configs" / "ddp.yaml"
-DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT"}
 
 
 def free_port() -> int:
@@ -43,7 +43,7 @@ def run_launch(launch: list[str], out: Path, **env_extra) -> callable:
     controls (`mp_step.py out --single`); return a loader of what they wrote: `load(name)` -> info dict + "flat" weights."""
     # a launcher's variables left in this process by an earlier test (vLLM's single-process set-up sets RANK,
     # WORLD_SIZE, MASTER_PORT) would make the single-process control join a process group on the launch's port
-    inherited = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith(("ACCELERATE_", "TORCHELASTIC_"))}
+    inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith(("ACCELERATE_", "TORCHELASTIC_"))}
     env = dict(inherited, OMP_NUM_THREADS="1", DPO_NOTES_THREADS="1", TOKENIZERS_PARALLELISM="false",
                CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env_extra)
     ddp = subprocess.Popen(launch, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -19,6 +19,7 @@ import pytest
 import torch
 from dpo_notes.core import set_threads
 from dpo_notes.online import completion_logps, sample_completions, tokenize_prompts
+from dpo_notes.runtime import LAUNCHER_VARS
 from dpo_notes.xpo import XPOConfig, pad_right, xpo_loss, xpo_step
 
 set_threads()
@@ -31,7 +32,6 @@ TARGET = ROOT / ".cache" / f"trl-{TRL_VERSION}"
 WORKER = Path(__file__).with_name("trl113_worker.py")
 PROMPTS = ["ann reviews the lamp :", "bob reviews the bike :", "cat reviews the chair :", "dan reviews the phone :"]
 PAD, EOS, UNK = 0, 1, 2
-DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT"}
 
 
 def install_trl():
@@ -55,7 +55,7 @@ def run_worker(inputs: dict, tmp: Path) -> dict:
     torch.save(inputs, inp)
     # without a launcher's variables: an earlier test that left RANK/WORLD_SIZE/MASTER_PORT behind (vLLM's single-process
     # set-up does) made TrainingArguments._setup_devices try to join a process group and fail
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     env = dict(env, PYTHONPATH=os.pathsep.join([str(TARGET), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                TRL_EXPERIMENTAL_SILENCE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     r = subprocess.run([sys.executable, str(WORKER), str(inp), str(out)], env=env, capture_output=True, text=True, cwd=tmp)
