@@ -15,10 +15,10 @@ from accelerate import Accelerator
 # %% auto #0
 __all__ = ['LAUNCHER_VARS', 'REF_ADAPTER', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16',
            'autocast', 'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed', 'sync_device',
-           'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config',
-           'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
-           'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint',
-           'load_policy', 'cut_at_eos']
+           'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'enable_checkpointing', 'setup_policy',
+           'lora_config', 'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss',
+           'rng_state', 'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'save_checkpoint',
+           'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #1fbdb3f9
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
@@ -147,6 +147,12 @@ def disable_dropout(model):
     return model
 
 # %% ../nbs/15_runtime.ipynb #edcf77eb
+def enable_checkpointing(model) -> None:
+    "Activation checkpointing, non-reentrant; transformers 5 renamed `gradient_checkpointing_enable` (removed in v6)."
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
 def setup_policy(model, peft_config, cfg):
     "LoRA from `peft_config` (QLoRA on 4-bit weights), dropout off (`cfg.disable_dropout`), checkpointing (`cfg.gradient_checkpointing`)."
     if is_4bit(model) and peft_config is None and not is_peft(model):
@@ -160,7 +166,7 @@ def setup_policy(model, peft_config, cfg):
         model = get_peft_model(model, peft_config)
     if cfg.disable_dropout: disable_dropout(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         if is_peft(model): model.enable_input_require_grads()   # frozen embeddings: give checkpointing a grad to follow
     return model
 

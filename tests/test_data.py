@@ -65,6 +65,7 @@ def test_smollm2_gguf_tokenizer(tok):
     assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|im_end|>")
 
 
+@pytest.mark.parity
 def test_render_chat_matches_trl(tok):
     from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
     sys_ = {"role": "system", "content": "Be brief."}

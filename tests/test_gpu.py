@@ -191,6 +191,7 @@ def test_sampler_scripted(toy):
              dtype="auto", seed=3, distributed_executor_backend="external_launcher")
 
 
+@pytest.mark.parity
 def test_sampler_matches_cut_at_eos(toy):
     model, tok = toy
     enc = tok(toy_prompts("train")[:5], return_tensors="pt", padding=True, padding_side="left")
@@ -224,6 +225,7 @@ def test_sampler_errors(toy):
         VLLMSampler(make_toy_model("s"), tok)
 
 
+@pytest.mark.parity
 def test_sampler_sync_lora(toy):
     base, tok = toy
     pm = lora_toy()

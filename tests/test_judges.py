@@ -78,6 +78,7 @@ def test_verdicts_to_mask_rules():
     with pytest.raises(ValueError, match="ties"): verdicts_to_mask(v, "last")
 
 
+@pytest.mark.parity
 def test_scored_judge_matches_trl_116_rule():
     r = torch.tensor([1.0, 3.0, -2.0, 0.0, 3.0, -2.0])
     fh, sh = r.split(3)
@@ -105,6 +106,7 @@ def test_rule_judge_with_toy_reward():
 
 
 # ---- reward model judge
+@pytest.mark.parity
 def test_rm_scores_equal_manual_forward_and_batching(tok, rm):
     j = RewardModelJudge(rm, tok, batch_size=3)
     comps = [a for a, _ in PAIRS] + [b for _, b in PAIRS]
@@ -173,6 +175,7 @@ def test_orders_modes():
     assert v == [SECOND if x else FIRST for x in sw]
 
 
+@pytest.mark.parity
 def test_local_llm_judge_matches_manual(tok):
     lm = tiny(LlamaForCausalLM, tok, seed=2)
     tpl = "{prompt} A : {first} B : {second} which is better , A or B ?"

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from dpo_notes.core import set_threads
 from dpo_notes.logps import concatenated_forward, get_batch_logps, selective_logps
 
+pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
+
 set_threads(1)
 V, H = 1000, 32
 

@@ -17,6 +17,8 @@ from dpo_notes.core import set_threads
 from dpo_notes.losses import LOSS_TYPES, dpo_loss
 from dpo_notes.logps import concatenated_forward, ld_token_weights, wpo_weights
 
+pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
+
 set_threads()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

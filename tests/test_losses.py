@@ -13,6 +13,8 @@ import torch
 from dpo_notes.core import set_threads
 from dpo_notes.losses import dpo_loss, LOSS_TYPES
 
+pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
+
 set_threads()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -20,6 +20,8 @@ import pytest
 import torch
 from dpo_notes.runtime import LAUNCHER_VARS
 
+pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "mp_step.py"
 DDP_CONFIG = ROOT / "examples" / "accelerate_configs" / "ddp.yaml"

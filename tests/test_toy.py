@@ -62,6 +62,7 @@ def test_load_toy_models(tok):
         assert model.generation_config.eos_token_id == t.eos_token_id and model.generation_config.top_k == 0
     with pytest.raises(ValueError, match="size"): toy.load_toy("xxl")
 
+@pytest.mark.parity
 def test_generate_left_padding_matches_single_prompts(tok):
     model, _ = toy.load_toy("m")
     qs = [toy.make_prompt("alice", "phone"), toy.make_prompt("zoe", "tent", 3), toy.make_prompt("bob", "kettle", 2)]

@@ -13,6 +13,7 @@ from dpo_notes.runtime import REF_ADAPTER
 from dpo_notes.train import (DPOConfig, dpo_step, make_reference, mix_low_rank, packed_forward, plain_dpo_step,
                              plain_dpo_train, precompute_ref_logps, prepare_examples, ref_cache_key, train_dpo)
 import dpo_notes.train as train
+from parity import NO_CHECKPOINTING, assert_logs_match, assert_weights_moved_alike
 
 set_threads()
 warnings.filterwarnings("ignore")
@@ -32,7 +33,7 @@ def trl_records(pairs):
 def trl_trainer(model, tok, pairs, out, **kw):
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig, DPOTrainer
-    args = TRLConfig(output_dir=str(out), report_to=[], bf16=False, gradient_checkpointing=False, use_cpu=True,
+    args = TRLConfig(output_dir=str(out), report_to=[], bf16=False, **NO_CHECKPOINTING, use_cpu=True,
                      train_sampling_strategy="sequential", save_strategy="no", disable_tqdm=True, logging_steps=1,
                      seed=0, **kw)
     return DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args,
@@ -44,6 +45,7 @@ STEP_OPTIONS = [dict(loss_type="sigmoid"), dict(loss_type="ipo"), dict(loss_type
                 dict(loss_type="exo_pair", label_smoothing=1e-3), dict(loss_type=["sigmoid", "sft"], ld_alpha=0.3)]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("padding_free", [True, False])
 @pytest.mark.parametrize("opts", STEP_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_step_matches_trl(toy, tmp_path, opts, padding_free):
@@ -79,7 +81,10 @@ def test_step_matches_trl(toy, tmp_path, opts, padding_free):
         assert abs(pl.item() - trl_loss) < 1e-5 and abs(pm["rewards/margins"] - trl_m["rewards/margins"]) < 1e-5
 
 
+@pytest.mark.parity
 def test_ten_steps_match_trl(toy, tmp_path):
+    """Ten steps with warmup and clipping, ours against TRL 1.16: step 1 tightly, later steps and the final weights
+    relative to how far training moved them (`tests/parity.py` says why Adam makes that the right bound)."""
     model, tok, pairs = toy
     hp = dict(learning_rate=3e-3, per_device_train_batch_size=4, max_steps=10, warmup_steps=3, beta=0.1,
               max_grad_norm=1.0)
@@ -89,12 +94,11 @@ def test_ten_steps_match_trl(toy, tmp_path):
     ours = train_dpo(copy.deepcopy(model), tok, pairs, DPOConfig(output_dir=None, shuffle=False, logging_steps=1, seed=0,
                                                                  disable_tqdm=True, **hp))
     assert len(ours.history) == len(trl_log) == 10
+    assert [a["step"] for a in ours.history] == [b["step"] for b in trl_log]
     for a, b in zip(ours.history, trl_log):
-        assert a["step"] == b["step"]
-        assert abs(a["loss"] - b["loss"]) < 1e-4, (a["step"], a["loss"], b["loss"])
-        assert abs(a["learning_rate"] - b["learning_rate"]) < 1e-12
-        assert abs(a["rewards/margins"] - b["rewards/margins"]) < 1e-4
-        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-3 * max(1.0, b["grad_norm"])
+        assert abs(a["learning_rate"] - b["learning_rate"]) < 1e-12      # the schedule is exact arithmetic
+    assert_logs_match(ours.history, trl_log, ("loss", "rewards/margins", "rewards/chosen", "grad_norm"))
+    assert_weights_moved_alike(ours.model.parameters(), trainer.model.parameters(), model.parameters())
     assert ours.history[-1]["loss"] < ours.history[0]["loss"] - 0.01      # and it learned something
 
 
@@ -189,13 +193,14 @@ def test_arriving_adapter_is_the_reference(toy):
     assert abs(h["loss"] - math.log(2)) < 1e-6, h["loss"]
 
 
+@pytest.mark.parity
 def test_arriving_adapter_matches_trl(toy, tmp_path):
     "Four steps from a trained adapter, ours against TRL 1.16 (which copies the adapter into a frozen 'ref' adapter)."
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig, DPOTrainer
     model, tok, pairs = toy
     hp = dict(learning_rate=3e-3, per_device_train_batch_size=4, max_steps=4, beta=0.1, max_grad_norm=1.0)
-    args = TRLConfig(output_dir=str(tmp_path), report_to=[], bf16=False, gradient_checkpointing=False, use_cpu=True,
+    args = TRLConfig(output_dir=str(tmp_path), report_to=[], bf16=False, **NO_CHECKPOINTING, use_cpu=True,
                      train_sampling_strategy="sequential", save_strategy="no", disable_tqdm=True, logging_steps=1,
                      seed=0, **hp)
     trainer = DPOTrainer(model=trained_adapter(model), ref_model=None, args=args,
@@ -206,10 +211,8 @@ def test_arriving_adapter_matches_trl(toy, tmp_path):
     ours = train_dpo(trained_adapter(model), tok, pairs, DPOConfig(output_dir=None, shuffle=False, logging_steps=1, seed=0,
                                                                    disable_tqdm=True, **hp)).history
     assert len(ours) == len(trl_log) == 4
-    assert abs(trl_log[0]["loss"] - 0.6931) < 1e-4
-    for a, b in zip(ours, trl_log):
-        for k in ("loss", "rewards/chosen", "rewards/margins", "logps/chosen"):
-            assert abs(a[k] - b[k]) < 1e-4 * max(1.0, abs(b[k])), (a["step"], k, a[k], b[k])
+    assert abs(trl_log[0]["loss"] - math.log(2)) < 1e-5                 # the arriving adapter is TRL's reference too
+    assert_logs_match(ours, trl_log, ("loss", "rewards/chosen", "rewards/margins", "logps/chosen"))
 
 
 def test_cache_key_follows_the_reference_adapter(toy):
@@ -242,6 +245,7 @@ def test_cdpo_warns_once():
     assert not [x for x in w if "cDPO" in str(x.message)]
 
 
+@pytest.mark.parity
 def test_plain_loop_step_equals_trainer_step(toy):
     "One step of `plain_dpo_train` and of `train_dpo` (no clipping, no warmup) leave the same weights."
     model, tok, pairs = toy
@@ -249,11 +253,11 @@ def test_plain_loop_step_equals_trainer_step(toy):
     plain_dpo_train(a, tok, pairs[:8], learning_rate=1e-3, batch_size=8, seed=3)
     b = train_dpo(copy.deepcopy(model), tok, pairs[:8], DPOConfig(output_dir=None, learning_rate=1e-3, max_steps=1,
                   max_grad_norm=0, per_device_train_batch_size=8, seed=3, disable_tqdm=True)).model
-    upd = lambda net: torch.cat([(x - y).flatten() for x, y in zip(net.parameters(), model.parameters())])
-    da, db = upd(a), upd(b)
-    assert float((da - db).norm() / da.norm()) < 1e-3 and float((da - db).abs().max()) < 1e-4
+    # one Adam step: equal up to the share of the update that rounding noise can steer (tests/parity.py)
+    assert_weights_moved_alike(b.parameters(), a.parameters(), model.parameters())
 
 
+@pytest.mark.parity
 def test_tr_dpo_matches_trl(toy, tmp_path):
     "TR-DPO with a full model: our losses and our reference weights after the syncs equal TRL 1.16's (sync_ref_model=True)."
     model, tok, pairs = toy
@@ -267,19 +271,12 @@ def test_tr_dpo_matches_trl(toy, tmp_path):
     log = ours.train_df.to_dict("records")
     assert len(log) == len(trl_log) == 6
     assert [h["step"] for h in ours.history if "ref_sync/rel_error" in h] == [2, 4, 6]
-    for a, b in zip(log, trl_log):
-        assert abs(a["loss"] - b["loss"]) < 1e-4, (a["step"], a["loss"], b["loss"])
-        assert abs(a["rewards/margins"] - b["rewards/margins"]) < 1e-4
+    assert_logs_match(log, trl_log, ("loss", "rewards/margins", "rewards/chosen"))
     assert abs(log[-1]["rewards/chosen"]) > 1e-4           # after a sync the reference differs from the start
-    ra, rb, start = ours.ref_model.state_dict(), trainer.ref_model.state_dict(), model.state_dict()
-    pa, pb = ours.model.state_dict(), trainer.model.state_dict()
-    flat = lambda sd, keys: torch.cat([sd[k].flatten() for k in keys])
-    ref_diff = flat(ra, ra) - flat(rb, ra)
-    moved = flat(ra, ra) - flat(start, ra)
-    # Adam turns float rounding into small weight differences (the policies differ by as much); the reference, a mix
-    # of past policies, differs by no more, and moved 100x further than that
-    assert ref_diff.abs().max() <= (flat(pa, pa) - flat(pb, pa)).abs().max() + 1e-6
-    assert float(ref_diff.norm() / moved.norm()) < 1e-2
+    # the reference, a mix of past policies, moved like TRL's (relative to how far it moved: Adam, see parity.py)
+    assert_weights_moved_alike(ours.ref_model.parameters(), trainer.ref_model.parameters(), model.parameters(),
+                               what="reference")
+    assert_weights_moved_alike(ours.model.parameters(), trainer.model.parameters(), model.parameters(), what="policy")
 
 
 def test_mix_low_rank_is_the_best_rank_r_mix():
@@ -324,3 +321,13 @@ def test_tr_dpo_lora_mixes_effective_weights(toy):
         rel = float((snaps["ref_after"][k] - want).norm() / want.norm().clamp(min=1e-12))
         assert rel <= err[0] + 1e-5, (k, rel, err[0]); worst = max(worst, rel)
     assert abs(worst - err[0]) < 1e-4            # the logged error is the largest one
+
+
+def test_checkpointing_uses_the_current_name(toy):
+    "`cfg.gradient_checkpointing` turns activation checkpointing on through transformers' current API (no v6 warning)."
+    from dpo_notes.runtime import setup_policy
+    model, _, _ = toy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        m = setup_policy(copy.deepcopy(model), None, DPOConfig(output_dir=None, gradient_checkpointing=True))
+    assert any(getattr(x, "gradient_checkpointing", False) for x in m.modules())

@@ -42,6 +42,7 @@ def trl_1_0_compute_losses(model_logprobs_model_data, model_logprobs_ref_data, r
     loss = (dpo_losses + xpo_losses).mean()
     return loss, dpo_losses, xpo_losses
 
+@pytest.mark.parity
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 @pytest.mark.parametrize("alpha", [1e-5, 0.1])
 def test_xpo_loss_equals_trl_1_0(loss_type, alpha):
@@ -131,6 +132,7 @@ def test_cli_xpo_on_the_toy(tmp_path):
     assert cli_xpo(argv) == 0                              # what `dpo-notes xpo` returns as its exit code
 
 
+@pytest.mark.parity
 def test_full_step_equals_plain_step():
     "xpo_step (lean sampler, prompt-once rows, lean head) computes plain_xpo_step's loss: DPO + alpha * log pi(y~|x)."
     m, tok = tiny(); policy = perturbed(m)
@@ -160,6 +162,7 @@ def test_arriving_adapter_is_the_reference():
     torch.manual_seed(3); want, _, _ = sample_completions(start, p_ids, p_mask, **kw)
     assert torch.equal(ours, want)
 
+@pytest.mark.parity
 def test_kept_pairs_weigh_the_same_across_micro_batches(monkeypatch):
     "Issue 10, bug 2, in XPO: micro-batches keeping 1 and 3 pairs = one micro-batch of the 4 (the loop is online DPO's)."
     from dpo_notes import online

@@ -22,6 +22,8 @@ from dpo_notes.online import completion_logps, sample_completions, tokenize_prom
 from dpo_notes.runtime import LAUNCHER_VARS
 from dpo_notes.xpo import XPOConfig, pad_right, xpo_loss, xpo_step
 
+pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
+
 set_threads()
 warnings.filterwarnings("ignore")
 from test_online import perturbed, tiny     # noqa: E402  (the tiny model and tokenizer, shared)

@@ -87,6 +87,8 @@ if __name__ == "__main__":
 import pytest
 import torch
 
+pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
+
 pytest.importorskip("deepspeed")
 
 
