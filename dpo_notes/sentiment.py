@@ -191,7 +191,7 @@ def evaluate(model, tok, prompts: Sequence[str], judge, seed: int = 1234, max_ne
 
 # %% ../nbs/16_sentiment.ipynb #37aeccd5
 def bon_kl(n: int) -> float:
-    "The best-of-n policy's KL from the policy it samples from (an upper bound, tight without ties): log n - (n-1)/n."
+    "The best-of-n policy's KL from the policy it samples from (an upper bound; reached only as every outcome's probability goes to 0, and ties lower it): log n - (n-1)/n."
     if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
     return math.log(n) - (n - 1) / n
 
