@@ -93,19 +93,21 @@ def smol():
 
 def test_smollm2_pipeline_learns_its_pairs(smol):
     """The notebook's pipeline on the real model at the size CI affords: pairs sampled from SmolLM2 and labelled by
-    VADER, offline DPO with LoRA for two passes over them (the DPO objective on the real model: the margins on the
-    pairs it trains on grow, the loss falls below log 2), then one evaluation pass (reward and KL, finite; KL > 0)."""
+    VADER, offline DPO with LoRA over them twice (the DPO objective on the real model: in the second pass the margins
+    on the pairs are positive and the loss is below log 2), then one evaluation pass (reward finite, KL > 0)."""
     base, tok = smol
     judge = vader_judge()
-    pairs, queries = sample_pairs(base, tok, sentiment_prompts("train")[:32], judge, seed=0, max_new_tokens=12)
-    assert queries == 64 and len(pairs) >= 16, len(pairs)                # ties are dropped, most pairs are not
-    policy, hist = train_offline_dpo(base, tok, pairs, beta=0.1, learning_rate=1.5e-3, max_steps=8, batch_size=8)
+    pairs, queries = sample_pairs(base, tok, sentiment_prompts("train")[:20], judge, seed=0, max_new_tokens=12)
+    assert queries == 40 and len(pairs) >= 12, len(pairs)                # ties are dropped, most pairs are not
+    steps = 2 * math.ceil(len(pairs) / 4)                                # two passes of 4 pairs a step
+    policy, hist = train_offline_dpo(base, tok, pairs, beta=0.1, learning_rate=1.5e-3, max_steps=steps, batch_size=4)
     rows = [h for h in hist if "loss" in h]
-    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4                   # step 1: the policy is the reference
-    late = rows[len(rows) // 2:]                                         # the second pass over the same pairs
-    assert min(h["rewards/margins"] for h in late) > 0.05, [h["rewards/margins"] for h in rows]
-    assert max(h["loss"] for h in late) < math.log(2) - 0.02, [h["loss"] for h in rows]
-    ev = evaluate(policy, tok, sentiment_prompts("test")[:16], judge, 1234, 12)
+    # measured (fp32, one thread): 8 steps, rows every 2 steps: margins -0.015, 0.082, 2.99, 3.60 and
+    # loss 0.701, 0.655, 0.073, 0.056; a step that learned nothing (or the wrong sign) stays near 0 and log 2
+    late = [h for h in rows if h["step"] > steps // 2 + 1]               # logged after the first pass (means of steps)
+    assert late and min(h["rewards/margins"] for h in late) > 0.5, rows
+    assert max(h["loss"] for h in late) < 0.5, rows
+    ev = evaluate(policy, tok, sentiment_prompts("test")[:8], judge, 1234, 12)
     assert np.isfinite(ev["reward"]) and ev["kl"] > 0, ev["kl"]
 
 
