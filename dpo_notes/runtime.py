@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_runtime.ipynb #cc29bfb5
 from __future__ import annotations
-import contextlib, copy, functools, hashlib, math, random, shutil
+import contextlib, copy, dataclasses, functools, hashlib, json, math, random, shutil, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,24 +13,140 @@ from torch import nn
 from accelerate import Accelerator
 
 # %% auto #0
-__all__ = ['LAUNCHER_VARS', 'REF_ADAPTER', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16',
-           'autocast', 'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed', 'sync_device',
-           'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config',
+__all__ = ['OPTIMIZERS', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'TrainingConfig',
+           'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler',
+           'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed',
+           'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config',
            'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
            'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint',
            'load_policy', 'cut_at_eos']
 
+# %% ../nbs/15_runtime.ipynb #b5e10002
+def arg(default=None, help: str = "", factory=None):
+    "A dataclass field with `help` metadata (what `--help` prints); `factory` for a mutable default (a list, a dict)."
+    if factory is not None: return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+# %% ../nbs/15_runtime.ipynb #b5e10004
+def bad(cfg, name: str, want: str, got) -> None:
+    "Raise the one config error: `ValueError('<Config>.<name> must be <want>, got <got!r>')`."
+    raise ValueError(f"{type(cfg).__name__}.{name} must be {want}, got {got!r}")
+
+def is_number(v) -> bool:
+    "A finite int or float (not a bool)."
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+# %% ../nbs/15_runtime.ipynb #b5e10007
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "adamw_8bit")
+
+def scheduler_types() -> tuple[str, ...]:
+    "The `lr_scheduler_type` names: transformers' `SchedulerType`, less `reduce_lr_on_plateau`."
+    from transformers.trainer_utils import SchedulerType
+    return tuple(s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau")
+
+# %% ../nbs/15_runtime.ipynb #b5e1000a
+@dataclasses.dataclass
+class TrainingConfig:
+    "What every trainer shares, under transformers `TrainingArguments`' names and defaults (the help says where not)."
+    output_dir: str | None = arg(None, "checkpoints and the final model; None or 'none': save nothing")
+    per_device_train_batch_size: int = arg(8, "examples (pairs, or prompts) per micro-batch and process")
+    per_device_eval_batch_size: int = arg(8, "examples per evaluation batch and process")
+    gradient_accumulation_steps: int = arg(1, "micro-batches per optimizer step")
+    learning_rate: float = arg(5e-5, "the peak learning rate")
+    weight_decay: float = arg(0.0, "AdamW's decoupled weight decay, on matrices only (not on biases or norm gains)")
+    adam_beta1: float = arg(0.9, "AdamW's beta1")
+    adam_beta2: float = arg(0.999, "AdamW's beta2")
+    adam_epsilon: float = arg(1e-8, "AdamW's epsilon")
+    optim: str = arg("adamw_torch_fused", f"the optimizer, one of {OPTIMIZERS} (8-bit: needs bitsandbytes)")
+    lr_scheduler_type: str = arg("linear", "a transformers.get_scheduler name: linear, cosine, constant_with_warmup, ...")
+    lr_scheduler_kwargs: dict | str | None = arg(None, "extra arguments of the schedule (a dict, or its JSON)")
+    warmup_steps: float = arg(0, "warmup: >= 1 a number of steps; in (0, 1) a fraction of all steps")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm; 0: no clipping (the norm is still logged)")
+    num_train_epochs: float = arg(3.0, "passes over the training data (when max_steps <= 0)")
+    max_steps: int = arg(-1, "optimizer steps; > 0 overrides num_train_epochs")
+    logging_steps: int = arg(500, "a history record every N optimizer steps (and at the last)")
+    eval_steps: int | None = arg(None, "evaluate every N steps (None: at the end only, when there is something to evaluate)")
+    save_steps: int | None = arg(None, "a resumable checkpoint-<step> in output_dir every N steps (None: none; TrainingArguments: 500)")
+    seed: int = arg(42, "seed of every random generator of the run")
+    disable_tqdm: bool = arg(False, "no progress bar")
+    bf16: bool | None = arg(None, "bf16 autocast; None: where the GPU has native bf16 (Ampere+), fp32 elsewhere")
+    fp16: bool = arg(False, "fp16 autocast with loss scaling, for GPUs without bf16 (T4, V100)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (less memory, slower)")
+    disable_dropout: bool = arg(True, "set every dropout probability to 0 (TRL's default)")
+    use_cpu: bool = arg(False, "train on the CPU even where a GPU is present")
+
+    def __post_init__(self): check_training(self)
+
+# %% ../nbs/15_runtime.ipynb #b5e1000c
+def _check_counts(c) -> None:
+    for n in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        v = getattr(c, n)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1): bad(c, n, "an int >= 1", v)
+    for n in ("eval_steps", "save_steps"):
+        v = getattr(c, n)
+        if v is not None and not (isinstance(v, int) and v >= 1): bad(c, n, "None or an int >= 1", v)
+    if c.max_steps <= 0 and not (is_number(c.num_train_epochs) and c.num_train_epochs > 0):
+        bad(c, "num_train_epochs", "> 0 when max_steps <= 0", c.num_train_epochs)
+
+def _check_optimiser(c) -> None:
+    if not (is_number(c.learning_rate) and c.learning_rate >= 0): bad(c, "learning_rate", "a finite number >= 0", c.learning_rate)
+    if not c.weight_decay >= 0: bad(c, "weight_decay", ">= 0", c.weight_decay)
+    for n in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(c, n) < 1: bad(c, n, "in [0, 1)", getattr(c, n))
+    if not c.adam_epsilon > 0: bad(c, "adam_epsilon", "> 0", c.adam_epsilon)
+    if c.optim not in OPTIMIZERS: bad(c, "optim", f"one of {OPTIMIZERS}", c.optim)
+    if c.lr_scheduler_type not in scheduler_types(): bad(c, "lr_scheduler_type", f"one of {scheduler_types()}", c.lr_scheduler_type)
+    if isinstance(c.lr_scheduler_kwargs, str):
+        try: c.lr_scheduler_kwargs = json.loads(c.lr_scheduler_kwargs)
+        except json.JSONDecodeError: bad(c, "lr_scheduler_kwargs", "a dict or its JSON", c.lr_scheduler_kwargs)
+    if not (c.lr_scheduler_kwargs is None or isinstance(c.lr_scheduler_kwargs, dict)):
+        bad(c, "lr_scheduler_kwargs", "None or a dict", c.lr_scheduler_kwargs)
+    if not c.warmup_steps >= 0: bad(c, "warmup_steps", ">= 0 (steps, or a fraction < 1)", c.warmup_steps)
+    if not c.max_grad_norm >= 0: bad(c, "max_grad_norm", ">= 0", c.max_grad_norm)
+
+def check_training(c) -> None:
+    "Raise a ValueError (`bad`) naming the first shared field of config `c` that cannot work."
+    if isinstance(c.output_dir, str) and c.output_dir.strip().lower() in ("", "none", "null"): c.output_dir = None
+    _check_counts(c); _check_optimiser(c)
+    if c.fp16 and c.bf16: bad(c, "fp16", "False when bf16=True (one half-precision type)", c.fp16)
+    if c.save_steps is not None and c.output_dir is None: bad(c, "save_steps", "None when output_dir is None (nowhere to save)", c.save_steps)
+
+# %% ../nbs/15_runtime.ipynb #b5e1000f
+def renamed_fields(**old_to_new: str):
+    "Class decorator (outside `@dataclass`): each old field name is a deprecated keyword alias and a read-only attribute of its new name."
+    def wrap(cls):
+        init = cls.__init__
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            for old, new in old_to_new.items():
+                if old not in kw: continue
+                if new in kw: raise ValueError(f"{cls.__name__}: give {new} or its deprecated name {old}, not both")
+                warnings.warn(f"{cls.__name__}.{old} is deprecated, use {new} (TRL's name); {old} goes in the next release",
+                              FutureWarning, stacklevel=2)
+                kw[new] = kw.pop(old)
+            init(self, *args, **kw)
+        cls.__init__ = __init__
+        for old, new in old_to_new.items(): setattr(cls, old, property(lambda self, n=new: getattr(self, n)))
+        cls.RENAMED = {**getattr(cls, "RENAMED", {}), **old_to_new}
+        return cls
+    return wrap
+
 # %% ../nbs/15_runtime.ipynb #1fbdb3f9
-def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters; no weight decay on vectors (biases, norm gains).
-    `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`, `adam_epsilon`."""
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """`cfg.optim` (default adamw_torch_fused) over `model`'s trainable parameters; no weight decay on vectors (biases, norm
+    gains). `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`, `adam_epsilon`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
-                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                             fused=params[0].device.type in ("cpu", "cuda"))
+    groups, kw = [g for g in groups if g["params"]], dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    optim = getattr(cfg, "optim", "adamw_torch_fused")
+    if optim in ("adamw_bnb_8bit", "adamw_8bit"):
+        try: import bitsandbytes as bnb
+        except ImportError: raise ImportError(f"optim: {optim!r} needs bitsandbytes (pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(groups, **kw)
+    fused = optim == "adamw_torch_fused" and params[0].device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, **kw, fused=fused)
 
 # %% ../nbs/15_runtime.ipynb #d4c31e80
 def num_warmup_steps(cfg, total_steps: int) -> int:
@@ -45,10 +161,12 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))    # (T - t) / (T - w)
 
 # %% ../nbs/15_runtime.ipynb #e5b092d0
-def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    "Linear warmup, then linear decay to 0 at `total_steps` (transformers' `get_linear_schedule_with_warmup`)."
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(lr_lambda, warmup=num_warmup_steps(cfg, total_steps), total=total_steps))
+def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """`transformers.get_scheduler(cfg.lr_scheduler_type)` (default linear: warmup, then linear decay to 0 at `total_steps`,
+    `get_linear_schedule_with_warmup`) with `num_warmup_steps` warmup steps and `cfg.lr_scheduler_kwargs`."""
+    from transformers import get_scheduler
+    return get_scheduler(getattr(cfg, "lr_scheduler_type", "linear"), optimizer, num_warmup_steps=num_warmup_steps(cfg, total_steps),
+                         num_training_steps=total_steps, scheduler_specific_kwargs=getattr(cfg, "lr_scheduler_kwargs", None) or {})
 
 # %% ../nbs/15_runtime.ipynb #b060116d
 def use_bf16(cfg, device: torch.device) -> bool:
