@@ -195,7 +195,8 @@ class DPOScriptArguments:
 def dpo_args(argv: list[str] | None = None) -> tuple:
     "(DPOScriptArguments, DPOConfig, ModelArguments) from `dpo-notes dpo`'s `--config` and flags."
     from dpo_notes.train import DPOConfig
-    return parse_command("dpo-notes dpo", (DPOScriptArguments, DPOConfig, ModelArguments), argv, "Offline DPO on a preference dataset.")
+    return parse_command("dpo-notes dpo", (DPOScriptArguments, DPOConfig, ModelArguments), argv, "Offline DPO on a preference dataset.",
+                         log_level="info")
 
 # %% ../nbs/13_cli.ipynb #d48977ed
 def check_split(name: str, split: str, field: str = "dataset_train_split") -> None:
@@ -261,7 +262,7 @@ def online_args(prog: str, cfg_cls) -> callable:
     "A function argv -> (OnlineScriptArguments, `cfg_cls` config, ModelArguments); output_dir defaults to runs/<command>."
     desc = f"{prog.split()[-1]}: sample from the policy, judge, take a preference step. Runs under `accelerate launch -m dpo_notes.cli`."
     return lambda argv=None: parse_command(prog, (OnlineScriptArguments, cfg_cls, ModelArguments), argv, desc,
-                                           output_dir=f"runs/{prog.split()[-1]}")
+                                           output_dir=f"runs/{prog.split()[-1]}", log_level="info")
 
 # %% ../nbs/13_cli.ipynb #f4f5b401
 def load_prompts(name: str, split: str = "train", limit: int | None = None) -> list:

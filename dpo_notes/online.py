@@ -16,7 +16,7 @@ from .logps import selective_logps, positions_from_mask, decoder_and_head, final
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import TIE_RULES, compare_scores, verdicts_to_mask
 from .toy import distinct_n, distinct_rate
-from .runtime import TrainingConfig, arg, bad, check_training
+from .runtime import RunLog, TrainingConfig, arg, bad, check_training
 from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
                                reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
@@ -866,7 +866,8 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
     sampler = _vllm_sampler(model, tokenizer, cfg, acc) if cfg.use_vllm else None
     def run_eval(s):
         if eval_fn is not None: history.append({**eval_fn(acc.unwrap_model(model)), "epoch": s * ga / per_epoch, "step": s})
-    if st["step"] == 0: run_eval(0)
+    log = RunLog(cfg, acc, history, method.name)       # each record out as it is logged: history.jsonl, trackers, a line
+    if st["step"] == 0: run_eval(0); log(history)
     bar = tqdm(total=cfg.max_steps, initial=st["step"], desc=method.name, disable=cfg.disable_tqdm or not acc.is_local_main_process)
     window = []
     while st["step"] < cfg.max_steps:
@@ -885,7 +886,7 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
         if cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0:
             save_checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step}"), model, tokenizer, optimizer, scheduler,
                             {**st, "config": asdict(cfg)}, acc)
-        bar.update(1)
-    bar.close()
+        log(history); bar.update(1)
+    bar.close(); log.close()
     model = acc.unwrap_model(model); _save_final(acc, model, tokenizer, history, cfg)
     return OnlineResult(model, history, ref_model, cfg.output_dir)

@@ -13,13 +13,13 @@ from torch import nn
 from accelerate import Accelerator
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'TrainingConfig',
-           'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler',
-           'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed',
-           'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'setup_policy', 'lora_config',
-           'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
-           'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint',
-           'load_checkpoint', 'load_policy', 'cut_at_eos']
+__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'trackers',
+           'TrainingConfig', 'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps', 'lr_lambda',
+           'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'RunLog', 'accumulating',
+           'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout',
+           'setup_policy', 'lora_config', 'add_reference_adapter', 'make_reference', 'reference_context',
+           'check_finite_loss', 'rng_state', 'set_rng_state', 'weights_hash', 'save_model', 'load_weights',
+           'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -43,6 +43,24 @@ def scheduler_types() -> tuple[str, ...]:
     "The `lr_scheduler_type` names: transformers' `SchedulerType`, less `reduce_lr_on_plateau`."
     from transformers.trainer_utils import SchedulerType
     return tuple(s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau")
+
+REPORT_TO = ("none", "all", "tensorboard", "trackio", "wandb")
+
+def _installed(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+def trackers(cfg) -> list[str]:
+    "The trackers `cfg.report_to` names ('all': those installed), after checking each is known, installed, and has a folder."
+    names = [cfg.report_to] if isinstance(cfg.report_to, str) else list(cfg.report_to or [])
+    for n in names:
+        if n not in REPORT_TO: bad(cfg, "report_to", f"any of {REPORT_TO}", n)
+    if "all" in names: return [n for n in REPORT_TO[2:] if _installed(n)]
+    out = [n for n in names if n != "none"]
+    for n in out:
+        if not _installed(n): bad(cfg, "report_to", f"a tracker that is installed (pip install {n})", n)
+    if out and cfg.output_dir is None: bad(cfg, "report_to", "'none' when output_dir is None (the trackers write under it)", cfg.report_to)
+    return out
 
 # %% ../nbs/15_runtime.ipynb #b5e1000a
 @dataclasses.dataclass
@@ -68,6 +86,9 @@ class TrainingConfig:
     eval_steps: int | None = arg(None, "evaluate every N steps (None: at the end only, when there is something to evaluate)")
     save_steps: int | None = arg(None, "a resumable checkpoint-<step> in output_dir every N steps (None: none; TrainingArguments: 500)")
     save_total_limit: int | None = arg(None, "keep only the N newest checkpoints in output_dir (None: all)")
+    report_to: str | list[str] = arg("none", f"trackers (accelerate's log_with), any of {REPORT_TO}: all = those installed")
+    run_name: str | None = arg(None, "the tracker's run name (None: the trainer's name)")
+    log_level: str = arg("passive", "info or debug: print each logged record when the bar is off (the command line: info)")
     seed: int = arg(42, "seed of every random generator of the run")
     disable_tqdm: bool = arg(False, "no progress bar")
     bf16: bool | None = arg(None, "bf16 autocast; None: where the GPU has native bf16 (Ampere+), fp32 elsewhere")
@@ -108,7 +129,9 @@ def _check_optimiser(c) -> None:
 def check_training(c) -> None:
     "Raise a ValueError (`bad`) naming the first shared field of config `c` that cannot work."
     if isinstance(c.output_dir, str) and c.output_dir.strip().lower() in ("", "none", "null"): c.output_dir = None
-    _check_counts(c); _check_optimiser(c)
+    _check_counts(c); _check_optimiser(c); trackers(c)
+    if c.log_level not in ("passive", "debug", "info", "warning", "error", "critical"):
+        bad(c, "log_level", "one of passive, debug, info, warning, error, critical", c.log_level)
     if c.fp16 and c.bf16: bad(c, "fp16", "False when bf16=True (one half-precision type)", c.fp16)
     if c.save_total_limit is not None and c.save_steps is None: bad(c, "save_total_limit", "None without save_steps (no checkpoints to keep)", c.save_total_limit)
     if c.save_steps is not None and c.output_dir is None: bad(c, "save_steps", "None when output_dir is None (nowhere to save)", c.save_steps)
@@ -197,13 +220,47 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
 
 # %% ../nbs/15_runtime.ipynb #59a9991b
 def make_accelerator(cfg) -> Accelerator:
-    "A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, no inherited state."
+    """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, `cfg.report_to`'s trackers
+    (writing under `cfg.output_dir`), no inherited state."""
     from accelerate.state import AcceleratorState, GradientState
     fp16 = getattr(cfg, "fp16", False)
     if fp16 and (cfg.use_cpu or not torch.cuda.is_available()):
         raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
     AcceleratorState._reset_state(); GradientState._reset_state()
-    return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no")
+    log_with = trackers(cfg) if hasattr(cfg, "report_to") else []
+    return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no", log_with=log_with or None,
+                       project_dir=getattr(cfg, "output_dir", None) if log_with else None)
+
+# %% ../nbs/15_runtime.ipynb #b5e10015
+def _scalar(v): return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+class RunLog:
+    "Where a run's history records go as they are logged: `history.jsonl`, the trackers, a printed line (main process only)."
+    def __init__(self, cfg, acc: Accelerator, history: list[dict], name: str):
+        self.cfg, self.acc, self.n = cfg, acc, len(history)
+        self.main, self.trackers = acc.is_main_process, bool(acc.log_with)
+        self.path = Path(cfg.output_dir) / "history.jsonl" if getattr(cfg, "output_dir", None) else None
+        self.echo = getattr(cfg, "disable_tqdm", False) and getattr(cfg, "log_level", "passive") in ("info", "debug")
+        if not self.main: return
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in history))     # a resumed run: its checkpoint's rows, once
+        if self.trackers:
+            acc.init_trackers(getattr(cfg, "run_name", None) or name, config={k: _scalar(v) for k, v in dataclasses.asdict(cfg).items()})
+
+    def __call__(self, history: list[dict]) -> None:
+        "Send the records appended to `history` since the last call."
+        new, self.n = history[self.n:], len(history)
+        if not (self.main and new): return
+        if self.path is not None:
+            with open(self.path, "a") as f: f.write("".join(json.dumps(r) + "\n" for r in new))
+        for r in new:
+            if self.trackers: self.acc.log({k: v for k, v in r.items() if k != "step" and isinstance(v, (int, float))}, step=r["step"])
+            if self.echo: print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+
+    def close(self) -> None:
+        "End the trackers (flushes their files)."
+        if self.main and self.trackers: self.acc.end_training()
 
 # %% ../nbs/15_runtime.ipynb #b81d4c2e
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT")

@@ -20,7 +20,7 @@ from .core import seed_everything
 from .losses import F_DIVERGENCE_LOSS_TYPES, F_DIVERGENCE_TYPES, LOSS_TYPES, SMOOTHED_LOSS_TYPES, dpo_loss
 from .logps import check_batch, concatenated_forward, decoder_and_head, final_hidden_states, head_logps, unwrap_parallel
 from .data import PreferenceCollator, normalize_preferences, tokenize_preferences
-from .runtime import TrainingConfig, arg, check_training, renamed_fields
+from .runtime import RunLog, TrainingConfig, arg, check_training, renamed_fields
 from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, configure_deepspeed, is_peft,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
                                on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
@@ -697,20 +697,22 @@ def train_dpo(model, tokenizer, train_data, cfg: DPOConfig | None = None, ref_mo
     """Offline DPO of `model` on the preference pairs `train_data` (anything `prepare_examples` takes). The reference is
     `ref_model`, else the starting `model` (a frozen copy; the base for a fresh LoRA adapter from `peft_config`; base +
     the adapter it arrived with), or its log-probs precomputed once (`cfg.precompute_ref_logps`). To resume, pass the
-    same starting `model` and `resume_from_checkpoint`. `on_step_end(step, history)` runs after every optimizer step."""
+    same starting `model` and `resume_from_checkpoint`. `on_step_end(step, history)` runs after every optimizer step; each
+    record goes out as it is logged (`runtime.RunLog`: `history.jsonl`, `report_to`'s trackers, a line when the bar is off)."""
     cfg = cfg or DPOConfig()
     run = start_run(model, tokenizer, train_data, cfg, ref_model, eval_data, peft_config)
     if resume_from_checkpoint is not None: resume(run, resume_from_checkpoint)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    log = RunLog(cfg, run.acc, run.st["history"], "dpo")
     bar = tqdm(total=run.total, initial=run.st["step"], desc="DPO", disable=cfg.disable_tqdm or not run.acc.is_local_main_process)
     t_last = time.perf_counter()
     while run.st["step"] < run.total:
         batches = epoch_batches(run)
         while run.st["micro"] < run.n_micro and run.st["step"] < run.total:
-            after_step(run, *optimizer_step(run, batches), out_dir)
+            after_step(run, *optimizer_step(run, batches), out_dir); log(run.st["history"])
             if on_step_end is not None: on_step_end(run.st["step"], run.st["history"])
             bar.update(1)
             now = time.perf_counter(); run.step_times.append(now - t_last); t_last = now
         if run.st["micro"] >= run.n_micro: run.st["epoch"] += 1; run.st["micro"] = 0
-    bar.close()
+    bar.close(); log.close()
     return finish_run(run, out_dir)

@@ -172,3 +172,20 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(cmd, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [h["step"] for h in json.loads((killed / "history.json").read_text()) if "loss" in h]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_tensorboard_events_equal_the_history(tmp_path, capsys):
+    "`--report_to tensorboard`: the event files, read back with TensorBoard's EventAccumulator, hold the history's values."
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["online-dpo", "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
+                                 "--learning_rate", "1e-3", "--disable_tqdm", "--report_to", "tensorboard", "--output_dir", out], capsys)
+    assert code == 0, err
+    hist = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    assert hist == json.loads((out / "history.json").read_text())                      # the live log is the final one
+    assert len([l for l in stdout.splitlines() if l.startswith("{")]) == 3               # a printed line per logged step
+    ev = EventAccumulator(str(next(out.glob("*/events.out.tfevents.*")).parent)); ev.Reload()
+    for key in ("loss", "objective/kl", "learning_rate", "rewards/accuracies"):
+        got = [(e.step, e.value) for e in ev.Scalars(key)]
+        assert got == [(h["step"], pytest.approx(h[key], rel=1e-6, abs=1e-12)) for h in hist if key in h], key
