@@ -177,8 +177,8 @@ def resolve_checkpoint(value: str | None, output_dir: str | None) -> str | None:
         found = [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)] if output_dir and os.path.isdir(output_dir) else []
         if not found: raise ValueError(f"resume_from_checkpoint: true, but output_dir {output_dir!r} has no checkpoint-<step> folder")
         return os.path.join(output_dir, max(found, key=lambda d: int(d.split("-")[1])))
-    if not os.path.isfile(os.path.join(value, "trainer_state.pt")):
-        raise ValueError(f"resume_from_checkpoint: {value} is not a checkpoint (expected a checkpoint-<step> folder with trainer_state.pt)")
+    if not os.path.isfile(os.path.join(value, "trainer_state.json")):
+        raise ValueError(f"resume_from_checkpoint: {value} is not a checkpoint (expected a checkpoint-<step> folder with trainer_state.json)")
     return str(value)
 
 # %% ../nbs/13_cli.ipynb #8a5b4bfb

@@ -18,8 +18,9 @@ __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'ba
            'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'RunLog', 'accumulating',
            'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout',
            'setup_policy', 'lora_config', 'add_reference_adapter', 'make_reference', 'reference_context',
-           'check_finite_loss', 'rng_state', 'set_rng_state', 'weights_hash', 'save_model', 'load_weights',
-           'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
+           'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json', 'weights_hash',
+           'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint', 'load_policy',
+           'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -423,6 +424,20 @@ def set_rng_state(s: dict) -> None:
     random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+# %% ../nbs/15_runtime.ipynb #b5e10018
+def rng_to_json(s: dict) -> dict:
+    "`rng_state()` as plain JSON values (lists of ints)."
+    v, mt, gauss = s["python"]; name, keys, pos, has_gauss, cached = s["numpy"]
+    return {"python": [v, list(mt), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "torch": s["torch"].tolist(), "cuda": None if s["cuda"] is None else [t.tolist() for t in s["cuda"]]}
+
+def rng_from_json(j: dict) -> dict:
+    "The inverse of `rng_to_json`: what `set_rng_state` takes."
+    v, mt, gauss = j["python"]; name, keys, pos, has_gauss, cached = j["numpy"]
+    return {"python": (v, tuple(mt), gauss), "numpy": (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
+            "torch": torch.tensor(j["torch"], dtype=torch.uint8),
+            "cuda": None if j["cuda"] is None else [torch.tensor(t, dtype=torch.uint8) for t in j["cuda"]]}
+
 # %% ../nbs/15_runtime.ipynb #aaf915a3
 def weights_hash(model: nn.Module, skip: str | None = None) -> str:
     "sha256 of `model`'s tensors (names, dtypes, bytes), leaving out those whose name contains `skip`."
@@ -488,18 +503,28 @@ def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:
     return old
 
 # %% ../nbs/15_runtime.ipynb #82ab886c
+def _tensor_entries(state: dict) -> dict:
+    "The entries of a loop's `state` that are dicts of tensors (TR-DPO's reference weights): they go to safetensors."
+    return {k: v for k, v in state.items() if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values())}
+
 def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, state: dict, accelerator) -> Path:
-    """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with
-    every adapter, `trainer_state.pt` (optimizer, scheduler and the loop's `state`), `rng_state_<process>.pth`; then
-    `rotate_checkpoints` to the `save_total_limit` of the config in `state["config"]`, if any."""
+    """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with every
+    adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config), `<entry>.safetensors` for
+    its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with `weights_only=True`) and
+    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any."""
+    from safetensors.torch import save_file
     path = Path(path); part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(model, part, tokenizer, all_adapters=True)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state}, part / "trainer_state.pt")
-    torch.save(rng_state(), part / f"rng_state_{accelerator.process_index}.pth")
+        tensors = _tensor_entries(state)
+        for k, t in tensors.items(): save_file({n: x.detach().cpu().contiguous().clone() for n, x in t.items()}, part / f"{k}.safetensors")
+        plain = {k: v for k, v in state.items() if k not in tensors}
+        (part / "trainer_state.json").write_text(json.dumps({**plain, "tensor_entries": sorted(tensors)}, indent=1))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, part / "optimizer.pt")
+    (part / f"rng_state_{accelerator.process_index}.json").write_text(json.dumps(rng_to_json(rng_state())))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(path, ignore_errors=True); part.rename(path)
@@ -510,14 +535,17 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, st
 
 # %% ../nbs/15_runtime.ipynb #7d441e6d
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) -> dict:
-    "Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs; return the loop's `state`."
+    "Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs (no unpickling); return the loop's `state`."
+    from safetensors.torch import load_file
     path = Path(path)
-    if not (path / "trainer_state.pt").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.pt in {path}")
+    if not (path / "trainer_state.json").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
     load_weights(model, path)
-    st = torch.load(path / "trainer_state.pt", weights_only=False)    # our own file; it holds Python/NumPy RNG tuples
-    optimizer.load_state_dict(st.pop("optimizer")); scheduler.load_state_dict(st.pop("scheduler"))
-    rng = path / f"rng_state_{accelerator.process_index}.pth"
-    set_rng_state(torch.load(rng if rng.exists() else path / "rng_state_0.pth", weights_only=False))
+    st = json.loads((path / "trainer_state.json").read_text())
+    for k in st.pop("tensor_entries", []): st[k] = load_file(path / f"{k}.safetensors")
+    opt = torch.load(path / "optimizer.pt", weights_only=True)            # tensors and numbers only: no code runs
+    optimizer.load_state_dict(opt["optimizer"]); scheduler.load_state_dict(opt["scheduler"])
+    rng = path / f"rng_state_{accelerator.process_index}.json"
+    set_rng_state(rng_from_json(json.loads((rng if rng.exists() else path / "rng_state_0.json").read_text())))
     return st
 
 # %% ../nbs/15_runtime.ipynb #172452a3

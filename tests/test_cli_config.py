@@ -172,6 +172,11 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(cmd, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [h["step"] for h in json.loads((killed / "history.json").read_text()) if "loss" in h]
     assert steps == [1, 2, 3, 4, 5, 6]
+    live = [json.loads(l) for l in (killed / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in live if "loss" in h] == [1, 2, 3, 4, 5, 6]          # each logged step once, the kill's too
+    ck = killed / "checkpoint-4"                                                    # JSON, safetensors, a weights_only optimizer
+    assert json.loads((ck / "trainer_state.json").read_text())["step"] == 4 and (ck / "model.safetensors").exists()
+    torch.load(ck / "optimizer.pt", weights_only=True); json.loads((ck / "rng_state_0.json").read_text())
 
 
 def test_tensorboard_events_equal_the_history(tmp_path, capsys):
