@@ -12,10 +12,10 @@ from .runtime import arg, renamed_fields
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'DTYPES', 'JUDGES', 'DEMO_DEFAULTS', 'Parser', 'main', 'ModelArguments',
            'model_from_args', 'command_parser', 'read_recipe', 'parse_command', 'resolve_checkpoint',
-           'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args', 'cli_dpo',
-           'OnlineScriptArguments', 'online_args', 'load_prompts', 'make_judge', 'load_reward_model',
-           'reward_funcs_from_args', 'toy_eval_fn', 'run_from_args', 'print_summary', 'online_dpo_from_args',
-           'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo', 'cli_demo']
+           'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args', 'cli_dpo', 'model_card',
+           'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompts', 'make_judge',
+           'load_reward_model', 'reward_funcs_from_args', 'toy_eval_fn', 'run_from_args', 'print_summary',
+           'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo', 'cli_demo']
 
 # %% ../nbs/13_cli.ipynb #8723f31f
 SUBCOMMANDS = {
@@ -225,7 +225,9 @@ def dpo_from_args(argv: list[str] | None = None):
     model, tok, peft = model_from_args(margs)
     train = load_pairs(script.dataset_name, script.dataset_train_split, tok, script.max_train_samples)
     evals = load_pairs(script.dataset_name, script.dataset_test_split, tok, field="dataset_test_split") if script.dataset_test_split else None
-    return train_dpo(model, tok, train, cfg, eval_data=evals, peft_config=peft, resume_from_checkpoint=resume)
+    res = train_dpo(model, tok, train, cfg, eval_data=evals, peft_config=peft, resume_from_checkpoint=resume)
+    write_model_card("dpo", margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
+    return res
 
 # %% ../nbs/13_cli.ipynb #c2d0f739
 def cli_dpo(argv: list[str] | None = None) -> int:
@@ -235,6 +237,26 @@ def cli_dpo(argv: list[str] | None = None) -> int:
     for rec in last: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
     if res.output_dir is not None: print(f"saved to {res.output_dir}")
     return 0
+
+# %% ../nbs/13_cli.ipynb #c13a000b
+def model_card(command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]) -> str:
+    "A hub model card (`README.md`): YAML metadata, the command, the last training and evaluation records, the config as a recipe."
+    import dataclasses, shlex, yaml
+    rows = [([h for h in history if "loss" in h] or [{}])[-1], ([h for h in history if any(k.startswith("eval_") for k in h)] or [{}])[-1]]
+    metrics = {k: v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    meta = {"base_model": model, "datasets": [dataset], "library_name": "transformers", "tags": ["dpo_notes", "trl", command]}
+    table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()])
+    recipe = yaml.safe_dump({k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}, sort_keys=False)
+    return "\n".join(["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+                      f"# {os.path.basename(os.path.normpath(cfg.output_dir))}", "",
+                      f"`{model}` trained with {command} by [dpo_notes](https://github.com/dpo-notes/dpo_notes) on `{dataset}`.", "",
+                      "```sh", shlex.join(["dpo-notes", command, *map(str, argv)]), "```", "", "## Final metrics", "", table, "",
+                      "## Config (a recipe for `--config`)", "", "```yaml", recipe.strip(), "```", ""])
+
+def write_model_card(command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]) -> None:
+    "`model_card` to `cfg.output_dir/README.md`, from the main process only (nothing without an output_dir)."
+    if cfg.output_dir and int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(cfg.output_dir):
+        with open(os.path.join(cfg.output_dir, "README.md"), "w") as f: f.write(model_card(command, model, dataset, cfg, history, argv))
 
 # %% ../nbs/13_cli.ipynb #0fae7148
 JUDGES = ("toy", "rule", "llm", "vader")
@@ -337,7 +359,7 @@ def toy_eval_fn(model, tok, cfg, eval_split: str, device):
                          distinct_fn=distinct_rate)
 
 # %% ../nbs/13_cli.ipynb #77f9dfe6
-def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, train_fn):
+def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, train_fn, command: str = "online-dpo", argv=None):
     "Load the model, prompts and judge the arguments name and run `train_fn` (`train_online` or `train_xpo`)."
     from dpo_notes.core import set_threads
     from dpo_notes.runtime import make_accelerator
@@ -353,7 +375,7 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
     toy_eval = cfg.eval_steps and script.dataset_name == "toy"
     eval_fn = toy_eval_fn(model, tok, cfg, script.dataset_test_split, acc.device) if toy_eval else None
     res = train_fn(model, tok, prompts, judge, cfg, peft_config=peft, eval_fn=eval_fn, resume_from_checkpoint=resume, accelerator=acc, **extra)
-    if acc.is_main_process: print_summary(res, cfg)
+    if acc.is_main_process: print_summary(res, cfg); write_model_card(command, margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
     return res
 
 # %% ../nbs/13_cli.ipynb #2d427aba
@@ -370,7 +392,7 @@ def print_summary(res, cfg) -> None:
 def online_dpo_from_args(argv: list[str] | None = None):
     "Parse `dpo-notes online-dpo`'s recipe and flags and run: the `OnlineResult` (model, history)."
     from dpo_notes.online import OnlineDPOConfig, train_online
-    return run_from_args(*online_args("dpo-notes online-dpo", OnlineDPOConfig)(argv), train_online)
+    return run_from_args(*online_args("dpo-notes online-dpo", OnlineDPOConfig)(argv), train_online, "online-dpo", argv)
 
 # %% ../nbs/13_cli.ipynb #6c0bc866
 def cli_online_dpo(argv: list[str] | None = None) -> int:
@@ -381,7 +403,7 @@ def cli_online_dpo(argv: list[str] | None = None) -> int:
 def xpo_from_args(argv: list[str] | None = None):
     "Parse `dpo-notes xpo`'s recipe and flags (online DPO's plus `--alpha`) and run: the `OnlineResult` (model, history)."
     from dpo_notes.xpo import XPOConfig, train_xpo
-    return run_from_args(*online_args("dpo-notes xpo", XPOConfig)(argv), train_xpo)
+    return run_from_args(*online_args("dpo-notes xpo", XPOConfig)(argv), train_xpo, "xpo", argv)
 
 # %% ../nbs/13_cli.ipynb #de0ec81c
 def cli_xpo(argv: list[str] | None = None) -> int:

@@ -190,6 +190,9 @@ def test_tensorboard_events_equal_the_history(tmp_path, capsys):
     hist = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
     assert hist == json.loads((out / "history.json").read_text())                      # the live log is the final one
     assert len([l for l in stdout.splitlines() if l.startswith("{")]) == 3               # a printed line per logged step
+    import yaml
+    card = (out / "README.md").read_text(); meta = yaml.safe_load(card.split("---")[1])   # the model card
+    assert meta["tags"][-1] == "online-dpo" and meta["base_model"] == "toy:s" and "--report_to tensorboard" in card
     ev = EventAccumulator(str(next(out.glob("*/events.out.tfevents.*")).parent)); ev.Reload()
     for key in ("loss", "objective/kl", "learning_rate", "rewards/accuracies"):
         got = [(e.step, e.value) for e in ev.Scalars(key)]
