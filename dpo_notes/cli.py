@@ -337,6 +337,7 @@ def load_reward_model(name_or_path: str, device="cpu"):
 def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None:
     "TRL-style reward functions from `--reward_funcs` names: a judge name, `module:function`, or a sequence classifier."
     if not names: return None
+    if os.getcwd() not in sys.path: sys.path.insert(0, os.getcwd())   # `mymod:fn` from the working folder, as `python -m` would
     out = []
     for n in names:
         if n in JUDGES:                   # a scored judge is a reward function through its `score(prompts, completions)`
@@ -365,6 +366,8 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
     from dpo_notes.runtime import make_accelerator
     if cfg.reward_weights and not script.reward_funcs: raise ValueError("--reward_weights: given without --reward_funcs")
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
+    toy_eval = cfg.eval_steps and script.dataset_name == "toy"
+    if cfg.eval_steps and not toy_eval: raise ValueError(f"eval_steps: the online evaluation (a win rate with the exact toy reward) needs --dataset_name toy, got {script.dataset_name!r}")
     set_threads()
     acc = make_accelerator(cfg)
     model, tok, peft = model_from_args(margs)
@@ -372,7 +375,6 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
     funcs = reward_funcs_from_args(script.reward_funcs, acc.device)
     judge = None if funcs else make_judge(script.judge, script.reward_model_name_or_path, script.judge_model_name_or_path, acc.device)
     extra = {"reward_funcs": funcs} if funcs else {}
-    toy_eval = cfg.eval_steps and script.dataset_name == "toy"
     eval_fn = toy_eval_fn(model, tok, cfg, script.dataset_test_split, acc.device) if toy_eval else None
     res = train_fn(model, tok, prompts, judge, cfg, peft_config=peft, eval_fn=eval_fn, resume_from_checkpoint=resume, accelerator=acc, **extra)
     if acc.is_main_process: print_summary(res, cfg); write_model_card(command, margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])

@@ -120,6 +120,7 @@ BAD = [
     ("not a checkpoint", "dpo", lambda t: ["--resume_from_checkpoint", t], r"is not a checkpoint"),
     ("no checkpoint to resume", "online-dpo", lambda t: ["--resume_from_checkpoint", "true"], r"has no checkpoint-<step> folder"),
     ("unknown flag", "dpo", lambda t: ["--learning_rat", "1"], r"--learning_rat"),
+    ("online eval off the toy", "online-dpo", lambda t: ["--dataset_name", _pairs_file(t), "--eval_steps", "1"], r"eval_steps: .*needs --dataset_name toy"),
     ("save limit without saving", "dpo", lambda t: ["--save_total_limit", "2"], r"save_total_limit must be None without save_steps"),
 ]
 
@@ -197,3 +198,12 @@ def test_tensorboard_events_equal_the_history(tmp_path, capsys):
     for key in ("loss", "objective/kl", "learning_rate", "rewards/accuracies"):
         got = [(e.step, e.value) for e in ev.Scalars(key)]
         assert got == [(h["step"], pytest.approx(h[key], rel=1e-6, abs=1e-12)) for h in hist if key in h], key
+
+
+def test_reward_funcs_from_the_working_folder(tmp_path, monkeypatch, capsys):
+    "`--reward_funcs mymod:fn` finds `mymod.py` in the working folder, without PYTHONPATH=."
+    (tmp_path / "myrewards_i18.py").write_text("def length(prompts, completions, **kw): return [float(len(c)) for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(["online-dpo", "--reward_funcs", "myrewards_i18:length", "--max_steps", "1", "--per_device_train_batch_size", "2",
+                                 "--max_new_tokens", "4", "--disable_tqdm", "--output_dir", "none"], capsys)
+    assert code == 0, err
