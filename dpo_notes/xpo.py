@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 import torch
 from .losses import dpo_loss
-from .runtime import reference_context, sync_device
+from .runtime import arg, bad, reference_context, sync_device
 from .online import (OnlineDPOConfig, OnlineMethod, OnlineResult, _mean, _check_online_config, eos_token_ids,
                               judge_pairs, pad_token_id, plain_pair_loss, policy_and_ref_logps, sample_plain, sample_with,
                               schedule_value, sequence_stats, tokenize_prompts, train_online)
@@ -43,15 +43,16 @@ def plain_xpo_step(policy, ref, tokenizer, prompts: list, reward_fn, beta: float
 # %% ../nbs/09_xpo.ipynb #b96697b9
 @dataclass
 class XPOConfig(OnlineDPOConfig):
-    "Online DPO's settings plus `alpha`, the weight of XPO's exploration term (TRL 1.0-1.13: 1e-5; a list: one per epoch)."
-    alpha: float | list[float] = 1e-5
+    "Online DPO's settings (and through them `runtime.TrainingConfig`'s) plus `alpha`, the weight of XPO's exploration term."
+    alpha: list[float] = arg(1e-5, "weight of the exploration term (TRL 1.0-1.13: 1e-5): a float, or one per epoch")
 
     def __post_init__(self):
         super().__post_init__()
-        alphas = self.alpha if isinstance(self.alpha, (list, tuple)) else [self.alpha]
-        if not alphas or any(isinstance(a, bool) or not isinstance(a, (int, float)) or a < 0 for a in alphas):
-            raise ValueError(f"alpha: expected a float >= 0 or a non-empty list of them, got {self.alpha!r}")
         if isinstance(self.alpha, tuple): self.alpha = list(self.alpha)
+        if isinstance(self.alpha, list) and len(self.alpha) == 1: self.alpha = self.alpha[0]   # `--alpha 1e-3`: one value
+        alphas = self.alpha if isinstance(self.alpha, list) else [self.alpha]
+        if not alphas or any(isinstance(a, bool) or not isinstance(a, (int, float)) or a < 0 for a in alphas):
+            bad(self, "alpha", "a float >= 0 or a non-empty list of them", self.alpha)
 
 # %% ../nbs/09_xpo.ipynb #4e71d673
 def xpo_loss(policy_logps_model, policy_logps_ref, ref_logps_model, ref_logps_ref, model_wins, beta: float = 0.1,

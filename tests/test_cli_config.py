@@ -1,0 +1,209 @@
+"""Issue 18: one config for the three trainers, `--config recipe.yaml`, schedules/optimizers by name, checkpoint
+rotation, resuming with `--resume_from_checkpoint true`, and a run killed with SIGKILL that resumes to the same weights."""
+import json, math, os, signal, subprocess, sys, textwrap
+from dataclasses import fields
+from pathlib import Path
+
+import pytest, torch
+
+from dpo_notes.core import data_dir, set_threads
+
+set_threads()
+ENV = dict(os.environ, DPO_NOTES_THREADS="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+
+
+def run_cli(argv, capsys):
+    "`dpo-notes *argv` in this process -> (exit status, stdout, non-empty stderr lines)."
+    from dpo_notes.cli import main
+    capsys.readouterr()
+    try: code = main([str(a) for a in argv])
+    except SystemExit as e: code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out, [l for l in cap.err.replace("\r", "\n").splitlines() if l.strip() and not l.startswith("Loading weights")]
+
+
+def test_three_configs_share_one_base():
+    from dpo_notes.runtime import TrainingConfig
+    from dpo_notes.train import DPOConfig
+    from dpo_notes.online import OnlineDPOConfig
+    from dpo_notes.xpo import XPOConfig
+    base = {f.name for f in fields(TrainingConfig)}
+    for cls in (DPOConfig, OnlineDPOConfig, XPOConfig):
+        assert issubclass(cls, TrainingConfig) and base <= {f.name for f in fields(cls)}
+        assert all(f.metadata.get("help") for f in fields(cls)), cls
+    # field names equal TRL 1.16's wherever TRL has the field (ours-only fields aside)
+    import trl
+    from trl.experimental.online_dpo import OnlineDPOConfig as TRLOnline
+    ours_only = {"max_prompt_length", "shuffle", "ref_cache_dir", "tie_rule", "logps_temperature", "generation_backend"}
+    for ours, theirs in ((DPOConfig, trl.DPOConfig), (OnlineDPOConfig, TRLOnline)):
+        missing = {f.name for f in fields(ours)} - {f.name for f in fields(theirs)} - ours_only - ({"padding_free"} if ours is OnlineDPOConfig else set())
+        assert not missing, missing
+    # one message style: "<Config>.<field> must be <what>, got <value>"
+    for cls in (DPOConfig, OnlineDPOConfig, XPOConfig):
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}\.learning_rate must be a finite number >= 0, got -1"): cls(learning_rate=-1)
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}\.lr_scheduler_type must be one of"): cls(lr_scheduler_type="wobbly")
+
+
+def test_deprecated_name_still_works():
+    from dpo_notes.train import DPOConfig
+    with pytest.warns(FutureWarning, match="precompute_ref_log_probs"): c = DPOConfig(precompute_ref_logps=True)
+    assert c.precompute_ref_log_probs is True and c.precompute_ref_logps is True
+
+
+@pytest.mark.parametrize("kind", ["cosine", "constant_with_warmup"])
+def test_schedules_match_transformers(kind):
+    from transformers import get_scheduler
+    from dpo_notes.runtime import make_optimizer, make_scheduler, TrainingConfig
+    m = torch.nn.Linear(3, 2)
+    cfg = TrainingConfig(learning_rate=1e-2, warmup_steps=2, lr_scheduler_type=kind)
+    ours = make_scheduler(make_optimizer(m, cfg), cfg, 10)
+    ref = get_scheduler(kind, torch.optim.AdamW(m.parameters(), lr=1e-2), num_warmup_steps=2, num_training_steps=10)
+    for _ in range(10):
+        assert ours.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], abs=1e-15)
+        ours.optimizer.step(); ours.step(); ref.optimizer.step(); ref.step()
+
+
+RECIPE = """\
+# a TRL-style recipe: TRL's names, our local data
+model_name_or_path: toy:s
+dataset_name: toy:prefs
+dataset_train_split: train
+dataset_test_split: test
+max_train_samples: 32
+beta: 0.1
+learning_rate: 5e-3
+lr_scheduler_type: cosine
+warmup_steps: 1
+max_steps: 8
+per_device_train_batch_size: 4
+per_device_eval_batch_size: 8
+logging_steps: 1
+eval_steps: 3
+save_steps: 2
+save_total_limit: 2
+disable_tqdm: true
+"""
+
+
+def test_recipe_runs_with_cosine_eval_and_rotation(tmp_path, capsys):
+    "`dpo-notes dpo --config recipe.yaml` with a flag overriding the file: the cosine rates, evaluations, 2 checkpoints kept."
+    from transformers import get_cosine_schedule_with_warmup
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["dpo", "--config", tmp_path / "recipe.yaml", "--max_steps", "6", "--output_dir", out], capsys)
+    assert code == 0, err
+    hist = json.loads((out / "history.json").read_text())
+    train = [h for h in hist if "loss" in h]
+    assert [h["step"] for h in train] == [1, 2, 3, 4, 5, 6]                       # the flag (6) beat the file (8)
+    sched = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=5e-3), 1, 6)
+    want = []
+    for _ in range(6): want.append(sched.get_last_lr()[0]); sched.optimizer.step(); sched.step()
+    assert [h["learning_rate"] for h in train] == pytest.approx(want, abs=1e-15)
+    assert [h["step"] for h in hist if "eval_loss" in h] == [3, 6]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]   # save_total_limit: 2
+
+
+def _pairs_file(tmp_path) -> Path:
+    rows = [json.loads(l) for l in open(data_dir() / "toy_prefs_test.jsonl")][:8]
+    f = tmp_path / "pairs.jsonl"; f.write_text("".join(json.dumps(r) + "\n" for r in rows)); return f
+
+
+BAD = [
+    ("missing yaml", "dpo", lambda t: ["--config", t / "nope.yaml"], r"--config: no such file: .*nope\.yaml"),
+    ("broken yaml", "dpo", lambda t: ["--config", t / "broken.yaml"], r"--config .*broken\.yaml: not valid YAML"),
+    ("unknown key", "online-dpo", lambda t: ["--config", t / "unknown.yaml"], r"unknown key 'learning_rat'"),
+    ("missing split", "dpo", lambda t: ["--dataset_name", _pairs_file(t), "--dataset_test_split", "test"], r"only split is 'train'; got 'test'"),
+    ("missing split (online)", "xpo", lambda t: ["--dataset_name", _pairs_file(t), "--dataset_train_split", "validation"], r"only split is 'train'"),
+    ("unknown scheduler", "xpo", lambda t: ["--lr_scheduler_type", "wobbly"], r"XPOConfig\.lr_scheduler_type must be one of"),
+    ("unknown optimizer", "dpo", lambda t: ["--optim", "lion"], r"DPOConfig\.optim must be one of"),
+    ("unknown dtype", "online-dpo", lambda t: ["--dtype", "float8"], r"ModelArguments\.dtype must be one of"),
+    ("not a checkpoint", "dpo", lambda t: ["--resume_from_checkpoint", t], r"is not a checkpoint"),
+    ("no checkpoint to resume", "online-dpo", lambda t: ["--resume_from_checkpoint", "true"], r"has no checkpoint-<step> folder"),
+    ("unknown flag", "dpo", lambda t: ["--learning_rat", "1"], r"--learning_rat"),
+    ("online eval off the toy", "online-dpo", lambda t: ["--dataset_name", _pairs_file(t), "--eval_steps", "1"], r"eval_steps: .*needs --dataset_name toy"),
+    ("save limit without saving", "dpo", lambda t: ["--save_total_limit", "2"], r"save_total_limit must be None without save_steps"),
+]
+
+@pytest.mark.parametrize("row", BAD, ids=[r[0] for r in BAD])
+def test_bad_configuration_is_one_line_and_writes_nothing(row, tmp_path, capsys):
+    name, cmd, extra, pattern = row
+    (tmp_path / "broken.yaml").write_text("beta: [0.1\n")
+    (tmp_path / "unknown.yaml").write_text("beta: 0.1\nlearning_rat: 1e-3\n")
+    out = tmp_path / "out"
+    code, stdout, lines = run_cli([cmd, "--output_dir", out, "--max_steps", "1", *extra(tmp_path)], capsys)
+    head = f"dpo-notes {cmd}: error: "
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(head), lines
+    import re; assert re.search(pattern, lines[0]), lines[0]
+    assert not out.exists()
+
+
+KILLED = r'''
+import os, signal, sys
+import dpo_notes.{module} as m
+real = m.{hook}
+def hook(*a, **k):
+    r = real(*a, **k)
+    if {step_expr} == int(os.environ["KILL_AT"]): os.kill(os.getpid(), signal.SIGKILL)   # no clean-up, no flush
+    return r
+m.{hook} = hook
+from dpo_notes.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+@pytest.mark.parametrize("cmd", ["dpo", "online-dpo"])
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(cmd, tmp_path):
+    "Killed (SIGKILL) after step 5 with checkpoints every 2 steps; resumed with `true`: the weights of a straight run, each step logged once."
+    from safetensors.torch import load_file
+    common = ["--model_name_or_path", "toy:s", "--max_steps", "6", "--per_device_train_batch_size", "4", "--learning_rate", "5e-3",
+              "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "--seed", "3"]
+    common += ["--max_train_samples", "24"] if cmd == "dpo" else ["--max_new_tokens", "8", "--max_prompts", "32"]
+    hook = dict(module="train", hook="after_step", step_expr="a[0].st['step']") if cmd == "dpo" else \
+        dict(module="online", hook="_log_row", step_expr="a[4]")
+    script = tmp_path / "killed.py"; script.write_text(KILLED.format(**hook))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = subprocess.run([sys.executable, "-m", "dpo_notes.cli", cmd, *common, "--output_dir", str(straight)], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, str(script), cmd, *common, "--output_dir", str(killed)], env=dict(ENV, KILL_AT="5"), capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"] and not (killed / "model.safetensors").exists()
+    r = subprocess.run([sys.executable, "-m", "dpo_notes.cli", cmd, *common, "--output_dir", str(killed), "--resume_from_checkpoint", "true"],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [h["step"] for h in json.loads((killed / "history.json").read_text()) if "loss" in h]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    live = [json.loads(l) for l in (killed / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in live if "loss" in h] == [1, 2, 3, 4, 5, 6]          # each logged step once, the kill's too
+    ck = killed / "checkpoint-4"                                                    # JSON, safetensors, a weights_only optimizer
+    assert json.loads((ck / "trainer_state.json").read_text())["step"] == 4 and (ck / "model.safetensors").exists()
+    torch.load(ck / "optimizer.pt", weights_only=True); json.loads((ck / "rng_state_0.json").read_text())
+
+
+def test_tensorboard_events_equal_the_history(tmp_path, capsys):
+    "`--report_to tensorboard`: the event files, read back with TensorBoard's EventAccumulator, hold the history's values."
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["online-dpo", "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
+                                 "--learning_rate", "1e-3", "--disable_tqdm", "--report_to", "tensorboard", "--output_dir", out], capsys)
+    assert code == 0, err
+    hist = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    assert hist == json.loads((out / "history.json").read_text())                      # the live log is the final one
+    assert len([l for l in stdout.splitlines() if l.startswith("{")]) == 3               # a printed line per logged step
+    import yaml
+    card = (out / "README.md").read_text(); meta = yaml.safe_load(card.split("---")[1])   # the model card
+    assert meta["tags"][-1] == "online-dpo" and meta["base_model"] == "toy:s" and "--report_to tensorboard" in card
+    ev = EventAccumulator(str(next(out.glob("*/events.out.tfevents.*")).parent)); ev.Reload()
+    for key in ("loss", "objective/kl", "learning_rate", "rewards/accuracies"):
+        got = [(e.step, e.value) for e in ev.Scalars(key)]
+        assert got == [(h["step"], pytest.approx(h[key], rel=1e-6, abs=1e-12)) for h in hist if key in h], key
+
+
+def test_reward_funcs_from_the_working_folder(tmp_path, monkeypatch, capsys):
+    "`--reward_funcs mymod:fn` finds `mymod.py` in the working folder, without PYTHONPATH=."
+    (tmp_path / "myrewards_i18.py").write_text("def length(prompts, completions, **kw): return [float(len(c)) for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(["online-dpo", "--reward_funcs", "myrewards_i18:length", "--max_steps", "1", "--per_device_train_batch_size", "2",
+                                 "--max_new_tokens", "4", "--disable_tqdm", "--output_dir", "none"], capsys)
+    assert code == 0, err
