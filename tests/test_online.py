@@ -312,7 +312,9 @@ def test_nan_loss_stops_before_the_update(tmp_path):
     with pytest.raises(FloatingPointError, match="step 2"):
         train_online(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg,
                      step_fn=online.OnlineMethod("poisoned", online.collect_pairs, poisoned))
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-1"]
+    # the last good step's checkpoint, and the history logged up to the failure (written as it goes)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-1", "history.jsonl"]
+    assert [json.loads(line)["step"] for line in (tmp_path / "history.jsonl").read_text().splitlines()] == [1]
 
 def arriving_adapter(m):
     "A peft model with a trained (non-zero) LoRA adapter, as after SFT with LoRA."

@@ -189,7 +189,7 @@ def test_arriving_adapter_is_the_reference(toy):
     assert abs(h["loss"] - math.log(2)) < 1e-6, h["loss"]          # the policy *is* the reference at step 0
     assert abs(h["rewards/chosen"]) < 1e-6 and abs(h["rewards/margins"]) < 1e-6
     # the precomputed path and its cache use the same reference
-    h = train_dpo(trained_adapter(model), tok, pairs[:8], DPOConfig(**{**cfg.__dict__, "precompute_ref_logps": True})).history[0]
+    h = train_dpo(trained_adapter(model), tok, pairs[:8], DPOConfig(**{**cfg.__dict__, "precompute_ref_log_probs": True})).history[0]
     assert abs(h["loss"] - math.log(2)) < 1e-6, h["loss"]
 
 
