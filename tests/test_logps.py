@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from dpo_notes.core import set_threads
 from dpo_notes.logps import concatenated_forward, get_batch_logps, selective_logps
+from parity import NO_CHECKPOINTING
 
 pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
 
@@ -52,7 +53,7 @@ def _trainer(tmp_path, model, ref_model=None, peft_config=None, beta=0.1):
     from trl import DPOConfig, DPOTrainer
     args = DPOConfig(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=4, max_length=None,
                      use_cpu=True, bf16=False, logging_strategy="no", save_strategy="no", beta=beta,
-                     dataloader_num_workers=0, disable_dropout=True)
+                     dataloader_num_workers=0, disable_dropout=True, **NO_CHECKPOINTING)
     return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=_dataset(),
                       processing_class=_tokenizer(), peft_config=peft_config)
 

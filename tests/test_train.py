@@ -161,7 +161,7 @@ def test_config_rejects_bad_values():
                       ({"f_divergence_type": "tv"}, "f_divergence_type"), ({"loss_type": "aot", "use_weighting": True}, "use_weighting"),
                       ({"loss_type": "bco_pair", "f_divergence_type": "forward_kl"}, "f_divergence_type"),
                       ({"ref_model_mixup_alpha": 1.5}, "ref_model_mixup_alpha"), ({"ref_model_sync_steps": 0}, "ref_model_sync_steps"),
-                      ({"sync_ref_model": True, "precompute_ref_logps": True}, "sync_ref_model"),
+                      ({"sync_ref_model": True, "precompute_ref_log_probs": True}, "sync_ref_model"),
                       ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"), ({"warmup_steps": -1}, "warmup_steps"),
                       ({"max_prompt_length": 600, "max_length": 512}, "max_prompt_length")]:
         with pytest.raises(ValueError, match=field): DPOConfig(**kw)
