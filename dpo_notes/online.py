@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from .core import seed_everything
 from .logps import selective_logps, positions_from_mask, decoder_and_head, final_hidden_states, head_logps, unwrap_peft
 from .losses import LOSS_TYPES, dpo_loss
-from .judges import TIE_RULES, compare_scores, verdicts_to_mask
+from .judges import FAILED, FIRST, TIE, TIE_RULES, compare_scores, verdicts_to_mask
 from .toy import distinct_n, distinct_rate
-from .runtime import RunLog, TrainingConfig, arg, bad, check_training
+from .runtime import RunLog, TrainingConfig, arg, bad, check_training, eval_due
 from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
                                reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
@@ -663,12 +663,16 @@ online_dpo_step.method = ONLINE_DPO          # what `train_online(step_fn=online
 
 # %% ../nbs/08_online_dpo.ipynb #12565ea0
 def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, temperature: float = 1.0,
-                         top_p: float = 1.0, top_k: int = 0, do_sample: bool = True, batch_size: int = 64):
-    "One completion per prompt: (texts, finished), two lists of len(prompts); `finished` = ended with eos."
+                         top_p: float = 1.0, top_k: int = 0, do_sample: bool = True, batch_size: int = 64,
+                         disable_tqdm: bool = False):
+    """One completion per prompt: (texts, finished), two lists of len(prompts); `finished` = ended with eos.
+    More prompts than one batch show a progress bar (gone when done)."""
+    from tqdm.auto import tqdm
     device = next(unwrap(model).parameters()).device
     eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
     texts, finished = [], []
-    for i in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for i in tqdm(starts, desc="sampling", leave=False, disable=disable_tqdm or len(starts) < 2):
         ids, mask = tokenize_prompts(tokenizer, prompts[i:i + batch_size], device=device)
         c, _, e = sample_completions(model, ids, mask, num_samples=1, max_new_tokens=max_new_tokens, temperature=temperature,
                                      top_p=top_p, top_k=top_k, eos_ids=eos, pad_token_id=pad, do_sample=do_sample)
@@ -676,28 +680,41 @@ def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int
     return texts, finished
 
 # %% ../nbs/08_online_dpo.ipynb #feef9bcb
-def win_rate_eval(tokenizer, prompts: list, reward_fn: Callable, reference: list[str], reference_finished: list[bool] | None = None,
+def _verdict_win(v) -> float:
+    "A verdict of the policy's sample (first) against the reference (second) as a score: win 1, tie 1/2, loss or failed 0."
+    return {FIRST: 1.0, TIE: 0.5}.get(v, 0.0)
+
+def win_rate_eval(tokenizer, prompts: list, judge, reference: list[str], reference_finished: list[bool] | None = None,
                   *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-                  distinct_fn: Callable | None = None) -> Callable:
-    """An eval hook `f(model) -> dict` scoring one seeded sample per prompt against the fixed `reference` completions with
-    `reward_fn(prompt, completion[, finished])`: win 1, tie 1/2. Returns eval_win_rate, eval_reward, eval_ref_reward,
-    eval_distinct_rate (`distinct_fn`, default: fraction of distinct texts), eval_distinct_2 and eval_contain_eos_token."""
+                  distinct_fn: Callable | None = None, batch_size: int = 64, disable_tqdm: bool = False) -> Callable:
+    """An eval hook `f(model) -> dict`: one seeded sample per prompt, judged against the fixed `reference` completion
+    of that prompt by `judge` — anything `judge_pairs` takes: a reward callable `f(prompt, completion[, finished])`, a
+    scored judge, `RewardFunctions` or a pairwise judge. Win 1, tie 1/2; a pair the judge could not decide counts 0
+    (never a win) and in eval_failed. Returns eval_win_rate, eval_failed, eval_distinct_rate (`distinct_fn`, default:
+    fraction of distinct texts), eval_distinct_2, eval_contain_eos_token, and for scored judges eval_reward and
+    eval_ref_reward (mean scores of the samples and of the reference)."""
     if len(reference) != len(prompts):
         raise ValueError(f"reference: expected {len(prompts)} completions (one per prompt), got {len(reference)}")
     ref_fin = list(reference_finished) if reference_finished is not None else [True] * len(reference)
-    tf = _takes(reward_fn, "finished")
-    score = lambda p, c, f: float(reward_fn(p, c, finished=f) if tf else reward_fn(p, c))
-    ref_scores = torch.tensor([score(p, c, f) for p, c, f in zip(prompts, reference, ref_fin)])
+    shown = prompts if getattr(judge, "takes_messages", False) else [prompt_text(p) for p in prompts]
+    ref_scores = _scores_from_judge(judge, shown, list(reference), ref_fin)     # None: a pairwise judge
+    tol = getattr(judge, "tie_tol", 0.0)
     distinct_fn = distinct_fn or distinct_rate
     def evaluate(model) -> dict:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            texts, fin = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                              temperature=temperature, top_p=top_p, top_k=top_k)
-        s = torch.tensor([score(p, c, f) for p, c, f in zip(prompts, texts, fin)])
-        wins = (s > ref_scores).float() + 0.5 * (s == ref_scores).float()
-        return {"eval_win_rate": float(wins.mean()), "eval_reward": float(s.mean()), "eval_ref_reward": float(ref_scores.mean()),
+            texts, fin = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                              top_p=top_p, top_k=top_k, batch_size=batch_size, disable_tqdm=disable_tqdm)
+        out = {}
+        if ref_scores is not None:
+            s = _scores_from_judge(judge, shown, texts, fin)
+            verdicts = [compare_scores(float(a), float(b), tol) for a, b in zip(s, ref_scores)]
+            out = {"eval_reward": float(s.mean()), "eval_ref_reward": float(ref_scores.mean())}
+        else:
+            verdicts = judge.judge(list(shown), list(zip(texts, reference)))
+        wins = [_verdict_win(v) for v in verdicts]
+        return {"eval_win_rate": sum(wins) / len(wins), **out, "eval_failed": sum(v == FAILED for v in verdicts) / len(verdicts),
                 "eval_distinct_rate": float(distinct_fn(texts)), "eval_distinct_2": distinct_n(texts),
                 "eval_contain_eos_token": sum(fin) / len(fin)}
     return evaluate
@@ -851,8 +868,8 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
     """Online preference optimisation of `model` on `prompts` (strings or chat messages): every step samples from the
     current policy, asks `judge` (a scored judge, a reward callable or a pairwise judge; or TRL's `reward_funcs` with
     `reward_weights`, default `cfg.reward_weights`) and takes `step_fn`'s loss (an `OnlineMethod`; default online DPO; XPO passes its own).
-    The reference: `runtime.make_reference`. `eval_fn(model) -> dict` runs before training, every `cfg.eval_steps` and
-    at the end. To resume, pass the same starting `model` and `resume_from_checkpoint`."""
+    The reference: `runtime.make_reference`. `eval_fn(model) -> dict` runs before training and whenever
+    `runtime.eval_due(cfg, ...)` says (every `cfg.eval_steps`, each epoch's end under `eval_strategy="epoch"`, the end). To resume, pass the same starting `model` and `resume_from_checkpoint`."""
     from tqdm.auto import tqdm
     cfg = cfg or OnlineDPOConfig(); method = _as_method(step_fn)
     weights = cfg.reward_weights if reward_weights is None else reward_weights
@@ -867,7 +884,7 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
     def run_eval(s):
         if eval_fn is not None: history.append({**eval_fn(acc.unwrap_model(model)), "epoch": s * ga / per_epoch, "step": s})
     log = RunLog(cfg, acc, history, method.name)       # each record out as it is logged: history.jsonl, trackers, a line
-    if st["step"] == 0: run_eval(0); log(history)
+    if st["step"] == 0 and cfg.eval_strategy != "no": run_eval(0); log(history)
     bar = tqdm(total=cfg.max_steps, initial=st["step"], desc=method.name, disable=cfg.disable_tqdm or not acc.is_local_main_process)
     window = []
     while st["step"] < cfg.max_steps:
@@ -882,7 +899,7 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
         if step % cfg.logging_steps == 0 or step == cfg.max_steps:
             history.append(_log_row(acc, window, grad_norm, lr, step, step * ga / per_epoch)); window = []
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", kl=f"{history[-1]['objective/kl']:.2f}")
-        if eval_fn is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == cfg.max_steps): run_eval(step)
+        if eval_due(cfg, step, cfg.max_steps, max(1, per_epoch // ga)): run_eval(step)
         if cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0:
             save_checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step}"), model, tokenizer, optimizer, scheduler,
                             {**st, "config": asdict(cfg)}, acc)

@@ -14,13 +14,13 @@ from accelerate import Accelerator
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'trackers',
-           'TrainingConfig', 'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps', 'lr_lambda',
-           'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'RunLog', 'accumulating',
-           'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout',
-           'enable_checkpointing', 'setup_policy', 'lora_config', 'add_reference_adapter', 'make_reference',
-           'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json',
-           'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'load_policy', 'cut_at_eos']
+           'TrainingConfig', 'check_training', 'eval_due', 'renamed_fields', 'make_optimizer', 'num_warmup_steps',
+           'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'RunLog',
+           'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device',
+           'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config', 'add_reference_adapter',
+           'make_reference', 'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json',
+           'rng_from_json', 'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint',
+           'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -84,6 +84,8 @@ class TrainingConfig:
     num_train_epochs: float = arg(3.0, "passes over the training data (when max_steps <= 0)")
     max_steps: int = arg(-1, "optimizer steps; > 0 overrides num_train_epochs")
     logging_steps: int = arg(500, "a history record every N optimizer steps (and at the last)")
+    eval_strategy: str | None = arg(None, "when to evaluate: no, steps (every eval_steps, default logging_steps) or epoch "
+                                    "(each epoch's end); None: steps where eval_steps is set, else the end only (TrainingArguments: no)")
     eval_steps: int | None = arg(None, "evaluate every N steps (None: at the end only, when there is something to evaluate)")
     save_steps: int | None = arg(None, "a resumable checkpoint-<step> in output_dir every N steps (None: none; TrainingArguments: 500)")
     save_total_limit: int | None = arg(None, "keep only the N newest checkpoints in output_dir (None: all)")
@@ -134,8 +136,20 @@ def check_training(c) -> None:
     if c.log_level not in ("passive", "debug", "info", "warning", "error", "critical"):
         bad(c, "log_level", "one of passive, debug, info, warning, error, critical", c.log_level)
     if c.fp16 and c.bf16: bad(c, "fp16", "False when bf16=True (one half-precision type)", c.fp16)
+    if c.eval_strategy not in (None, "no", "steps", "epoch"): bad(c, "eval_strategy", "one of no, steps, epoch", c.eval_strategy)
     if c.save_total_limit is not None and c.save_steps is None: bad(c, "save_total_limit", "None without save_steps (no checkpoints to keep)", c.save_total_limit)
     if c.save_steps is not None and c.output_dir is None: bad(c, "save_steps", "None when output_dir is None (nowhere to save)", c.save_steps)
+
+# %% ../nbs/15_runtime.ipynb #1512ee98
+def eval_due(cfg, step: int, total: int, steps_per_epoch: int) -> bool:
+    "Whether an evaluation falls after optimizer step `step` (1-based) of `total`, with `steps_per_epoch` steps a pass."
+    strategy = cfg.eval_strategy
+    if strategy == "no":
+        return False
+    if strategy == "epoch":
+        return step % max(1, steps_per_epoch) == 0 or step == total
+    every = cfg.eval_steps or (cfg.logging_steps if strategy == "steps" else None)
+    return step == total or bool(every and step % every == 0)
 
 # %% ../nbs/15_runtime.ipynb #b5e1000f
 def renamed_fields(**old_to_new: str):

@@ -20,7 +20,7 @@ from .core import seed_everything
 from .losses import F_DIVERGENCE_LOSS_TYPES, F_DIVERGENCE_TYPES, LOSS_TYPES, SMOOTHED_LOSS_TYPES, dpo_loss
 from .logps import check_batch, concatenated_forward, decoder_and_head, final_hidden_states, head_logps, unwrap_parallel
 from .data import PreferenceCollator, normalize_preferences, tokenize_preferences
-from .runtime import RunLog, TrainingConfig, arg, check_training, renamed_fields
+from .runtime import RunLog, TrainingConfig, arg, check_training, eval_due, renamed_fields
 from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, configure_deepspeed, is_peft,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
                                on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
@@ -498,7 +498,9 @@ def evaluate(model, ref_model, loader, cfg: DPOConfig, accelerator=None) -> dict
     "TRL's DPO metrics on held-out pairs (`loader` yields preference batches), prefixed `eval_`: the mean over batches."
     was_training = model.training; model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    rows = [dpo_step(model, ref_model, {k: v.to(device) for k, v in b.items()}, cfg, accelerator)[1] for b in loader]
+    show = not cfg.disable_tqdm and (accelerator is None or accelerator.is_local_main_process)
+    batches = tqdm(loader, desc="eval", leave=False, disable=not show)          # a bar while it runs, nothing left after
+    rows = [dpo_step(model, ref_model, {k: v.to(device) for k, v in b.items()}, cfg, accelerator)[1] for b in batches]
     model.train(was_training)
     return {f"eval_{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
@@ -677,7 +679,8 @@ def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path 
     if step % cfg.logging_steps == 0 or step == run.total:
         history.append({**_mean_records(run.window), "grad_norm": grad_norm, "learning_rate": lr, "epoch": epoch, "step": step})
         run.window = []
-    if run.eval_loader is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == run.total):
+    per_epoch = math.ceil(run.n_micro / cfg.gradient_accumulation_steps)     # optimizer steps per pass
+    if run.eval_loader is not None and eval_due(cfg, step, run.total, per_epoch):
         history.append({**evaluate(run.model, run.ref_model, run.eval_loader, cfg, run.acc), "epoch": epoch, "step": step})
     if out_dir is not None and cfg.save_steps and step % cfg.save_steps == 0: checkpoint(run, out_dir / f"checkpoint-{step}")
 

@@ -108,6 +108,21 @@ def _pairs_file(tmp_path) -> Path:
     f = tmp_path / "pairs.jsonl"; f.write_text("".join(json.dumps(r) + "\n" for r in rows)); return f
 
 
+def _prompt_folder(tmp_path) -> Path:
+    "A dataset folder with two splits of toy prompts: train.jsonl (8) and test.jsonl (4)."
+    rows = [json.loads(l) for l in open(data_dir() / "toy_prefs_test.jsonl")][:12]
+    d = tmp_path / "prompts"; d.mkdir(exist_ok=True)
+    for name, part in (("train", rows[:8]), ("test", rows[8:])):
+        (d / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in part))
+    return d
+
+
+def _chat_file(tmp_path) -> Path:
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "alice reviews the blender :"}]}) + "\n" for _ in range(4)))
+    return f
+
+
 BAD = [
     ("missing yaml", "dpo", lambda t: ["--config", t / "nope.yaml"], r"--config: no such file: .*nope\.yaml"),
     ("broken yaml", "dpo", lambda t: ["--config", t / "broken.yaml"], r"--config .*broken\.yaml: not valid YAML"),
@@ -120,7 +135,10 @@ BAD = [
     ("not a checkpoint", "dpo", lambda t: ["--resume_from_checkpoint", t], r"is not a checkpoint"),
     ("no checkpoint to resume", "online-dpo", lambda t: ["--resume_from_checkpoint", "true"], r"has no checkpoint-<step> folder"),
     ("unknown flag", "dpo", lambda t: ["--learning_rat", "1"], r"--learning_rat"),
-    ("online eval off the toy", "online-dpo", lambda t: ["--dataset_name", _pairs_file(t), "--eval_steps", "1"], r"eval_steps: .*needs --dataset_name toy"),
+    ("online eval without prompts to evaluate", "online-dpo", lambda t: ["--dataset_name", _pairs_file(t), "--eval_steps", "1"], r"needs --dataset_test_split"),
+    ("online eval split missing", "xpo", lambda t: ["--dataset_name", _prompt_folder(t), "--dataset_test_split", "validation"], r"Unknown split \"validation\".*'train', 'test'"),
+    ("chat prompts, no chat template", "online-dpo", lambda t: ["--dataset_name", _chat_file(t)], r"chat prompts .* has no chat template"),
+    ("unknown eval strategy", "dpo", lambda t: ["--eval_strategy", "hourly"], r"eval_strategy must be one of no, steps, epoch"),
     ("save limit without saving", "dpo", lambda t: ["--save_total_limit", "2"], r"save_total_limit must be None without save_steps"),
 ]
 
@@ -207,3 +225,28 @@ def test_reward_funcs_from_the_working_folder(tmp_path, monkeypatch, capsys):
     code, stdout, err = run_cli(["online-dpo", "--reward_funcs", "myrewards_i18:length", "--max_steps", "1", "--per_device_train_batch_size", "2",
                                  "--max_new_tokens", "4", "--disable_tqdm", "--output_dir", "none"], capsys)
     assert code == 0, err
+
+
+def test_online_eval_on_a_prompt_folder_each_epoch(tmp_path, capsys):
+    "Online DPO on a folder dataset with its own 'test' split: the win rate by the run's judge before, at each epoch's end."
+    out = tmp_path / "run"
+    # 8 train prompts, 4 per step: an epoch is 2 steps; 5 steps -> evaluations after steps 0, 2, 4 and 5 (the end)
+    code, stdout, err = run_cli(["online-dpo", "--dataset_name", _prompt_folder(tmp_path), "--dataset_test_split", "test",
+                                 "--eval_strategy", "epoch", "--judge", "rule", "--max_steps", "5", "--per_device_train_batch_size", "4",
+                                 "--max_new_tokens", "8", "--learning_rate", "1e-3", "--disable_tqdm", "--output_dir", out], capsys)
+    assert code == 0, err
+    hist = json.loads((out / "history.json").read_text())
+    ev = [h for h in hist if "eval_win_rate" in h]
+    assert [h["step"] for h in ev] == [0, 2, 4, 5]
+    assert ev[0]["eval_win_rate"] == 0.5 and ev[0]["eval_failed"] == 0.0     # the starting model against its own samples
+    assert all(0 <= h["eval_win_rate"] <= 1 for h in ev) and "eval win rate" in stdout
+
+
+def test_offline_eval_each_epoch(tmp_path, capsys):
+    "`dpo --eval_strategy epoch`: 16 pairs in batches of 4 = 4 steps a pass; 10 steps -> evaluations after 4, 8 and 10."
+    code, stdout, err = run_cli(["dpo", "--max_train_samples", "16", "--dataset_test_split", "test", "--eval_strategy", "epoch",
+                                 "--max_steps", "10", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16",
+                                 "--disable_tqdm", "--output_dir", tmp_path / "run"], capsys)
+    assert code == 0, err
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["step"] for h in hist if "eval_loss" in h] == [4, 8, 10]
