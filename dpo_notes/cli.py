@@ -11,12 +11,12 @@ from .runtime import arg, renamed_fields
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'DTYPES', 'JUDGES', 'DEMO_DEFAULTS', 'Parser', 'main', 'ModelArguments',
-           'model_from_args', 'command_parser', 'read_recipe', 'parse_command', 'resolve_checkpoint',
-           'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args', 'cli_dpo', 'model_card',
-           'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompts', 'make_judge',
-           'load_reward_model', 'reward_funcs_from_args', 'online_eval_fn', 'eval_split_of', 'run_from_args',
-           'print_summary', 'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo',
-           'cli_demo']
+           'model_from_args', 'command_parser', 'read_recipe', 'parse_command', 'resolve_checkpoint', 'RunArguments',
+           'publish', 'check_run_args', 'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args',
+           'cli_dpo', 'model_card', 'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompts',
+           'make_judge', 'load_reward_model', 'reward_funcs_from_args', 'online_eval_fn', 'eval_split_of',
+           'run_from_args', 'print_summary', 'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args', 'cli_xpo',
+           'run_demo', 'cli_demo']
 
 # %% ../nbs/13_cli.ipynb #8723f31f
 SUBCOMMANDS = {
@@ -182,16 +182,35 @@ def resolve_checkpoint(value: str | None, output_dir: str | None) -> str | None:
         raise ValueError(f"resume_from_checkpoint: {value} is not a checkpoint (expected a checkpoint-<step> folder with trainer_state.json)")
     return str(value)
 
+# %% ../nbs/13_cli.ipynb #55e5380d
+@dataclass
+class RunArguments:
+    "What the three commands share besides the training config: resuming, and publishing the saved run on the hub."
+    resume_from_checkpoint: str | None = arg(None, "a checkpoint folder to resume from, or 'true': the newest in output_dir")
+    push_to_hub: bool = arg(False, "upload the saved run (model or adapter, tokenizer, model card, history) to the hub")
+    hub_model_id: str | None = arg(None, "the hub repository, user/name (None: output_dir's folder name under your user)")
+    hub_private_repo: bool | None = arg(None, "create the repository private (None: the hub's default)")
+
+def publish(script: RunArguments, cfg) -> None:
+    "After training: push `cfg.output_dir` to the hub when `--push_to_hub` (the main process only)."
+    if not script.push_to_hub or int(os.environ.get("RANK", "0")) != 0: return
+    from dpo_notes.runtime import push_to_hub
+    print("pushed to", push_to_hub(cfg.output_dir, script.hub_model_id, script.hub_private_repo))
+
+def check_run_args(script: RunArguments, cfg) -> None:
+    "Refuse a hub flag that cannot take effect, before anything is loaded."
+    if script.push_to_hub and cfg.output_dir is None: raise ValueError("push_to_hub: needs an output_dir (the folder to upload), got none")
+    if script.hub_model_id and not script.push_to_hub: raise ValueError("hub_model_id: given without --push_to_hub")
+
 # %% ../nbs/13_cli.ipynb #8a5b4bfb
 @renamed_fields(dataset_split="dataset_train_split", eval_split="dataset_test_split")
 @dataclass
-class DPOScriptArguments:
+class DPOScriptArguments(RunArguments):
     "The data flags of `dpo-notes dpo` (TRL's `ScriptArguments` names)."
     dataset_name: str = arg("toy:prefs", "toy:prefs (shipped), a .json/.jsonl/.parquet file, a folder or a hub dataset")
     dataset_train_split: str = arg("train", "the split to train on")
     dataset_test_split: str | None = arg(None, "a split to evaluate on (None: no evaluation)")
     max_train_samples: int | None = arg(None, "use only the first N training pairs")
-    resume_from_checkpoint: str | None = arg(None, "a checkpoint folder to resume from, or 'true': the newest in output_dir")
 
 def dpo_args(argv: list[str] | None = None) -> tuple:
     "(DPOScriptArguments, DPOConfig, ModelArguments) from `dpo-notes dpo`'s `--config` and flags."
@@ -222,12 +241,14 @@ def dpo_from_args(argv: list[str] | None = None):
     from dpo_notes.train import train_dpo
     script, cfg, margs = dpo_args(argv)
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
+    check_run_args(script, cfg)
     if script.dataset_test_split: check_split(script.dataset_name, script.dataset_test_split, "dataset_test_split")
     model, tok, peft = model_from_args(margs)
     train = load_pairs(script.dataset_name, script.dataset_train_split, tok, script.max_train_samples)
     evals = load_pairs(script.dataset_name, script.dataset_test_split, tok, field="dataset_test_split") if script.dataset_test_split else None
     res = train_dpo(model, tok, train, cfg, eval_data=evals, peft_config=peft, resume_from_checkpoint=resume)
     write_model_card("dpo", margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
+    publish(script, cfg)
     return res
 
 # %% ../nbs/13_cli.ipynb #c2d0f739
@@ -264,7 +285,7 @@ JUDGES = ("toy", "rule", "llm", "vader")
 
 @renamed_fields(dataset_split="dataset_train_split", eval_split="dataset_test_split")
 @dataclass
-class OnlineScriptArguments:
+class OnlineScriptArguments(RunArguments):
     "The data and judge flags of `dpo-notes online-dpo` and `dpo-notes xpo` (TRL's names where TRL has them)."
     dataset_name: str = arg("toy", "toy (the toy prompts), a .json/.jsonl/.parquet file with a `prompt` field, or a hub dataset")
     dataset_train_split: str = arg("train", "the split of prompts to train on")
@@ -278,7 +299,6 @@ class OnlineScriptArguments:
     reward_model_name_or_path: str | None = arg(None, "a sequence-classification reward model (replaces --judge)")
     reward_funcs: list[str] | None = arg(None, "TRL's reward functions (replace --judge): judge names, sequence-classification "
         "models, or module:function taking (prompts, completions); weights: --reward_weights")
-    resume_from_checkpoint: str | None = arg(None, "a checkpoint folder to resume from, or 'true': the newest in output_dir")
 
     def __post_init__(self):
         if self.judge not in JUDGES: raise ValueError(f"--judge: expected one of {JUDGES}, got {self.judge!r}")
@@ -379,6 +399,7 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
     from dpo_notes.toy import distinct_rate
     if cfg.reward_weights and not script.reward_funcs: raise ValueError("--reward_weights: given without --reward_funcs")
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
+    check_run_args(script, cfg)
     split = eval_split_of(script, cfg)
     set_threads()
     acc = make_accelerator(cfg)
@@ -396,6 +417,7 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
                              distinct_rate if script.dataset_name == "toy" else None) if ev else None
     res = train_fn(model, tok, prompts, judge, cfg, peft_config=peft, eval_fn=eval_fn, resume_from_checkpoint=resume, accelerator=acc, **extra)
     if acc.is_main_process: print_summary(res, cfg); write_model_card(command, margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
+    publish(script, cfg)
     return res
 
 # %% ../nbs/13_cli.ipynb #2d427aba

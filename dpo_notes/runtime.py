@@ -13,14 +13,14 @@ from torch import nn
 from accelerate import Accelerator
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'trackers',
-           'TrainingConfig', 'check_training', 'eval_due', 'renamed_fields', 'make_optimizer', 'num_warmup_steps',
-           'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'RunLog',
-           'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device',
-           'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config', 'add_reference_adapter',
-           'make_reference', 'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json',
-           'rng_from_json', 'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint',
-           'load_checkpoint', 'load_policy', 'cut_at_eos']
+__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'HUB_IGNORE', 'arg', 'bad', 'is_number', 'scheduler_types',
+           'trackers', 'TrainingConfig', 'check_training', 'eval_due', 'renamed_fields', 'make_optimizer',
+           'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16',
+           'make_accelerator', 'RunLog', 'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap',
+           'is_4bit', 'on_device', 'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config',
+           'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
+           'set_rng_state', 'rng_to_json', 'rng_from_json', 'weights_hash', 'save_model', 'load_weights', 'push_to_hub',
+           'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -511,6 +511,22 @@ def load_weights(model, path: str | Path) -> None:
     loaded = {ptr[k] for k in sd if k in ptr}
     missing = [k for k in missing if ptr[k] not in loaded]     # a tied weight (lm_head = embeddings) comes with its twin
     if missing or unexpected: raise ValueError(f"checkpoint {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+# %% ../nbs/15_runtime.ipynb #731b924e
+HUB_IGNORE = ["checkpoint-*", "checkpoint-*/**", "ref_logps/**", "*.partial/**"]
+
+def push_to_hub(output_dir: str | Path, repo_id: str | None = None, private: bool | None = None,
+                commit_message: str = "dpo_notes training run", api=None) -> str:
+    """Upload the saved run in `output_dir` to the hub repository `repo_id` (default: the folder's name), creating it
+    if needed; checkpoints and cached reference log-probs stay local (`HUB_IGNORE`). Returns the repository's URL."""
+    from huggingface_hub import HfApi
+    folder = Path(output_dir)
+    if not (folder / "README.md").exists() and not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"output_dir: {folder} holds no saved model to push (no *.safetensors, no README.md)")
+    api = api or HfApi()
+    repo = api.create_repo(repo_id or folder.resolve().name, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message=commit_message, ignore_patterns=HUB_IGNORE)
+    return repo.url
 
 # %% ../nbs/15_runtime.ipynb #b5e10012
 def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:

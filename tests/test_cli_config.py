@@ -138,6 +138,7 @@ BAD = [
     ("online eval without prompts to evaluate", "online-dpo", lambda t: ["--dataset_name", _pairs_file(t), "--eval_steps", "1"], r"needs --dataset_test_split"),
     ("online eval split missing", "xpo", lambda t: ["--dataset_name", _prompt_folder(t), "--dataset_test_split", "validation"], r"Unknown split \"validation\".*'train', 'test'"),
     ("chat prompts, no chat template", "online-dpo", lambda t: ["--dataset_name", _chat_file(t)], r"chat prompts .* has no chat template"),
+    ("push without output_dir", "dpo", lambda t: ["--push_to_hub", "--output_dir", "none"], r"push_to_hub: needs an output_dir"),
     ("unknown eval strategy", "dpo", lambda t: ["--eval_strategy", "hourly"], r"eval_strategy must be one of no, steps, epoch"),
     ("save limit without saving", "dpo", lambda t: ["--save_total_limit", "2"], r"save_total_limit must be None without save_steps"),
 ]
@@ -250,3 +251,71 @@ def test_offline_eval_each_epoch(tmp_path, capsys):
     assert code == 0, err
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["step"] for h in hist if "eval_loss" in h] == [4, 8, 10]
+
+
+def _wandb_history(run_file: Path) -> list[dict]:
+    """The history records of an offline W&B run, read from its `.wandb` file: LevelDB-log framing (32 KiB blocks,
+    7-byte record headers: crc32, length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4) around `wandb_internal_pb2.Record`s."""
+    import struct
+    from wandb.proto import wandb_internal_pb2 as pb
+    data, block = run_file.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, chunks, buf = 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7: pos += left; continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7]); pos += 7
+        if n == 0 and kind == 0: pos += left - 7; continue      # the zero padding at a block's end
+        buf += data[pos:pos + n]; pos += n
+        if kind in (1, 4): chunks.append(buf); buf = b""
+    out = []
+    for c in chunks:
+        r = pb.Record(); r.ParseFromString(c)
+        if r.WhichOneof("record_type") == "history":
+            out.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+    return out
+
+
+def test_trackio_and_wandb_runs_equal_the_history(tmp_path, monkeypatch, capsys):
+    "`--report_to trackio wandb`: Trackio's local store and W&B's offline run file, read back, hold the history's values."
+    pytest.importorskip("trackio"); pytest.importorskip("wandb")
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio")); monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path)); monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["online-dpo", "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
+                                 "--learning_rate", "1e-3", "--disable_tqdm", "--report_to", "trackio", "wandb",
+                                 "--run_name", "i18-trackers", "--output_dir", out], capsys)
+    assert code == 0, err
+    hist = [h for h in json.loads((out / "history.json").read_text()) if "loss" in h]
+    from trackio.sqlite_storage import SQLiteStorage
+    (run,) = SQLiteStorage.get_runs("i18-trackers")                     # the project is the run name
+    tk = SQLiteStorage.get_logs("i18-trackers", run)
+    wb = _wandb_history(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
+    for key in ("loss", "objective/kl", "learning_rate", "rewards/accuracies"):
+        want = [(h["step"], pytest.approx(h[key], rel=1e-6, abs=1e-12)) for h in hist]
+        assert [(r["step"], r[key]) for r in tk] == want, key
+        assert [(r["_step"], r[key]) for r in wb] == want, key
+
+
+def test_push_to_hub_uploads_the_saved_run(tmp_path, monkeypatch, capsys):
+    "`--push_to_hub`: after training, the repository is created and the run folder uploaded, checkpoints left out."
+    import fnmatch, huggingface_hub
+    from types import SimpleNamespace
+    calls = []
+    class Api:                                                         # a stand-in: there is no hub to reach here
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create", repo_id, private, exist_ok)); return SimpleNamespace(repo_id=repo_id, url=f"https://hf.co/{repo_id}")
+        def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
+            files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+            calls.append(("upload", repo_id, [f for f in files if not any(fnmatch.fnmatch(f, g) for g in ignore_patterns)]))
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["dpo", "--max_train_samples", "8", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                                 "--save_steps", "1", "--use_peft", "--lora_r", "2", "--disable_tqdm", "--output_dir", out,
+                                 "--push_to_hub", "--hub_model_id", "me/toy-dpo", "--hub_private_repo", "true"], capsys)
+    assert code == 0, err
+    assert calls[0] == ("create", "me/toy-dpo", True, True)
+    sent = calls[1][2]
+    assert calls[1][:2] == ("upload", "me/toy-dpo") and {"README.md", "adapter_model.safetensors", "history.jsonl"} <= set(sent)
+    assert not any(f.startswith("checkpoint-") for f in sent) and (out / "checkpoint-2").is_dir()
+    assert "pushed to https://hf.co/me/toy-dpo" in stdout
