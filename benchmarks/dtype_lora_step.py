@@ -55,12 +55,17 @@ def main():
         rows.append(json.load(open(f"{d}/{dt}.json")))
     fp, bf = (torch.load(f"{d}/{dt}.pt") for dt in ("float32", "bfloat16"))
     # LoRA's B starts at zero: after one step B is the update itself; compare the B matrices (the part that moved)
-    moved = sum(float(fp[k].pow(2).sum()) for k in fp if "lora_B" in k) ** 0.5
-    diff = sum(float((fp[k] - bf[k]).pow(2).sum()) for k in fp if "lora_B" in k) ** 0.5
+    keys = [k for k in fp if "lora_B" in k]
+    a, b = (torch.cat([t[k].flatten() for k in keys]) for t in (fp, bf))
+    moved, diff = float(a.norm()), float((a - b).norm())
     for r in rows: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
     print(json.dumps({"bf16_vs_fp32": {"loss_abs_diff": abs(rows[0]["loss"] - rows[1]["loss"]),
                                        "logps_chosen_abs_diff": abs(rows[0]["logps/chosen"] - rows[1]["logps/chosen"]),
                                        "adapter_update_rel_diff": diff / moved,
+                                       # Adam's first step is about lr * sign(gradient): entries whose gradient
+                                       # is near zero flip sign under bf16 rounding, so also its direction:
+                                       "adapter_update_cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+                                       "adapter_update_sign_agreement": float((a.sign() == b.sign()).float().mean()),
                                        "weights_ratio": rows[1]["weights_MiB"] / rows[0]["weights_MiB"]}}))
 
 
