@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_runtime.ipynb #cc29bfb5
 from __future__ import annotations
-import contextlib, copy, dataclasses, functools, hashlib, json, math, random, shutil, warnings
+import contextlib, copy, dataclasses, functools, hashlib, json, math, os, random, shutil, warnings
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +219,50 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     flags = set(cpuinfo.split())
     return bool(flags & {"avx512_bf16", "amx_bf16"}) and "AVX512" in torch.backends.cpu.get_cpu_capability()
 
+# %% ../nbs/15_runtime.ipynb #c17a0001
+def cpu_launch() -> str | None:
+    """Under `accelerate launch` of several processes on a machine without CUDA, the strategy the launch asked for:
+    'deepspeed', 'fsdp' or 'ddp' (any other multi-process launch); None on a GPU machine or in a single process."""
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2: return None
+    flag = lambda k: os.environ.get(k, "false").lower() == "true"
+    return "deepspeed" if flag("ACCELERATE_USE_DEEPSPEED") else "fsdp" if flag("ACCELERATE_USE_FSDP") else "ddp"
+
+# %% ../nbs/15_runtime.ipynb #c17a0002
+def fsdp2_accelerator_on_cpu(**kw) -> Accelerator:
+    """What accelerate does for an FSDP launch on GPUs, done on CPU ranks: accelerate 1.16 enables FSDP only for GPU
+    distributed types, so on a CPU it would silently run independent processes. Here: gloo (`cpu=True`), the launch's
+    FSDP plugin (read from its `FSDP_*` variables), and the state set to FSDP, so `prepare` runs `fully_shard`."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2: raise ValueError(f"fsdp_config.fsdp_version: expected 2 on a CPU (FSDP2), got {plugin.fsdp_version}")
+    acc = Accelerator(cpu=True, **kw)
+    acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, plugin
+    return acc
+
+def cpu_launch_accelerator(**kw) -> Accelerator:
+    """The `Accelerator` of a multi-process launch on CPUs (`cpu_launch`), talking gloo: DeepSpeed (its CPU accelerator;
+    `cpu=True` would silently drop DeepSpeed for DDP), FSDP2 (`fsdp2_accelerator_on_cpu`), or DDP, whatever the config's
+    `use_cpu` (without it, each process of a `MULTI_GPU` config believes it is rank 0 of 1)."""
+    from accelerate import PartialState
+    kind = cpu_launch()
+    if kind == "deepspeed":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        PartialState(backend="gloo"); return Accelerator(cpu=False, **kw)
+    PartialState(cpu=True, backend="gloo")
+    return fsdp2_accelerator_on_cpu(**kw) if kind == "fsdp" else Accelerator(cpu=True, **kw)
+
+# %% ../nbs/15_runtime.ipynb #c17a0007
+def load_whole_after(acc: Accelerator) -> Accelerator:
+    """A DeepSpeed `Accelerator` registers its config with transformers, and from then on every `from_pretrained` under
+    ZeRO-3 loads partitioned (`zero.Init`): a model loaded after it, and the frozen copy taken of it, would be empty.
+    Unless the launch asked for that (`zero3_init_flag: true`), undo the registration, so models load whole and
+    `prepare` shards them."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None and not plugin.zero3_init_flag:
+        from transformers.integrations import unset_hf_deepspeed_config
+        unset_hf_deepspeed_config()
+    return acc
+
 # %% ../nbs/15_runtime.ipynb #59a9991b
 def make_accelerator(cfg) -> Accelerator:
     """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, `cfg.report_to`'s trackers
@@ -229,8 +273,10 @@ def make_accelerator(cfg) -> Accelerator:
         raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
     AcceleratorState._reset_state(); GradientState._reset_state()
     log_with = trackers(cfg) if hasattr(cfg, "report_to") else []
-    return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no", log_with=log_with or None,
-                       project_dir=getattr(cfg, "output_dir", None) if log_with else None)
+    kw = dict(mixed_precision="fp16" if fp16 else "no", log_with=log_with or None,
+              project_dir=getattr(cfg, "output_dir", None) if log_with else None)
+    acc = cpu_launch_accelerator(**kw) if cpu_launch() is not None else Accelerator(cpu=cfg.use_cpu, **kw)
+    return load_whole_after(acc)
 
 # %% ../nbs/15_runtime.ipynb #b5e10015
 def _scalar(v): return v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -289,6 +335,79 @@ def configure_deepspeed(acc: Accelerator, cfg) -> None:
     if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto": ds["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
     if ds.get("train_batch_size", "auto") == "auto": ds["train_batch_size"] = cfg.per_device_train_batch_size * acc.num_processes
     if ds.get("gradient_clipping", "auto") == "auto": ds["gradient_clipping"] = cfg.max_grad_norm
+
+# %% ../nbs/15_runtime.ipynb #c17a0003
+def sharding(model) -> str | None:
+    "How `model`'s weights are split over the processes: 'zero3' (DeepSpeed ZeRO-3), 'fsdp2' (`fully_shard`) or None (whole on each)."
+    from torch.distributed.fsdp import FSDPModule
+    if any(hasattr(p, "ds_id") for p in model.parameters()): return "zero3"
+    return "fsdp2" if any(isinstance(m, FSDPModule) for m in model.modules()) else None
+
+# %% ../nbs/15_runtime.ipynb #c17a0004
+_ZERO3_ENGINES = {}     # id(engine.module) -> the DeepSpeedEngine: the engine whose hooks a bare module's gather removes
+
+def _zero3_offload(model):
+    "The ZeRO-3 parameter coordinator (`DeepSpeedZeRoOffload`) of engine `model`, or of the engine that prepared module `model`."
+    eng = model if hasattr(model, "optimizer") and hasattr(model, "module") else _ZERO3_ENGINES.get(id(model))
+    if eng is None: return None
+    _ZERO3_ENGINES[id(eng.module)] = eng
+    opt = eng.optimizer
+    return getattr(opt, "parameter_offload", opt) if opt is not None else None
+
+@contextlib.contextmanager
+def _zero3_gathered(model):
+    "ZeRO-3: every parameter all-gathered whole for the body, its fetch/release hooks removed (TRL's `unwrap_model_for_generation`)."
+    import deepspeed
+    off = _zero3_offload(model)
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        if off is not None:
+            for p in off.module.parameters(): p.ds_active_sub_modules.clear()
+            for h in off.forward_hooks + off.backward_hooks: h.remove()
+            off.forward_hooks, off.backward_hooks = [], []
+        try: yield
+        finally:
+            if off is not None:
+                if hasattr(off, "param_coordinator") and not off.param_coordinator.is_invalid_trace(): off.param_coordinator._invalidate_trace()
+                off._register_deepspeed_module(off.module)
+
+@contextlib.contextmanager
+def _fsdp2_unsharded(model):
+    "FSDP2: every `FSDPModule` unsharded (all-gathered) for the body and kept so through its forwards, resharded after."
+    from torch.distributed.fsdp import FSDPModule
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    mods[0]._get_fsdp_state()._lazy_init()            # the root's one-time set-up, which its first forward would do
+    for m in mods: m.set_reshard_after_forward(False, recurse=False); m.unshard()
+    try: yield
+    finally:
+        for m in mods: m.reshard(); m.set_reshard_after_forward(True, recurse=False)
+
+@contextlib.contextmanager
+def gathered_weights(model):
+    """Every weight of `model` whole on every process for the body, released after: ZeRO-3's gather (hooks off) or
+    FSDP2's unshard; nothing where the weights are not sharded. Sampling runs inside it (lean or `generate`), as does a
+    vLLM weight sync: no collective runs during the body, so a process that stops sampling early waits on no other.
+    Every process must enter it together (the gather is a collective)."""
+    kind = sharding(model)
+    if kind is None: yield; return
+    with (_zero3_gathered if kind == "zero3" else _fsdp2_unsharded)(model):
+        mods = list(unwrap(model).modules())
+        for m in mods: m._whole = True              # `logps.sharded_weights`: the lean paths may read them now
+        try: yield
+        finally:
+            for m in mods: m._whole = False
+
+# %% ../nbs/15_runtime.ipynb #c17a0005
+def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """`unwrap(model).state_dict()` with every tensor whole, on the CPU (what `save_model` writes): gathered under ZeRO-3
+    and FSDP2, where every process must call it together; FSDP2 hands the tensors to rank 0 only unless `everywhere`."""
+    m, kind = unwrap(model), sharding(model)
+    if kind == "fsdp2":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(m, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    if kind == "zero3":
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(m.parameters())): return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
 
 # %% ../nbs/15_runtime.ipynb #a8209c85
 def sync_device(device) -> None:
@@ -456,16 +575,17 @@ def weights_hash(model: nn.Module, skip: str | None = None) -> str:
     return h.hexdigest()
 
 # %% ../nbs/15_runtime.ipynb #ba710f8c
-def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = False) -> None:
-    "`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with `all_adapters`), and the tokenizer."
+def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = False, state_dict: dict | None = None) -> None:
+    """`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with `all_adapters`), and the
+    tokenizer. `state_dict`: the whole tensors to write (`full_state_dict`, for a model whose weights are sharded)."""
     from transformers.utils import logging as hf_logging
     model = unwrap(model)
     bar = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # no "Writing shards" bar per save
     try:
         if is_peft(model):
             names = [n for n in model.peft_config if all_adapters or n != REF_ADAPTER]
-            model.save_pretrained(path, safe_serialization=True, selected_adapters=names)
-        else: model.save_pretrained(path)          # transformers 5 writes safetensors only
+            model.save_pretrained(path, safe_serialization=True, selected_adapters=names, state_dict=state_dict)
+        else: model.save_pretrained(path, state_dict=state_dict)          # transformers 5 writes safetensors only
     finally:
         if bar: hf_logging.enable_progress_bar()
     if tokenizer is not None: tokenizer.save_pretrained(path)
@@ -508,6 +628,35 @@ def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:
     for p in old: shutil.rmtree(p)
     return old
 
+# %% ../nbs/15_runtime.ipynb #c17a0006
+def optimizer_sharding(model) -> str | None:
+    "'deepspeed' (any ZeRO stage: each process holds its partition of the optimizer state), 'fsdp2', or None (a whole optimizer on each)."
+    if type(model).__name__ == "DeepSpeedEngine": return "deepspeed"
+    return "fsdp2" if sharding(model) == "fsdp2" else None
+
+def save_optimizer_shards(path: Path, model, optimizer) -> None:
+    """Every process writes its shards into `path` (all call it together): DeepSpeed's own checkpoint (`deepspeed/`: each
+    rank's optimizer partition and the fp32 master weights), or for FSDP2 a `torch.distributed.checkpoint` of the
+    sharded weights and optimizer state (`fsdp2/`, one file per rank)."""
+    if optimizer_sharding(model) == "deepspeed":
+        model.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False); return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    msd, osd = get_state_dict(model, getattr(optimizer, "optimizer", optimizer))
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(path / "fsdp2"))
+
+def load_optimizer_shards(path: Path, model, optimizer) -> None:
+    "Read back what `save_optimizer_shards` wrote, into the sharded `model` and its `optimizer` (every process together)."
+    if optimizer_sharding(model) == "deepspeed":
+        model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False, load_lr_scheduler_states=False); return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    opt = getattr(optimizer, "optimizer", optimizer)
+    msd, osd = get_state_dict(model, opt)
+    sd = {"model": msd, "optimizer": osd}
+    dcp.load(sd, checkpoint_id=str(path / "fsdp2"))
+    set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+
 # %% ../nbs/15_runtime.ipynb #82ab886c
 def _tensor_entries(state: dict) -> dict:
     "The entries of a loop's `state` that are dicts of tensors (TR-DPO's reference weights): they go to safetensors."
@@ -517,19 +666,24 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, st
     """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with every
     adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config), `<entry>.safetensors` for
     its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with `weights_only=True`) and
-    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any."""
+    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any. Where the
+    optimizer is sharded (DeepSpeed, FSDP2), every process also writes its shards (`save_optimizer_shards`)."""
     from safetensors.torch import save_file
     path = Path(path); part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    sharded = optimizer_sharding(model)
+    sd = full_state_dict(model) if sharding(model) else None       # every process gathers; the main one writes
+    if sharded: save_optimizer_shards(part, model, optimizer)
     if accelerator.is_main_process:
-        save_model(model, part, tokenizer, all_adapters=True)
+        save_model(model, part, tokenizer, all_adapters=True, state_dict=sd)
         tensors = _tensor_entries(state)
         for k, t in tensors.items(): save_file({n: x.detach().cpu().contiguous().clone() for n, x in t.items()}, part / f"{k}.safetensors")
         plain = {k: v for k, v in state.items() if k not in tensors}
         (part / "trainer_state.json").write_text(json.dumps({**plain, "tensor_entries": sorted(tensors)}, indent=1))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, part / "optimizer.pt")
+        opt = {} if sharded else {"optimizer": optimizer.state_dict()}
+        torch.save({**opt, "scheduler": scheduler.state_dict()}, part / "optimizer.pt")
     (part / f"rng_state_{accelerator.process_index}.json").write_text(json.dumps(rng_to_json(rng_state())))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -545,11 +699,13 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) 
     from safetensors.torch import load_file
     path = Path(path)
     if not (path / "trainer_state.json").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
-    load_weights(model, path)
+    if optimizer_sharding(model): load_optimizer_shards(path, model, optimizer)      # weights too: they come with the shards
+    else: load_weights(model, path)
     st = json.loads((path / "trainer_state.json").read_text())
     for k in st.pop("tensor_entries", []): st[k] = load_file(path / f"{k}.safetensors")
     opt = torch.load(path / "optimizer.pt", weights_only=True)            # tensors and numbers only: no code runs
-    optimizer.load_state_dict(opt["optimizer"]); scheduler.load_state_dict(opt["scheduler"])
+    if "optimizer" in opt: optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
     rng = path / f"rng_state_{accelerator.process_index}.json"
     set_rng_state(rng_from_json(json.loads((rng if rng.exists() else path / "rng_state_0.json").read_text())))
     return st

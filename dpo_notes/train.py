@@ -23,7 +23,7 @@ from .data import PreferenceCollator, normalize_preferences, tokenize_preference
 from .runtime import RunLog, TrainingConfig, arg, check_training, renamed_fields
 from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, configure_deepspeed, is_peft,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
-                               on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
+                               on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16, full_state_dict, sharding,
                                weights_hash)
 # moved to dpo_notes.runtime; importable from here as before
 from .runtime import (disable_dropout, is_4bit, load_policy, load_weights, lr_lambda, num_warmup_steps, rng_state,
@@ -685,8 +685,9 @@ def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path 
 def finish_run(run: SimpleNamespace, out_dir: Path | None) -> DPOResult:
     "Unwrap the model, save it and the log to `out_dir`, and return the result."
     model = run.acc.unwrap_model(run.model)
+    sd = full_state_dict(model) if out_dir is not None and sharding(model) else None    # every process gathers
     if out_dir is not None and run.acc.is_main_process:
-        save_model(model, out_dir, run.tokenizer)
+        save_model(model, out_dir, run.tokenizer, state_dict=sd)
         (out_dir / "history.json").write_text(json.dumps(run.st["history"], indent=1))
     return DPOResult(model=model, history=run.st["history"], step_times=run.step_times, output_dir=out_dir, ref_model=run.ref_model)
 
