@@ -13,8 +13,9 @@ from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'LOGITS_PER_CHUNK', 'selective_logps', 'shift_labels', 'get_batch_logps', 'positions_from_mask',
-           'linear_logps', 'unwrap_peft', 'unwrap_parallel', 'decoder_and_head', 'final_hidden_states', 'head_logps',
-           'check_batch', 'ld_token_weights', 'wpo_weights', 'concatenated_forward']
+           'linear_logps', 'unwrap_peft', 'unwrap_parallel', 'sharded_weights', 'decoder_and_head',
+           'final_hidden_states', 'head_logps', 'check_batch', 'ld_token_weights', 'wpo_weights',
+           'concatenated_forward']
 
 # %% ../nbs/04_logps.ipynb #330d6fbd
 IGNORE_INDEX = -100   # label of prompt and padding positions: not scored

@@ -19,8 +19,8 @@ from .toy import distinct_n, distinct_rate
 from .runtime import RunLog, TrainingConfig, arg, bad, check_training
 from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
-                               reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap,
-                               full_state_dict, gathered_weights, sharding)
+                               reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
+from .runtime import full_state_dict, gathered_weights, sharding
 
 # %% auto #0
 __all__ = ['LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLINE_DPO', 'eos_token_ids', 'pad_token_id', 'tokenize_prompts',

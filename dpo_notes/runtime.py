@@ -15,12 +15,14 @@ from accelerate import Accelerator
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'trackers',
            'TrainingConfig', 'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps', 'lr_lambda',
-           'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'make_accelerator', 'RunLog', 'accumulating',
-           'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device', 'disable_dropout',
-           'enable_checkpointing', 'setup_policy', 'lora_config', 'add_reference_adapter', 'make_reference',
-           'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json',
-           'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'load_policy', 'cut_at_eos']
+           'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'cpu_launch', 'fsdp2_accelerator_on_cpu',
+           'cpu_launch_accelerator', 'load_whole_after', 'make_accelerator', 'RunLog', 'accumulating',
+           'configure_deepspeed', 'sharding', 'gathered_weights', 'full_state_dict', 'sync_device', 'is_peft', 'unwrap',
+           'is_4bit', 'on_device', 'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config',
+           'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
+           'set_rng_state', 'rng_to_json', 'rng_from_json', 'weights_hash', 'save_model', 'load_weights',
+           'rotate_checkpoints', 'optimizer_sharding', 'save_optimizer_shards', 'load_optimizer_shards',
+           'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):

@@ -23,8 +23,9 @@ from .data import PreferenceCollator, normalize_preferences, tokenize_preference
 from .runtime import RunLog, TrainingConfig, arg, check_training, renamed_fields
 from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, configure_deepspeed, is_peft,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
-                               on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16, full_state_dict, sharding,
+                               on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
                                weights_hash)
+from .runtime import full_state_dict, sharding
 # moved to dpo_notes.runtime; importable from here as before
 from .runtime import (disable_dropout, is_4bit, load_policy, load_weights, lr_lambda, num_warmup_steps, rng_state,
                                set_rng_state)
