@@ -13,16 +13,17 @@ from torch import nn
 from accelerate import Accelerator
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'trackers',
-           'TrainingConfig', 'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps', 'lr_lambda',
-           'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'cpu_launch', 'fsdp2_accelerator_on_cpu',
-           'cpu_launch_accelerator', 'load_whole_after', 'make_accelerator', 'RunLog', 'accumulating',
-           'configure_deepspeed', 'sharding', 'gathered_weights', 'full_state_dict', 'sync_device', 'is_peft', 'unwrap',
-           'is_4bit', 'on_device', 'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config',
-           'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
-           'set_rng_state', 'rng_to_json', 'rng_from_json', 'weights_hash', 'save_model', 'load_weights',
-           'rotate_checkpoints', 'optimizer_sharding', 'save_optimizer_shards', 'load_optimizer_shards',
-           'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
+__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types',
+           'trackers', 'TrainingConfig', 'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps',
+           'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16', 'cpu_launch',
+           'fsdp2_accelerator_on_cpu', 'cpu_launch_accelerator', 'load_whole_after', 'make_accelerator', 'RunLog',
+           'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device',
+           'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config', 'bytes_per_rank', 'sharding',
+           'gathered_weights', 'full_state_dict', 'resident_bytes', 'add_reference_adapter', 'make_reference',
+           'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json',
+           'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'optimizer_sharding',
+           'save_optimizer_shards', 'load_optimizer_shards', 'save_checkpoint', 'load_checkpoint', 'load_policy',
+           'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -338,6 +339,88 @@ def configure_deepspeed(acc: Accelerator, cfg) -> None:
     if ds.get("train_batch_size", "auto") == "auto": ds["train_batch_size"] = cfg.per_device_train_batch_size * acc.num_processes
     if ds.get("gradient_clipping", "auto") == "auto": ds["gradient_clipping"] = cfg.max_grad_norm
 
+# %% ../nbs/15_runtime.ipynb #a8209c85
+def sync_device(device) -> None:
+    "Wait for the GPU so a timer measures the work, not the launch."
+    if torch.device(device).type == "cuda": torch.cuda.synchronize()
+
+# %% ../nbs/15_runtime.ipynb #598c08b7
+def is_peft(model) -> bool:
+    "Whether `model` (or the module under its DDP wrapper) is a peft model."
+    from accelerate.utils import is_peft_model
+    return is_peft_model(model)
+
+# %% ../nbs/15_runtime.ipynb #e7b55aa7
+def unwrap(model):
+    "The module under DDP/`torch.compile` wrappers (a peft model stays a peft model)."
+    from accelerate.utils import extract_model_from_parallel
+    return extract_model_from_parallel(model)
+
+# %% ../nbs/15_runtime.ipynb #bdf88e39
+def is_4bit(model) -> bool:
+    "Whether `model`'s base weights were loaded in 4 bits (bitsandbytes, `--load_in_4bit`)."
+    return bool(getattr(unwrap(model), "is_loaded_in_4bit", False))
+
+# %% ../nbs/15_runtime.ipynb #e179b0e6
+def on_device(model, device):
+    "`model.to(device)`, except for 4-bit models: `from_pretrained` put them on their GPU, and they cannot be moved."
+    return model if is_4bit(model) else model.to(device)
+
+# %% ../nbs/15_runtime.ipynb #f20f6ae0
+def disable_dropout(model):
+    "Set every dropout probability in `model` to 0, in place; returns `model`."
+    for m in model.modules():
+        if isinstance(m, nn.Dropout): m.p = 0.0
+    return model
+
+# %% ../nbs/15_runtime.ipynb #edcf77eb
+def enable_checkpointing(model) -> None:
+    "Activation checkpointing, non-reentrant; transformers 5 renamed `gradient_checkpointing_enable` (removed in v6)."
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+def setup_policy(model, peft_config, cfg):
+    "LoRA from `peft_config` (QLoRA on 4-bit weights), dropout off (`cfg.disable_dropout`), checkpointing (`cfg.gradient_checkpointing`)."
+    if is_4bit(model) and peft_config is None and not is_peft(model):
+        raise ValueError("peft_config: 4-bit base weights are frozen; train a LoRA adapter on them (pass a LoraConfig / --use_peft)")
+    if peft_config is not None:
+        from peft import get_peft_model
+        if is_peft(model): raise ValueError("peft_config was given but model already has an adapter: pass one or the other")
+        if is_4bit(model):
+            from dpo_notes.gpu import prepare_4bit
+            model = prepare_4bit(model, cfg.gradient_checkpointing)
+        model = get_peft_model(model, peft_config)
+    if cfg.disable_dropout: disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+        if is_peft(model): model.enable_input_require_grads()   # frozen embeddings: give checkpointing a grad to follow
+    return model
+
+# %% ../nbs/15_runtime.ipynb #8325bb3b
+def lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, target_modules=("all-linear",)):
+    "A causal-LM `peft.LoraConfig`; `target_modules=['all-linear']` (TRL's default in its scripts) adapts every linear layer but the head."
+    from peft import LoraConfig
+    tm = list(target_modules)
+    return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                      target_modules=tm[0] if tm == ["all-linear"] else tm, task_type="CAUSAL_LM")
+
+# %% ../nbs/15_runtime.ipynb #c17a0008
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2")
+
+def bytes_per_rank(n_params: float, strategy: str, world: int, lora: float = 0.0, bf16: bool = True) -> dict[str, float]:
+    """Bytes one of `world` ranks holds for a policy of `n_params` parameters with AdamW under `strategy`: weights (bf16: 2
+    B, fp32: 4), the trained parameters' gradients (as wide) and optimizer state (Adam's two fp32 moments, plus an fp32
+    master copy in bf16). `lora`: the adapter's size as a fraction of `n_params` (0: full fine-tuning); then only the
+    adapter trains. ZeRO-2 divides gradients and optimizer state by `world`, ZeRO-3 and FSDP2 everything."""
+    if strategy not in STRATEGIES: raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    w = 2 if bf16 else 4
+    trained = n_params * lora if lora else n_params
+    weights, grads, optim = (n_params + (trained if lora else 0)) * w, trained * w, trained * (8 + (4 if bf16 else 0))
+    if strategy != "ddp": grads, optim = grads / world, optim / world
+    if strategy in ("zero3", "fsdp2"): weights = weights / world
+    return {"weights": weights, "grads": grads, "optimizer": optim, "total": weights + grads + optim}
+
 # %% ../nbs/15_runtime.ipynb #c17a0003
 def sharding(model) -> str | None:
     "How `model`'s weights are split over the processes: 'zero3' (DeepSpeed ZeRO-3), 'fsdp2' (`fully_shard`) or None (whole on each)."
@@ -411,71 +494,26 @@ def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(list(m.parameters())): return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
     return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
 
-# %% ../nbs/15_runtime.ipynb #a8209c85
-def sync_device(device) -> None:
-    "Wait for the GPU so a timer measures the work, not the launch."
-    if torch.device(device).type == "cuda": torch.cuda.synchronize()
+# %% ../nbs/15_runtime.ipynb #c17a0009
+def _local(t: torch.Tensor) -> torch.Tensor:
+    "The part of `t` stored on this rank: a ZeRO-3 partition, the local shard of a DTensor, or `t`."
+    from torch.distributed.tensor import DTensor
+    if hasattr(t, "ds_tensor"): return t.ds_tensor
+    return t.to_local() if isinstance(t, DTensor) else t
 
-# %% ../nbs/15_runtime.ipynb #598c08b7
-def is_peft(model) -> bool:
-    "Whether `model` (or the module under its DDP wrapper) is a peft model."
-    from accelerate.utils import is_peft_model
-    return is_peft_model(model)
-
-# %% ../nbs/15_runtime.ipynb #e7b55aa7
-def unwrap(model):
-    "The module under DDP/`torch.compile` wrappers (a peft model stays a peft model)."
-    from accelerate.utils import extract_model_from_parallel
-    return extract_model_from_parallel(model)
-
-# %% ../nbs/15_runtime.ipynb #bdf88e39
-def is_4bit(model) -> bool:
-    "Whether `model`'s base weights were loaded in 4 bits (bitsandbytes, `--load_in_4bit`)."
-    return bool(getattr(unwrap(model), "is_loaded_in_4bit", False))
-
-# %% ../nbs/15_runtime.ipynb #e179b0e6
-def on_device(model, device):
-    "`model.to(device)`, except for 4-bit models: `from_pretrained` put them on their GPU, and they cannot be moved."
-    return model if is_4bit(model) else model.to(device)
-
-# %% ../nbs/15_runtime.ipynb #f20f6ae0
-def disable_dropout(model):
-    "Set every dropout probability in `model` to 0, in place; returns `model`."
-    for m in model.modules():
-        if isinstance(m, nn.Dropout): m.p = 0.0
-    return model
-
-# %% ../nbs/15_runtime.ipynb #edcf77eb
-def enable_checkpointing(model) -> None:
-    "Activation checkpointing, non-reentrant; transformers 5 renamed `gradient_checkpointing_enable` (removed in v6)."
-    kw = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-
-def setup_policy(model, peft_config, cfg):
-    "LoRA from `peft_config` (QLoRA on 4-bit weights), dropout off (`cfg.disable_dropout`), checkpointing (`cfg.gradient_checkpointing`)."
-    if is_4bit(model) and peft_config is None and not is_peft(model):
-        raise ValueError("peft_config: 4-bit base weights are frozen; train a LoRA adapter on them (pass a LoraConfig / --use_peft)")
-    if peft_config is not None:
-        from peft import get_peft_model
-        if is_peft(model): raise ValueError("peft_config was given but model already has an adapter: pass one or the other")
-        if is_4bit(model):
-            from dpo_notes.gpu import prepare_4bit
-            model = prepare_4bit(model, cfg.gradient_checkpointing)
-        model = get_peft_model(model, peft_config)
-    if cfg.disable_dropout: disable_dropout(model)
-    if cfg.gradient_checkpointing:
-        enable_checkpointing(model)
-        if is_peft(model): model.enable_input_require_grads()   # frozen embeddings: give checkpointing a grad to follow
-    return model
-
-# %% ../nbs/15_runtime.ipynb #8325bb3b
-def lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, target_modules=("all-linear",)):
-    "A causal-LM `peft.LoraConfig`; `target_modules=['all-linear']` (TRL's default in its scripts) adapts every linear layer but the head."
-    from peft import LoraConfig
-    tm = list(target_modules)
-    return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                      target_modules=tm[0] if tm == ["all-linear"] else tm, task_type="CAUSAL_LM")
+def resident_bytes(model, optimizer=None) -> dict[str, int]:
+    """Bytes of `model`'s parameters and of `optimizer`'s state that this rank stores (not counting activations or
+    gradients in flight). `optimizer`: a torch optimizer, accelerate's wrapper, or DeepSpeed's ZeRO optimizer under it."""
+    def size(ts) -> int:                # each storage once: the wrappers below share their optimizer's state
+        local = {(x.data_ptr(), x.numel()): x for x in map(_local, ts) if torch.is_tensor(x) and x.dim() > 0}
+        return sum(x.numel() * x.element_size() for x in local.values())
+    state, o, seen = [], optimizer, set()
+    while o is not None and id(o) not in seen:          # accelerate's wrapper > DeepSpeed's ZeRO optimizer > torch's
+        seen.add(id(o))
+        for k in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"): state += getattr(o, k, None) or []
+        if isinstance(o, torch.optim.Optimizer): state += [v for st in o.state.values() for v in st.values()]
+        o = getattr(o, "optimizer", None)
+    return {"weights": size(list(model.parameters())), "optimizer": size(state)}
 
 # %% ../nbs/15_runtime.ipynb #9c975e67
 REF_ADAPTER = "ref"     # the name of the frozen copy of an adapter the policy arrived with (TRL 1.16's name)

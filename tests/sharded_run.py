@@ -15,6 +15,8 @@ Runs (toy "s", fp32, 2 optimizer steps each):
 - resume_lora: the offline LoRA run again, checkpointing after step 1, then a fresh run resumed from that checkpoint;
 - online_full (reference: a frozen copy) and xpo_lora (reference: the adapter switched off, which also samples):
   2 prompts per rank per step, 8 new tokens;
+- <strategy>_memory (and `memory`, one process without a launch): one AdamW step fully fine-tuned, then what each
+  rank stores (`runtime.resident_bytes`), for notebook 15's table;
 - early_stop: sampling where rank 0 stops at its first token (every token is an eos there) and rank 1 runs to
   max_new_tokens, with both backends (lean and `generate`): it must return, not hang (a 60 s collective timeout).
 """
@@ -140,18 +142,33 @@ def early_stop(out: Path, tag: str, rank: int, model, tok):
     (out / f"{tag}_early_stop_rank{rank}.json").write_text(json.dumps(got))
 
 
+def memory(out: Path, tag: str, rank: int):
+    "One AdamW step of the fully fine-tuned toy under this launch; what this rank then stores (`runtime.resident_bytes`)."
+    from dpo_notes.runtime import configure_deepspeed, make_accelerator, make_optimizer, resident_bytes
+    from dpo_notes.toy import load_toy
+    model, tok = load_toy("s"); cfg = dpo_cfg(BS)
+    acc = make_accelerator(cfg); configure_deepspeed(acc, cfg)
+    opt = make_optimizer(model, cfg)
+    model, opt = acc.prepare(model.train(), opt)
+    ids = tok(prompts()[:BS], return_tensors="pt", padding=True).input_ids
+    acc.backward(model(input_ids=ids, labels=ids).loss); opt.step()
+    (out / f"{tag}_rank{rank}.json").write_text(json.dumps(resident_bytes(model, opt)))
+
+
 def main():
     out, strategy = Path(sys.argv[1]), sys.argv[2]
     out.mkdir(parents=True, exist_ok=True)
     if strategy == "single":
         for lora in (True, False): offline(out, "single", BS * WORLD, 0, lora)
         return
+    if strategy == "memory": return memory(out, "memory", 0)
     from accelerate import PartialState
     kind = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
     # before dpo_notes makes its Accelerator: gloo with a short collective timeout, so a hang fails in a minute
     PartialState(cpu=not kind, backend="gloo", timeout=datetime.timedelta(seconds=60))
     rank = PartialState().process_index
     if PartialState().num_processes != WORLD: sys.exit(f"expected {WORLD} processes, got {PartialState().num_processes}")
+    if strategy.endswith("_memory"): return memory(out, strategy, rank)
     times = {}
     t = time.perf_counter(); offline(out, strategy, BS, rank, lora=True); times["offline_lora"] = time.perf_counter() - t
     if strategy == "multinode": return

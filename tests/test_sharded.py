@@ -6,7 +6,7 @@ One launch per strategy runs every check of that strategy (offline DPO with LoRA
 online DPO fully fine-tuned, XPO with LoRA, sampling where one rank stops at once); the tests read what it wrote.
 The launches run one after another, with a 60 s collective timeout inside (a hang fails in a minute) and a
 300 s limit each. A simulated 2-machine launch (two `accelerate launch` calls on 127.0.0.1, one process each)
-runs offline DPO with LoRA under ZeRO-3.
+runs offline DPO with LoRA under FSDP2 (the torchrun launcher; DeepSpeed's multi-node launch goes through pdsh).
 
 Bounds (tests/parity.py): weights within `WEIGHT_REL` of how far training moved them; sharded online runs against
 DDP the same (the same seeds draw the same tokens while the weights agree to rounding).
@@ -66,7 +66,7 @@ def out(tmp_path_factory):
     times = {}
     for s in STRATEGIES: times[s] = finish(launch(s, d, s), f"the {s} launch")
     port = str(free_port())
-    nodes = [launch("zero3", d, "multinode", "--num_machines", "2", "--machine_rank", str(r), "--main_process_ip", "127.0.0.1",
+    nodes = [launch("fsdp2", d, "multinode", "--num_machines", "2", "--machine_rank", str(r), "--main_process_ip", "127.0.0.1",
                     "--main_process_port", port) for r in (0, 1)]
     times["multinode"] = max(finish(p, f"machine {r} of the 2-machine launch") for r, p in enumerate(nodes))
     (d / "launch_times.json").write_text(json.dumps(times)); (d / "done").write_text("")
@@ -162,10 +162,10 @@ def test_sampling_where_one_rank_stops_first_returns(out, strategy):
 
 
 def test_two_machines_equal_one(out):
-    "Two `accelerate launch` calls (--num_machines 2, machine_rank 0 and 1, 127.0.0.1), ZeRO-3: as one machine's 2 ranks."
+    "Two `accelerate launch` calls (--num_machines 2, machine_rank 0 and 1, 127.0.0.1), FSDP2: as one machine's 2 ranks."
     _, a = load(out, "multinode_offline_lora_rank0")
     _, b = load(out, "multinode_offline_lora_rank1")
-    _, one = load(out, "zero3_offline_lora_rank0")
+    _, one = load(out, "fsdp2_offline_lora_rank0")
     for k in a: assert torch.equal(a[k], b[k]), k
     start = {k: v for k, v in initial(True).items() if "lora_" in k}
     assert_weights_moved_alike(lora_only(a), lora_only(one), start, what="2 machines vs 1")
