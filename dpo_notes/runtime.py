@@ -12,6 +12,10 @@ import torch
 from torch import nn
 from accelerate import Accelerator
 
+# Without CUDA, DeepSpeed (imported by accelerate when installed) prints its guess "Setting accelerator to CPU" on
+# stdout, into the command line's JSON lines: name its CPU accelerator before it guesses (what it would pick anyway).
+if not torch.cuda.is_available(): os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types',
            'trackers', 'TrainingConfig', 'check_training', 'renamed_fields', 'make_optimizer', 'num_warmup_steps',
@@ -19,9 +23,9 @@ __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTE
            'fsdp2_accelerator_on_cpu', 'cpu_launch_accelerator', 'load_whole_after', 'make_accelerator', 'RunLog',
            'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap', 'is_4bit', 'on_device',
            'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config', 'bytes_per_rank', 'sharding',
-           'gathered_weights', 'full_state_dict', 'resident_bytes', 'add_reference_adapter', 'make_reference',
-           'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json',
-           'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'optimizer_sharding',
+           'gathered_weights', 'writable_weights', 'full_state_dict', 'resident_bytes', 'add_reference_adapter',
+           'make_reference', 'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json',
+           'rng_from_json', 'weights_hash', 'save_model', 'load_weights', 'rotate_checkpoints', 'optimizer_sharding',
            'save_optimizer_shards', 'load_optimizer_shards', 'save_checkpoint', 'load_checkpoint', 'load_policy',
            'cut_at_eos']
 
@@ -480,6 +484,31 @@ def gathered_weights(model):
         try: yield
         finally:
             for m in mods: m._whole = False
+
+# %% ../nbs/15_runtime.ipynb #c17a000a
+def _fsdp2_write_back(model) -> None:
+    "Copy each FSDP2 parameter's slice of its (unsharded, possibly written) tensor into this rank's shard."
+    from torch.distributed.fsdp import FSDPModule
+    for m in model.modules():
+        group = m._get_fsdp_state()._fsdp_param_group if isinstance(m, FSDPModule) else None
+        for fp in (group.fsdp_params if group is not None else []):
+            local, dim = fp.sharded_param._local_tensor, fp.fsdp_placement.dim
+            part = torch.chunk(fp.unsharded_param.detach(), fp.mesh_info.shard_mesh_size, dim=dim)
+            rank = fp.mesh_info.shard_mesh_rank
+            if local.numel(): local.copy_(part[rank])
+
+@contextlib.contextmanager
+def writable_weights(model):
+    "Every weight of `model` whole for the body (as `gathered_weights`), and in-place writes to them kept after (all ranks together)."
+    kind = sharding(model)
+    if kind is None: yield; return
+    if kind == "zero3":
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0): yield
+        return
+    with _fsdp2_unsharded(model):
+        yield
+        _fsdp2_write_back(model)
 
 # %% ../nbs/15_runtime.ipynb #c17a0005
 def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:

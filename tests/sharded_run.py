@@ -12,6 +12,8 @@ what each rank ended with, so the tests only read files.
 Runs (toy "s", fp32, 2 optimizer steps each):
 - offline_lora / offline_full: `train_dpo`, 2 pairs per micro-batch x 2 accumulated micro-batches x 2 ranks; LoRA also
   saves its adapter (output_dir) and records the log-probs of a fixed batch after training, for the reload check;
+- offline_trdpo_lora / offline_trdpo_full: TR-DPO (sync every step, alpha 0.6) into the "ref" adapter / into a
+  separate frozen copy, whose weights are saved too (_ref_rank<r>.pt);
 - resume_lora: the offline LoRA run again, checkpointing after step 1, then a fresh run resumed from that checkpoint;
 - online_full (reference: a frozen copy) and xpo_lora (reference: the adapter switched off, which also samples):
   2 prompts per rank per step, 8 new tokens;
@@ -73,7 +75,7 @@ def dpo_cfg(bs, **kw):
                                disable_tqdm=True, logging_steps=1, seed=0), **kw})
 
 
-def offline(out: Path, tag: str, bs: int, rank: int, lora: bool):
+def offline(out: Path, tag: str, bs: int, rank: int, lora: bool, trdpo: bool = False):
     from dpo_notes import train
     from dpo_notes.logps import concatenated_forward
     from dpo_notes.runtime import lora_config
@@ -85,16 +87,20 @@ def offline(out: Path, tag: str, bs: int, rank: int, lora: bool):
         from dpo_notes.logps import decoder_and_head
         paths.append(decoder_and_head(model) is not None); return step(model, ref_model, batch, cfg, accelerator)
     train.dpo_step = recording
-    save = out / f"{tag}_{'lora' if lora else 'full'}_saved"
-    try: res = train.train_dpo(model, tok, pairs(), dpo_cfg(bs, output_dir=str(save) if lora else None),
+    run = ("trdpo_" if trdpo else "") + ("lora" if lora else "full")
+    save = out / f"{tag}_{run}_saved"
+    sync = dict(sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.6) if trdpo else {}
+    try: res = train.train_dpo(model, tok, pairs(), dpo_cfg(bs, output_dir=str(save) if lora and not trdpo else None, **sync),
                                peft_config=lora_config(**LORA) if lora else None)
     finally: train.dpo_step = step
     info = dict(loss=[h["loss"] for h in res.history if "loss" in h], lean=paths)
-    if lora:
+    if trdpo and not lora:          # the separate reference TR-DPO moved (whole on every rank)
+        torch.save({k: v.detach().float().clone() for k, v in res.ref_model.state_dict().items()}, out / f"{tag}_offline_{run}_ref_rank{rank}.pt")
+    if lora and not trdpo:
         with torch.no_grad():
             lp = concatenated_forward(res.model, probe_batch(tok))
         info.update(saved=str(save), probe=[lp["chosen_logps"].tolist(), lp["rejected_logps"].tolist()])
-    write(out, f"{tag}_offline_{'lora' if lora else 'full'}", rank, res.model, **info)
+    write(out, f"{tag}_offline_{run}", rank, res.model, **info)
 
 
 def resume(out: Path, tag: str, rank: int):
@@ -159,7 +165,8 @@ def main():
     out, strategy = Path(sys.argv[1]), sys.argv[2]
     out.mkdir(parents=True, exist_ok=True)
     if strategy == "single":
-        for lora in (True, False): offline(out, "single", BS * WORLD, 0, lora)
+        for lora in (True, False):
+            for trdpo in (False, True): offline(out, "single", BS * WORLD, 0, lora, trdpo)
         return
     if strategy == "memory": return memory(out, "memory", 0)
     from accelerate import PartialState
@@ -173,6 +180,9 @@ def main():
     t = time.perf_counter(); offline(out, strategy, BS, rank, lora=True); times["offline_lora"] = time.perf_counter() - t
     if strategy == "multinode": return
     t = time.perf_counter(); offline(out, strategy, BS, rank, lora=False); times["offline_full"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for lora in (True, False): offline(out, strategy, BS, rank, lora=lora, trdpo=True)
+    times["trdpo"] = time.perf_counter() - t
     t = time.perf_counter(); resume(out, strategy, rank); times["resume"] = time.perf_counter() - t
     t = time.perf_counter(); online(out, strategy, rank, xpo=False); times["online_full"] = time.perf_counter() - t
     t = time.perf_counter(); model = online(out, strategy, rank, xpo=True); times["xpo_lora"] = time.perf_counter() - t

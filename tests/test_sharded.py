@@ -113,6 +113,29 @@ def test_offline_equals_one_process(out, strategy, kind):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_trdpo_reference_sync_equals_one_process(out, strategy, kind):
+    """TR-DPO, synced every step: the "ref" adapter (LoRA; written into sharded weights through
+    `runtime.writable_weights`) or the separate frozen copy (full) ends where one process's does, and it moved."""
+    _, w0 = load(out, f"{strategy}_offline_trdpo_{kind}_rank0")
+    _, w1 = load(out, f"{strategy}_offline_trdpo_{kind}_rank1")
+    _, big = load(out, f"single_offline_trdpo_{kind}_rank0")
+    for k in w0: assert torch.equal(w0[k], w1[k]), k
+    if kind == "lora":
+        ref = lambda sd: {k: v for k, v in sd.items() if "lora_" in k and ".ref." in k}
+        start = {k.replace(".default.", ".ref."): v for k, v in initial(True).items() if "lora_" in k}
+        assert len(ref(w0)) == len(start) > 0
+        assert_weights_moved_alike(ref(w0), ref(big), start, what=f"{strategy} TR-DPO ref adapter")
+    else:
+        r0, rb = (torch.load(out / f"{n}_offline_trdpo_full_ref_rank0.pt") for n in (strategy, "single"))
+        assert_weights_moved_alike(r0, rb, initial(False), what=f"{strategy} TR-DPO reference copy")
+    pick = lora_only if kind == "lora" else (lambda sd: sd)
+    start = {k: v for k, v in initial(kind == "lora").items() if k in pick(big)}
+    assert_weights_moved_alike({k: v for k, v in pick(w0).items() if k in start}, {k: v for k, v in pick(big).items() if k in start}, start,
+                               what=f"{strategy} TR-DPO policy")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_saved_adapter_is_whole_and_reloads_to_the_same_logps(out, strategy):
     "The adapter written under sharding holds every tensor whole, and a fresh model with it gives the run's log-probs."
     from peft import PeftModel
