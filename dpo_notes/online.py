@@ -133,7 +133,7 @@ _NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "ba
 # %% ../nbs/08_online_dpo.ipynb #a58a3b5b
 @contextmanager
 def generation_mode(model):
-    "Yield the bare model in eval mode under no_grad (checkpointing is a training-mode feature: the KV cache works); restore its mode."
+    "Yield the bare model in eval mode under no_grad, sharded weights gathered whole (`runtime.gathered_weights`; checkpointing is a training-mode feature: the KV cache works); restore its mode."
     m = unwrap(model); was_training = m.training
     m.eval()
     try:

@@ -13,7 +13,8 @@ Runs (toy "s", fp32, 2 optimizer steps each):
 - offline_lora / offline_full: `train_dpo`, 2 pairs per micro-batch x 2 accumulated micro-batches x 2 ranks; LoRA also
   saves its adapter (output_dir) and records the log-probs of a fixed batch after training, for the reload check;
 - offline_trdpo_lora / offline_trdpo_full: TR-DPO (sync every step, alpha 0.6) into the "ref" adapter / into a
-  separate frozen copy, whose weights are saved too (_ref_rank<r>.pt);
+  separate frozen copy, whose weights are saved too (_ref_rank<r>.pt); offline_sepref_full: full fine-tuning against a
+  separate reference model passed in (`ref_model=`), which must train as the frozen copy does (offline_full);
 - resume_lora: the offline LoRA run again, checkpointing after step 1, then a fresh run resumed from that checkpoint;
 - online_full (reference: a frozen copy) and xpo_lora (reference: the adapter switched off, which also samples):
   2 prompts per rank per step, 8 new tokens;
@@ -75,7 +76,7 @@ def dpo_cfg(bs, **kw):
                                disable_tqdm=True, logging_steps=1, seed=0), **kw})
 
 
-def offline(out: Path, tag: str, bs: int, rank: int, lora: bool, trdpo: bool = False):
+def offline(out: Path, tag: str, bs: int, rank: int, lora: bool, trdpo: bool = False, separate_ref: bool = False):
     from dpo_notes import train
     from dpo_notes.logps import concatenated_forward
     from dpo_notes.runtime import lora_config
@@ -87,11 +88,12 @@ def offline(out: Path, tag: str, bs: int, rank: int, lora: bool, trdpo: bool = F
         from dpo_notes.logps import decoder_and_head
         paths.append(decoder_and_head(model) is not None); return step(model, ref_model, batch, cfg, accelerator)
     train.dpo_step = recording
-    run = ("trdpo_" if trdpo else "") + ("lora" if lora else "full")
+    run = ("trdpo_" if trdpo else "sepref_" if separate_ref else "") + ("lora" if lora else "full")
+    ref = load_toy("s")[0] if separate_ref else None         # a separate reference model, passed in
     save = out / f"{tag}_{run}_saved"
     sync = dict(sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.6) if trdpo else {}
     try: res = train.train_dpo(model, tok, pairs(), dpo_cfg(bs, output_dir=str(save) if lora and not trdpo else None, **sync),
-                               peft_config=lora_config(**LORA) if lora else None)
+                               peft_config=lora_config(**LORA) if lora else None, ref_model=ref)
     finally: train.dpo_step = step
     info = dict(loss=[h["loss"] for h in res.history if "loss" in h], lean=paths)
     if trdpo and not lora:          # the separate reference TR-DPO moved (whole on every rank)
@@ -182,6 +184,7 @@ def main():
     t = time.perf_counter(); offline(out, strategy, BS, rank, lora=False); times["offline_full"] = time.perf_counter() - t
     t = time.perf_counter()
     for lora in (True, False): offline(out, strategy, BS, rank, lora=lora, trdpo=True)
+    offline(out, strategy, BS, rank, lora=False, separate_ref=True)
     times["trdpo"] = time.perf_counter() - t
     t = time.perf_counter(); resume(out, strategy, rank); times["resume"] = time.perf_counter() - t
     t = time.perf_counter(); online(out, strategy, rank, xpo=False); times["online_full"] = time.perf_counter() - t

@@ -113,6 +113,14 @@ def test_offline_equals_one_process(out, strategy, kind):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_separate_reference_model_equals_one_process(out, strategy):
+    "Full fine-tuning against a `ref_model` passed in (the starting weights, loaded again): as one process with its frozen copy."
+    _, w = load(out, f"{strategy}_offline_sepref_full_rank0")
+    _, big = load(out, "single_offline_full_rank0")
+    assert_weights_moved_alike(w, big, initial(False), what=f"{strategy} separate reference")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_trdpo_reference_sync_equals_one_process(out, strategy, kind):
     """TR-DPO, synced every step: the "ref" adapter (LoRA; written into sharded weights through
