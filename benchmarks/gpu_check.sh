@@ -23,10 +23,10 @@ if ! python -c "import dpo_notes, trl" 2>/dev/null; then
 fi
 step() { local name=$1; shift; local t0=$SECONDS; echo "== $name: $*"; "$@"; echo "$name $((SECONDS - t0))" >> "$OUT/times.txt"; }
 if [ $CPU = 1 ]; then
-  step bench python benchmarks/gpu_bench.py --device cpu --tiny --steps 1 --warmup 1 --impls ours --json "$OUT/bench.json"
+  step bench python benchmarks/gpu_bench.py --device cpu --tiny --steps 1 --warmup 1 --impls ours --benches offline --json "$OUT/bench.json"
   step online python -m dpo_notes.cli online-dpo --model_name_or_path toy:s --use_peft true --max_steps 1 \
        --per_device_train_batch_size 2 --max_new_tokens 8 --use_cpu true --disable_tqdm true --output_dir "$OUT/online"
-  step cells python -m pytest -q --collect-only tests/test_gpu_cells.py tests/test_gpu.py -p no:cacheprovider   # CI runs them
+  step cells test -f tests/test_gpu_cells.py -a -f tests/test_gpu.py     # CI runs both itself: here only that they are there
 else
   python -c "import torch; assert torch.cuda.is_available(), 'gpu_check: no CUDA device (use --cpu for the dry run)'"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
