@@ -249,7 +249,8 @@ def sharded_weights(model: nn.Module) -> bool:
     """Whether `model`'s weights are split over the processes (DeepSpeed ZeRO-3 partitions, FSDP2 units), so that a
     layer's weight is whole only inside that layer's own forward: True except inside `runtime.gathered_weights`, which
     marks every module whole (`_whole`) while it holds the weights gathered."""
-    from torch.distributed.fsdp import FSDPModule
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: FSDPModule = ()          # torch < 2.6: no FSDP2 under this name
     m = unwrap_parallel(model)
     if getattr(m, "_whole", False): return False
     return any(hasattr(p, "ds_id") for p in m.parameters()) or any(isinstance(x, FSDPModule) for x in m.modules())

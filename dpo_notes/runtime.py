@@ -428,7 +428,8 @@ def bytes_per_rank(n_params: float, strategy: str, world: int, lora: float = 0.0
 # %% ../nbs/15_runtime.ipynb #c17a0003
 def sharding(model) -> str | None:
     "How `model`'s weights are split over the processes: 'zero3' (DeepSpeed ZeRO-3), 'fsdp2' (`fully_shard`) or None (whole on each)."
-    from torch.distributed.fsdp import FSDPModule
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: FSDPModule = ()          # torch < 2.6: no FSDP2 under this name
     if any(hasattr(p, "ds_id") for p in model.parameters()): return "zero3"
     return "fsdp2" if any(isinstance(m, FSDPModule) for m in model.modules()) else None
 
