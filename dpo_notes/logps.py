@@ -13,8 +13,9 @@ from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'LOGITS_PER_CHUNK', 'selective_logps', 'shift_labels', 'get_batch_logps', 'positions_from_mask',
-           'linear_logps', 'unwrap_peft', 'unwrap_parallel', 'decoder_and_head', 'final_hidden_states', 'head_logps',
-           'check_batch', 'ld_token_weights', 'wpo_weights', 'concatenated_forward']
+           'linear_logps', 'unwrap_peft', 'unwrap_parallel', 'sharded_weights', 'decoder_and_head',
+           'final_hidden_states', 'head_logps', 'check_batch', 'ld_token_weights', 'wpo_weights',
+           'concatenated_forward']
 
 # %% ../nbs/04_logps.ipynb #330d6fbd
 IGNORE_INDEX = -100   # label of prompt and padding positions: not scored
@@ -243,6 +244,17 @@ def _last_state_is_final(base: nn.Module, decoder: nn.Module) -> bool:
         _LAST_STATE_OK[base] = a.shape == b.shape and torch.equal(a, b)
     return _LAST_STATE_OK[base]
 
+# %% ../nbs/04_logps.ipynb #c17a0101
+def sharded_weights(model: nn.Module) -> bool:
+    """Whether `model`'s weights are split over the processes (DeepSpeed ZeRO-3 partitions, FSDP2 units), so that a
+    layer's weight is whole only inside that layer's own forward: True except inside `runtime.gathered_weights`, which
+    marks every module whole (`_whole`) while it holds the weights gathered."""
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: FSDPModule = ()          # torch < 2.6: no FSDP2 under this name
+    m = unwrap_parallel(model)
+    if getattr(m, "_whole", False): return False
+    return any(hasattr(p, "ds_id") for p in m.parameters()) or any(isinstance(x, FSDPModule) for x in m.modules())
+
 # %% ../nbs/04_logps.ipynb #d9108bff
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, lm_head) of a causal LM, peft-wrapped or not, inside a DDP-style wrapper or not; None where
@@ -259,6 +271,7 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     if head is None or decoder is None or decoder is base: return None
+    if sharded_weights(model): return None       # the head weight is a slice (ZeRO-3, FSDP2): the full-logits path
     if wrapped is not model and not _last_state_is_final(base, decoder): return None
     return decoder, head
 

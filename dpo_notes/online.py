@@ -20,6 +20,7 @@ from .runtime import RunLog, TrainingConfig, arg, bad, check_training, eval_due
 from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
                                reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
+from .runtime import full_state_dict, gathered_weights, sharding
 
 # %% auto #0
 __all__ = ['LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLINE_DPO', 'eos_token_ids', 'pad_token_id', 'tokenize_prompts',
@@ -132,11 +133,11 @@ _NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "ba
 # %% ../nbs/08_online_dpo.ipynb #a58a3b5b
 @contextmanager
 def generation_mode(model):
-    "Yield the bare model in eval mode under no_grad (checkpointing is a training-mode feature: the KV cache works); restore its mode."
+    "Yield the bare model in eval mode under no_grad, sharded weights gathered whole (`runtime.gathered_weights`; checkpointing is a training-mode feature: the KV cache works); restore its mode."
     m = unwrap(model); was_training = m.training
     m.eval()
     try:
-        with torch.no_grad(): yield m
+        with torch.no_grad(), gathered_weights(model): yield m      # sharded weights (ZeRO-3, FSDP2): whole for the sampling
     finally: m.train(was_training)
 
 # %% ../nbs/08_online_dpo.ipynb #027ac8e9
@@ -252,10 +253,10 @@ def sample_completions(model, prompt_ids, prompt_mask, *, num_samples: int = 2, 
     if backend not in GENERATION_BACKENDS: raise ValueError(f"backend: expected one of {GENERATION_BACKENDS}, got {backend!r}")
     ids, mask = prompt_ids.repeat(num_samples, 1), prompt_mask.repeat(num_samples, 1)
     gk = dict(generation_kwargs or {})
-    parts = lean_decode_parts(model, ids.shape[1] + max_new_tokens) if backend != "hf" and set(gk) <= {"min_new_tokens"} else None
-    if backend == "lean" and parts is None:
-        raise ValueError("backend='lean': this model or its generation settings need `generate` (see lean_decode_parts); use 'auto' or 'hf'")
-    with generation_mode(model) as m:
+    with generation_mode(model) as m:                   # sharded weights whole from here: the lean sampler may read them
+        parts = lean_decode_parts(m, ids.shape[1] + max_new_tokens) if backend != "hf" and set(gk) <= {"min_new_tokens"} else None
+        if backend == "lean" and parts is None:
+            raise ValueError("backend='lean': this model or its generation settings need `generate` (see lean_decode_parts); use 'auto' or 'hf'")
         if parts is not None:
             out = lean_sample(m, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_token_id=pad_token_id,
                               temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
@@ -856,8 +857,9 @@ def _vllm_sampler(model, tokenizer, cfg, acc):
 # %% ../nbs/08_online_dpo.ipynb #67dfec4d
 def _save_final(acc, model, tokenizer, history, cfg) -> None:
     "The trained model (or adapter) and history.json in `cfg.output_dir`, written by the main process."
+    sd = full_state_dict(model) if cfg.output_dir and sharding(model) else None    # every process gathers
     if cfg.output_dir and acc.is_main_process:
-        save_model(model, cfg.output_dir, tokenizer)
+        save_model(model, cfg.output_dir, tokenizer, state_dict=sd)
         with open(os.path.join(cfg.output_dir, "history.json"), "w") as f: json.dump(history, f, indent=1)
 
 # %% ../nbs/08_online_dpo.ipynb #90ab96dd
@@ -889,7 +891,8 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
     window = []
     while st["step"] < cfg.max_steps:
         step, t0 = st["step"], time.perf_counter()
-        if sampler is not None: sampler.sync_weights(model)          # this step's policy, LoRA merged into copies
+        if sampler is not None:
+            with gathered_weights(model): sampler.sync_weights(model)     # this step's policy, LoRA merged into copies
         batches = _collect_window(method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler)
         window += _backward_window(method, model, ref_model, batches, cfg, acc, step)
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_runtime.ipynb #cc29bfb5
 from __future__ import annotations
-import contextlib, copy, dataclasses, functools, hashlib, json, math, random, shutil, warnings
+import contextlib, copy, dataclasses, functools, hashlib, json, math, os, random, shutil, warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +12,22 @@ import torch
 from torch import nn
 from accelerate import Accelerator
 
+# Without CUDA, DeepSpeed (imported by accelerate when installed) prints its guess "Setting accelerator to CPU" on
+# stdout, into the command line's JSON lines: name its CPU accelerator before it guesses (what it would pick anyway).
+if not torch.cuda.is_available(): os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'HUB_IGNORE', 'arg', 'bad', 'is_number', 'scheduler_types',
-           'trackers', 'TrainingConfig', 'check_training', 'eval_due', 'renamed_fields', 'make_optimizer',
-           'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast', 'cpu_native_bf16',
+__all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTER', 'HUB_IGNORE', 'arg', 'bad', 'is_number',
+           'scheduler_types', 'trackers', 'TrainingConfig', 'check_training', 'eval_due', 'renamed_fields',
+           'make_optimizer', 'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast',
+           'cpu_native_bf16', 'cpu_launch', 'fsdp2_accelerator_on_cpu', 'cpu_launch_accelerator', 'load_whole_after',
            'make_accelerator', 'RunLog', 'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap',
            'is_4bit', 'on_device', 'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config',
+           'bytes_per_rank', 'sharding', 'gathered_weights', 'writable_weights', 'full_state_dict', 'resident_bytes',
            'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
            'set_rng_state', 'rng_to_json', 'rng_from_json', 'weights_hash', 'save_model', 'load_weights', 'push_to_hub',
-           'rotate_checkpoints', 'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
+           'rotate_checkpoints', 'optimizer_sharding', 'save_optimizer_shards', 'load_optimizer_shards',
+           'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -233,6 +240,50 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     flags = set(cpuinfo.split())
     return bool(flags & {"avx512_bf16", "amx_bf16"}) and "AVX512" in torch.backends.cpu.get_cpu_capability()
 
+# %% ../nbs/15_runtime.ipynb #c17a0001
+def cpu_launch() -> str | None:
+    """Under `accelerate launch` of several processes on a machine without CUDA, the strategy the launch asked for:
+    'deepspeed', 'fsdp' or 'ddp' (any other multi-process launch); None on a GPU machine or in a single process."""
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2: return None
+    flag = lambda k: os.environ.get(k, "false").lower() == "true"
+    return "deepspeed" if flag("ACCELERATE_USE_DEEPSPEED") else "fsdp" if flag("ACCELERATE_USE_FSDP") else "ddp"
+
+# %% ../nbs/15_runtime.ipynb #c17a0002
+def fsdp2_accelerator_on_cpu(**kw) -> Accelerator:
+    """What accelerate does for an FSDP launch on GPUs, done on CPU ranks: accelerate 1.16 enables FSDP only for GPU
+    distributed types, so on a CPU it would silently run independent processes. Here: gloo (`cpu=True`), the launch's
+    FSDP plugin (read from its `FSDP_*` variables), and the state set to FSDP, so `prepare` runs `fully_shard`."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2: raise ValueError(f"fsdp_config.fsdp_version: expected 2 on a CPU (FSDP2), got {plugin.fsdp_version}")
+    acc = Accelerator(cpu=True, **kw)
+    acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, plugin
+    return acc
+
+def cpu_launch_accelerator(**kw) -> Accelerator:
+    """The `Accelerator` of a multi-process launch on CPUs (`cpu_launch`), talking gloo: DeepSpeed (its CPU accelerator;
+    `cpu=True` would silently drop DeepSpeed for DDP), FSDP2 (`fsdp2_accelerator_on_cpu`), or DDP, whatever the config's
+    `use_cpu` (without it, each process of a `MULTI_GPU` config believes it is rank 0 of 1)."""
+    from accelerate import PartialState
+    kind = cpu_launch()
+    if kind == "deepspeed":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        PartialState(backend="gloo"); return Accelerator(cpu=False, **kw)
+    PartialState(cpu=True, backend="gloo")
+    return fsdp2_accelerator_on_cpu(**kw) if kind == "fsdp" else Accelerator(cpu=True, **kw)
+
+# %% ../nbs/15_runtime.ipynb #c17a0007
+def load_whole_after(acc: Accelerator) -> Accelerator:
+    """A DeepSpeed `Accelerator` registers its config with transformers, and from then on every `from_pretrained` under
+    ZeRO-3 loads partitioned (`zero.Init`): a model loaded after it, and the frozen copy taken of it, would be empty.
+    Unless the launch asked for that (`zero3_init_flag: true`), undo the registration, so models load whole and
+    `prepare` shards them."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None and not plugin.zero3_init_flag:
+        from transformers.integrations import unset_hf_deepspeed_config
+        unset_hf_deepspeed_config()
+    return acc
+
 # %% ../nbs/15_runtime.ipynb #59a9991b
 def make_accelerator(cfg) -> Accelerator:
     """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, `cfg.report_to`'s trackers
@@ -243,8 +294,10 @@ def make_accelerator(cfg) -> Accelerator:
         raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
     AcceleratorState._reset_state(); GradientState._reset_state()
     log_with = trackers(cfg) if hasattr(cfg, "report_to") else []
-    return Accelerator(cpu=cfg.use_cpu, mixed_precision="fp16" if fp16 else "no", log_with=log_with or None,
-                       project_dir=getattr(cfg, "output_dir", None) if log_with else None)
+    kw = dict(mixed_precision="fp16" if fp16 else "no", log_with=log_with or None,
+              project_dir=getattr(cfg, "output_dir", None) if log_with else None)
+    acc = cpu_launch_accelerator(**kw) if cpu_launch() is not None else Accelerator(cpu=cfg.use_cpu, **kw)
+    return load_whole_after(acc)
 
 # %% ../nbs/15_runtime.ipynb #b5e10015
 def _scalar(v): return v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -370,6 +423,142 @@ def lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, t
     return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                       target_modules=tm[0] if tm == ["all-linear"] else tm, task_type="CAUSAL_LM")
 
+# %% ../nbs/15_runtime.ipynb #c17a0008
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2")
+
+def bytes_per_rank(n_params: float, strategy: str, world: int, lora: float = 0.0, bf16: bool = True) -> dict[str, float]:
+    """Bytes one of `world` ranks holds for a policy of `n_params` parameters with AdamW under `strategy`: weights (bf16: 2
+    B, fp32: 4), the trained parameters' gradients (as wide) and optimizer state (Adam's two fp32 moments, plus an fp32
+    master copy in bf16). `lora`: the adapter's size as a fraction of `n_params` (0: full fine-tuning); then only the
+    adapter trains. ZeRO-2 divides gradients and optimizer state by `world`, ZeRO-3 and FSDP2 everything."""
+    if strategy not in STRATEGIES: raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    w = 2 if bf16 else 4
+    trained = n_params * lora if lora else n_params
+    weights, grads, optim = (n_params + (trained if lora else 0)) * w, trained * w, trained * (8 + (4 if bf16 else 0))
+    if strategy != "ddp": grads, optim = grads / world, optim / world
+    if strategy in ("zero3", "fsdp2"): weights = weights / world
+    return {"weights": weights, "grads": grads, "optimizer": optim, "total": weights + grads + optim}
+
+# %% ../nbs/15_runtime.ipynb #c17a0003
+def sharding(model) -> str | None:
+    "How `model`'s weights are split over the processes: 'zero3' (DeepSpeed ZeRO-3), 'fsdp2' (`fully_shard`) or None (whole on each)."
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: FSDPModule = ()          # torch < 2.6: no FSDP2 under this name
+    if any(hasattr(p, "ds_id") for p in model.parameters()): return "zero3"
+    return "fsdp2" if any(isinstance(m, FSDPModule) for m in model.modules()) else None
+
+# %% ../nbs/15_runtime.ipynb #c17a0004
+_ZERO3_ENGINES = {}     # id(engine.module) -> the DeepSpeedEngine: the engine whose hooks a bare module's gather removes
+
+def _zero3_offload(model):
+    "The ZeRO-3 parameter coordinator (`DeepSpeedZeRoOffload`) of engine `model`, or of the engine that prepared module `model`."
+    eng = model if hasattr(model, "optimizer") and hasattr(model, "module") else _ZERO3_ENGINES.get(id(model))
+    if eng is None: return None
+    _ZERO3_ENGINES[id(eng.module)] = eng
+    opt = eng.optimizer
+    return getattr(opt, "parameter_offload", opt) if opt is not None else None
+
+@contextlib.contextmanager
+def _zero3_gathered(model):
+    "ZeRO-3: every parameter all-gathered whole for the body, its fetch/release hooks removed (TRL's `unwrap_model_for_generation`)."
+    import deepspeed
+    off = _zero3_offload(model)
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        if off is not None:
+            for p in off.module.parameters(): p.ds_active_sub_modules.clear()
+            for h in off.forward_hooks + off.backward_hooks: h.remove()
+            off.forward_hooks, off.backward_hooks = [], []
+        try: yield
+        finally:
+            if off is not None:
+                if hasattr(off, "param_coordinator") and not off.param_coordinator.is_invalid_trace(): off.param_coordinator._invalidate_trace()
+                off._register_deepspeed_module(off.module)
+
+@contextlib.contextmanager
+def _fsdp2_unsharded(model):
+    "FSDP2: every `FSDPModule` unsharded (all-gathered) for the body and kept so through its forwards, resharded after."
+    from torch.distributed.fsdp import FSDPModule
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    mods[0]._get_fsdp_state()._lazy_init()            # the root's one-time set-up, which its first forward would do
+    for m in mods: m.set_reshard_after_forward(False, recurse=False); m.unshard()
+    try: yield
+    finally:
+        for m in mods: m.reshard(); m.set_reshard_after_forward(True, recurse=False)
+
+@contextlib.contextmanager
+def gathered_weights(model):
+    """Every weight of `model` whole on every process for the body, released after: ZeRO-3's gather (hooks off) or
+    FSDP2's unshard; nothing where the weights are not sharded. Sampling runs inside it (lean or `generate`), as does a
+    vLLM weight sync: no collective runs during the body, so a process that stops sampling early waits on no other.
+    Every process must enter it together (the gather is a collective)."""
+    kind = sharding(model)
+    if kind is None: yield; return
+    with (_zero3_gathered if kind == "zero3" else _fsdp2_unsharded)(model):
+        mods = list(unwrap(model).modules())
+        for m in mods: m._whole = True              # `logps.sharded_weights`: the lean paths may read them now
+        try: yield
+        finally:
+            for m in mods: m._whole = False
+
+# %% ../nbs/15_runtime.ipynb #c17a000a
+def _fsdp2_write_back(model) -> None:
+    "Copy each FSDP2 parameter's slice of its (unsharded, possibly written) tensor into this rank's shard."
+    from torch.distributed.fsdp import FSDPModule
+    for m in model.modules():
+        group = m._get_fsdp_state()._fsdp_param_group if isinstance(m, FSDPModule) else None
+        for fp in (group.fsdp_params if group is not None else []):
+            local, dim = fp.sharded_param._local_tensor, fp.fsdp_placement.dim
+            part = torch.chunk(fp.unsharded_param.detach(), fp.mesh_info.shard_mesh_size, dim=dim)
+            rank = fp.mesh_info.shard_mesh_rank
+            if local.numel(): local.copy_(part[rank])
+
+@contextlib.contextmanager
+def writable_weights(model):
+    "Every weight of `model` whole for the body (as `gathered_weights`), and in-place writes to them kept after (all ranks together)."
+    kind = sharding(model)
+    if kind is None: yield; return
+    if kind == "zero3":
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0): yield
+        return
+    with _fsdp2_unsharded(model):
+        yield
+        _fsdp2_write_back(model)
+
+# %% ../nbs/15_runtime.ipynb #c17a0005
+def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """`unwrap(model).state_dict()` with every tensor whole, on the CPU (what `save_model` writes): gathered under ZeRO-3
+    and FSDP2, where every process must call it together; FSDP2 hands the tensors to rank 0 only unless `everywhere`."""
+    m, kind = unwrap(model), sharding(model)
+    if kind == "fsdp2":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(m, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    if kind == "zero3":
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(m.parameters())): return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+
+# %% ../nbs/15_runtime.ipynb #c17a0009
+def _local(t: torch.Tensor) -> torch.Tensor:
+    "The part of `t` stored on this rank: a ZeRO-3 partition, the local shard of a DTensor, or `t`."
+    from torch.distributed.tensor import DTensor
+    if hasattr(t, "ds_tensor"): return t.ds_tensor
+    return t.to_local() if isinstance(t, DTensor) else t
+
+def resident_bytes(model, optimizer=None) -> dict[str, int]:
+    """Bytes of `model`'s parameters and of `optimizer`'s state that this rank stores (not counting activations or
+    gradients in flight). `optimizer`: a torch optimizer, accelerate's wrapper, or DeepSpeed's ZeRO optimizer under it."""
+    def size(ts) -> int:                # each storage once: the wrappers below share their optimizer's state
+        local = {(x.data_ptr(), x.numel()): x for x in map(_local, ts) if torch.is_tensor(x) and x.dim() > 0}
+        return sum(x.numel() * x.element_size() for x in local.values())
+    state, o, seen = [], optimizer, set()
+    while o is not None and id(o) not in seen:          # accelerate's wrapper > DeepSpeed's ZeRO optimizer > torch's
+        seen.add(id(o))
+        for k in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"): state += getattr(o, k, None) or []
+        if isinstance(o, torch.optim.Optimizer): state += [v for st in o.state.values() for v in st.values()]
+        o = getattr(o, "optimizer", None)
+    return {"weights": size(list(model.parameters())), "optimizer": size(state)}
+
 # %% ../nbs/15_runtime.ipynb #9c975e67
 REF_ADAPTER = "ref"     # the name of the frozen copy of an adapter the policy arrived with (TRL 1.16's name)
 
@@ -470,16 +659,17 @@ def weights_hash(model: nn.Module, skip: str | None = None) -> str:
     return h.hexdigest()
 
 # %% ../nbs/15_runtime.ipynb #ba710f8c
-def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = False) -> None:
-    "`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with `all_adapters`), and the tokenizer."
+def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = False, state_dict: dict | None = None) -> None:
+    """`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with `all_adapters`), and the
+    tokenizer. `state_dict`: the whole tensors to write (`full_state_dict`, for a model whose weights are sharded)."""
     from transformers.utils import logging as hf_logging
     model = unwrap(model)
     bar = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # no "Writing shards" bar per save
     try:
         if is_peft(model):
             names = [n for n in model.peft_config if all_adapters or n != REF_ADAPTER]
-            model.save_pretrained(path, safe_serialization=True, selected_adapters=names)
-        else: model.save_pretrained(path)          # transformers 5 writes safetensors only
+            model.save_pretrained(path, safe_serialization=True, selected_adapters=names, state_dict=state_dict)
+        else: model.save_pretrained(path, state_dict=state_dict)          # transformers 5 writes safetensors only
     finally:
         if bar: hf_logging.enable_progress_bar()
     if tokenizer is not None: tokenizer.save_pretrained(path)
@@ -538,6 +728,35 @@ def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:
     for p in old: shutil.rmtree(p)
     return old
 
+# %% ../nbs/15_runtime.ipynb #c17a0006
+def optimizer_sharding(model) -> str | None:
+    "'deepspeed' (any ZeRO stage: each process holds its partition of the optimizer state), 'fsdp2', or None (a whole optimizer on each)."
+    if type(model).__name__ == "DeepSpeedEngine": return "deepspeed"
+    return "fsdp2" if sharding(model) == "fsdp2" else None
+
+def save_optimizer_shards(path: Path, model, optimizer) -> None:
+    """Every process writes its shards into `path` (all call it together): DeepSpeed's own checkpoint (`deepspeed/`: each
+    rank's optimizer partition and the fp32 master weights), or for FSDP2 a `torch.distributed.checkpoint` of the
+    sharded weights and optimizer state (`fsdp2/`, one file per rank)."""
+    if optimizer_sharding(model) == "deepspeed":
+        model.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False); return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    msd, osd = get_state_dict(model, getattr(optimizer, "optimizer", optimizer))
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(path / "fsdp2"))
+
+def load_optimizer_shards(path: Path, model, optimizer) -> None:
+    "Read back what `save_optimizer_shards` wrote, into the sharded `model` and its `optimizer` (every process together)."
+    if optimizer_sharding(model) == "deepspeed":
+        model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False, load_lr_scheduler_states=False); return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    opt = getattr(optimizer, "optimizer", optimizer)
+    msd, osd = get_state_dict(model, opt)
+    sd = {"model": msd, "optimizer": osd}
+    dcp.load(sd, checkpoint_id=str(path / "fsdp2"))
+    set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+
 # %% ../nbs/15_runtime.ipynb #82ab886c
 def _tensor_entries(state: dict) -> dict:
     "The entries of a loop's `state` that are dicts of tensors (TR-DPO's reference weights): they go to safetensors."
@@ -547,19 +766,24 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, st
     """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with every
     adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config), `<entry>.safetensors` for
     its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with `weights_only=True`) and
-    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any."""
+    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any. Where the
+    optimizer is sharded (DeepSpeed, FSDP2), every process also writes its shards (`save_optimizer_shards`)."""
     from safetensors.torch import save_file
     path = Path(path); part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    sharded = optimizer_sharding(model)
+    sd = full_state_dict(model) if sharding(model) else None       # every process gathers; the main one writes
+    if sharded: save_optimizer_shards(part, model, optimizer)
     if accelerator.is_main_process:
-        save_model(model, part, tokenizer, all_adapters=True)
+        save_model(model, part, tokenizer, all_adapters=True, state_dict=sd)
         tensors = _tensor_entries(state)
         for k, t in tensors.items(): save_file({n: x.detach().cpu().contiguous().clone() for n, x in t.items()}, part / f"{k}.safetensors")
         plain = {k: v for k, v in state.items() if k not in tensors}
         (part / "trainer_state.json").write_text(json.dumps({**plain, "tensor_entries": sorted(tensors)}, indent=1))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, part / "optimizer.pt")
+        opt = {} if sharded else {"optimizer": optimizer.state_dict()}
+        torch.save({**opt, "scheduler": scheduler.state_dict()}, part / "optimizer.pt")
     (part / f"rng_state_{accelerator.process_index}.json").write_text(json.dumps(rng_to_json(rng_state())))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -575,11 +799,13 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) 
     from safetensors.torch import load_file
     path = Path(path)
     if not (path / "trainer_state.json").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
-    load_weights(model, path)
+    if optimizer_sharding(model): load_optimizer_shards(path, model, optimizer)      # weights too: they come with the shards
+    else: load_weights(model, path)
     st = json.loads((path / "trainer_state.json").read_text())
     for k in st.pop("tensor_entries", []): st[k] = load_file(path / f"{k}.safetensors")
     opt = torch.load(path / "optimizer.pt", weights_only=True)            # tensors and numbers only: no code runs
-    optimizer.load_state_dict(opt["optimizer"]); scheduler.load_state_dict(opt["scheduler"])
+    if "optimizer" in opt: optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
     rng = path / f"rng_state_{accelerator.process_index}.json"
     set_rng_state(rng_from_json(json.loads((rng if rng.exists() else path / "rng_state_0.json").read_text())))
     return st

@@ -25,6 +25,7 @@ from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, co
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
                                on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
                                weights_hash)
+from .runtime import full_state_dict, sharding, writable_weights
 # moved to dpo_notes.runtime; importable from here as before
 from .runtime import (disable_dropout, is_4bit, load_policy, load_weights, lr_lambda, num_warmup_steps, rng_state,
                                set_rng_state)
@@ -675,7 +676,8 @@ def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path 
     cfg, st, history = run.cfg, run.st, run.st["history"]
     step, epoch = st["step"], st["epoch"] + st["micro"] / run.n_micro
     if cfg.sync_ref_model and step % cfg.ref_model_sync_steps == 0:       # after the update, as TRL's callback
-        history.append({"ref_sync/rel_error": sync_reference(run.model, run.ref_model, cfg.ref_model_mixup_alpha), "step": step})
+        with writable_weights(run.model):          # sharded weights (ZeRO-3, FSDP2): whole, and the sync's writes kept
+            history.append({"ref_sync/rel_error": sync_reference(run.model, run.ref_model, cfg.ref_model_mixup_alpha), "step": step})
     if step % cfg.logging_steps == 0 or step == run.total:
         history.append({**_mean_records(run.window), "grad_norm": grad_norm, "learning_rate": lr, "epoch": epoch, "step": step})
         run.window = []
@@ -688,8 +690,9 @@ def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path 
 def finish_run(run: SimpleNamespace, out_dir: Path | None) -> DPOResult:
     "Unwrap the model, save it and the log to `out_dir`, and return the result."
     model = run.acc.unwrap_model(run.model)
+    sd = full_state_dict(model) if out_dir is not None and sharding(model) else None    # every process gathers
     if out_dir is not None and run.acc.is_main_process:
-        save_model(model, out_dir, run.tokenizer)
+        save_model(model, out_dir, run.tokenizer, state_dict=sd)
         (out_dir / "history.json").write_text(json.dumps(run.st["history"], indent=1))
     return DPOResult(model=model, history=run.st["history"], step_times=run.step_times, output_dir=out_dir, ref_model=run.ref_model)
 

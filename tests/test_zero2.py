@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-2 on CPU: `accelerate launch --config_file examples/accelerate_configs/zero2.yaml` with two processes
 runs offline DPO (`train_dpo`) and online DPO (`train_online`) and both ranks end with identical weights.
 
-Skipped unless deepspeed is installed (it is not a dependency). Install in a CPU-only venv with
+Skipped unless deepspeed is installed (a dev requirement, pinned in settings.ini; not a dependency of the package). Install in a CPU-only venv with
     pip install torch==2.13.0 deepspeed        (deepspeed 0.19.8 tested; torch's CPU wheel, so no CUDA download)
 DeepSpeed's CPU accelerator (`DS_ACCELERATOR=cpu`, also its auto-detected choice without CUDA) talks gloo when
 oneccl_bindings_for_pytorch is absent; no intel_extension_for_pytorch or oneCCL is needed. On first use it JIT-builds
