@@ -19,7 +19,8 @@ def run_cli(argv, capsys):
     try: code = main([str(a) for a in argv])
     except SystemExit as e: code = e.code
     cap = capsys.readouterr()
-    return code, cap.out, [l for l in cap.err.replace("\r", "\n").splitlines() if l.strip() and not l.startswith("Loading weights")]
+    return code, cap.out, [l for l in cap.err.replace("\r", "\n").splitlines() if l.strip() and not l.startswith("Loading weights")
+                               and "examples/s]" not in l]          # datasets' bars building a local folder's splits
 
 
 def test_three_configs_share_one_base():
@@ -279,17 +280,20 @@ def _wandb_history(run_file: Path) -> list[dict]:
 def test_trackio_and_wandb_runs_equal_the_history(tmp_path, monkeypatch, capsys):
     "`--report_to trackio wandb`: Trackio's local store and W&B's offline run file, read back, hold the history's values."
     pytest.importorskip("trackio"); pytest.importorskip("wandb")
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio")); monkeypatch.setenv("WANDB_MODE", "offline")
+    import uuid
+    project = f"dpo-notes-test-{uuid.uuid4().hex[:8]}"    # trackio keeps its store where it was imported (TRACKIO_DIR)
+    monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path)); monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
     code, stdout, err = run_cli(["online-dpo", "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_new_tokens", "8",
                                  "--learning_rate", "1e-3", "--disable_tqdm", "--report_to", "trackio", "wandb",
-                                 "--run_name", "i18-trackers", "--output_dir", out], capsys)
+                                 "--run_name", project, "--output_dir", out], capsys)
     assert code == 0, err
     hist = [h for h in json.loads((out / "history.json").read_text()) if "loss" in h]
     from trackio.sqlite_storage import SQLiteStorage
-    (run,) = SQLiteStorage.get_runs("i18-trackers")                     # the project is the run name
-    tk = SQLiteStorage.get_logs("i18-trackers", run)
+    (run,) = SQLiteStorage.get_runs(project)                            # the project is the run name
+    tk = SQLiteStorage.get_logs(project, run)
+    for f in Path(SQLiteStorage.get_project_db_path(project)).parent.glob(f"{project}.*"): f.unlink()   # trackio's store
     wb = _wandb_history(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
     for key in ("loss", "objective/kl", "learning_rate", "rewards/accuracies"):
         want = [(h["step"], pytest.approx(h[key], rel=1e-6, abs=1e-12)) for h in hist]
