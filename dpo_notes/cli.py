@@ -14,8 +14,8 @@ __all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'DTYPES', 'JUDGES', 'DEMO_DEFAULTS', 'P
            'model_from_args', 'command_parser', 'read_recipe', 'parse_command', 'resolve_checkpoint',
            'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args', 'cli_dpo', 'model_card',
            'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompts', 'make_judge',
-           'load_reward_model', 'reward_funcs_from_args', 'toy_eval_fn', 'run_from_args', 'print_summary',
-           'online_dpo_from_args', 'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo', 'cli_demo']
+           'reward_funcs_from_args', 'toy_eval_fn', 'run_from_args', 'print_summary', 'online_dpo_from_args',
+           'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo', 'cli_demo']
 
 # %% ../nbs/13_cli.ipynb #8723f31f
 SUBCOMMANDS = {
@@ -307,7 +307,7 @@ def make_judge(judge: str = "toy", reward_model_name_or_path: str | None = None,
     "The judge a command line names: a reward model, `llm` (`LocalLLMJudge`), `vader`, `rule` or `toy` (see `--judge`)."
     from dpo_notes import judges
     device = device or "cpu"
-    if reward_model_name_or_path: return judges.RewardModelJudge(*load_reward_model(reward_model_name_or_path, device))
+    if reward_model_name_or_path: return judges.RewardModelJudge(*judges.load_reward_model(reward_model_name_or_path, device))
     if judge == "llm":
         if judge_model_name_or_path:
             from dpo_notes.runtime import load_policy
@@ -322,28 +322,18 @@ def make_judge(judge: str = "toy", reward_model_name_or_path: str | None = None,
     if judge == "toy": return reward
     raise ValueError(f"judge: expected one of {JUDGES}, got {judge!r}")
 
-# %% ../nbs/13_cli.ipynb #41df0603
-def load_reward_model(name_or_path: str, device="cpu"):
-    "(model, tokenizer) of a sequence-classification reward model; a clear error when the checkpoint is not one."
-    from dpo_notes import judges
-    if hasattr(judges, "load_reward_model"): return judges.load_reward_model(name_or_path, device)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    rm = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1).eval().to(device)
-    rt = AutoTokenizer.from_pretrained(name_or_path)
-    if rt.pad_token is None: rt.pad_token = rt.eos_token
-    return rm, rt
-
 # %% ../nbs/13_cli.ipynb #f2d1ffab
 def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None:
     "TRL-style reward functions from `--reward_funcs` names: a judge name, `module:function`, or a sequence classifier."
     if not names: return None
+    from dpo_notes import judges
     if os.getcwd() not in sys.path: sys.path.insert(0, os.getcwd())   # `mymod:fn` from the working folder, as `python -m` would
     out = []
     for n in names:
         if n in JUDGES:                   # a scored judge is a reward function through its `score(prompts, completions)`
             j = make_judge(n, device=device); out.append(getattr(j, "score", j))
         elif ":" in n and not os.path.exists(n): out.append(_resolve(n))
-        else: out.append(load_reward_model(n, device)[0])
+        else: out.append(judges.load_reward_model(n, device)[0])
     return out
 
 # %% ../nbs/13_cli.ipynb #783c7c36

@@ -659,7 +659,6 @@ def online_dpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: Onli
     samples = {"prompts": b["prompts"], "completions": b["texts"], "contains_eos": b["contains_eos"].tolist(),
                "a_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(), "scores": None if b["scores"] is None else b["scores"].tolist()}
     return loss, metrics, samples
-online_dpo_step.method = ONLINE_DPO          # what `train_online(step_fn=online_dpo_step)` runs
 
 # %% ../nbs/08_online_dpo.ipynb #12565ea0
 def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, temperature: float = 1.0,
@@ -747,26 +746,12 @@ def _mean_rows(rows: list[dict]) -> dict:
     return dict(zip(keys, t.nanmean(0).tolist()))
 
 # %% ../nbs/08_online_dpo.ipynb #e054eb01
-def _legacy_method(step_fn) -> OnlineMethod:
-    """A step function of the old kind, `step_fn(model, ref_model, tokenizer, prompts, judge, cfg, epoch, generator,
-    sampler=)` -> (mean loss, metrics, samples), as a method: it cannot tell its kept pairs in advance, so each of its
-    micro-batches weighs 1 / accumulation steps (the behaviour before even weighting)."""
-    def collect(model, ref_model, tokenizer, prompts, judge, cfg, generator=None, sampler=None):
-        return {"args": (tokenizer, prompts, judge, generator, sampler), "kept": len(prompts)}
-    def loss(model, ref_model, batch, cfg, epoch=0.0, denominator=None):
-        tok, prompts, judge, gen, sampler = batch["args"]
-        kw = {"sampler": sampler} if sampler is not None else {}
-        l, metrics, _ = step_fn(model, ref_model, tok, prompts, judge, cfg, epoch, gen, **kw)
-        scale = len(prompts) / denominator if denominator else 1.0
-        return l * scale, {**metrics, "loss": float(l.detach()) * scale}
-    return OnlineMethod(getattr(step_fn, "__name__", "step"), collect, loss)
-
 def _as_method(step_fn) -> OnlineMethod:
-    "The `OnlineMethod` a loop runs: `step_fn` itself, or the one a step function names (`online_dpo_step.method`)."
-    method = step_fn if isinstance(step_fn, OnlineMethod) else getattr(step_fn, "method", None) if step_fn else ONLINE_DPO
-    if method is None and callable(step_fn): method = _legacy_method(step_fn)
-    if method is None: raise ValueError(f"step_fn: expected an OnlineMethod (collect, loss) or a step function, got {step_fn!r}")
-    return method
+    "The `OnlineMethod` a loop runs: `step_fn` itself, or online DPO when it is None."
+    if step_fn is None: return ONLINE_DPO
+    if not isinstance(step_fn, OnlineMethod):
+        raise ValueError(f"step_fn: expected an OnlineMethod (name, collect, loss), got {step_fn!r}")
+    return step_fn
 
 # %% ../nbs/08_online_dpo.ipynb #9d96a809
 def _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator):

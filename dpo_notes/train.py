@@ -25,9 +25,6 @@ from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, co
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
                                on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
                                weights_hash)
-# moved to dpo_notes.runtime; importable from here as before
-from .runtime import (disable_dropout, is_4bit, load_policy, load_weights, lr_lambda, num_warmup_steps, rng_state,
-                               set_rng_state)
 
 # %% auto #0
 __all__ = ['TOKEN_KEYS', 'METRICS', 'plain_forward', 'prepare_examples', 'epoch_order', 'make_loader', 'dpo_metrics',
@@ -37,17 +34,7 @@ __all__ = ['TOKEN_KEYS', 'METRICS', 'plain_forward', 'prepare_examples', 'epoch_
            'reference_logps', 'reference_weights_hash', 'ref_cache_key', 'step_forward', 'precompute_ref_logps',
            'step_losses', 'dpo_step', 'evaluate', 'mix_low_rank', 'lora_factors', 'mix_reference_adapter',
            'sync_reference', 'DPOResult', 'build_reference', 'precomputed', 'start_run', 'epoch_batches',
-           'optimizer_step', 'checkpoint', 'resume', 'after_step', 'finish_run', 'train_dpo', 'make_optimizer',
-           'num_warmup_steps', 'lr_lambda', 'make_scheduler', 'use_bf16', 'autocast', 'make_accelerator',
-           'configure_deepspeed', 'accumulating', 'make_reference', 'reference_context', 'weights_hash', 'rng_state',
-           'set_rng_state', 'save_model', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'is_4bit', 'on_device',
-           'setup_policy', 'load_policy', 'disable_dropout']
-
-# %% ../nbs/06_dpo_training.ipynb #af5b239e
-_all_ = ["make_optimizer", "num_warmup_steps", "lr_lambda", "make_scheduler", "use_bf16", "autocast", "make_accelerator",
-         "configure_deepspeed", "accumulating", "make_reference", "reference_context", "weights_hash", "rng_state",
-         "set_rng_state", "save_model", "load_weights", "save_checkpoint", "load_checkpoint", "is_4bit", "on_device",
-         "setup_policy", "load_policy", "disable_dropout"]
+           'optimizer_step', 'checkpoint', 'resume', 'after_step', 'finish_run', 'train_dpo']
 
 # %% ../nbs/06_dpo_training.ipynb #b6617c2b
 TOKEN_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")

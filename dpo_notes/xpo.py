@@ -139,7 +139,6 @@ def xpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig, 
     samples = {"prompts": b["prompts"], "completions": b["texts"], "model_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(),
                "scores": None if b["scores"] is None else b["scores"].tolist()}
     return loss, metrics, samples
-xpo_step.method = XPO
 
 # %% ../nbs/09_xpo.ipynb #59ccd858
 def train_xpo(model, tokenizer, prompts: list, judge=None, cfg: XPOConfig | None = None, **kwargs) -> OnlineResult:

@@ -13,7 +13,7 @@ import torch
 from dpo_notes.core import set_threads
 from parity import NO_CHECKPOINTING, assert_weights_moved_alike
 from dpo_notes import online
-from dpo_notes.online import (OnlineDPOConfig, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
+from dpo_notes.online import (OnlineDPOConfig, OnlineMethod, collect_pairs, pairs_loss, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
                               sample_completions, schedule_value, sequence_stats, tokenize_prompts, train_online)
 
 set_threads()
@@ -397,12 +397,14 @@ def test_train_online_with_reward_funcs():
     assert len(res.train_df) == 2 and all(torch.isfinite(torch.tensor(res.train_df["objective/scores"].values)))
     assert seen and seen[0][1]                                   # **kwargs functions get completion_ids, as in TRL
 
-def test_old_style_step_function_still_runs():
-    "A step function of the old kind (benchmarks wrap online_dpo_step this way) runs, each micro-batch weighing 1/accumulation."
+def test_step_fn_is_a_method():
+    "`step_fn` takes an `OnlineMethod` (a benchmark wraps `collect_pairs` to time each micro-batch); anything else is refused."
     m, tok = tiny(); calls = []
-    def timed_step(*a, **k): calls.append(1); return online_dpo_step(*a, **k)
+    def timed_collect(*a, **k): calls.append(1); return collect_pairs(*a, **k)
     cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=2, per_device_train_batch_size=3, max_new_tokens=4, learning_rate=1e-3,
                           gradient_accumulation_steps=2)
-    res = train_online(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg, step_fn=timed_step)
+    res = train_online(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg,
+                       step_fn=OnlineMethod("timed", timed_collect, pairs_loss))
     assert len(calls) == 4 and len(res.train_df) == 2
     with pytest.raises(ValueError, match="step_fn"): train_online(m, tok, PROMPTS, lambda p, c: 1.0, cfg, step_fn=3)
+    with pytest.raises(ValueError, match="step_fn"): train_online(m, tok, PROMPTS, lambda p, c: 1.0, cfg, step_fn=online_dpo_step)
