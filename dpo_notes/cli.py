@@ -4,16 +4,36 @@
 
 # %% ../nbs/13_cli.ipynb #c3d70809
 from __future__ import annotations
-import argparse, contextlib, importlib, json, os, re, sys
+import argparse, contextlib, copy, dataclasses, importlib, importlib.util, json, os, re, shlex, sys, time, warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Literal
-from .runtime import arg, renamed_fields
+
+import pandas as pd
+import torch
+import transformers
+import yaml                     # PyYAML: installed with transformers and accelerate
+from trl import TrlParser
+
+from . import judges
+from .core import deprecated_alias, seed_everything, set_threads
+from .toy import load_toy, load_toy_dataset, reward
+from .data import load_preferences, load_records, normalize_prompt
+from .judges import RuleJudge
+from .gpu import check_4bit_args
+from .runtime import arg, load_policy, lora_config, make_accelerator, renamed_fields
+from .evals import distinct_rate, win_rate
+from .plots import plot_history, plot_win_rates
+from .train import DPOConfig, train_dpo
+from .online import OnlineDPOConfig, generate_completions, train_online, win_rate_eval
+from .xpo import XPOConfig, train_xpo
+from .sentiment import vader_judge
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'DTYPES', 'JUDGES', 'DEMO_DEFAULTS', 'Parser', 'main', 'ModelArguments',
+__all__ = ['SUBCOMMANDS', 'USER_ERRORS', 'DTYPES', 'JUDGES', 'load_prompts', 'DEMO_DEFAULTS', 'Parser', 'main', 'ModelArguments',
            'model_from_args', 'command_parser', 'read_recipe', 'parse_command', 'resolve_checkpoint',
            'DPOScriptArguments', 'dpo_args', 'check_split', 'load_pairs', 'dpo_from_args', 'cli_dpo', 'model_card',
-           'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompts', 'make_judge',
+           'write_model_card', 'OnlineScriptArguments', 'online_args', 'load_prompt_list', 'make_judge',
            'reward_funcs_from_args', 'toy_eval_fn', 'run_from_args', 'print_summary', 'online_dpo_from_args',
            'cli_online_dpo', 'xpo_from_args', 'cli_xpo', 'run_demo', 'cli_demo']
 
@@ -46,11 +66,8 @@ def _one_line(e: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet_loading(prog: str):
     "While a command runs: no per-file loading bars from transformers/datasets, warnings in one line each (restored after)."
-    import warnings
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers; transformers.utils.logging.disable_progress_bar()
-    except ImportError: pass
+    transformers.utils.logging.disable_progress_bar()
     fmt = warnings.formatwarning
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")   # deprecations: for developers
@@ -101,8 +118,6 @@ class ModelArguments:
 # %% ../nbs/13_cli.ipynb #2023aa69
 def model_from_args(margs: ModelArguments):
     "(model, tokenizer, peft_config or None) from the model arguments."
-    from dpo_notes.gpu import check_4bit_args
-    from dpo_notes.runtime import load_policy, lora_config
     check_4bit_args(margs.load_in_4bit, margs.use_peft)
     model, tok = load_policy(margs.model_name_or_path, margs.gguf_file, margs.trust_remote_code, margs.load_in_4bit,
                              dtype=margs.dtype, attn_implementation=margs.attn_implementation)
@@ -111,7 +126,6 @@ def model_from_args(margs: ModelArguments):
 
 # %% ../nbs/13_cli.ipynb #79bb3dae
 def _command_parser_cls():
-    from trl import TrlParser
     class CommandParser(TrlParser):
         "TRL's parser, with a usage error in one line (`<prog>: error: ... (see --help)`), exit status 2."
         def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -120,7 +134,6 @@ def _command_parser_cls():
 def command_parser(prog: str, types: tuple, description: str = "", **defaults):
     "A parser of `types`' fields (help and defaults from the dataclasses; `defaults` override), deprecated names as hidden aliases."
     p = _command_parser_cls()(types, prog=prog, description=description, allow_abbrev=False)   # --learning_rat is no --learning_rate
-    import dataclasses
     for f in (f for t in types for f in fields(t)):    # HfArgumentParser drops a plain default of a list field (`beta: list[float] = 0.1`)
         if f.default is not dataclasses.MISSING and f.default is not None: p.set_defaults(**{f.name: f.default})
     p.set_defaults(**defaults)
@@ -145,7 +158,6 @@ def _typed(p, key: str, value):
 
 def read_recipe(path: str, p, types) -> dict:
     "The `--config` YAML at `path` as {flag: value}: its `env` set, old names renamed; one clear error for each way it can be wrong."
-    import yaml
     if not os.path.isfile(path): raise FileNotFoundError(f"--config: no such file: {path}")
     try: recipe = yaml.safe_load(open(path)) or {}
     except yaml.YAMLError as err: raise ValueError(f"--config {path}: not valid YAML: {_one_line(err)}") from None
@@ -166,7 +178,7 @@ def parse_command(prog: str, types: tuple, argv: list[str] | None, description: 
         if i + 1 >= len(argv): p.error("argument --config: expected a YAML file")
         p.set_defaults_with_config(**read_recipe(argv[i + 1], p, types)); del argv[i:i + 2]
     old = [a for a in argv if a.startswith("--") and a[2:] in _renamed(types)]
-    if old: import warnings; warnings.warn(f"{old[0]} is deprecated: use --{_renamed(types)[old[0][2:]]} (TRL's name)", FutureWarning)
+    if old: warnings.warn(f"{old[0]} is deprecated: use --{_renamed(types)[old[0][2:]]} (TRL's name)", FutureWarning)
     return p.parse_args_into_dataclasses(argv)
 
 # %% ../nbs/13_cli.ipynb #c13a0006
@@ -194,7 +206,6 @@ class DPOScriptArguments:
 
 def dpo_args(argv: list[str] | None = None) -> tuple:
     "(DPOScriptArguments, DPOConfig, ModelArguments) from `dpo-notes dpo`'s `--config` and flags."
-    from dpo_notes.train import DPOConfig
     return parse_command("dpo-notes dpo", (DPOScriptArguments, DPOConfig, ModelArguments), argv, "Offline DPO on a preference dataset.",
                          log_level="info")
 
@@ -208,17 +219,14 @@ def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None, 
     "Preference pairs from `toy:prefs` or anything `dpo_notes.data.load_preferences` reads; the first `limit` if given."
     check_split(name, split, field)
     if name.startswith("toy:"):
-        from dpo_notes.toy import load_toy_dataset
         recs = list(load_toy_dataset(name.split(":", 1)[1], split))
     else:
-        from dpo_notes.data import load_preferences
         recs = load_preferences(name, split, tokenizer, skip_invalid=True).to_list()   # warns with a count of what it drops
     return recs[:limit] if limit else recs
 
 # %% ../nbs/13_cli.ipynb #5f044cca
 def dpo_from_args(argv: list[str] | None = None):
     "Parse `dpo-notes dpo`'s recipe and flags, load the model and data they name, and train: the `DPOResult`."
-    from dpo_notes.train import train_dpo
     script, cfg, margs = dpo_args(argv)
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
     if script.dataset_test_split: check_split(script.dataset_name, script.dataset_test_split, "dataset_test_split")
@@ -241,7 +249,6 @@ def cli_dpo(argv: list[str] | None = None) -> int:
 # %% ../nbs/13_cli.ipynb #c13a000b
 def model_card(command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]) -> str:
     "A hub model card (`README.md`): YAML metadata, the command, the last training and evaluation records, the config as a recipe."
-    import dataclasses, shlex, yaml
     rows = [([h for h in history if "loss" in h] or [{}])[-1], ([h for h in history if any(k.startswith("eval_") for k in h)] or [{}])[-1]]
     metrics = {k: v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
     meta = {"base_model": model, "datasets": [dataset], "library_name": "transformers", "tags": ["dpo_notes", "trl", command]}
@@ -287,37 +294,34 @@ def online_args(prog: str, cfg_cls) -> callable:
                                            output_dir=f"runs/{prog.split()[-1]}", log_level="info")
 
 # %% ../nbs/13_cli.ipynb #f4f5b401
-def load_prompts(name: str, split: str = "train", limit: int | None = None) -> list:
+def load_prompt_list(name: str, split: str = "train", limit: int | None = None) -> list:
     "Prompts (strings or chat messages) from `toy`, or any source `dpo_notes.data.load_records` reads (a `prompt` field)."
     check_split(name, split)
     if name == "toy":
-        from dpo_notes.toy import load_toy_dataset
         prompts = [r["prompt"] for r in load_toy_dataset("prompts", split)]
     else:                                 # chat prompts stay messages: the trainer applies the policy's chat template
-        from dpo_notes.data import load_records, normalize_prompt
         chat = lambda r: isinstance(r, dict) and isinstance(r.get("prompt"), list)
         try: prompts = [r["prompt"] if chat(r) else normalize_prompt(r, i)["prompt"] for i, r in enumerate(load_records(name, split))]
         except ValueError as e: raise ValueError(f"{name}: {e}") from None
     if not prompts: raise ValueError(f"dataset_name: {name!r} (split {split!r}) has no prompts")
     return prompts[:limit] if limit else prompts
 
+# %% ../nbs/13_cli.ipynb #0f6983a6
+load_prompts = deprecated_alias(load_prompt_list, "load_prompts", "dpo_notes.cli")   # renamed: data.load_prompts is another function
+
 # %% ../nbs/13_cli.ipynb #e25fdc17
 def make_judge(judge: str = "toy", reward_model_name_or_path: str | None = None, judge_model_name_or_path: str | None = None,
                device=None):
     "The judge a command line names: a reward model, `llm` (`LocalLLMJudge`), `vader`, `rule` or `toy` (see `--judge`)."
-    from dpo_notes import judges
     device = device or "cpu"
     if reward_model_name_or_path: return judges.RewardModelJudge(*judges.load_reward_model(reward_model_name_or_path, device))
     if judge == "llm":
         if judge_model_name_or_path:
-            from dpo_notes.runtime import load_policy
             m, t = load_policy(judge_model_name_or_path)
         else: m, t = judges.load_smollm2()
         return judges.LocalLLMJudge(m.eval().to(device), t)
     if judge == "vader":
-        from dpo_notes.sentiment import vader_judge
         return vader_judge()
-    from dpo_notes.toy import reward
     if judge == "rule": return judges.RuleJudge(reward)
     if judge == "toy": return reward
     raise ValueError(f"judge: expected one of {JUDGES}, got {judge!r}")
@@ -326,7 +330,6 @@ def make_judge(judge: str = "toy", reward_model_name_or_path: str | None = None,
 def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None:
     "TRL-style reward functions from `--reward_funcs` names: a judge name, `module:function`, or a sequence classifier."
     if not names: return None
-    from dpo_notes import judges
     if os.getcwd() not in sys.path: sys.path.insert(0, os.getcwd())   # `mymod:fn` from the working folder, as `python -m` would
     out = []
     for n in names:
@@ -339,10 +342,7 @@ def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None
 # %% ../nbs/13_cli.ipynb #783c7c36
 def toy_eval_fn(model, tok, cfg, eval_split: str, device):
     "On the toy: a win-rate eval against the starting model's samples on 64 held-out prompts (an `eval_fn`)."
-    import torch
-    from dpo_notes.online import generate_completions, win_rate_eval
-    from dpo_notes.toy import reward, distinct_rate
-    ev = load_prompts("toy", eval_split, 64)
+    ev = load_prompt_list("toy", eval_split, 64)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         ref_texts, ref_fin = generate_completions(model.to(device), tok, ev, max_new_tokens=cfg.max_new_tokens)
@@ -352,8 +352,6 @@ def toy_eval_fn(model, tok, cfg, eval_split: str, device):
 # %% ../nbs/13_cli.ipynb #77f9dfe6
 def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, train_fn, command: str = "online-dpo", argv=None):
     "Load the model, prompts and judge the arguments name and run `train_fn` (`train_online` or `train_xpo`)."
-    from dpo_notes.core import set_threads
-    from dpo_notes.runtime import make_accelerator
     if cfg.reward_weights and not script.reward_funcs: raise ValueError("--reward_weights: given without --reward_funcs")
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
     toy_eval = cfg.eval_steps and script.dataset_name == "toy"
@@ -361,7 +359,7 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
     set_threads()
     acc = make_accelerator(cfg)
     model, tok, peft = model_from_args(margs)
-    prompts = load_prompts(script.dataset_name, script.dataset_train_split, script.max_prompts)
+    prompts = load_prompt_list(script.dataset_name, script.dataset_train_split, script.max_prompts)
     funcs = reward_funcs_from_args(script.reward_funcs, acc.device)
     judge = None if funcs else make_judge(script.judge, script.reward_model_name_or_path, script.judge_model_name_or_path, acc.device)
     extra = {"reward_funcs": funcs} if funcs else {}
@@ -383,7 +381,6 @@ def print_summary(res, cfg) -> None:
 # %% ../nbs/13_cli.ipynb #c4477b7e
 def online_dpo_from_args(argv: list[str] | None = None):
     "Parse `dpo-notes online-dpo`'s recipe and flags and run: the `OnlineResult` (model, history)."
-    from dpo_notes.online import OnlineDPOConfig, train_online
     return run_from_args(*online_args("dpo-notes online-dpo", OnlineDPOConfig)(argv), train_online, "online-dpo", argv)
 
 # %% ../nbs/13_cli.ipynb #6c0bc866
@@ -394,7 +391,6 @@ def cli_online_dpo(argv: list[str] | None = None) -> int:
 # %% ../nbs/13_cli.ipynb #d2ceb784
 def xpo_from_args(argv: list[str] | None = None):
     "Parse `dpo-notes xpo`'s recipe and flags (online DPO's plus `--alpha`) and run: the `OnlineResult` (model, history)."
-    from dpo_notes.xpo import XPOConfig, train_xpo
     return run_from_args(*online_args("dpo-notes xpo", XPOConfig)(argv), train_xpo, "xpo", argv)
 
 # %% ../nbs/13_cli.ipynb #de0ec81c
@@ -407,24 +403,18 @@ DEMO_DEFAULTS = dict(size="s", steps=150, batch_size=16, learning_rate=2e-3, bet
 
 def _merged_history(history: list[dict]):
     "One row per step: the train row and the eval row of the same step side by side."
-    import pandas as pd
     df = pd.DataFrame(history)
     return df.groupby("step", as_index=False).first() if len(df) else df
 
 # %% ../nbs/13_cli.ipynb #02bdefac
 def _demo_prompts(n_eval: int):
     "The toy's training prompts, and the first `n_eval` held-out test prompts."
-    from dpo_notes.toy import load_toy_dataset
     return ([r["prompt"] for r in load_toy_dataset("prompts", "train")],
             [r["prompt"] for r in load_toy_dataset("prompts", "test")][:n_eval])
 
 # %% ../nbs/13_cli.ipynb #94017f70
 def _demo_train(sft, tok, prompts, methods, common: dict, eval_fn, say):
     "Train each method from a copy of `sft`: ({method: OnlineResult}, {method: seconds})."
-    import copy, time
-    from dpo_notes.online import OnlineDPOConfig, train_online
-    from dpo_notes.xpo import XPOConfig, train_xpo
-    from dpo_notes.toy import reward
     runs, times = {}, {}
     for m in methods:
         say(f"training {m} from the SFT model: {common['max_steps']} steps x {common['per_device_train_batch_size']} prompts")
@@ -437,7 +427,6 @@ def _demo_train(sft, tok, prompts, methods, common: dict, eval_fn, say):
 # %% ../nbs/13_cli.ipynb #2b5a9cae
 def _demo_summary(runs, results, times):
     "One row per method: win rate vs SFT with its interval, outcomes, rewards, distinct rate, final KL, time."
-    import pandas as pd
     return pd.DataFrame([{"method": m, "win rate vs SFT": r.rate, "95% lo": r.lo, "95% hi": r.hi, "wins": r.wins,
                           "ties": r.ties, "losses": r.losses, "failures": r.failures,
                           "mean reward": float(r.rows.policy_score.mean()), "SFT reward": float(r.rows.reference_score.mean()),
@@ -468,15 +457,6 @@ def run_demo(output_dir: str = "dpo_notes_demo", size: str = DEMO_DEFAULTS["size
              n_eval: int = DEMO_DEFAULTS["n_eval"], seed: int = DEMO_DEFAULTS["seed"], methods=("online DPO", "XPO"),
              quiet: bool = False) -> dict:
     "Online DPO and XPO from the toy SFT model, win rates vs SFT with intervals, charts and a report in `output_dir`."
-    import time
-    from pathlib import Path
-    import pandas as pd
-    from dpo_notes.core import set_threads, seed_everything
-    from dpo_notes.toy import load_toy, reward, distinct_rate
-    from dpo_notes.online import win_rate_eval, generate_completions
-    from dpo_notes.judges import RuleJudge
-    from dpo_notes.evals import win_rate
-    from dpo_notes.plots import plot_win_rates, plot_history
     unknown = set(methods) - {"online DPO", "XPO"}
     if unknown: raise ValueError(f"methods: expected a subset of ('online DPO', 'XPO'), got {sorted(unknown)}")
     if steps < 1 or batch_size < 1 or n_eval < 1: raise ValueError("steps, batch_size and n_eval must be >= 1")
@@ -509,9 +489,7 @@ def run_demo(output_dir: str = "dpo_notes_demo", size: str = DEMO_DEFAULTS["size
     return dict(summary=summary, results=results, runs=runs, output_dir=str(out), seconds=total)
 
 # %% ../nbs/13_cli.ipynb #4a293b27
-def _has_tabulate() -> bool:
-    try: import tabulate; return True
-    except ImportError: return False
+def _has_tabulate() -> bool: return importlib.util.find_spec("tabulate") is not None   # pandas needs it for markdown
 
 # %% ../nbs/13_cli.ipynb #f17ac412
 def cli_demo(argv: list[str] | None = None) -> int:

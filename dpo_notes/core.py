@@ -4,13 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #7510c665
 from __future__ import annotations
-import os, random
+import functools, os, random, warnings
 from pathlib import Path
 import numpy as np
 import torch
+import dpo_notes
 
 # %% auto #0
-__all__ = ['get_device', 'get_dtype', 'seed_everything', 'set_threads', 'data_dir']
+__all__ = ['get_device', 'get_dtype', 'seed_everything', 'set_threads', 'data_dir', 'deprecated_alias']
 
 # %% ../nbs/00_core.ipynb #c7f8131f
 def get_device(prefer: str | None = None) -> torch.device:
@@ -46,9 +47,19 @@ def set_threads(n: int | None = None) -> int:
 def data_dir() -> Path:
     "The folder holding the shipped assets: `$DPO_NOTES_DATA`, else `data/` beside the package."
     if "DPO_NOTES_DATA" in os.environ: return Path(os.environ["DPO_NOTES_DATA"])
-    import dpo_notes
     d = Path(dpo_notes.__file__).resolve().parent.parent / "data"
     if not d.exists():
         raise FileNotFoundError(f"dpo_notes data folder not found at {d}: install the repository editable "
                                 "(`pip install -e .`) or set DPO_NOTES_DATA to a copy of its data/ folder")
     return d
+
+# %% ../nbs/00_core.ipynb #19b0b086
+def deprecated_alias(fn, old: str, module: str):
+    "`fn` under its old name `old` in `module`, for one release: each call warns (FutureWarning) with the new name."
+    @functools.wraps(fn)
+    def alias(*args, **kwargs):
+        warnings.warn(f"{module}.{old} is renamed {fn.__module__}.{fn.__name__}; the old name goes in the next release",
+                      FutureWarning, stacklevel=2)
+        return fn(*args, **kwargs)
+    alias.__name__ = alias.__qualname__ = old
+    return alias

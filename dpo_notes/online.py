@@ -9,26 +9,34 @@ from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from typing import Any, Callable
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
-from .core import seed_everything
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from .core import deprecated_alias, seed_everything
 from .logps import selective_logps, positions_from_mask, decoder_and_head, final_hidden_states, head_logps, unwrap_peft
+from .logps import can_pack, masked_hidden_states
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import TIE_RULES, compare_scores, verdicts_to_mask
-from .toy import distinct_n, distinct_rate
+from .evals import distinct_n, distinct_rate
+from .gpu import VLLMSampler
 from .runtime import RunLog, TrainingConfig, arg, bad, check_training
 from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
                                load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
                                reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
 
 # %% auto #0
-__all__ = ['LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLINE_DPO', 'eos_token_ids', 'pad_token_id', 'tokenize_prompts',
-           'sample_plain', 'judge_plain', 'sequence_logps', 'plain_pair_loss', 'plain_online_step', 'plain_online_loop',
-           'generation_mode', 'lean_decode_parts', 'lean_sample', 'sample_completions', 'completion_logps', 'pair_rows',
-           'pair_logps', 'OnlineDPOConfig', 'schedule_value', 'prompt_text', 'judge_pairs', 'RewardFunctions',
-           'resolve_judge', 'policy_and_ref_logps', 'sequence_stats', 'online_dpo_loss', 'sample_with', 'collect_pairs',
-           'pairs_loss', 'OnlineMethod', 'online_dpo_step', 'generate_completions', 'win_rate_eval', 'prompt_batch',
-           'OnlineResult', 'kept_pairs_total', 'train_online']
+__all__ = ['tokenize_prompts', 'LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLINE_DPO', 'eos_token_ids', 'pad_token_id',
+           'pad_prompts', 'sample_plain', 'judge_plain', 'sequence_logps', 'plain_pair_loss', 'plain_online_step',
+           'plain_online_loop', 'generation_mode', 'lean_decode_parts', 'lean_sample', 'sample_completions',
+           'completion_logps', 'pair_rows', 'pair_logps', 'check_online_config', 'OnlineDPOConfig', 'schedule_value',
+           'prompt_text', 'judge_pairs', 'RewardFunctions', 'resolve_judge', 'policy_and_ref_logps', 'sequence_stats',
+           'mean_or_nan', 'online_dpo_loss', 'sample_with', 'collect_pairs', 'pairs_loss', 'OnlineMethod',
+           'online_dpo_step', 'generate_completions', 'win_rate_eval', 'prompt_batch', 'OnlineResult',
+           'kept_pairs_total', 'train_online']
 
 # %% ../nbs/08_online_dpo.ipynb #42a6432c
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -45,7 +53,7 @@ def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
 # %% ../nbs/08_online_dpo.ipynb #75e5d94a
-def tokenize_prompts(tokenizer, prompts: list, max_length: int | None = None, device=None):
+def pad_prompts(tokenizer, prompts: list, max_length: int | None = None, device=None):
     "Left-padded prompt ids and attention mask, each (B, P); chat messages go through the tokenizer's chat template."
     if not len(prompts): raise ValueError("prompts: expected a non-empty list of prompts")
     if isinstance(prompts[0], list):
@@ -55,12 +63,15 @@ def tokenize_prompts(tokenizer, prompts: list, max_length: int | None = None, de
     if max_length is not None and ids.shape[1] > max_length: ids, mask = ids[:, -max_length:], mask[:, -max_length:]
     return ids.to(device), mask.to(device)
 
+# %% ../nbs/08_online_dpo.ipynb #6c2663fb
+tokenize_prompts = deprecated_alias(pad_prompts, "tokenize_prompts", "dpo_notes.online")   # renamed: data.tokenize_prompts is another function
+
 # %% ../nbs/08_online_dpo.ipynb #d4818614
 def sample_plain(model, tokenizer, prompts: list, num_samples: int = 2, max_new_tokens: int = 32, temperature: float = 1.0):
     """`num_samples` completions per prompt with `generate`: prompt_ids/mask (B, P), completion_ids/mask (nB, C) cut at
     the first eos, finished (nB,). Rows come in blocks [every prompt's sample 0; every prompt's sample 1; ...]."""
     eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
-    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, device=next(model.parameters()).device)
+    p_ids, p_mask = pad_prompts(tokenizer, prompts, device=next(model.parameters()).device)
     with torch.no_grad():
         out = model.generate(input_ids=p_ids.repeat(num_samples, 1), attention_mask=p_mask.repeat(num_samples, 1),
                              do_sample=True, temperature=temperature, top_k=0, max_new_tokens=max_new_tokens,   # y ~ π_θ(·|x)
@@ -198,7 +209,6 @@ def _last_scores(parts, ids, pos, kv: list, start: int, mask, L: int) -> torch.T
 # %% ../nbs/08_online_dpo.ipynb #b4a7f97c
 def _warpers(temperature: float, top_k: int, top_p: float):
     "`generate`'s sampling warpers for these settings, in its order (temperature, top-k, top-p)."
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
     ws = []
     if temperature != 1.0: ws.append(TemperatureLogitsWarper(temperature))
     if top_k: ws.append(TopKLogitsWarper(top_k=top_k))
@@ -316,7 +326,6 @@ def pair_logps(model, rows: dict, completion_ids, completion_mask, temperature: 
                chunk_size: int | None = None) -> torch.Tensor | None:
     """`completion_logps` of the 2B completions from one forward over `pair_rows`' B rows: (2B, C) fp32, 0 on padding;
     None where the model cannot take that layout (no lean head, an attention kernel without 4-D masks)."""
-    from dpo_notes.train import can_pack, masked_hidden_states
     if not can_pack(model): return None
     h = masked_hidden_states(model, rows["input_ids"], rows["position_ids"], rows["attention_mask"])
     head = decoder_and_head(model)[1]
@@ -333,7 +342,7 @@ def _positive_floats(v) -> bool:
     vs = v if isinstance(v, list) else [v]
     return bool(vs) and all(not isinstance(b, bool) and isinstance(b, (int, float)) and b > 0 for b in vs)
 
-def _check_online_config(c) -> None:
+def check_online_config(c) -> None:
     "Raise a ValueError (`runtime.bad`) naming the first field of config `c` that cannot work: the shared ones, then online DPO's."
     check_training(c)
     if not _positive_floats(c.beta): bad(c, "beta", "a positive float or a non-empty list of them", c.beta)
@@ -382,7 +391,7 @@ class OnlineDPOConfig(TrainingConfig):
         if isinstance(self.beta, tuple): self.beta = list(self.beta)
         if isinstance(self.beta, list) and len(self.beta) == 1: self.beta = self.beta[0]   # `--beta 0.2`: one value
         if isinstance(self.reward_weights, tuple): self.reward_weights = list(self.reward_weights)
-        _check_online_config(self)
+        check_online_config(self)
 
 # %% ../nbs/08_online_dpo.ipynb #c965876b
 def schedule_value(values: float | list[float], epoch: float) -> float:
@@ -481,7 +490,6 @@ def _trl_style(f) -> bool:
 def _reward_func(f, i: int):
     "`reward_funcs[i]` checked: a callable, or a sequence-classification model (a name or path is loaded as one, as TRL does)."
     if isinstance(f, str):
-        from transformers import AutoModelForSequenceClassification
         return AutoModelForSequenceClassification.from_pretrained(f, num_labels=1).eval()
     if isinstance(f, torch.nn.Module):
         if not type(f).__name__.endswith("ForSequenceClassification"):
@@ -494,7 +502,6 @@ def _reward_func(f, i: int):
 def _reward_tokenizer(model, tokenizer):
     "The tokenizer of a reward model (TRL: loaded from the model's name when not given), with a pad token the model knows."
     if tokenizer is None:
-        from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
     if tokenizer.pad_token_id is None: tokenizer.pad_token = tokenizer.eos_token
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id     # the head reads the last non-pad token
@@ -557,7 +564,7 @@ def sequence_stats(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Ten
     return {"kl": kl, "entropy": -(logps * m).sum(1), "non_score_reward": -beta * kl}
 
 # %% ../nbs/08_online_dpo.ipynb #6c22e777
-def _mean(x: torch.Tensor) -> float:
+def mean_or_nan(x: torch.Tensor) -> float:
     "Mean as a float; NaN for an empty tensor (e.g. no pair kept this step)."
     return float(x.float().mean()) if x.numel() else float("nan")
 
@@ -565,17 +572,17 @@ def _mean(x: torch.Tensor) -> float:
 def _pair_metrics(seq, st, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores) -> dict:
     "TRL's metrics of one micro-batch: seq (2B,) summed policy log-probs, st `sequence_stats`, rewards (B,) of each pair."
     margins = (ch_r - rj_r)[keep]
-    m = {"objective/kl": _mean(st["kl"]), "objective/entropy": _mean(st["entropy"]),
-         "objective/non_score_reward": _mean(st["non_score_reward"]),
-         "rewards/chosen": _mean(ch_r[keep]), "rewards/rejected": _mean(rj_r[keep]),
-         "rewards/margins": _mean(margins), "rewards/accuracies": _mean(margins > 0),
-         "logps/chosen": _mean(seq[chosen_idx][keep]), "logps/rejected": _mean(seq[rejected_idx][keep]),
-         "val/contain_eos_token": _mean(contains_eos), "pairs_kept": _mean(keep)}
+    m = {"objective/kl": mean_or_nan(st["kl"]), "objective/entropy": mean_or_nan(st["entropy"]),
+         "objective/non_score_reward": mean_or_nan(st["non_score_reward"]),
+         "rewards/chosen": mean_or_nan(ch_r[keep]), "rewards/rejected": mean_or_nan(rj_r[keep]),
+         "rewards/margins": mean_or_nan(margins), "rewards/accuracies": mean_or_nan(margins > 0),
+         "logps/chosen": mean_or_nan(seq[chosen_idx][keep]), "logps/rejected": mean_or_nan(seq[rejected_idx][keep]),
+         "val/contain_eos_token": mean_or_nan(contains_eos), "pairs_kept": mean_or_nan(keep)}
     if scores is not None:
         scores = scores.to(seq.device)
-        m["objective/scores"] = _mean(scores)
-        m["objective/scores_margin"] = _mean((scores[chosen_idx] - scores[rejected_idx])[keep])
-        m["objective/rlhf_reward"] = _mean(scores + st["non_score_reward"])
+        m["objective/scores"] = mean_or_nan(scores)
+        m["objective/scores_margin"] = mean_or_nan((scores[chosen_idx] - scores[rejected_idx])[keep])
+        m["objective/rlhf_reward"] = mean_or_nan(scores + st["non_score_reward"])
     return m
 
 # %% ../nbs/08_online_dpo.ipynb #c0f5c502
@@ -620,7 +627,7 @@ def collect_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: Online
     """Two completions per prompt from the current policy, judged: prompt_ids/mask (B, P), completion_ids/mask (2B, C),
     contains_eos (2B,), a_wins/keep (B,), scores (2B,) or None, texts, `kept` (pairs in the loss), times."""
     device = next(model.parameters()).device; t0 = time.perf_counter()
-    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
+    p_ids, p_mask = pad_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
     c_ids, c_mask, has_eos = sample_with(model, tokenizer, p_ids, p_mask, cfg, 2, sampler)    # y_a, y_b ~ π_θ(·|x)
     sync_device(device); t1 = time.perf_counter()
     texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True); B = len(prompts)
@@ -668,7 +675,7 @@ def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int
     eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
     texts, finished = [], []
     for i in range(0, len(prompts), batch_size):
-        ids, mask = tokenize_prompts(tokenizer, prompts[i:i + batch_size], device=device)
+        ids, mask = pad_prompts(tokenizer, prompts[i:i + batch_size], device=device)
         c, _, e = sample_completions(model, ids, mask, num_samples=1, max_new_tokens=max_new_tokens, temperature=temperature,
                                      top_p=top_p, top_k=top_k, eos_ids=eos, pad_token_id=pad, do_sample=do_sample)
         texts += tokenizer.batch_decode(c, skip_special_tokens=True); finished += e.tolist()
@@ -724,13 +731,11 @@ class OnlineResult:
     @property
     def train_df(self):
         "The training rows as a `pandas.DataFrame` (one row per `logging_steps` steps)."
-        import pandas as pd
         return pd.DataFrame([h for h in self.history if "loss" in h])
 
     @property
     def eval_df(self):
         "The eval rows (`eval_*`, `step`, `epoch`) as a `pandas.DataFrame`."
-        import pandas as pd
         return pd.DataFrame([h for h in self.history if any(k.startswith("eval_") for k in h)])
 
 # %% ../nbs/08_online_dpo.ipynb #71cefa54
@@ -817,7 +822,6 @@ def _log_row(acc, window: list[dict], grad_norm, lr: float, step: int, epoch: fl
 # %% ../nbs/08_online_dpo.ipynb #3930c64c
 def _vllm_sampler(model, tokenizer, cfg, acc):
     "vLLM on this process's GPU (`dpo_notes.gpu`); fails here, clearly, without vLLM or a GPU."
-    from dpo_notes.gpu import VLLMSampler
     return VLLMSampler(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                        max_model_len=cfg.max_length, seed=cfg.seed + acc.process_index)
 
@@ -838,7 +842,6 @@ def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConf
     `reward_weights`, default `cfg.reward_weights`) and takes `step_fn`'s loss (an `OnlineMethod`; default online DPO; XPO passes its own).
     The reference: `runtime.make_reference`. `eval_fn(model) -> dict` runs before training, every `cfg.eval_steps` and
     at the end. To resume, pass the same starting `model` and `resume_from_checkpoint`."""
-    from tqdm.auto import tqdm
     cfg = cfg or OnlineDPOConfig(); method = _as_method(step_fn)
     weights = cfg.reward_weights if reward_weights is None else reward_weights
     judge = resolve_judge(judge, reward_funcs, weights, reward_processing_classes)

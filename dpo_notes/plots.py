@@ -90,7 +90,7 @@ def _as_runs(histories) -> dict[str, pd.DataFrame]:
         return dict(histories)
     raise ValueError("histories must be a DataFrame or a non-empty dict of run name → DataFrame")
 
-def _resolve(metric, runs) -> str | None:
+def _column_of(metric, runs) -> str | None:
     "The first of `metric`'s names (a str or a tuple of aliases) that some run has as a column."
     for name in ([metric] if isinstance(metric, str) else metric):
         if any(name in df.columns for df in runs.values()): return name
@@ -100,12 +100,12 @@ def _resolve(metric, runs) -> str | None:
 def _panels(runs, metrics) -> list[tuple[str, str]]:
     "(title, column) of each panel: `metrics` resolved against the runs' columns, or the online trio when None."
     if metrics is None:   # the online trio, under whichever names the frames use; absent ones are skipped
-        panels = [(label, col) for label, names in DEFAULT_ONLINE_METRICS.items() if (col := _resolve(names, runs))]
+        panels = [(label, col) for label, names in DEFAULT_ONLINE_METRICS.items() if (col := _column_of(names, runs))]
         if not panels: raise ValueError(f"none of the default metrics {DEFAULT_ONLINE_METRICS} found; pass metrics=")
         return panels
     panels = []
     for m in ([metrics] if isinstance(metrics, str) else metrics):
-        if (col := _resolve(m, runs)) is None:
+        if (col := _column_of(m, runs)) is None:
             cols = sorted({c for df in runs.values() for c in df.columns})
             raise ValueError(f"metric {m!r} is in no history; available columns: {cols}")
         panels.append((col, col))

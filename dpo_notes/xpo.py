@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from .losses import dpo_loss
 from .runtime import arg, bad, reference_context, sync_device
-from .online import (OnlineDPOConfig, OnlineMethod, OnlineResult, _mean, _check_online_config, eos_token_ids,
+from .online import (OnlineDPOConfig, OnlineMethod, OnlineResult, mean_or_nan, eos_token_ids,
                               judge_pairs, pad_token_id, plain_pair_loss, policy_and_ref_logps, sample_plain, sample_with,
-                              schedule_value, sequence_stats, tokenize_prompts, train_online)
+                              schedule_value, sequence_stats, pad_prompts, train_online)
 
 # %% auto #0
 __all__ = ['XPO', 'pad_right', 'stack_completions', 'plain_xpo_step', 'XPOConfig', 'xpo_loss', 'collect_xpo_pairs',
@@ -75,7 +75,7 @@ def collect_xpo_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: XP
     """One completion per prompt from the policy (`sampler`: a synced vLLM sampler) and one from the reference, judged:
     `online.collect_pairs`' dict, rows [policy samples; reference samples], `a_wins` = the policy's sample won."""
     device = next(model.parameters()).device; t0 = time.perf_counter()
-    p_ids, p_mask = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
+    p_ids, p_mask = pad_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
     m_ids, m_mask, m_eos = sample_with(model, tokenizer, p_ids, p_mask, cfg, 1, sampler)      # y ~ π_θ(·|x)
     with reference_context(model, ref_model) as ref:
         r_ids, r_mask, r_eos = sample_with(ref, tokenizer, p_ids, p_mask, cfg, 1)              # ỹ ~ π_ref(·|x)
@@ -92,19 +92,19 @@ def collect_xpo_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: XP
 def _xpo_metrics(seq, st, wins, keep, dpo_l, xpo_l, ch_r, rj_r, contains_eos, scores) -> dict:
     "TRL 1.0's XPO metrics, corrected (see above): seq (2B,) summed policy log-probs, st `sequence_stats` of y only."
     B = wins.shape[0]; margins = (ch_r - rj_r)[keep]
-    m = {"loss/dpo": _mean(dpo_l[keep]), "loss/xpo": _mean(xpo_l[keep]),
-         "objective/kl": _mean(st["kl"]), "objective/entropy": _mean(st["entropy"]),
-         "objective/non_score_reward": _mean(st["non_score_reward"]),
-         "rewards/chosen": _mean(ch_r[keep]), "rewards/rejected": _mean(rj_r[keep]),
-         "rewards/margins": _mean(margins), "rewards/accuracies": _mean(margins > 0),
-         "logps/chosen": _mean(torch.where(wins, seq[:B], seq[B:])[keep]),
-         "logps/rejected": _mean(torch.where(wins, seq[B:], seq[:B])[keep]),
-         "val/model_contain_eos_token": _mean(contains_eos[:B]), "val/ref_contain_eos_token": _mean(contains_eos[B:]),
-         "model_win_rate": _mean(wins[keep]), "pairs_kept": _mean(keep)}
+    m = {"loss/dpo": mean_or_nan(dpo_l[keep]), "loss/xpo": mean_or_nan(xpo_l[keep]),
+         "objective/kl": mean_or_nan(st["kl"]), "objective/entropy": mean_or_nan(st["entropy"]),
+         "objective/non_score_reward": mean_or_nan(st["non_score_reward"]),
+         "rewards/chosen": mean_or_nan(ch_r[keep]), "rewards/rejected": mean_or_nan(rj_r[keep]),
+         "rewards/margins": mean_or_nan(margins), "rewards/accuracies": mean_or_nan(margins > 0),
+         "logps/chosen": mean_or_nan(torch.where(wins, seq[:B], seq[B:])[keep]),
+         "logps/rejected": mean_or_nan(torch.where(wins, seq[B:], seq[:B])[keep]),
+         "val/model_contain_eos_token": mean_or_nan(contains_eos[:B]), "val/ref_contain_eos_token": mean_or_nan(contains_eos[B:]),
+         "model_win_rate": mean_or_nan(wins[keep]), "pairs_kept": mean_or_nan(keep)}
     if scores is not None:
         s_model, s_ref = scores[:B].to(seq.device), scores[B:].to(seq.device)
-        m.update({"objective/model_scores": _mean(s_model), "objective/ref_scores": _mean(s_ref),
-                  "objective/scores_margin": _mean(s_model - s_ref), "objective/rlhf_reward": _mean(s_model + st["non_score_reward"])})
+        m.update({"objective/model_scores": mean_or_nan(s_model), "objective/ref_scores": mean_or_nan(s_ref),
+                  "objective/scores_margin": mean_or_nan(s_model - s_ref), "objective/rlhf_reward": mean_or_nan(s_model + st["non_score_reward"])})
     return m
 
 # %% ../nbs/09_xpo.ipynb #fa9d3499

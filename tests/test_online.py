@@ -14,7 +14,7 @@ from dpo_notes.core import set_threads
 from parity import NO_CHECKPOINTING, assert_weights_moved_alike
 from dpo_notes import online
 from dpo_notes.online import (OnlineDPOConfig, OnlineMethod, collect_pairs, pairs_loss, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
-                              sample_completions, schedule_value, sequence_stats, tokenize_prompts, train_online)
+                              sample_completions, schedule_value, sequence_stats, pad_prompts, train_online)
 
 set_threads()
 warnings.filterwarnings("ignore")
@@ -60,7 +60,7 @@ def trl_trainer(policy, ref, tok, rewards, **kw):
 
 def fixed_samples(m, tok, max_new_tokens=6, seed=0):
     torch.manual_seed(seed)
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     c_ids, c_mask, eos = sample_completions(m, p_ids, p_mask, num_samples=2, max_new_tokens=max_new_tokens, eos_ids=[1], pad_token_id=0)
     return p_ids, p_mask, c_ids, c_mask, eos
 
@@ -94,7 +94,7 @@ def test_loss_and_metrics_equal_trl(loss_type):
 def test_kl_equal_trl_without_padding():
     "With every completion full length (no eos, no padding) TRL's KL/entropy and ours coincide."
     m, tok = tiny(); policy = perturbed(m)
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     c_ids = torch.randint(3, len(tok), (2 * len(PROMPTS), 5), generator=torch.Generator().manual_seed(0))
     c_mask, eos = torch.ones_like(c_ids), torch.zeros(2 * len(PROMPTS), dtype=torch.bool)
     scores = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 0.5])
@@ -112,7 +112,7 @@ def test_logps_equal_trl_forward_and_generation():
     "Left-padded prompts: our log-probs = the sampler's (generate's logits) = TRL's `_forward` for a RoPE model."
     m, tok = tiny()
     prompts = ["ann reviews the lamp :", "bob reviews the bike : it is a great"]      # different lengths: left padding
-    p_ids, p_mask = tokenize_prompts(tok, prompts)
+    p_ids, p_mask = pad_prompts(tok, prompts)
     torch.manual_seed(0)
     out = m.generate(input_ids=p_ids, attention_mask=p_mask, do_sample=True, max_new_tokens=6, output_logits=True,
                      return_dict_in_generate=True, pad_token_id=0, eos_token_id=[1], top_k=0)
@@ -130,7 +130,7 @@ def test_position_ids_matter_for_absolute_positions():
     "GPT-2 (learned positions): TRL's `_forward` without position ids drifts from what was sampled on left-padded rows."
     m, tok = tiny(arch="gpt2")
     prompts = ["ann reviews the lamp :", "bob reviews the bike : it is a great"]
-    p_ids, p_mask = tokenize_prompts(tok, prompts)
+    p_ids, p_mask = pad_prompts(tok, prompts)
     torch.manual_seed(0)
     out = m.generate(input_ids=p_ids, attention_mask=p_mask, do_sample=True, max_new_tokens=5, min_new_tokens=5,
                      output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=[1], top_k=0)

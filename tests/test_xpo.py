@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dpo_notes.core import set_threads
-from dpo_notes.online import completion_logps, sample_completions, tokenize_prompts
+from dpo_notes.online import completion_logps, sample_completions, pad_prompts
 from dpo_notes.runtime import reference_context
 from dpo_notes.xpo import XPOConfig, pad_right, plain_xpo_step, train_xpo, xpo_loss, xpo_step
 
@@ -48,7 +48,7 @@ def trl_1_0_compute_losses(model_logprobs_model_data, model_logprobs_ref_data, r
 def test_xpo_loss_equals_trl_1_0(loss_type, alpha):
     "Same per-token log-probs in, same loss out: on real sampled completions of a tiny model (policy != reference)."
     m, tok = tiny(); policy = perturbed(m)
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     torch.manual_seed(0)
     kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0)
     m_ids, m_mask, _ = sample_completions(policy, p_ids, p_mask, **kw)
@@ -90,7 +90,7 @@ def test_reference_samples_come_from_the_reference():
     from peft import LoraConfig, get_peft_model
     m, tok = tiny()
     pm = get_peft_model(copy.deepcopy(m), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0, temperature=1.0)
     torch.manual_seed(3)
     with reference_context(pm) as ref: ours, _, _ = sample_completions(ref, p_ids, p_mask, **kw)
@@ -155,7 +155,7 @@ def test_arriving_adapter_is_the_reference():
     assert abs(h["objective/kl"]) < 1e-4 and abs(h["loss/dpo"] - math.log(2)) < 1e-5, h
     pm = arriving_adapter(m); start = copy.deepcopy(pm)
     assert make_reference(pm) is None
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0, temperature=1.0)
     torch.manual_seed(3)
     with reference_context(pm) as ref: ours, _, _ = sample_completions(ref, p_ids, p_mask, **kw)

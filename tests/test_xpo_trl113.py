@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from dpo_notes.core import set_threads
-from dpo_notes.online import completion_logps, sample_completions, tokenize_prompts
+from dpo_notes.online import completion_logps, sample_completions, pad_prompts
 from dpo_notes.runtime import LAUNCHER_VARS
 from dpo_notes.xpo import XPOConfig, pad_right, xpo_loss, xpo_step
 
@@ -110,7 +110,7 @@ def trl113(tmp_path_factory):
     try:
         for name, obj in [("policy", policy), ("ref", m), ("reward", rm), ("tokenizer", tok)]: obj.save_pretrained(tmp / name)
     finally: hf_logging.enable_progress_bar()
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     m_ids, m_mask, m_eos = fixed_completions(policy, p_ids, p_mask, seed=1)
     r_ids, r_mask, r_eos = fixed_completions(m, p_ids, p_mask, seed=2)
     W = max(m_ids.shape[1], r_ids.shape[1])                    # (a) wants one width; the step takes each as sampled
