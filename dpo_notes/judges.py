@@ -167,10 +167,10 @@ class RewardModelJudge(ScoredJudge):
         check_reward_model(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None: raise ValueError("tokenizer: expected a pad_token_id (or an eos_token_id to pad with), got neither")
-        cfg = model.config.get_text_config()
-        if cfg.pad_token_id is None: cfg.pad_token_id = pad        # the head finds the last token by this id
-        elif cfg.pad_token_id != pad:
-            raise ValueError(f"model.config.pad_token_id: expected the tokenizer's pad id {pad}, got {cfg.pad_token_id}")
+        model_cfg = model.config.get_text_config()
+        if model_cfg.pad_token_id is None: model_cfg.pad_token_id = pad        # the head finds the last token by this id
+        elif model_cfg.pad_token_id != pad:
+            raise ValueError(f"model.config.pad_token_id: expected the tokenizer's pad id {pad}, got {model_cfg.pad_token_id}")
         if use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError("use_chat_template: True, but the tokenizer has no chat_template")
         self.model, self.tokenizer, self.pad_id, self.batch_size, self.sep, self.label = model, tokenizer, pad, batch_size, sep, label
@@ -228,13 +228,13 @@ def _load_error(name_or_path: str, e: Exception) -> ValueError:
 # %% ../nbs/07_judges.ipynb #50d58b27
 def _check_rm_config(name_or_path: str, trust_remote_code: bool):
     "The checkpoint's config; a ValueError when its architecture is not a sequence classifier."
-    try: cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    try: model_cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e: raise _load_error(name_or_path, e) from None
-    archs = list(cfg.architectures or [])
+    archs = list(model_cfg.architectures or [])
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ValueError(f"reward model {name_or_path!r}: expected a sequence-classification checkpoint "
                          f"(...ForSequenceClassification), got {', '.join(archs)}{_arch_hint(archs[0])}")
-    return cfg
+    return model_cfg
 
 # %% ../nbs/07_judges.ipynb #c0d08abd
 def load_reward_model(name_or_path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False,

@@ -46,11 +46,11 @@ class _SelectiveLogps(torch.autograd.Function):
     "`z[i] - logsumexp(z)` a chunk of rows at a time; keeps only the input and one logsumexp per row for the backward."
     @staticmethod
     def forward(ctx, logits, index, temperature, rows):         # logits (N, V), index (N,)
-        acc = _acc_dtype(logits.dtype)
-        out = logits.new_empty(index.shape, dtype=acc)
+        acc_dtype = _acc_dtype(logits.dtype)
+        out = logits.new_empty(index.shape, dtype=acc_dtype)
         lse = torch.empty_like(out)
         for s in range(0, logits.shape[0], rows):
-            z = logits[s:s+rows].to(acc)
+            z = logits[s:s+rows].to(acc_dtype)
             if temperature != 1.0: z = z / temperature
             lse[s:s+rows] = torch.logsumexp(z, -1)
             out[s:s+rows] = z.gather(-1, index[s:s+rows, None]).squeeze(-1) - lse[s:s+rows]
@@ -130,37 +130,37 @@ def _mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.float() @ b.float()
 
 # %% ../nbs/04_logps.ipynb #2c7d8d77
-def _chunk_logits(h, w, b, acc, T):
-    "One chunk of logits (rows, V) = (h @ w.T + b) / T, projected in w's dtype and returned in `acc`."
+def _chunk_logits(h, w, b, acc_dtype, temp):
+    "One chunk of logits (rows, V) = (h @ w.T + b) / temp, projected in w's dtype and returned in `acc_dtype`."
     z = h.to(w.dtype) @ w.t()
     if b is not None: z = z + b
-    z = z.to(acc)
-    return z.div_(T) if T != 1.0 else z
+    z = z.to(acc_dtype)
+    return z.div_(temp) if temp != 1.0 else z
 
 # %% ../nbs/04_logps.ipynb #0b00a5e9
 class _LinearLogps(torch.autograd.Function):
-    "Per-token log-probs, mean logit and (optionally) log Σ p² of `(h @ W.T + b) / T`, `rows` tokens at a time. See `linear_logps`."
+    "Per-token log-probs, mean logit and (optionally) log Σ p² of `(h @ W.T + b) / temp`, `rows` tokens at a time. See `linear_logps`."
     @staticmethod
     def forward(ctx, h, weight, bias, targets, temperature, rows, finish_now, want_sq):
-        dt = _compute_dtype(h); acc = _acc_dtype(dt); T = temperature
+        dt = _compute_dtype(h); acc_dtype = _acc_dtype(dt); temp = temperature
         M = h.shape[0]
-        logps, means, lse = (h.new_empty(M, dtype=acc) for _ in range(3))
-        sq = h.new_empty(M if want_sq else 0, dtype=acc)
-        grad_h = h.new_empty(h.shape, dtype=acc) if finish_now else None
+        logps, means, lse = (h.new_empty(M, dtype=acc_dtype) for _ in range(3))
+        sq = h.new_empty(M if want_sq else 0, dtype=acc_dtype)
+        grad_h = h.new_empty(h.shape, dtype=acc_dtype) if finish_now else None
         with torch.autocast(h.device.type, enabled=False):           # we pick every dtype ourselves
             w = weight.to(dt); b = None if bias is None else bias.to(dt)
             for s in range(0, M, rows):
-                z, t = _chunk_logits(h[s:s+rows], w, b, acc, T), targets[s:s+rows, None]
+                z, t = _chunk_logits(h[s:s+rows], w, b, acc_dtype, temp), targets[s:s+rows, None]
                 means[s:s+rows] = z.mean(-1)
                 lse[s:s+rows] = l = torch.logsumexp(z, -1)
                 logps[s:s+rows] = z.gather(-1, t).squeeze(-1) - l
                 if want_sq: sq[s:s+rows] = torch.logsumexp(2 * z, -1) - 2 * l   # log Σ p² = lse(2z) − 2·lse(z)
-                if finish_now:      # frozen head: d logp / dh = (onehot - softmax) W / T, now, while z is here
-                    G = z.sub_(l[:, None]).exp_().neg_().scatter_add_(-1, t, torch.ones_like(l[:, None])).div_(T)
+                if finish_now:      # frozen head: d logp / dh = (onehot - softmax) W / temp, now, while z is here
+                    G = z.sub_(l[:, None]).exp_().neg_().scatter_add_(-1, t, torch.ones_like(l[:, None])).div_(temp)
                     grad_h[s:s+rows] = _mm_acc(G.to(dt), w)
         if finish_now: ctx.save_for_backward(grad_h)
         else: ctx.save_for_backward(h, weight, bias, targets, lse)
-        ctx.finish_now, ctx.T, ctx.rows, ctx.dt, ctx.h_dtype = finish_now, T, rows, dt, h.dtype
+        ctx.finish_now, ctx.temp, ctx.rows, ctx.dt, ctx.h_dtype = finish_now, temp, rows, dt, h.dtype
         ctx.mark_non_differentiable(means, sq)
         return logps, means, sq
 
@@ -172,18 +172,18 @@ class _LinearLogps(torch.autograd.Function):
             (grad_h,) = ctx.saved_tensors
             return (grad_h * grad_logps[:, None]).to(ctx.h_dtype), None, None, *nones
         h, weight, bias, targets, lse = ctx.saved_tensors
-        T, rows, dt, acc = ctx.T, ctx.rows, ctx.dt, lse.dtype
+        temp, rows, dt, acc_dtype = ctx.temp, ctx.rows, ctx.dt, lse.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        gh = h.new_empty(h.shape, dtype=acc) if need_h else None
-        gw = weight.new_zeros(weight.shape, dtype=acc) if need_w else None
-        gb = bias.new_zeros(bias.shape, dtype=acc) if need_b else None
+        gh = h.new_empty(h.shape, dtype=acc_dtype) if need_h else None
+        gw = weight.new_zeros(weight.shape, dtype=acc_dtype) if need_w else None
+        gb = bias.new_zeros(bias.shape, dtype=acc_dtype) if need_b else None
         with torch.autocast(h.device.type, enabled=False):
             w = weight.to(dt); b = None if bias is None else bias.to(dt)
             for s in range(0, h.shape[0], rows):
                 hc = h[s:s+rows].to(dt)
-                z = _chunk_logits(hc, w, b, acc, T)                   # recompute the chunk
+                z = _chunk_logits(hc, w, b, acc_dtype, temp)                   # recompute the chunk
                 G = z.sub_(lse[s:s+rows, None]).exp_().neg_().scatter_add_(-1, targets[s:s+rows, None], torch.ones_like(z[:, :1]))
-                G = G.mul_(grad_logps[s:s+rows, None] / T)            # dL/dz = g (onehot - softmax) / T
+                G = G.mul_(grad_logps[s:s+rows, None] / temp)            # dL/dz = g (onehot - softmax) / temp
                 if gb is not None: gb += G.sum(0)
                 G = G.to(dt)
                 if gh is not None: gh[s:s+rows] = _mm_acc(G, w)
@@ -254,10 +254,10 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False): return None
     base = unwrap_peft(model)
-    cfg = getattr(base, "config", None)
-    if cfg is None: return None
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS): return None
+    model_cfg = getattr(base, "config", None)
+    if model_cfg is None: return None
+    model_cfg = model_cfg.get_text_config() if hasattr(model_cfg, "get_text_config") else model_cfg
+    if any(getattr(model_cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS): return None
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     if head is None or decoder is None or decoder is base: return None
@@ -488,12 +488,12 @@ def pack_pairs(batch: dict, capacity: float = 1.5) -> dict | None:
 # %% ../nbs/04_logps.ipynb #b61a2757
 def _packable(model) -> bool:
     "True for an attention kernel that takes our 4-D mask (sdpa, eager) and no sliding-window layer."
-    cfg = getattr(model, "config", None)
-    if cfg is None: return False
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"): return False
-    if getattr(cfg, "sliding_window", None) is not None: return False
-    return all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
+    model_cfg = getattr(model, "config", None)
+    if model_cfg is None: return False
+    model_cfg = model_cfg.get_text_config() if hasattr(model_cfg, "get_text_config") else model_cfg
+    if getattr(model_cfg, "_attn_implementation", None) not in ("sdpa", "eager"): return False
+    if getattr(model_cfg, "sliding_window", None) is not None: return False
+    return all(t == "full_attention" for t in (getattr(model_cfg, "layer_types", None) or ["full_attention"]))
 
 # %% ../nbs/04_logps.ipynb #b61a2701
 def can_pack(model) -> bool:

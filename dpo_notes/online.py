@@ -153,9 +153,9 @@ def generation_mode(model):
 # %% ../nbs/08_online_dpo.ipynb #027ac8e9
 def _lean_config_ok(model, total_length: int | None) -> bool:
     "Whether the model's config and generation config are ones `lean_sample` reproduces exactly (see the prose above)."
-    base = unwrap_peft(unwrap(model)); cfg = getattr(base, "config", None)
-    if cfg is None: return False
-    tc = cfg.get_text_config()
+    base = unwrap_peft(unwrap(model)); model_cfg = getattr(base, "config", None)
+    if model_cfg is None: return False
+    tc = model_cfg.get_text_config()
     if tc.model_type not in LEAN_DECODE_TYPES or tc._attn_implementation != "sdpa" or getattr(tc, "pretraining_tp", 1) != 1:
         return False
     if any(t != "full_attention" for t in (getattr(tc, "layer_types", None) or [])): return False
@@ -548,11 +548,11 @@ def resolve_judge(judge=None, reward_funcs=None, reward_weights: list[float] | N
 def policy_and_ref_logps(model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, cfg):
     "Per-token log-probs (2B, C) of the 2B completions under the policy (with grad) and the reference (without)."
     pp_ids, pp_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
-    T = cfg.temperature if cfg.logps_temperature else 1.0
+    temp = cfg.temperature if cfg.logps_temperature else 1.0
     rows = pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) if cfg.padding_free else None   # prompt once
-    logps = completion_logps(model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
+    logps = completion_logps(model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=temp, rows=rows)
     with torch.no_grad(), reference_context(model, ref_model) as ref:
-        ref_logps = completion_logps(ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=T, rows=rows)
+        ref_logps = completion_logps(ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=temp, rows=rows)
     return logps, ref_logps
 
 # %% ../nbs/08_online_dpo.ipynb #596a0c79
@@ -569,11 +569,11 @@ def mean_or_nan(x: torch.Tensor) -> float:
     return float(x.float().mean()) if x.numel() else float("nan")
 
 # %% ../nbs/08_online_dpo.ipynb #24beace1
-def _pair_metrics(seq, st, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores) -> dict:
-    "TRL's metrics of one micro-batch: seq (2B,) summed policy log-probs, st `sequence_stats`, rewards (B,) of each pair."
+def _pair_metrics(seq, stats, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores) -> dict:
+    "TRL's metrics of one micro-batch: seq (2B,) summed policy log-probs, stats `sequence_stats`, rewards (B,) of each pair."
     margins = (ch_r - rj_r)[keep]
-    m = {"objective/kl": mean_or_nan(st["kl"]), "objective/entropy": mean_or_nan(st["entropy"]),
-         "objective/non_score_reward": mean_or_nan(st["non_score_reward"]),
+    m = {"objective/kl": mean_or_nan(stats["kl"]), "objective/entropy": mean_or_nan(stats["entropy"]),
+         "objective/non_score_reward": mean_or_nan(stats["non_score_reward"]),
          "rewards/chosen": mean_or_nan(ch_r[keep]), "rewards/rejected": mean_or_nan(rj_r[keep]),
          "rewards/margins": mean_or_nan(margins), "rewards/accuracies": mean_or_nan(margins > 0),
          "logps/chosen": mean_or_nan(seq[chosen_idx][keep]), "logps/rejected": mean_or_nan(seq[rejected_idx][keep]),
@@ -582,7 +582,7 @@ def _pair_metrics(seq, st, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_
         scores = scores.to(seq.device)
         m["objective/scores"] = mean_or_nan(scores)
         m["objective/scores_margin"] = mean_or_nan((scores[chosen_idx] - scores[rejected_idx])[keep])
-        m["objective/rlhf_reward"] = mean_or_nan(scores + st["non_score_reward"])
+        m["objective/rlhf_reward"] = mean_or_nan(scores + stats["non_score_reward"])
     return m
 
 # %% ../nbs/08_online_dpo.ipynb #c0f5c502
@@ -606,8 +606,8 @@ def online_dpo_loss(model, ref_model, prompt_ids, prompt_mask, completion_ids, c
     k = keep.float()
     loss = (losses * k).sum() / (k.sum().clamp(min=1) if denominator is None else denominator)   # dropped pairs weigh 0
     with torch.no_grad():
-        st = sequence_stats(logps.detach(), ref_logps, completion_mask, beta)
-        metrics = _pair_metrics(seq.detach(), st, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores)
+        stats = sequence_stats(logps.detach(), ref_logps, completion_mask, beta)
+        metrics = _pair_metrics(seq.detach(), stats, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores)
     return loss, {"loss": float(loss.detach()), **metrics, "beta": beta, "time/logps": t_logps}
 
 # %% ../nbs/08_online_dpo.ipynb #52fbce62

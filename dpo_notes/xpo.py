@@ -55,16 +55,16 @@ class XPOConfig(OnlineDPOConfig):
             bad(self, "alpha", "a float >= 0 or a non-empty list of them", self.alpha)
 
 # %% ../nbs/09_xpo.ipynb #4e71d673
-def xpo_loss(policy_logps_model, policy_logps_ref, ref_logps_model, ref_logps_ref, model_wins, beta: float = 0.1,
+def xpo_loss(policy_logps_model, policy_logps_ref, ref_logps_model, ref_logps_ref, a_wins, beta: float = 0.1,
              alpha: float = 1e-5, loss_type: str = "sigmoid"):
     """XPO per pair: DPO on (policy sample y, reference sample y~) + alpha * log pi(y~|x).
     Inputs (B,) summed log-probs: `policy_logps_model` = log pi(y|x), `policy_logps_ref` = log pi(y~|x), `ref_logps_*` the
-    same under pi_ref; `model_wins` (B,) bool, True where y is chosen. Returns (losses, dpo_losses, xpo_losses,
+    same under pi_ref; `a_wins` (B,) bool, True where y is chosen. Returns (losses, dpo_losses, xpo_losses,
     chosen_rewards, rejected_rewards), each (B,); the loss to minimise is `losses.mean()`."""
-    chosen = torch.where(model_wins, policy_logps_model, policy_logps_ref)
-    rejected = torch.where(model_wins, policy_logps_ref, policy_logps_model)
-    ref_chosen = torch.where(model_wins, ref_logps_model, ref_logps_ref)
-    ref_rejected = torch.where(model_wins, ref_logps_ref, ref_logps_model)
+    chosen = torch.where(a_wins, policy_logps_model, policy_logps_ref)
+    rejected = torch.where(a_wins, policy_logps_ref, policy_logps_model)
+    ref_chosen = torch.where(a_wins, ref_logps_model, ref_logps_ref)
+    ref_rejected = torch.where(a_wins, ref_logps_ref, ref_logps_model)
     dpo_losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type)
     xpo_losses = alpha * policy_logps_ref                 # + sign, summed over tokens: pushes log pi(y~|x) down
     return dpo_losses + xpo_losses, dpo_losses, xpo_losses, chosen_rewards, rejected_rewards
@@ -82,29 +82,29 @@ def collect_xpo_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: XP
     sync_device(device); t1 = time.perf_counter()
     c_ids, c_mask = stack_completions(m_ids, m_mask, r_ids, r_mask, pad_token_id(tokenizer, eos_token_ids(model, tokenizer)))
     texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True); B = len(prompts)
-    wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], m_eos, r_eos, completion_ids=c_ids,
+    a_wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], m_eos, r_eos, completion_ids=c_ids,
                                      missing_eos_penalty=cfg.missing_eos_penalty, tie_rule=cfg.tie_rule, generator=generator)
     return dict(prompts=list(prompts), prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
-                contains_eos=torch.cat([m_eos, r_eos]), a_wins=wins, keep=keep, scores=scores, texts=texts,
+                contains_eos=torch.cat([m_eos, r_eos]), a_wins=a_wins, keep=keep, scores=scores, texts=texts,
                 kept=int(keep.sum()), times={"time/generate": t1 - t0, "time/score": time.perf_counter() - t1})
 
 # %% ../nbs/09_xpo.ipynb #bfbe56ba
-def _xpo_metrics(seq, st, wins, keep, dpo_l, xpo_l, ch_r, rj_r, contains_eos, scores) -> dict:
-    "TRL 1.0's XPO metrics, corrected (see above): seq (2B,) summed policy log-probs, st `sequence_stats` of y only."
-    B = wins.shape[0]; margins = (ch_r - rj_r)[keep]
+def _xpo_metrics(seq, stats, a_wins, keep, dpo_l, xpo_l, ch_r, rj_r, contains_eos, scores) -> dict:
+    "TRL 1.0's XPO metrics, corrected (see above): seq (2B,) summed policy log-probs, stats `sequence_stats` of y only."
+    B = a_wins.shape[0]; margins = (ch_r - rj_r)[keep]
     m = {"loss/dpo": mean_or_nan(dpo_l[keep]), "loss/xpo": mean_or_nan(xpo_l[keep]),
-         "objective/kl": mean_or_nan(st["kl"]), "objective/entropy": mean_or_nan(st["entropy"]),
-         "objective/non_score_reward": mean_or_nan(st["non_score_reward"]),
+         "objective/kl": mean_or_nan(stats["kl"]), "objective/entropy": mean_or_nan(stats["entropy"]),
+         "objective/non_score_reward": mean_or_nan(stats["non_score_reward"]),
          "rewards/chosen": mean_or_nan(ch_r[keep]), "rewards/rejected": mean_or_nan(rj_r[keep]),
          "rewards/margins": mean_or_nan(margins), "rewards/accuracies": mean_or_nan(margins > 0),
-         "logps/chosen": mean_or_nan(torch.where(wins, seq[:B], seq[B:])[keep]),
-         "logps/rejected": mean_or_nan(torch.where(wins, seq[B:], seq[:B])[keep]),
+         "logps/chosen": mean_or_nan(torch.where(a_wins, seq[:B], seq[B:])[keep]),
+         "logps/rejected": mean_or_nan(torch.where(a_wins, seq[B:], seq[:B])[keep]),
          "val/model_contain_eos_token": mean_or_nan(contains_eos[:B]), "val/ref_contain_eos_token": mean_or_nan(contains_eos[B:]),
-         "model_win_rate": mean_or_nan(wins[keep]), "pairs_kept": mean_or_nan(keep)}
+         "model_win_rate": mean_or_nan(a_wins[keep]), "pairs_kept": mean_or_nan(keep)}
     if scores is not None:
         s_model, s_ref = scores[:B].to(seq.device), scores[B:].to(seq.device)
         m.update({"objective/model_scores": mean_or_nan(s_model), "objective/ref_scores": mean_or_nan(s_ref),
-                  "objective/scores_margin": mean_or_nan(s_model - s_ref), "objective/rlhf_reward": mean_or_nan(s_model + st["non_score_reward"])})
+                  "objective/scores_margin": mean_or_nan(s_model - s_ref), "objective/rlhf_reward": mean_or_nan(s_model + stats["non_score_reward"])})
     return m
 
 # %% ../nbs/09_xpo.ipynb #fa9d3499
@@ -117,13 +117,13 @@ def xpo_pairs_loss(model, ref_model, batch: dict, cfg: XPOConfig, epoch: float =
                                             batch["completion_mask"], cfg)
     sync_device(device); t_logps = time.perf_counter() - t0
     seq, ref_seq = logps.sum(1), ref_logps.sum(1)
-    wins, keep = batch["a_wins"].to(device), batch["keep"].to(device)
-    losses, dpo_l, xpo_l, ch_r, rj_r = xpo_loss(seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], wins, beta, alpha, cfg.loss_type)
+    a_wins, keep = batch["a_wins"].to(device), batch["keep"].to(device)
+    losses, dpo_l, xpo_l, ch_r, rj_r = xpo_loss(seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], a_wins, beta, alpha, cfg.loss_type)
     k = keep.float()
     loss = (losses * k).sum() / (k.sum().clamp(min=1) if denominator is None else denominator)
     with torch.no_grad():
-        st = sequence_stats(logps[:B].detach(), ref_logps[:B], batch["completion_mask"][:B], beta)   # the policy's samples only
-        metrics = _xpo_metrics(seq.detach(), st, wins, keep, dpo_l.detach(), xpo_l.detach(), ch_r, rj_r, batch["contains_eos"], batch["scores"])
+        stats = sequence_stats(logps[:B].detach(), ref_logps[:B], batch["completion_mask"][:B], beta)   # the policy's samples only
+        metrics = _xpo_metrics(seq.detach(), stats, a_wins, keep, dpo_l.detach(), xpo_l.detach(), ch_r, rj_r, batch["contains_eos"], batch["scores"])
     return loss, {"loss": float(loss.detach()), **metrics, "alpha": alpha, "beta": beta, "time/logps": t_logps, **batch["times"]}
 
 # %% ../nbs/09_xpo.ipynb #534e9f9d
@@ -136,7 +136,7 @@ def xpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig, 
     `tie_rule="first"` the policy's sample wins ties, as in TRL 1.0. Returns (loss, metrics, samples)."""
     b = collect_xpo_pairs(model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler)
     loss, metrics = xpo_pairs_loss(model, ref_model, b, cfg, epoch)
-    samples = {"prompts": b["prompts"], "completions": b["texts"], "model_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(),
+    samples = {"prompts": b["prompts"], "completions": b["texts"], "a_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(),
                "scores": None if b["scores"] is None else b["scores"].tolist()}
     return loss, metrics, samples
 

@@ -111,7 +111,7 @@ def test_xpo_step_metrics():
     assert met["alpha"] == 0.01 and met["beta"] == 0.2
     assert abs(met["loss"] - (met["loss/dpo"] + met["loss/xpo"])) < 1e-5
     s = torch.tensor(samples["scores"]); B = len(PROMPTS)
-    assert samples["model_wins"] == (s[:B] >= s[B:]).tolist()          # tie_rule "first": the policy's sample wins ties
+    assert samples["a_wins"] == (s[:B] >= s[B:]).tolist()          # tie_rule "first": the policy's sample wins ties
 
 def test_alpha_schedule_and_validation():
     m, tok = tiny()

@@ -178,7 +178,7 @@ def test_xpo_step_equals_trl_1_13(trl113, j, padding_free):
     "(b) One full step on the same completions and reward: same loss, same gradient on every parameter, same metrics."
     trl = trl113["out"]["step"][j]
     loss, met, samples, grads = our_step(trl113, STEP_CONFIGS[j], padding_free)
-    assert 0 < sum(samples["model_wins"]) < len(PROMPTS)           # both kinds of pair: policy sample chosen, and rejected
+    assert 0 < sum(samples["a_wins"]) < len(PROMPTS)           # both kinds of pair: policy sample chosen, and rejected
     assert all(samples["keep"])
     loss = float(loss.detach())
     assert abs(loss - trl["loss"]) <= 1e-5 * max(1.0, abs(trl["loss"])), (loss, trl["loss"])
@@ -200,7 +200,7 @@ def test_metrics_trl_1_13_defines_otherwise(trl113):
     c = trl113["cases"][0]
     pm, pr, rm, rr = (c[k].sum(1) for k in ("pm", "pr", "rm", "rr"))
     _, met, samples, _ = our_step(trl113, STEP_CONFIGS[0], True)
-    w = torch.tensor(samples["model_wins"])
+    w = torch.tensor(samples["a_wins"])
     trl_kl = ((pm - rm) + (pr - rr)).mean() / 2
     trl_entropy = (-pm.mean() - pr.mean()) / 2
     trl_logps_chosen = torch.where(w, pm, pr).mean() + torch.where(w, rm, rr).mean()
