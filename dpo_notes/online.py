@@ -152,7 +152,7 @@ def generation_mode(model):
 
 # %% ../nbs/08_online_dpo.ipynb #027ac8e9
 def _lean_config_ok(model, total_length: int | None) -> bool:
-    "Whether the model's config and generation config are ones `lean_sample` reproduces exactly (see the prose above)."
+    "Whether the model's config and generation config are ones `lean_sample` reproduces exactly (notebook 08, \"A sampling loop without `generate`'s overhead\")."
     base = unwrap_peft(unwrap(model)); model_cfg = getattr(base, "config", None)
     if model_cfg is None: return False
     tc = model_cfg.get_text_config()

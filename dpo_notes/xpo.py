@@ -90,7 +90,7 @@ def collect_xpo_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: XP
 
 # %% ../nbs/09_xpo.ipynb #bfbe56ba
 def _xpo_metrics(seq, stats, a_wins, keep, dpo_l, xpo_l, ch_r, rj_r, contains_eos, scores) -> dict:
-    "TRL 1.0's XPO metrics, corrected (see above): seq (2B,) summed policy log-probs, stats `sequence_stats` of y only."
+    "TRL 1.0's XPO metrics, corrected (notebook 09, \"One XPO step and its metrics\"): seq (2B,) summed policy log-probs, stats `sequence_stats` of y only."
     B = a_wins.shape[0]; margins = (ch_r - rj_r)[keep]
     m = {"loss/dpo": mean_or_nan(dpo_l[keep]), "loss/xpo": mean_or_nan(xpo_l[keep]),
          "objective/kl": mean_or_nan(stats["kl"]), "objective/entropy": mean_or_nan(stats["entropy"]),

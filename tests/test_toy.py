@@ -127,7 +127,7 @@ def test_make_prefs_drops_empty_samples(monkeypatch):
     p = toy.toy_prompts("test")[0]
     fake = ["", "the phone is great .", "the phone is great . it is superb .", "it is awful ."]
     monkeypatch.setattr(mk.toy, "toy_prompts", lambda split: [p])
-    monkeypatch.setattr(mk.toy, "generate", lambda model, tok, prompts, n: (fake, [True] * 4))
+    monkeypatch.setattr(mk, "generate", lambda model, tok, prompts, n: (fake, [True] * 4))
     rows = mk.make_prefs(None, None, "test")                          # k = 2 pairs: ("", ...) and (..., ...)
     assert [(r["chosen"], r["rejected"]) for r in rows] == [(fake[2], fake[3])]
 

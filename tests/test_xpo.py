@@ -10,7 +10,6 @@ micro-batches; and TRL's `reward_funcs`. (`tests/test_xpo_trl113.py` compares wi
 import copy, warnings
 import pytest
 import torch
-import torch.nn.functional as F
 from dpo_notes.core import set_threads
 from dpo_notes.online import completion_logps, sample_completions, pad_prompts
 from dpo_notes.runtime import reference_context
@@ -18,29 +17,9 @@ from dpo_notes.xpo import XPOConfig, pad_right, plain_xpo_step, train_xpo, xpo_l
 
 set_threads()
 warnings.filterwarnings("ignore")
-from test_online import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed,   # noqa: E402
+from conftest import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed,   # noqa: E402
                          tiny, tiny_classifier)    # the tiny model and tokenizer, shared
-
-def trl_1_0_compute_losses(model_logprobs_model_data, model_logprobs_ref_data, ref_logprobs_ref_data,
-                           ref_logprobs_model_data, chosen_mask, beta, alpha, loss_type):
-    "TRL 1.0 `XPOTrainer._compute_losses`, transcribed (self.beta/self.alpha/self.args.loss_type made arguments)."
-    model_logprobs_model_data_sum = model_logprobs_model_data.sum(1)
-    model_logprobs_ref_data_sum = model_logprobs_ref_data.sum(1)
-    ref_logprobs_ref_data_sum = ref_logprobs_ref_data.sum(1)
-    ref_logprobs_model_data_sum = ref_logprobs_model_data.sum(1)
-    chosen_model_logprobs = torch.where(chosen_mask, model_logprobs_model_data_sum, model_logprobs_ref_data_sum)
-    chosen_ref_logprobs = torch.where(chosen_mask, ref_logprobs_model_data_sum, ref_logprobs_ref_data_sum)
-    chosen_log_ratios = chosen_model_logprobs - chosen_ref_logprobs
-    rejected_model_logprobs = torch.where(~chosen_mask, model_logprobs_model_data_sum, model_logprobs_ref_data_sum)
-    rejected_ref_logprobs = torch.where(~chosen_mask, ref_logprobs_model_data_sum, ref_logprobs_ref_data_sum)
-    rejected_log_ratios = rejected_model_logprobs - rejected_ref_logprobs
-    logits = chosen_log_ratios - rejected_log_ratios
-    if loss_type == "sigmoid": dpo_losses = -F.logsigmoid(beta * logits)
-    elif loss_type == "ipo": dpo_losses = (logits - 1 / (2 * beta)) ** 2
-    else: raise NotImplementedError(f"invalid loss type {loss_type}")
-    xpo_losses = alpha * model_logprobs_ref_data_sum
-    loss = (dpo_losses + xpo_losses).mean()
-    return loss, dpo_losses, xpo_losses
+from references import trl_1_0_compute_losses     # TRL 1.0's loss, transcribed (shared with notebook 09)
 
 @pytest.mark.parity
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])

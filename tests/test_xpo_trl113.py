@@ -26,7 +26,7 @@ pytestmark = pytest.mark.parity     # every test here compares two implementatio
 
 set_threads()
 warnings.filterwarnings("ignore")
-from test_online import perturbed, tiny     # noqa: E402  (the tiny model and tokenizer, shared)
+from conftest import perturbed, tiny     # noqa: E402  (the tiny model and tokenizer, shared)
 
 TRL_VERSION = "1.13.0"
 ROOT = Path(__file__).resolve().parents[1]

@@ -93,7 +93,7 @@ pytestmark = pytest.mark.parity     # every test here compares two implementatio
 pytest.importorskip("deepspeed")
 
 
-from test_multiprocess import dist, free_port, initial_flat, run_launch     # the DDP test's launcher and controls
+from conftest import dist, free_port, initial_flat, run_launch     # the DDP test's launcher and controls
 
 
 @pytest.fixture(scope="module")
