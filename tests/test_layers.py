@@ -84,3 +84,16 @@ def test_function_level_imports_say_why():
                 if isinstance(node, (ast.Import, ast.ImportFrom)) and "# why:" not in lines[node.lineno - 1]:
                     bad.append(f"{p.name}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not bad, "function-level imports without a `# why:` comment:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_module_docstrings_say_what_and_where():
+    "Each module opens with a docstring of lines <= 100 characters that says which notebook teaches it."
+    for m in MODULES:
+        src = (PKG / f"{m}.py").read_text()
+        tree = ast.parse(src)
+        doc = ast.get_docstring(tree)
+        assert doc, f"{m}.py has no module docstring"
+        assert re.search(r"Taught in notebook \d\d, `nbs/\d\d_\w+\.ipynb`", doc), f"{m}.py: docstring names no notebook"
+        first = tree.body[0]
+        long = [l for l in src.splitlines()[first.lineno - 1:first.end_lineno] if len(l) > 100]
+        assert not long, f"{m}.py: docstring lines over 100 characters: {long}"
