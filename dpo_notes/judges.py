@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from statistics import NormalDist
 from typing import Callable, Sequence
 
-import ipywidgets as w
+import ipywidgets as widgets
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -500,8 +500,8 @@ class HumanJudge(PairwiseJudge):
 
     def widget(self):
         "An ipywidgets box showing the current pair, with the buttons A better / B better / tie / skip."
-        view, progress = w.HTML(), w.Label()
-        self.buttons = {k: w.Button(description=d) for k, d in
+        view, progress = widgets.HTML(), widgets.Label()
+        self.buttons = {k: widgets.Button(description=d) for k, d in
                         [("a", "A better"), ("b", "B better"), ("tie", "tie"), ("skip", "skip")]}
         def refresh():
             c = self.current
@@ -515,7 +515,7 @@ class HumanJudge(PairwiseJudge):
         def on_click(choice): return lambda _: (self.answer(choice), refresh())
         for k, b in self.buttons.items(): b.on_click(on_click(k))
         refresh()
-        return w.VBox([view, w.HBox(list(self.buttons.values())), progress])
+        return widgets.VBox([view, widgets.HBox(list(self.buttons.values())), progress])
 
 # %% ../nbs/07_judges.ipynb #9ec9b3bc
 def normal_quantile(conf: float) -> float:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json, math, random, time
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tokenizer_models      # `models` is the notebook's dict of SFT models
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .core import data_dir
 
@@ -217,7 +218,7 @@ TOY_WORDS = tuple(sorted(set(NAMES) | set(PRODUCTS) | set(ASPECTS) | {w for ws i
 def build_toy_tokenizer():
     "A fresh word-level `PreTrainedTokenizerFast` over `TOY_WORDS` (pad, eos, unk set; no BOS, no template)."
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + TOY_WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
