@@ -126,7 +126,7 @@ def uneven_drop(prompts: list) -> list:
 def forward_path(model) -> list:
     "What the trainer is handed (the DDP wrapper under a launch) and whether the lean head and packing work through it."
     from dpo_notes.logps import decoder_and_head
-    from dpo_notes.train import can_pack
+    from dpo_notes.logps import can_pack
     return [type(model).__name__, decoder_and_head(model) is not None, can_pack(model)]
 
 

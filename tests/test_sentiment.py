@@ -134,7 +134,7 @@ def test_ci_size_pipeline_reward_rises(smol):
 @pytest.mark.parametrize("command", ["online-dpo", "xpo", "dpo"])
 def test_cli_reproduces_the_notebook_trainer(tmp_path, command):
     """`dpo-notes <command> --judge vader ...` with the flags the notebook's settings stand for trains the same adapter as
-    `sentiment.train_method` (same weights after two steps): the shell reproduces a point of the figure. On the toy
+    `sentiment.train_point` (same weights after two steps): the shell reproduces a point of the figure. On the toy
     model, so that CI can afford it; notebook 16 gives the SmolLM2 commands."""
     import json
     from safetensors.torch import load_file
