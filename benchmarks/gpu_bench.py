@@ -215,19 +215,19 @@ def online_kwargs(args, total_steps):
 
 
 def online_ours(model, tok, prompts, args, device, total_steps):
-    from dpo_notes.online import OnlineDPOConfig, online_dpo_step, train_online
+    from dpo_notes.online import OnlineDPOConfig, OnlineMethod, collect_pairs, pairs_loss, train_online
     reset_accelerate_state()
     cfg = OnlineDPOConfig(**online_kwargs(args, total_steps), use_cpu=device.type == "cpu", disable_tqdm=True)
     st = Stamps(device)
 
-    def timed_step(*a, **k):           # a stamp as each step starts ...
-        st(); return online_dpo_step(*a, **k)
+    def timed_collect(*a, **k):        # a stamp as each step starts (one micro-batch a step) ...
+        st(); return collect_pairs(*a, **k)
 
     def end_stamp(model):              # ... and one after the last (train_online calls eval_fn at step 0 and at the end)
         if st.t: st()
         return {}
 
-    res = train_online(model, tok, prompts, rule_reward, cfg, ref_model=copy.deepcopy(model), step_fn=timed_step,
+    res = train_online(model, tok, prompts, rule_reward, cfg, ref_model=copy.deepcopy(model), step_fn=OnlineMethod("online_dpo", timed_collect, pairs_loss),
                        eval_fn=end_stamp)
     del res
     return st

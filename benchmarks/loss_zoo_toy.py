@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from dpo_notes.core import set_threads, seed_everything
-from dpo_notes.toy import load_toy, load_toy_dataset, reward, distinct_rate, MAX_NEW_TOKENS
+from dpo_notes.toy import load_toy, load_toy_dataset, reward, MAX_NEW_TOKENS
+from dpo_notes.evals import distinct_rate
 from dpo_notes.losses import LOSS_TYPES
 from dpo_notes.train import DPOConfig, train_dpo
-from dpo_notes.online import tokenize_prompts, sample_completions, completion_logps, sequence_stats, eos_token_ids
+from dpo_notes.online import pad_prompts, sample_completions, completion_logps, sequence_stats, eos_token_ids
 from dpo_notes.evals import summarize_outcomes
 
 SMOOTHING = {"exo_pair": 1e-3,     # EXO needs ε > 0 (its paper's value)
@@ -34,7 +35,7 @@ def offline_pairs(n: int, seed: int) -> list[dict]:
 @torch.no_grad()
 def sample(model, tok, prompts, seed):
     "One sampled completion per prompt (temperature 1): texts, finished flags, and the ids/masks to score them."
-    ids, mask = tokenize_prompts(tok, prompts)
+    ids, mask = pad_prompts(tok, prompts)
     seed_everything(seed)
     c_ids, c_mask, eos = sample_completions(model.eval(), ids, mask, num_samples=1, max_new_tokens=MAX_NEW_TOKENS,
                                             eos_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id)

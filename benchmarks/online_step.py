@@ -90,7 +90,7 @@ class Ours:
     "One optimiser step of `dpo_notes.online.train_online`'s loop at a time (same helpers, minus logging and eval)."
     def __init__(self, model, tok, prompts, reward_fn, kw, device):
         from dpo_notes.online import OnlineDPOConfig, prompt_batch
-        from dpo_notes.train import setup_policy, make_reference, make_optimizer, make_scheduler, autocast
+        from dpo_notes.runtime import setup_policy, make_reference, make_optimizer, make_scheduler, autocast
         self.cfg, self.device, self.autocast = OnlineDPOConfig(**kw), device, autocast
         self.model = setup_policy(model.to(device), None, self.cfg).train()
         self.ref = make_reference(self.model)
@@ -120,7 +120,7 @@ def brevity(prompt, completion, finished=True):
 def load(args, device):
     "(model, tokenizer, prompts, reward) for `--model`: a toy size (toy prompts, toy reward) or smollm2 (a length rule)."
     if args.model == "smollm2":
-        from dpo_notes.train import load_policy
+        from dpo_notes.runtime import load_policy
         model, tok = load_policy("smollm2")
         # the GGUF weights are de-quantised to fp32 on load, but transformers still flags the model as quantized and
         # TRL's Trainer then refuses full fine-tuning: clear the flag (ours never looks at it)

@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout without installing
 from dpo_notes.core import data_dir, seed_everything, set_threads
 from dpo_notes import toy
+from dpo_notes.evals import generate
 
 SEED = 0
 PREF_PAIRS = {"train": 3, "test": 2}     # sampled pairs per prompt before dropping ties / unfinished samples
@@ -59,7 +60,7 @@ def make_prefs(model, tok, split):
     "Pairs of `s` SFT samples per prompt, judged by the toy reward; ties, unfinished and empty samples dropped."
     prompts, k = toy.toy_prompts(split), PREF_PAIRS[split]
     torch.manual_seed(SEED + (split == "test"))
-    comps, fins = toy.generate(model, tok, prompts, n=2 * k)
+    comps, fins = generate(model, tok, prompts, n=2 * k)
     rows = []
     for i, p in enumerate(prompts):
         for j in range(k):

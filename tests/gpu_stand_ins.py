@@ -430,9 +430,13 @@ def dry_run(workdir: Path, data_copy: Path):
            "MPLBACKEND": "Agg", "WANDB_DISABLED": "true"}
     old_env = {k: os.environ.get(k) for k in env}
     old_cwd, old_run, old_ld = os.getcwd(), subprocess.run, datasets.load_dataset
+    # modules that import `load_dataset` at their top hold their own binding of it: swap those too
+    importers = [m for name, m in list(sys.modules.items())
+                 if name.startswith("dpo_notes.") and getattr(m, "load_dataset", None) is old_ld]
     try:
         for cls, attr, key, kind in targets: setattr(cls, attr, staticmethod(_patched_from_pretrained(key, kind)))
         datasets.load_dataset = _load_dataset
+        for m in importers: m.load_dataset = _load_dataset
         subprocess.run = _in_process
         os.environ.update(env); os.chdir(workdir)
         yield
@@ -442,6 +446,7 @@ def dry_run(workdir: Path, data_copy: Path):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
         subprocess.run, datasets.load_dataset = old_run, old_ld
+        for m in importers: m.load_dataset = old_ld
         for cls, attr, orig in saved:
             if orig is None: delattr(cls, attr)          # it was inherited: drop our override
             else: setattr(cls, attr, orig)

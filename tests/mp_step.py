@@ -55,9 +55,10 @@ def shard(rows: list, rank: int, world: int = WORLD, bs: int = BS) -> list:
 def offline(rows: list, bs: int, out: Path, name: str, rank: int):
     "`train_dpo` on `rows`; records the hash of every micro-batch it trains on (by wrapping `train.dpo_step`)."
     from dpo_notes import train
+    from dpo_notes.runtime import weights_hash
     from dpo_notes.toy import load_toy
     model, tok = load_toy("s")
-    init = train.weights_hash(model)
+    init = weights_hash(model)
     seen, paths, step = [], [], train.dpo_step
 
     def recording_step(model, ref_model, batch, cfg, accelerator=None):
@@ -80,7 +81,7 @@ def online(prompts: list, out: Path, name: str, rank: int, accelerator=None, une
     micro-batch. `uneven`: one step of deterministic completions (`fake_sample_completions`) judged by a reward that
     cannot score the prompts of `UNEVEN_DROP`, so micro-batches and ranks keep different numbers of pairs."""
     from dpo_notes import online as on
-    from dpo_notes.train import weights_hash
+    from dpo_notes.runtime import weights_hash
     from dpo_notes.toy import load_toy, reward
     model, tok = load_toy("s")
     init = weights_hash(model)
@@ -125,12 +126,12 @@ def uneven_drop(prompts: list) -> list:
 def forward_path(model) -> list:
     "What the trainer is handed (the DDP wrapper under a launch) and whether the lean head and packing work through it."
     from dpo_notes.logps import decoder_and_head
-    from dpo_notes.train import can_pack
+    from dpo_notes.logps import can_pack
     return [type(model).__name__, decoder_and_head(model) is not None, can_pack(model)]
 
 
 def save(model, out: Path, name: str, rank: int, **info):
-    from dpo_notes.train import weights_hash
+    from dpo_notes.runtime import weights_hash
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     torch.save(sd, out / f"{name}_rank{rank}.pt")
     (out / f"{name}_rank{rank}.json").write_text(json.dumps({"hash": weights_hash(model), **info}))

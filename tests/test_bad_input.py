@@ -145,15 +145,15 @@ def all_finite(d: Path) -> bool:
 
 def test_nan_loss_stops_and_keeps_the_good_checkpoint(files, capsys, monkeypatch, tmp_path):
     "NaN at step 2: one line naming the step and the batch, exit 2; the model saved before is byte-identical, nothing NaN saved."
-    import dpo_notes.runtime as runtime
+    import dpo_notes.cli as cli
     out = tmp_path / "run"
     good = ["dpo", "--model_name_or_path", "toy:s", "--per_device_train_batch_size", "2", "--disable_tqdm",
             "--dataset_name", files["good"], "--learning_rate", "1e-3", "--output_dir", out]
     code, lines = run_cli(good + ["--max_steps", "1"], capsys)
     assert code == 0 and (out / "model.safetensors").exists(), lines
     before = {k: v for k, v in file_hashes(out).items() if k != "history.jsonl"}   # the live log is the new run's
-    real = runtime.load_policy
-    monkeypatch.setattr(runtime, "load_policy", lambda *a, **k: (lambda m, t: (nan_from_step(m, 2), t))(*real(*a, **k)))
+    real = cli.load_policy                     # the name `dpo-notes dpo` loads the model with
+    monkeypatch.setattr(cli, "load_policy", lambda *a, **k: (lambda m, t: (nan_from_step(m, 2), t))(*real(*a, **k)))
     code, lines = run_cli(good + ["--max_steps", "3", "--save_steps", "1"], capsys)
     assert_one_line_error("dpo", code, lines, r"(?i)(nan|inf|non-finite).*step 2.*batch|step 2.*batch.*(nan|inf|non-finite)")
     after = file_hashes(out)

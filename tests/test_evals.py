@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dpo_notes.core import set_threads
-from dpo_notes.toy import distinct_n
+from dpo_notes.evals import distinct_n
 from dpo_notes.evals import (wilson_interval, bootstrap_interval, judge_outcomes, summarize_outcomes,
                              win_rate, win_rate_vs_dataset, RowPager, completion_viewer, rows_html)
 from dpo_notes.judges import TIE, FAILED, RuleJudge

@@ -2,7 +2,6 @@
 LoRA-merged weights a generation engine receives (against peft's `merge_and_unload`, policy untouched), and
 `VLLMSampler` against a fake `vllm` module (block layout, eos cut as `cut_at_eos`, unpadded prompts, sampling params)."""
 import copy, os, subprocess, sys, types, warnings
-from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -18,49 +17,7 @@ from dpo_notes.toy import load_toy, make_toy_model, toy_prompts
 set_threads()
 warnings.filterwarnings("ignore")
 FAKE_BNB = types.ModuleType("bitsandbytes")
-
-
-def fake_raw(prompt, seed, n, vocab=12):
-    "The fake engine's completion before stopping: n ids determined by the prompt and the request's seed."
-    return [(7 * sum(prompt) + 3 * seed + 5 * t) % vocab for t in range(n)]
-
-
-def fake_vllm(script=None):
-    "A stand-in `vllm` module: records what it is given, 'generates' `fake_raw` ids (or `script[k]` for request k)."
-    mod = types.ModuleType("vllm")
-
-    class SamplingParams:
-        def __init__(self, **kw): self.kw = kw; self.__dict__.update(kw)
-
-    class EngineModel:
-        def __init__(self): self.loaded = []
-        def load_weights(self, weights): self.loaded += [(n, t.detach().clone()) for n, t in weights]
-
-    class LLM:
-        def __init__(self, **kw):
-            self.kw, self.requests, self.params, self.events = kw, [], [], []
-            self.engine_model = EngineModel()
-            self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
-                model_runner=SimpleNamespace(model=self.engine_model))))
-            mod.instances.append(self)
-        def reset_prefix_cache(self): self.events.append("reset")
-        def sleep(self, level): self.events.append(f"sleep{level}")
-        def wake_up(self, tags=None): self.events.append("wake:" + ",".join(tags))
-        def generate(self, prompts, sampling_params=None, use_tqdm=True):
-            self.requests += prompts; self.params += sampling_params; self.events.append("generate")
-            outs = []
-            for k, (p, sp) in enumerate(zip(prompts, sampling_params)):
-                raw = script[k] if script is not None else fake_raw(p["prompt_token_ids"], sp.seed, sp.max_tokens)
-                ids, reason = [], "length"
-                for t in raw[:sp.max_tokens]:
-                    ids.append(t)
-                    if t in sp.stop_token_ids and len(ids) > sp.min_tokens: reason = "stop"; break
-                outs.append(SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], outputs=[SimpleNamespace(
-                    index=0, token_ids=ids, finish_reason=reason, stop_reason=ids[-1] if reason == "stop" else None)]))
-            return outs
-
-    mod.LLM, mod.SamplingParams, mod.instances = LLM, SamplingParams, []
-    return mod
+from references import fake_raw, fake_vllm     # the stand-in vllm module (shared with notebook 14)
 
 
 @pytest.fixture(autouse=True)
@@ -127,9 +84,9 @@ def test_load_4bit_kwargs_and_checks(toy):
     for a, b in ((False, False), (False, True), (True, True)): check_4bit_args(a, b)
     with pytest.raises(ValueError, match="load_in_4bit: 4-bit base weights are frozen; train a LoRA adapter on them with --use_peft"):
         check_4bit_args(True, False)
-    import peft
+    import dpo_notes.gpu as gpu
     seen = {}
-    with mock.patch.object(peft, "prepare_model_for_kbit_training", lambda m, **k: seen.update(k) or m):
+    with mock.patch.object(gpu, "prepare_model_for_kbit_training", lambda m, **k: seen.update(k) or m):
         prepare_4bit("m", True)
     assert seen == {"use_gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
     m = copy.deepcopy(toy[0])

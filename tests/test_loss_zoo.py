@@ -27,7 +27,7 @@ with warnings.catch_warnings():
     from trl import DPOConfig, DPOTrainer
 hf_logging.set_verbosity_error(); disable_progress_bars()
 
-from test_losses import PAIRS, WORDS, tiny_llama, word_tokenizer   # the same tiny batch, tokenizer and model
+from conftest import PAIRS, tiny_llama, word_tokenizer   # the same tiny batch, tokenizer and model
 
 SMOOTHING = {"robust": 0.2, "exo_pair": 1e-3, "aot": 0.1, "aot_unpaired": 0.1}
 CASES = {lt: dict(loss_type=(lt,), label_smoothing=SMOOTHING.get(lt, 0.0)) for lt in LOSS_TYPES}

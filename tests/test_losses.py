@@ -19,33 +19,11 @@ set_threads()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from datasets import Dataset, disable_progress_bars
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig
     from transformers.utils import logging as hf_logging
     from trl import DPOConfig, DPOTrainer
 hf_logging.set_verbosity_error(); disable_progress_bars()
-
-WORDS = "<pad> <eos> a b c d e f g h".split()
-PAIRS = Dataset.from_dict({
-    "prompt":   ["a b", "c", "d e f", "g", "h h", "b"],
-    "chosen":   [" c d", " e", " g", " a b c d", " a", " c c c"],
-    "rejected": [" e", " f g h", " a b", " h", " b c d e f", " d"],
-})
-
-
-def word_tokenizer():
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
-
-
-def tiny_llama(seed, dtype=torch.float32):
-    torch.manual_seed(seed)   # large init range: log-ratios of order 1, so every variant is away from its flat spots
-    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                      initializer_range=0.5, pad_token_id=0, eos_token_id=1, bos_token_id=None)
-    return LlamaForCausalLM(cfg).to(dtype)
-
+from conftest import PAIRS, PAIR_WORDS as WORDS, tiny_llama, word_tokenizer   # the tiny batch, tokenizer and model, shared
 
 def make_trainer(loss_type, beta, label_smoothing, seed=0, dtype=torch.float32):
     with warnings.catch_warnings():   # transformers' deprecation notices raised from inside TRL

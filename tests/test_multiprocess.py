@@ -13,74 +13,18 @@ multi-GPU launcher (torchrun) starts two, and on a machine without CUDA `Acceler
 `mp_step.py` exits with an error if it finds itself alone, so that mistake cannot pass silently.
 Run time: about 40 s on 2 busy cores (three processes, one thread each).
 """
-import functools, json, os, socket, subprocess, sys
-from pathlib import Path
 
 import pytest
 import torch
-from dpo_notes.runtime import LAUNCHER_VARS
+from conftest import dist, initial_flat, launch_cmd, run_launch     # the launcher and its controls, shared with test_zero2
 
 pytestmark = pytest.mark.parity     # every test here compares two implementations (tests/parity.py)
-
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "tests" / "mp_step.py"
-DDP_CONFIG = ROOT / "examples" / "accelerate_configs" / "ddp.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-
-def launch_cmd(out: Path) -> list[str]:
-    "`accelerate launch` (as a module, so no PATH lookup) with every setting explicit: no default config is consulted."
-    cfg = ["--config_file", str(DDP_CONFIG)] if DDP_CONFIG.exists() else ["--multi_gpu"]
-    return [sys.executable, "-m", "accelerate.commands.launch", *cfg, "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-            str(SCRIPT), str(out)]
-
-
-def run_launch(launch: list[str], out: Path, **env_extra) -> callable:
-    """Run `launch` (a two-process `accelerate launch` whose script writes into `out`) beside the single-process
-    controls (`mp_step.py out --single`); return a loader of what they wrote: `load(name)` -> info dict + "flat" weights."""
-    # a launcher's variables left in this process by an earlier test (vLLM's single-process set-up sets RANK,
-    # WORLD_SIZE, MASTER_PORT) would make the single-process control join a process group on the launch's port
-    inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith(("ACCELERATE_", "TORCHELASTIC_"))}
-    env = dict(inherited, OMP_NUM_THREADS="1", DPO_NOTES_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env_extra)
-    ddp = subprocess.Popen(launch, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    single = subprocess.run([sys.executable, str(SCRIPT), str(out), "--single"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    try: log, _ = ddp.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        ddp.kill(); log, _ = ddp.communicate()
-        pytest.fail("accelerate launch did not finish in 300 s:\n" + log[-3000:])
-    assert ddp.returncode == 0, log[-4000:]
-    assert single.returncode == 0, single.stderr[-4000:]
-
-    def load(name):
-        info = json.loads((out / f"{name}.json").read_text())
-        sd = torch.load(out / f"{name}.pt")
-        info["flat"] = torch.cat([sd[k].flatten() for k in sorted(sd)])
-        return info
-    return load
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     "Run the two-process launch and the single-process controls side by side; return a loader of their outputs."
     out = tmp_path_factory.mktemp("mp")
     return run_launch(launch_cmd(out), out)
-
-
-@functools.cache
-def initial_flat():
-    from dpo_notes.toy import load_toy
-    sd = load_toy("s")[0].state_dict()
-    return torch.cat([sd[k].flatten() for k in sorted(sd)])
-
-
-def dist(a, b) -> float: return float((a - b).norm())
 
 
 def test_offline_ranks_identical_and_moved(runs):

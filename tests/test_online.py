@@ -12,40 +12,14 @@ import pytest
 import torch
 from dpo_notes.core import set_threads
 from parity import NO_CHECKPOINTING, assert_weights_moved_alike
+from conftest import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed, tiny,
+                      tiny_classifier)
 from dpo_notes import online
-from dpo_notes.online import (OnlineDPOConfig, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
-                              sample_completions, schedule_value, sequence_stats, tokenize_prompts, train_online)
+from dpo_notes.online import (OnlineDPOConfig, OnlineMethod, collect_pairs, pairs_loss, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
+                              sample_completions, schedule_value, sequence_stats, pad_prompts, train_online)
 
 set_threads()
 warnings.filterwarnings("ignore")
-WORDS = "ann bob cat dan the lamp bike chair phone reviews : great good awful bad it is a .".split()
-
-def tiny(seed=0, arch="llama"):
-    "A random tiny causal LM and a WordLevel tokenizer (pad 0 != eos 1), built from configs: no files, no hub."
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM, GPT2Config, GPT2LMHeadModel, GenerationConfig
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>")); t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    torch.manual_seed(seed)
-    if arch == "llama":
-        m = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=None))
-    else:   # learned absolute positions: position ids matter
-        m = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                       pad_token_id=0, eos_token_id=1, bos_token_id=1))
-    m.generation_config = GenerationConfig(eos_token_id=1, pad_token_id=0)
-    return m.eval(), tok
-
-def perturbed(m, scale=0.05, seed=1):
-    "A copy of `m` with noise on every weight: a policy that differs from its reference."
-    p = copy.deepcopy(m); g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for w in p.parameters(): w.add_(scale * torch.randn(w.shape, generator=g))
-    return p
-
-PROMPTS = ["ann reviews the lamp :", "bob reviews the bike :", "cat reviews the chair :"]   # same length: no left pad
 
 def trl_trainer(policy, ref, tok, rewards, **kw):
     "A real TRL OnlineDPOTrainer whose reward function returns `rewards` (2B,) in order."
@@ -60,7 +34,7 @@ def trl_trainer(policy, ref, tok, rewards, **kw):
 
 def fixed_samples(m, tok, max_new_tokens=6, seed=0):
     torch.manual_seed(seed)
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     c_ids, c_mask, eos = sample_completions(m, p_ids, p_mask, num_samples=2, max_new_tokens=max_new_tokens, eos_ids=[1], pad_token_id=0)
     return p_ids, p_mask, c_ids, c_mask, eos
 
@@ -94,7 +68,7 @@ def test_loss_and_metrics_equal_trl(loss_type):
 def test_kl_equal_trl_without_padding():
     "With every completion full length (no eos, no padding) TRL's KL/entropy and ours coincide."
     m, tok = tiny(); policy = perturbed(m)
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     c_ids = torch.randint(3, len(tok), (2 * len(PROMPTS), 5), generator=torch.Generator().manual_seed(0))
     c_mask, eos = torch.ones_like(c_ids), torch.zeros(2 * len(PROMPTS), dtype=torch.bool)
     scores = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 0.5])
@@ -112,7 +86,7 @@ def test_logps_equal_trl_forward_and_generation():
     "Left-padded prompts: our log-probs = the sampler's (generate's logits) = TRL's `_forward` for a RoPE model."
     m, tok = tiny()
     prompts = ["ann reviews the lamp :", "bob reviews the bike : it is a great"]      # different lengths: left padding
-    p_ids, p_mask = tokenize_prompts(tok, prompts)
+    p_ids, p_mask = pad_prompts(tok, prompts)
     torch.manual_seed(0)
     out = m.generate(input_ids=p_ids, attention_mask=p_mask, do_sample=True, max_new_tokens=6, output_logits=True,
                      return_dict_in_generate=True, pad_token_id=0, eos_token_id=[1], top_k=0)
@@ -130,7 +104,7 @@ def test_position_ids_matter_for_absolute_positions():
     "GPT-2 (learned positions): TRL's `_forward` without position ids drifts from what was sampled on left-padded rows."
     m, tok = tiny(arch="gpt2")
     prompts = ["ann reviews the lamp :", "bob reviews the bike : it is a great"]
-    p_ids, p_mask = tokenize_prompts(tok, prompts)
+    p_ids, p_mask = pad_prompts(tok, prompts)
     torch.manual_seed(0)
     out = m.generate(input_ids=p_ids, attention_mask=p_mask, do_sample=True, max_new_tokens=5, min_new_tokens=5,
                      output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=[1], top_k=0)
@@ -225,7 +199,7 @@ def test_cli_on_the_toy(tmp_path):
 DDP_SCRIPT = r'''
 import hashlib, json, os, sys, torch
 sys.path.insert(0, os.environ["TEST_DIR"])
-from test_online import tiny, PROMPTS
+from conftest import tiny, PROMPTS
 from dpo_notes.online import OnlineDPOConfig, train_online
 from accelerate import Accelerator
 acc = Accelerator(cpu=True)
@@ -254,21 +228,6 @@ def test_two_processes_stay_in_sync(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- issue 10 and issue 12
-SIX = ["ann reviews the lamp :", "bob reviews the bike :", "cat reviews the chair :", "dan reviews the phone :",
-       "ann reviews the bike :", "bob reviews the chair :"]
-
-def fake_sample_completions(model, prompt_ids, prompt_mask, *, num_samples=2, max_new_tokens=4, eos_ids=(1,), pad_token_id=0, **_):
-    "Deterministic completions (no RNG): a function of each prompt's real tokens and the sample index, never an eos."
-    rows = []
-    for s in range(num_samples):
-        for r in range(prompt_ids.shape[0]):
-            h = int(prompt_ids[r][prompt_mask[r].bool()].sum()) * 7 + s * 13
-            rows.append([3 + (h + 5 * t) % 17 for t in range(max_new_tokens)])
-    return cut_at_eos(torch.tensor(rows, device=prompt_ids.device), list(eos_ids), pad_token_id)
-
-def dropping(drop: set):
-    "A reward that cannot score the completions of the prompts in `drop` (None: the pair fails, it is never a win)."
-    return lambda p, c: None if p in drop else float(len(c))
 
 def one_step(m, tok, prompts, judge, **kw):
     cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=1, max_new_tokens=4, learning_rate=1e-3, max_grad_norm=0, seed=0, **kw)
@@ -316,15 +275,6 @@ def test_nan_loss_stops_before_the_update(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-1", "history.jsonl"]
     assert [json.loads(line)["step"] for line in (tmp_path / "history.jsonl").read_text().splitlines()] == [1]
 
-def arriving_adapter(m):
-    "A peft model with a trained (non-zero) LoRA adapter, as after SFT with LoRA."
-    from peft import LoraConfig, get_peft_model
-    pm = get_peft_model(copy.deepcopy(m), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n: p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
-    return pm
-
 def test_arriving_adapter_is_the_reference():
     """Issue 10, bug 1: a model with a trained adapter and no peft_config is scored against base + that adapter:
     at step 1 the policy is the reference, KL 0 and loss log 2. (Before: the base model, KL and loss off.)"""
@@ -350,12 +300,6 @@ def test_full_step_equals_plain_step():
     torch.manual_seed(0)
     plain, _ = online.plain_online_step(policy, m, tok, PROMPTS, rf, beta=0.1, max_new_tokens=6)
     torch.testing.assert_close(full, plain, atol=1e-5, rtol=0)
-
-def tiny_classifier(n_vocab, seed=0):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-    torch.manual_seed(seed)
-    return LlamaForSequenceClassification(LlamaConfig(vocab_size=n_vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                                      num_attention_heads=2, num_labels=1, pad_token_id=0)).eval()
 
 @pytest.mark.parity
 def test_reward_funcs_equal_trl():
@@ -397,12 +341,14 @@ def test_train_online_with_reward_funcs():
     assert len(res.train_df) == 2 and all(torch.isfinite(torch.tensor(res.train_df["objective/scores"].values)))
     assert seen and seen[0][1]                                   # **kwargs functions get completion_ids, as in TRL
 
-def test_old_style_step_function_still_runs():
-    "A step function of the old kind (benchmarks wrap online_dpo_step this way) runs, each micro-batch weighing 1/accumulation."
+def test_step_fn_is_a_method():
+    "`step_fn` takes an `OnlineMethod` (a benchmark wraps `collect_pairs` to time each micro-batch); anything else is refused."
     m, tok = tiny(); calls = []
-    def timed_step(*a, **k): calls.append(1); return online_dpo_step(*a, **k)
+    def timed_collect(*a, **k): calls.append(1); return collect_pairs(*a, **k)
     cfg = OnlineDPOConfig(disable_tqdm=True, max_steps=2, per_device_train_batch_size=3, max_new_tokens=4, learning_rate=1e-3,
                           gradient_accumulation_steps=2)
-    res = train_online(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg, step_fn=timed_step)
+    res = train_online(copy.deepcopy(m), tok, PROMPTS * 2, lambda p, c: float(len(c)), cfg,
+                       step_fn=OnlineMethod("timed", timed_collect, pairs_loss))
     assert len(calls) == 4 and len(res.train_df) == 2
     with pytest.raises(ValueError, match="step_fn"): train_online(m, tok, PROMPTS, lambda p, c: 1.0, cfg, step_fn=3)
+    with pytest.raises(ValueError, match="step_fn"): train_online(m, tok, PROMPTS, lambda p, c: 1.0, cfg, step_fn=online_dpo_step)

@@ -10,8 +10,8 @@ import torch
 pytest.importorskip("vaderSentiment")
 from dpo_notes.data import smollm2_gguf_path
 from dpo_notes.judges import FIRST, SECOND, TIE, RuleJudge
-from dpo_notes.sentiment import (CompletionOnly, SentimentRun, bon_kl, evaluate, frontier, label_pairs, load_smollm2_policy,
-                                 review_prefix, run_baselines, run_grid, sample, sample_pairs, sentiment_prompts, seq_kl,
+from dpo_notes.sentiment import (CompletionOnly, SentimentRun, bon_kl, evaluate_policy, frontier, label_pairs, load_smollm2_policy,
+                                 review_prefix, run_baselines, run_grid, sample_texts, sample_pairs, sentiment_prompts, seq_kl,
                                  train_offline_dpo,
                                  vader_judge, vader_reward, vader_reward_func, vader_score)
 
@@ -73,13 +73,13 @@ def test_kl_zero_at_start_and_positive_after_a_change(toy):
     from dpo_notes.runtime import lora_config
     import copy
     model, tok = toy
-    s = sample(model, tok, ["Describe the red mug.", "Name a blue hat for kids."], n=4, max_new_tokens=10, seed=0)
+    s = sample_texts(model, tok, ["Describe the red mug.", "Name a blue hat for kids."], n=4, max_new_tokens=10, seed=0)
     pol = get_peft_model(copy.deepcopy(model), lora_config(r=4))
     assert seq_kl(pol, s).abs().max() < 1e-5                  # LoRA B = 0: π = π_ref
     with torch.no_grad():
         for n, p in pol.named_parameters():
             if "lora_B" in n: p.normal_(0, 0.05)
-    s2 = sample(pol, tok, ["Describe the red mug.", "Name a blue hat for kids."] * 8, max_new_tokens=10, seed=0)
+    s2 = sample_texts(pol, tok, ["Describe the red mug.", "Name a blue hat for kids."] * 8, max_new_tokens=10, seed=0)
     assert seq_kl(pol, s2).mean() > 0                          # an estimate of KL(π‖π_ref) > 0 on π's own samples
 
 
@@ -107,7 +107,7 @@ def test_smollm2_pipeline_learns_its_pairs(smol):
     late = [h for h in rows if h["step"] > steps // 2 + 1]               # logged after the first pass (means of steps)
     assert late and min(h["rewards/margins"] for h in late) > 0.5, rows
     assert max(h["loss"] for h in late) < 0.5, rows
-    ev = evaluate(policy, tok, sentiment_prompts("test")[:8], judge, 1234, 12)
+    ev = evaluate_policy(policy, tok, sentiment_prompts("test")[:8], judge, 1234, 12)
     assert np.isfinite(ev["reward"]) and ev["kl"] > 0, ev["kl"]
 
 
@@ -119,7 +119,7 @@ def test_ci_size_pipeline_reward_rises(smol):
     train, test = sentiment_prompts("train")[:160], sentiment_prompts("test")
     judge = vader_judge()
     run = SentimentRun(offline_steps=20, batch_size=8, max_new_tokens=16, sample_bf16=False, cfg_kw={})
-    before = evaluate(base, tok, test, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
+    before = evaluate_policy(base, tok, test, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
     df, evs = run_grid(base, tok, train, test, judge, {"offline DPO": [0.05]}, run=run, log=None)
     after, diff = df.iloc[0], evs[("offline DPO", 0.05, 0)]["rewards"] - before["rewards"]
     se = diff.std(ddof=1) / math.sqrt(len(diff))
@@ -134,12 +134,12 @@ def test_ci_size_pipeline_reward_rises(smol):
 @pytest.mark.parametrize("command", ["online-dpo", "xpo", "dpo"])
 def test_cli_reproduces_the_notebook_trainer(tmp_path, command):
     """`dpo-notes <command> --judge vader ...` with the flags the notebook's settings stand for trains the same adapter as
-    `sentiment.train_method` (same weights after two steps): the shell reproduces a point of the figure. On the toy
+    `sentiment.train_point` (same weights after two steps): the shell reproduces a point of the figure. On the toy
     model, so that CI can afford it; notebook 16 gives the SmolLM2 commands."""
     import json
     from safetensors.torch import load_file
     from dpo_notes.cli import main
-    from dpo_notes.sentiment import sample_pairs, train_method
+    from dpo_notes.sentiment import sample_pairs, train_point
     from dpo_notes.toy import load_toy
     model, tok = load_toy("s")
     prompts, judge = sentiment_prompts("train")[:8], vader_judge()
@@ -162,7 +162,7 @@ def test_cli_reproduces_the_notebook_trainer(tmp_path, command):
                 "--logging_steps", "1"] + (["--alpha", str(run.alpha)] if command == "xpo" else [])
     assert main(argv) == 0
     method = {"online-dpo": "online DPO", "xpo": "XPO", "dpo": "offline DPO"}[command]
-    pol, _ = train_method(method, model, tok, prompts, judge, 0.2, 0, run, pairs)
+    pol, _ = train_point(method, model, tok, prompts, judge, 0.2, 0, run, pairs)
     saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
     ours = {k: v for k, v in pol.state_dict().items() if "lora_" in k}
     assert len(saved) == len(ours) > 0

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 from dpo_notes.core import data_dir, set_threads
 from dpo_notes import toy
+from dpo_notes.evals import generate
 
 set_threads(1)
 
@@ -66,10 +67,10 @@ def test_load_toy_models(tok):
 def test_generate_left_padding_matches_single_prompts(tok):
     model, _ = toy.load_toy("m")
     qs = [toy.make_prompt("alice", "phone"), toy.make_prompt("zoe", "tent", 3), toy.make_prompt("bob", "kettle", 2)]
-    batched, fin = toy.generate(model, tok, qs, do_sample=False)
-    assert batched == [toy.generate(model, tok, [q], do_sample=False)[0][0] for q in qs]
-    torch.manual_seed(0); a = toy.generate(model, tok, qs, n=4)
-    torch.manual_seed(0); b = toy.generate(model, tok, qs, n=4)
+    batched, fin = generate(model, tok, qs, do_sample=False)
+    assert batched == [generate(model, tok, [q], do_sample=False)[0][0] for q in qs]
+    torch.manual_seed(0); a = generate(model, tok, qs, n=4)
+    torch.manual_seed(0); b = generate(model, tok, qs, n=4)
     assert a == b and len(a[0]) == 12
 
 def test_sft_models_are_mediocre(tok):
@@ -78,7 +79,7 @@ def test_sft_models_are_mediocre(tok):
     for size in toy.TOY_SIZES:
         model, _ = toy.load_toy(size)
         torch.manual_seed(0)
-        c, f = toy.generate(model, tok, rows["prompt"])
+        c, f = generate(model, tok, rows["prompt"])
         rs = [toy.reward(p, x, fi) for p, x, fi in zip(rows["prompt"], c, f)]
         wr = toy.win_rate_vs(rs, rows["reference_reward"])
         assert -1.0 < sum(rs) / len(rs) < 1.5 and 0.03 < wr < 0.35, (size, sum(rs) / len(rs), wr)
@@ -126,7 +127,7 @@ def test_make_prefs_drops_empty_samples(monkeypatch):
     p = toy.toy_prompts("test")[0]
     fake = ["", "the phone is great .", "the phone is great . it is superb .", "it is awful ."]
     monkeypatch.setattr(mk.toy, "toy_prompts", lambda split: [p])
-    monkeypatch.setattr(mk.toy, "generate", lambda model, tok, prompts, n: (fake, [True] * 4))
+    monkeypatch.setattr(mk, "generate", lambda model, tok, prompts, n: (fake, [True] * 4))
     rows = mk.make_prefs(None, None, "test")                          # k = 2 pairs: ("", ...) and (..., ...)
     assert [(r["chosen"], r["rejected"]) for r in rows] == [(fake[2], fake[3])]
 

@@ -9,8 +9,9 @@ import torch
 from dpo_notes.core import set_threads
 from dpo_notes.toy import load_toy, load_toy_dataset
 from dpo_notes.data import PreferenceCollator
-from dpo_notes.runtime import REF_ADAPTER
-from dpo_notes.train import (DPOConfig, dpo_step, make_reference, mix_low_rank, packed_forward, plain_dpo_step,
+from dpo_notes.runtime import REF_ADAPTER, make_reference
+from dpo_notes.logps import packed_forward
+from dpo_notes.train import (DPOConfig, dpo_step, mix_low_rank, plain_dpo_step,
                              plain_dpo_train, precompute_ref_logps, prepare_examples, ref_cache_key, train_dpo)
 import dpo_notes.train as train
 from parity import NO_CHECKPOINTING, assert_logs_match, assert_weights_moved_alike

@@ -10,37 +10,16 @@ micro-batches; and TRL's `reward_funcs`. (`tests/test_xpo_trl113.py` compares wi
 import copy, warnings
 import pytest
 import torch
-import torch.nn.functional as F
 from dpo_notes.core import set_threads
-from dpo_notes.online import completion_logps, sample_completions, tokenize_prompts
+from dpo_notes.online import completion_logps, sample_completions, pad_prompts
 from dpo_notes.runtime import reference_context
 from dpo_notes.xpo import XPOConfig, pad_right, plain_xpo_step, train_xpo, xpo_loss, xpo_step
 
 set_threads()
 warnings.filterwarnings("ignore")
-from test_online import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed,   # noqa: E402
+from conftest import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed,   # noqa: E402
                          tiny, tiny_classifier)    # the tiny model and tokenizer, shared
-
-def trl_1_0_compute_losses(model_logprobs_model_data, model_logprobs_ref_data, ref_logprobs_ref_data,
-                           ref_logprobs_model_data, chosen_mask, beta, alpha, loss_type):
-    "TRL 1.0 `XPOTrainer._compute_losses`, transcribed (self.beta/self.alpha/self.args.loss_type made arguments)."
-    model_logprobs_model_data_sum = model_logprobs_model_data.sum(1)
-    model_logprobs_ref_data_sum = model_logprobs_ref_data.sum(1)
-    ref_logprobs_ref_data_sum = ref_logprobs_ref_data.sum(1)
-    ref_logprobs_model_data_sum = ref_logprobs_model_data.sum(1)
-    chosen_model_logprobs = torch.where(chosen_mask, model_logprobs_model_data_sum, model_logprobs_ref_data_sum)
-    chosen_ref_logprobs = torch.where(chosen_mask, ref_logprobs_model_data_sum, ref_logprobs_ref_data_sum)
-    chosen_log_ratios = chosen_model_logprobs - chosen_ref_logprobs
-    rejected_model_logprobs = torch.where(~chosen_mask, model_logprobs_model_data_sum, model_logprobs_ref_data_sum)
-    rejected_ref_logprobs = torch.where(~chosen_mask, ref_logprobs_model_data_sum, ref_logprobs_ref_data_sum)
-    rejected_log_ratios = rejected_model_logprobs - rejected_ref_logprobs
-    logits = chosen_log_ratios - rejected_log_ratios
-    if loss_type == "sigmoid": dpo_losses = -F.logsigmoid(beta * logits)
-    elif loss_type == "ipo": dpo_losses = (logits - 1 / (2 * beta)) ** 2
-    else: raise NotImplementedError(f"invalid loss type {loss_type}")
-    xpo_losses = alpha * model_logprobs_ref_data_sum
-    loss = (dpo_losses + xpo_losses).mean()
-    return loss, dpo_losses, xpo_losses
+from references import trl_1_0_compute_losses     # TRL 1.0's loss, transcribed (shared with notebook 09)
 
 @pytest.mark.parity
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
@@ -48,7 +27,7 @@ def trl_1_0_compute_losses(model_logprobs_model_data, model_logprobs_ref_data, r
 def test_xpo_loss_equals_trl_1_0(loss_type, alpha):
     "Same per-token log-probs in, same loss out: on real sampled completions of a tiny model (policy != reference)."
     m, tok = tiny(); policy = perturbed(m)
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     torch.manual_seed(0)
     kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0)
     m_ids, m_mask, _ = sample_completions(policy, p_ids, p_mask, **kw)
@@ -90,7 +69,7 @@ def test_reference_samples_come_from_the_reference():
     from peft import LoraConfig, get_peft_model
     m, tok = tiny()
     pm = get_peft_model(copy.deepcopy(m), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0, temperature=1.0)
     torch.manual_seed(3)
     with reference_context(pm) as ref: ours, _, _ = sample_completions(ref, p_ids, p_mask, **kw)
@@ -111,7 +90,7 @@ def test_xpo_step_metrics():
     assert met["alpha"] == 0.01 and met["beta"] == 0.2
     assert abs(met["loss"] - (met["loss/dpo"] + met["loss/xpo"])) < 1e-5
     s = torch.tensor(samples["scores"]); B = len(PROMPTS)
-    assert samples["model_wins"] == (s[:B] >= s[B:]).tolist()          # tie_rule "first": the policy's sample wins ties
+    assert samples["a_wins"] == (s[:B] >= s[B:]).tolist()          # tie_rule "first": the policy's sample wins ties
 
 def test_alpha_schedule_and_validation():
     m, tok = tiny()
@@ -155,7 +134,7 @@ def test_arriving_adapter_is_the_reference():
     assert abs(h["objective/kl"]) < 1e-4 and abs(h["loss/dpo"] - math.log(2)) < 1e-5, h
     pm = arriving_adapter(m); start = copy.deepcopy(pm)
     assert make_reference(pm) is None
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     kw = dict(num_samples=1, max_new_tokens=6, eos_ids=[1], pad_token_id=0, temperature=1.0)
     torch.manual_seed(3)
     with reference_context(pm) as ref: ours, _, _ = sample_completions(ref, p_ids, p_mask, **kw)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from dpo_notes.core import set_threads
-from dpo_notes.online import completion_logps, sample_completions, tokenize_prompts
+from dpo_notes.online import completion_logps, sample_completions, pad_prompts
 from dpo_notes.runtime import LAUNCHER_VARS
 from dpo_notes.xpo import XPOConfig, pad_right, xpo_loss, xpo_step
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.parity     # every test here compares two implementatio
 
 set_threads()
 warnings.filterwarnings("ignore")
-from test_online import perturbed, tiny     # noqa: E402  (the tiny model and tokenizer, shared)
+from conftest import perturbed, tiny     # noqa: E402  (the tiny model and tokenizer, shared)
 
 TRL_VERSION = "1.13.0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def trl113(tmp_path_factory):
     try:
         for name, obj in [("policy", policy), ("ref", m), ("reward", rm), ("tokenizer", tok)]: obj.save_pretrained(tmp / name)
     finally: hf_logging.enable_progress_bar()
-    p_ids, p_mask = tokenize_prompts(tok, PROMPTS)
+    p_ids, p_mask = pad_prompts(tok, PROMPTS)
     m_ids, m_mask, m_eos = fixed_completions(policy, p_ids, p_mask, seed=1)
     r_ids, r_mask, r_eos = fixed_completions(m, p_ids, p_mask, seed=2)
     W = max(m_ids.shape[1], r_ids.shape[1])                    # (a) wants one width; the step takes each as sampled
@@ -178,7 +178,7 @@ def test_xpo_step_equals_trl_1_13(trl113, j, padding_free):
     "(b) One full step on the same completions and reward: same loss, same gradient on every parameter, same metrics."
     trl = trl113["out"]["step"][j]
     loss, met, samples, grads = our_step(trl113, STEP_CONFIGS[j], padding_free)
-    assert 0 < sum(samples["model_wins"]) < len(PROMPTS)           # both kinds of pair: policy sample chosen, and rejected
+    assert 0 < sum(samples["a_wins"]) < len(PROMPTS)           # both kinds of pair: policy sample chosen, and rejected
     assert all(samples["keep"])
     loss = float(loss.detach())
     assert abs(loss - trl["loss"]) <= 1e-5 * max(1.0, abs(trl["loss"])), (loss, trl["loss"])
@@ -200,7 +200,7 @@ def test_metrics_trl_1_13_defines_otherwise(trl113):
     c = trl113["cases"][0]
     pm, pr, rm, rr = (c[k].sum(1) for k in ("pm", "pr", "rm", "rr"))
     _, met, samples, _ = our_step(trl113, STEP_CONFIGS[0], True)
-    w = torch.tensor(samples["model_wins"])
+    w = torch.tensor(samples["a_wins"])
     trl_kl = ((pm - rm) + (pr - rr)).mean() / 2
     trl_entropy = (-pm.mean() - pr.mean()) / 2
     trl_logps_chosen = torch.where(w, pm, pr).mean() + torch.where(w, rm, rr).mean()

@@ -13,8 +13,8 @@ run does not:
   backend for a DEEPSPEED launch, so each process believes it is rank 0 of 1 (DeepSpeed itself still initialises
   gloo with world size 2). The shared PartialState survives `AcceleratorState._reset_state()` in `make_accelerator`.
 - `cfg.use_cpu=False`: `Accelerator(cpu=True)` ignores `ACCELERATE_USE_DEEPSPEED` and silently runs gloo DDP instead.
-dpo_notes fills the DeepSpeed config's "auto" micro-batch size and clipping itself (`train.configure_deepspeed`:
-it calls `prepare` without a dataloader) and accumulates with `train.accumulating`, which stops accelerate from
+dpo_notes fills the DeepSpeed config's "auto" micro-batch size and clipping itself (`runtime.configure_deepspeed`:
+it calls `prepare` without a dataloader) and accumulates with `runtime.accumulating`, which stops accelerate from
 stepping the engine after every micro-batch; the offline run below uses 2 accumulated micro-batches per step.
 
 Controls come from `tests/mp_step.py OUT --single` (see test_multiprocess.py): the same data as one big batch.
@@ -55,12 +55,13 @@ def _worker(out: Path):
                 "n_params": sum(p.numel() for p in eng.module.parameters() if p.requires_grad)}
 
     from dpo_notes import train, online as on
+    from dpo_notes.runtime import weights_hash
     from dpo_notes.toy import load_toy, reward
     rank = PartialState().process_index
     if PartialState().num_processes != mp_step.WORLD: sys.exit(f"expected {mp_step.WORLD} processes")
 
     model, tok = load_toy("s")
-    init = train.weights_hash(model)
+    init = weights_hash(model)
     cfg = train.DPOConfig(output_dir=None, per_device_train_batch_size=mp_step.BS, gradient_accumulation_steps=mp_step.GA,
                           max_steps=mp_step.STEPS, learning_rate=mp_step.LR, shuffle=False, bf16=False, use_cpu=False,
                           disable_tqdm=True, logging_steps=1, seed=0)
@@ -69,7 +70,7 @@ def _worker(out: Path):
                  loss=[h["loss"] for h in res.history if "loss" in h])
 
     model, tok = load_toy("s")
-    init = train.weights_hash(model)
+    init = weights_hash(model)
     acc = Accelerator()
     ocfg = on.OnlineDPOConfig(per_device_train_batch_size=mp_step.ONLINE_BS, max_steps=mp_step.ONLINE_STEPS,
                               max_new_tokens=8, learning_rate=mp_step.LR, bf16=False, use_cpu=False, disable_tqdm=True, seed=0)
@@ -92,7 +93,7 @@ pytestmark = pytest.mark.parity     # every test here compares two implementatio
 pytest.importorskip("deepspeed")
 
 
-from test_multiprocess import dist, free_port, initial_flat, run_launch     # the DDP test's launcher and controls
+from conftest import dist, free_port, initial_flat, run_launch     # the DDP test's launcher and controls
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,6 @@ def test_zero2_online_differs_from_each_rank_alone(runs):
 
 def test_zero2_offline_equals_one_big_batch(runs):
     """2 ranks x 2 accumulated micro-batches under ZeRO-2 = one process on all 8 pairs per step. Without
-    `train.accumulating`, DeepSpeed stepped after every micro-batch: 4 updates instead of 2, 0.69 x off."""
+    `runtime.accumulating`, DeepSpeed stepped after every micro-batch: 4 updates instead of 2, 0.69 x off."""
     z, big = runs("offline_zero2_rank0")["flat"], runs("offline_bigbatch_rank0")["flat"]
     assert dist(z, big) < 1e-3 * dist(z, initial_flat()), (dist(z, big), dist(z, initial_flat()))
