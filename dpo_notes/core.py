@@ -6,6 +6,7 @@ later module makes the same way; and `deprecated_alias`, the old name of a renam
 one release.
 
 Taught in notebook 00, `nbs/00_core.ipynb`."""
+
 from __future__ import annotations
 import functools, os, random, warnings
 from pathlib import Path
@@ -20,14 +21,18 @@ __all__ = ['get_device', 'get_dtype', 'seed_everything', 'set_threads', 'data_di
 def get_device(prefer: str | None = None) -> torch.device:
     "The device to train on: `prefer`, else `$DPO_NOTES_DEVICE`, else cuda → mps → cpu."
     prefer = prefer or os.environ.get("DPO_NOTES_DEVICE")
-    if prefer: return torch.device(prefer)
-    if torch.cuda.is_available(): return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
     return torch.device("cpu")
 
 # %% ../nbs/00_core.ipynb #fe887e12
 def get_dtype(device: torch.device | str | None = None) -> torch.dtype:
-    "The compute dtype for `device`: bf16 on GPUs with native bf16 (Ampere+), fp16 on older CUDA cards, fp32 on CPU/MPS."
+    """The compute dtype for `device`: bf16 on GPUs with native bf16 (Ampere+), fp16 on older CUDA cards, fp32
+    on CPU/MPS."""
     device = torch.device(device) if device is not None else get_device()
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
@@ -36,8 +41,11 @@ def get_dtype(device: torch.device | str | None = None) -> torch.dtype:
 # %% ../nbs/00_core.ipynb #77a3598b
 def seed_everything(seed: int = 0) -> None:
     "Seed `random`, NumPy and torch (CPU and every CUDA device)."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
-    if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 # %% ../nbs/00_core.ipynb #be7dcf06
 def set_threads(n: int | None = None) -> int:
@@ -49,20 +57,29 @@ def set_threads(n: int | None = None) -> int:
 # %% ../nbs/00_core.ipynb #c930f937
 def data_dir() -> Path:
     "The folder holding the shipped assets: `$DPO_NOTES_DATA`, else `data/` beside the package."
-    if "DPO_NOTES_DATA" in os.environ: return Path(os.environ["DPO_NOTES_DATA"])
+    if "DPO_NOTES_DATA" in os.environ:
+        return Path(os.environ["DPO_NOTES_DATA"])
     d = Path(dpo_notes.__file__).resolve().parent.parent / "data"
     if not d.exists():
-        raise FileNotFoundError(f"dpo_notes data folder not found at {d}: install the repository editable "
-                                "(`pip install -e .`) or set DPO_NOTES_DATA to a copy of its data/ folder")
+        raise FileNotFoundError(
+            f"dpo_notes data folder not found at {d}: install the repository editable "
+            "(`pip install -e .`) or set DPO_NOTES_DATA to a copy of its data/ folder"
+        )
     return d
 
 # %% ../nbs/00_core.ipynb #19b0b086
 def deprecated_alias(fn, old: str, module: str):
-    "`fn` under its old name `old` in `module`, for one release: each call warns (FutureWarning) with the new name."
+    """`fn` under its old name `old` in `module`, for one release: each call warns (FutureWarning) with the
+    new name."""
+
     @functools.wraps(fn)
     def alias(*args, **kwargs):
-        warnings.warn(f"{module}.{old} is renamed {fn.__module__}.{fn.__name__}; the old name goes in the next release",
-                      FutureWarning, stacklevel=2)
+        warnings.warn(
+            f"{module}.{old} is renamed {fn.__module__}.{fn.__name__}; the old name goes in the next release",
+            FutureWarning,
+            stacklevel=2,
+        )
         return fn(*args, **kwargs)
+
     alias.__name__ = alias.__qualname__ = old
     return alias

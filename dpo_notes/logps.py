@@ -6,6 +6,7 @@ builds the B x T x V logits; `concatenated_forward`; LD-DPO and WPO token weight
 packed without padding, each prompt once (`packed_forward`).
 
 Taught in notebook 04, `nbs/04_logps.ipynb`."""
+
 from __future__ import annotations
 import weakref
 from collections.abc import Mapping
@@ -24,15 +25,17 @@ __all__ = ['IGNORE_INDEX', 'LOGITS_PER_CHUNK', 'selective_logps', 'shift_labels'
            'packed_forward']
 
 # %% ../nbs/04_logps.ipynb #330d6fbd
-IGNORE_INDEX = -100   # label of prompt and padding positions: not scored
+IGNORE_INDEX = -100  # label of prompt and padding positions: not scored
 
 # %% ../nbs/04_logps.ipynb #5d83f966
-LOGITS_PER_CHUNK = 2**24   # default work size: ~16M logits (64 MB in fp32) per chunk
+LOGITS_PER_CHUNK = 2**24  # default work size: ~16M logits (64 MB in fp32) per chunk
+
 
 def _rows_per_chunk(vocab_size: int, chunk_size: int | None = None) -> int:
     "Rows handled at once: `chunk_size`, else as many as keep a chunk at ~`LOGITS_PER_CHUNK` logits."
     if chunk_size is not None:
-        if int(chunk_size) < 1: raise ValueError(f"chunk_size must be >= 1 row, got {chunk_size}")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1 row, got {chunk_size}")
         return int(chunk_size)
     return max(1, LOGITS_PER_CHUNK // max(int(vocab_size), 1))
 
@@ -43,21 +46,25 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # %% ../nbs/04_logps.ipynb #3e7bf110
 def _check_temperature(temperature: float):
-    if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
 
 # %% ../nbs/04_logps.ipynb #1bd54925
 class _SelectiveLogps(torch.autograd.Function):
-    "`z[i] - logsumexp(z)` a chunk of rows at a time; keeps only the input and one logsumexp per row for the backward."
+    """`z[i] - logsumexp(z)` a chunk of rows at a time; keeps only the input and one logsumexp per row for the
+    backward."""
+
     @staticmethod
-    def forward(ctx, logits, index, temperature, rows):         # logits (N, V), index (N,)
+    def forward(ctx, logits, index, temperature, rows):  # logits (N, V), index (N,)
         acc_dtype = _acc_dtype(logits.dtype)
         out = logits.new_empty(index.shape, dtype=acc_dtype)
         lse = torch.empty_like(out)
         for s in range(0, logits.shape[0], rows):
-            z = logits[s:s+rows].to(acc_dtype)
-            if temperature != 1.0: z = z / temperature
-            lse[s:s+rows] = torch.logsumexp(z, -1)
-            out[s:s+rows] = z.gather(-1, index[s:s+rows, None]).squeeze(-1) - lse[s:s+rows]
+            z = logits[s : s + rows].to(acc_dtype)
+            if temperature != 1.0:
+                z = z / temperature
+            lse[s : s + rows] = torch.logsumexp(z, -1)
+            out[s : s + rows] = z.gather(-1, index[s : s + rows, None]).squeeze(-1) - lse[s : s + rows]
         ctx.save_for_backward(logits, index, lse)
         ctx.temperature, ctx.rows = temperature, rows
         return out
@@ -69,44 +76,56 @@ class _SelectiveLogps(torch.autograd.Function):
         T, rows = ctx.temperature, ctx.rows
         grad = torch.empty_like(logits)
         for s in range(0, logits.shape[0], rows):
-            z = logits[s:s+rows].to(lse.dtype, copy=True)          # a copy: the in-place ops below must not touch `logits`
-            if T != 1.0: z.div_(T)
-            g = z.sub_(lse[s:s+rows, None]).exp_().neg_()          # -softmax(z)
-            g.scatter_add_(-1, index[s:s+rows, None], torch.ones_like(g[:, :1]))   # + onehot(index)
-            grad[s:s+rows] = g.mul_(grad_out[s:s+rows, None] / T)
+            z = logits[s : s + rows].to(
+                lse.dtype, copy=True
+            )  # a copy: the in-place ops below must not touch `logits`
+            if T != 1.0:
+                z.div_(T)
+            g = z.sub_(lse[s : s + rows, None]).exp_().neg_()  # -softmax(z)
+            g.scatter_add_(-1, index[s : s + rows, None], torch.ones_like(g[:, :1]))  # + onehot(index)
+            grad[s : s + rows] = g.mul_(grad_out[s : s + rows, None] / T)
         return grad, None, None, None
 
 # %% ../nbs/04_logps.ipynb #5bfe1024
-def selective_logps(logits: torch.Tensor, index: torch.Tensor, chunk_size: int | None = None,
-                    temperature: float = 1.0) -> torch.Tensor:
+def selective_logps(
+    logits: torch.Tensor, index: torch.Tensor, chunk_size: int | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     """`log_softmax(logits / temperature)` at `index`, without ever building the full log-softmax.
 
     logits: (..., V), any float dtype; index: (...) integers in [0, V). Returns (...) in fp32 (fp64 for fp64
     logits). Works on `chunk_size` rows at a time (default: ~16M logits per chunk); logsumexp in fp32."""
     _check_temperature(temperature)
     if index.shape != logits.shape[:-1]:
-        raise ValueError(f"index has shape {tuple(index.shape)}, expected logits.shape[:-1] = {tuple(logits.shape[:-1])}")
+        raise ValueError(
+            f"index has shape {tuple(index.shape)}, expected logits.shape[:-1] = {tuple(logits.shape[:-1])}"
+        )
     V = logits.shape[-1]
-    out = _SelectiveLogps.apply(logits.reshape(-1, V), index.reshape(-1).long(), float(temperature),
-                                _rows_per_chunk(V, chunk_size))
+    out = _SelectiveLogps.apply(
+        logits.reshape(-1, V), index.reshape(-1).long(), float(temperature), _rows_per_chunk(V, chunk_size)
+    )
     return out.view(index.shape)
 
 # %% ../nbs/04_logps.ipynb #85f00601
 def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels aligned with `input_ids` (B, T) → next-token targets (B, T-1), -100 replaced by 0, and their mask
+    """Labels aligned with `input_ids` (B, T) → next-token targets (B, T-1), -100 replaced by 0, and their
+    mask
     (B, T-1), True where the target is scored. Position t of the logits predicts `targets[:, t]`."""
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     return targets.masked_fill(~mask, 0), mask
 
 # %% ../nbs/04_logps.ipynb #d5c19ae6
-def get_batch_logps(logits: torch.Tensor, labels: torch.Tensor, average_log_prob: bool = False,
-                    temperature: float = 1.0) -> torch.Tensor:
+def get_batch_logps(
+    logits: torch.Tensor, labels: torch.Tensor, average_log_prob: bool = False, temperature: float = 1.0
+) -> torch.Tensor:
     """Sum (or mean, `average_log_prob`) of the log-probs of the labels that are not -100.
 
     logits: (B, T, V); labels: (B, T), aligned with `input_ids` (this function shifts). Returns (B,) fp32."""
     if logits.ndim != 3 or logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits has shape {tuple(logits.shape)}, expected (B, T, V) with (B, T) = labels.shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"logits has shape {tuple(logits.shape)}, expected (B, T, V) with (B, T) = labels.shape "
+            f"{tuple(labels.shape)}"
+        )
     targets, mask = shift_labels(labels)
     per_token = selective_logps(logits[:, :-1], targets, temperature=temperature) * mask
     logps = per_token.sum(-1)
@@ -114,7 +133,8 @@ def get_batch_logps(logits: torch.Tensor, labels: torch.Tensor, average_log_prob
 
 # %% ../nbs/04_logps.ipynb #1f52d3f0
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids (B, T) counting real tokens only: `cumsum(mask) - 1`. Left pads get 0, right pads repeat the
+    """Position ids (B, T) counting real tokens only: `cumsum(mask) - 1`. Left pads get 0, right pads repeat
+    the
     last position; pads are never attended to, so their value does not matter."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -127,43 +147,62 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 # %% ../nbs/04_logps.ipynb #c05c035c
 def _mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     "`a @ b` in at least fp32, without first rounding the product to a half dtype."
-    if a.dtype in (torch.float32, torch.float64): return a @ b
+    if a.dtype in (torch.float32, torch.float64):
+        return a @ b
     if a.is_cuda:
-        try: return torch.mm(a, b, out_dtype=torch.float32)
-        except (TypeError, RuntimeError): pass
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):
+            pass
     return a.float() @ b.float()
 
 # %% ../nbs/04_logps.ipynb #2c7d8d77
 def _chunk_logits(h, w, b, acc_dtype, temp):
-    "One chunk of logits (rows, V) = (h @ w.T + b) / temp, projected in w's dtype and returned in `acc_dtype`."
+    """One chunk of logits (rows, V) = (h @ w.T + b) / temp, projected in w's dtype and returned in
+    `acc_dtype`."""
     z = h.to(w.dtype) @ w.t()
-    if b is not None: z = z + b
+    if b is not None:
+        z = z + b
     z = z.to(acc_dtype)
     return z.div_(temp) if temp != 1.0 else z
 
 # %% ../nbs/04_logps.ipynb #0b00a5e9
 class _LinearLogps(torch.autograd.Function):
-    "Per-token log-probs, mean logit and (optionally) log Σ p² of `(h @ W.T + b) / temp`, `rows` tokens at a time. See `linear_logps`."
+    """Per-token log-probs, mean logit and (optionally) log Σ p² of `(h @ W.T + b) / temp`, `rows` tokens at a
+    time. See `linear_logps`."""
+
     @staticmethod
     def forward(ctx, h, weight, bias, targets, temperature, rows, finish_now, want_sq):
-        dt = _compute_dtype(h); acc_dtype = _acc_dtype(dt); temp = temperature
+        dt = _compute_dtype(h)
+        acc_dtype = _acc_dtype(dt)
+        temp = temperature
         M = h.shape[0]
         logps, means, lse = (h.new_empty(M, dtype=acc_dtype) for _ in range(3))
         sq = h.new_empty(M if want_sq else 0, dtype=acc_dtype)
         grad_h = h.new_empty(h.shape, dtype=acc_dtype) if finish_now else None
-        with torch.autocast(h.device.type, enabled=False):           # we pick every dtype ourselves
-            w = weight.to(dt); b = None if bias is None else bias.to(dt)
+        with torch.autocast(h.device.type, enabled=False):  # we pick every dtype ourselves
+            w = weight.to(dt)
+            b = None if bias is None else bias.to(dt)
             for s in range(0, M, rows):
-                z, t = _chunk_logits(h[s:s+rows], w, b, acc_dtype, temp), targets[s:s+rows, None]
-                means[s:s+rows] = z.mean(-1)
-                lse[s:s+rows] = l = torch.logsumexp(z, -1)
-                logps[s:s+rows] = z.gather(-1, t).squeeze(-1) - l
-                if want_sq: sq[s:s+rows] = torch.logsumexp(2 * z, -1) - 2 * l   # log Σ p² = lse(2z) − 2·lse(z)
-                if finish_now:      # frozen head: d logp / dh = (onehot - softmax) W / temp, now, while z is here
-                    G = z.sub_(l[:, None]).exp_().neg_().scatter_add_(-1, t, torch.ones_like(l[:, None])).div_(temp)
-                    grad_h[s:s+rows] = _mm_acc(G.to(dt), w)
-        if finish_now: ctx.save_for_backward(grad_h)
-        else: ctx.save_for_backward(h, weight, bias, targets, lse)
+                z, t = _chunk_logits(h[s : s + rows], w, b, acc_dtype, temp), targets[s : s + rows, None]
+                means[s : s + rows] = z.mean(-1)
+                lse[s : s + rows] = l = torch.logsumexp(z, -1)
+                logps[s : s + rows] = z.gather(-1, t).squeeze(-1) - l
+                if want_sq:
+                    sq[s : s + rows] = torch.logsumexp(2 * z, -1) - 2 * l  # log Σ p² = lse(2z) − 2·lse(z)
+                if finish_now:  # frozen head: d logp / dh = (onehot - softmax) W / temp, now, while z is here
+                    G = (
+                        z.sub_(l[:, None])
+                        .exp_()
+                        .neg_()
+                        .scatter_add_(-1, t, torch.ones_like(l[:, None]))
+                        .div_(temp)
+                    )
+                    grad_h[s : s + rows] = _mm_acc(G.to(dt), w)
+        if finish_now:
+            ctx.save_for_backward(grad_h)
+        else:
+            ctx.save_for_backward(h, weight, bias, targets, lse)
         ctx.finish_now, ctx.temp, ctx.rows, ctx.dt, ctx.h_dtype = finish_now, temp, rows, dt, h.dtype
         ctx.mark_non_differentiable(means, sq)
         return logps, means, sq
@@ -171,7 +210,7 @@ class _LinearLogps(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logps, _grad_means, _grad_sq):
-        nones = (None,) * 5                                           # targets, temperature, rows, finish_now, want_sq
+        nones = (None,) * 5  # targets, temperature, rows, finish_now, want_sq
         if ctx.finish_now:
             (grad_h,) = ctx.saved_tensors
             return (grad_h * grad_logps[:, None]).to(ctx.h_dtype), None, None, *nones
@@ -182,51 +221,97 @@ class _LinearLogps(torch.autograd.Function):
         gw = weight.new_zeros(weight.shape, dtype=acc_dtype) if need_w else None
         gb = bias.new_zeros(bias.shape, dtype=acc_dtype) if need_b else None
         with torch.autocast(h.device.type, enabled=False):
-            w = weight.to(dt); b = None if bias is None else bias.to(dt)
+            w = weight.to(dt)
+            b = None if bias is None else bias.to(dt)
             for s in range(0, h.shape[0], rows):
-                hc = h[s:s+rows].to(dt)
-                z = _chunk_logits(hc, w, b, acc_dtype, temp)                   # recompute the chunk
-                G = z.sub_(lse[s:s+rows, None]).exp_().neg_().scatter_add_(-1, targets[s:s+rows, None], torch.ones_like(z[:, :1]))
-                G = G.mul_(grad_logps[s:s+rows, None] / temp)            # dL/dz = g (onehot - softmax) / temp
-                if gb is not None: gb += G.sum(0)
+                hc = h[s : s + rows].to(dt)
+                z = _chunk_logits(hc, w, b, acc_dtype, temp)  # recompute the chunk
+                G = (
+                    z.sub_(lse[s : s + rows, None])
+                    .exp_()
+                    .neg_()
+                    .scatter_add_(-1, targets[s : s + rows, None], torch.ones_like(z[:, :1]))
+                )
+                G = G.mul_(grad_logps[s : s + rows, None] / temp)  # dL/dz = g (onehot - softmax) / temp
+                if gb is not None:
+                    gb += G.sum(0)
                 G = G.to(dt)
-                if gh is not None: gh[s:s+rows] = _mm_acc(G, w)
-                if gw is not None: gw += _mm_acc(G.t(), hc)
+                if gh is not None:
+                    gh[s : s + rows] = _mm_acc(G, w)
+                if gw is not None:
+                    gw += _mm_acc(G.t(), hc)
         cast = lambda g, like: None if g is None else g.to(like.dtype)
         return cast(gh, h), cast(gw, weight), cast(gb, bias) if bias is not None else None, *nones
 
 # %% ../nbs/04_logps.ipynb #a5cddc3e
-def linear_logps(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                 temperature: float = 1.0, chunk_size: int | None = None,
-                 return_log_sum_sq_probs: bool = False) -> tuple[torch.Tensor, ...]:
+def linear_logps(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    return_log_sum_sq_probs: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Log-probs of `targets` under `softmax((h @ weight.T + bias) / temperature)`, and each row's mean logit.
 
     h: (M, H) hidden states; weight: (V, H); bias: (V,) or None; targets: (M,) in [0, V). Returns `logps` (M,)
-    (differentiable, fp32) and `mean_logits` (M,) (detached, fp32), then with `return_log_sum_sq_probs` each row's
-    log Σ_v p_v² (M,) (detached, fp32; WPO's, TRL's `log_sum_sq_probs`). The (M, V) logits exist `chunk_size` rows
-    at a time (default ~16M logits per chunk); with a frozen head the gradient of `h` is finished in the forward."""
+    (differentiable, fp32) and `mean_logits` (M,) (detached, fp32), then with `return_log_sum_sq_probs` each
+    row's
+    log Σ_v p_v² (M,) (detached, fp32; WPO's, TRL's `log_sum_sq_probs`). The (M, V) logits exist `chunk_size`
+    rows
+    at a time (default ~16M logits per chunk); with a frozen head the gradient of `h` is finished in the
+    forward."""
     _check_temperature(temperature)
     if h.ndim != 2 or weight.ndim != 2 or h.shape[1] != weight.shape[1]:
-        raise ValueError(f"h has shape {tuple(h.shape)} and weight {tuple(weight.shape)}: expected (M, H) and (V, H)")
-    if targets.shape != h.shape[:1]: raise ValueError(f"targets has shape {tuple(targets.shape)}, expected ({h.shape[0]},)")
-    finish_now = (torch.is_grad_enabled() and h.requires_grad and not weight.requires_grad
-                  and (bias is None or not bias.requires_grad))
-    logps, means, sq = _LinearLogps.apply(h, weight, bias, targets.long(), float(temperature),
-                                          _rows_per_chunk(weight.shape[0], chunk_size), finish_now, bool(return_log_sum_sq_probs))
+        raise ValueError(
+            f"h has shape {tuple(h.shape)} and weight {tuple(weight.shape)}: expected (M, H) and (V, H)"
+        )
+    if targets.shape != h.shape[:1]:
+        raise ValueError(f"targets has shape {tuple(targets.shape)}, expected ({h.shape[0]},)")
+    finish_now = (
+        torch.is_grad_enabled()
+        and h.requires_grad
+        and not weight.requires_grad
+        and (bias is None or not bias.requires_grad)
+    )
+    logps, means, sq = _LinearLogps.apply(
+        h,
+        weight,
+        bias,
+        targets.long(),
+        float(temperature),
+        _rows_per_chunk(weight.shape[0], chunk_size),
+        finish_now,
+        bool(return_log_sum_sq_probs),
+    )
     return (logps, means, sq) if return_log_sum_sq_probs else (logps, means)
 
 # %% ../nbs/04_logps.ipynb #c0c3fff5
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
+
 
 def unwrap_peft(model: nn.Module) -> nn.Module:
     "The transformers model inside a peft `PeftModel` (its LoRA layers stay injected), or `model` itself."
-    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+    return (
+        model.get_base_model()
+        if hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+        else model
+    )
 
 # %% ../nbs/04_logps.ipynb #847b6047
 def _plain_linear(head: nn.Module) -> nn.Linear | None:
     "The `nn.Linear` that computes `head`'s output (resolving peft's `ModulesToSaveWrapper`), or None."
     if hasattr(head, "modules_to_save") and hasattr(head, "original_module"):
-        active = [] if head.disable_adapters else [a for a in head.active_adapters if a in head.modules_to_save]
+        active = (
+            [] if head.disable_adapters else [a for a in head.active_adapters if a in head.modules_to_save]
+        )
         head = head.modules_to_save[active[0]] if active else head.original_module
     return head if type(head) is nn.Linear else None
 
@@ -235,11 +320,13 @@ def unwrap_parallel(model: nn.Module) -> nn.Module:
     "The module inside a DDP / FSDP / DeepSpeed / `torch.compile` wrapper, or `model` itself."
     return extract_model_from_parallel(model, keep_torch_compile=False)
 
-_LAST_STATE_OK = weakref.WeakKeyDictionary()   # model -> does hidden_states[-1] equal its decoder's output?
+
+_LAST_STATE_OK = weakref.WeakKeyDictionary()  # model -> does hidden_states[-1] equal its decoder's output?
 
 # %% ../nbs/04_logps.ipynb #b258c6d9
 def _last_state_is_final(base: nn.Module, decoder: nn.Module) -> bool:
-    "Whether `base(..., output_hidden_states=True).hidden_states[-1]` is the decoder's final (normed) state: checked once."
+    """Whether `base(..., output_hidden_states=True).hidden_states[-1]` is the decoder's final (normed) state:
+    checked once."""
     if base not in _LAST_STATE_OK:
         dev = next(base.parameters()).device
         x = torch.tensor([[0, 1]], device=dev)
@@ -251,41 +338,58 @@ def _last_state_is_final(base: nn.Module, decoder: nn.Module) -> bool:
 
 # %% ../nbs/04_logps.ipynb #c17a0101
 def sharded_weights(model: nn.Module) -> bool:
-    """Whether `model`'s weights are split over the processes (DeepSpeed ZeRO-3 partitions, FSDP2 units), so that a
-    layer's weight is whole only inside that layer's own forward: True except inside `runtime.gathered_weights`, which
+    """Whether `model`'s weights are split over the processes (DeepSpeed ZeRO-3 partitions, FSDP2 units), so
+    that a
+    layer's weight is whole only inside that layer's own forward: True except inside
+    `runtime.gathered_weights`, which
     marks every module whole (`_whole`) while it holds the weights gathered."""
-    try: from torch.distributed.fsdp import FSDPModule
-    except ImportError: FSDPModule = ()          # torch < 2.6: no FSDP2 under this name
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        FSDPModule = ()  # torch < 2.6: no FSDP2 under this name
     m = unwrap_parallel(model)
-    if getattr(m, "_whole", False): return False
-    return any(hasattr(p, "ds_id") for p in m.parameters()) or any(isinstance(x, FSDPModule) for x in m.modules())
+    if getattr(m, "_whole", False):
+        return False
+    return any(hasattr(p, "ds_id") for p in m.parameters()) or any(
+        isinstance(x, FSDPModule) for x in m.modules()
+    )
 
 # %% ../nbs/04_logps.ipynb #d9108bff
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, lm_head) of a causal LM, peft-wrapped or not, inside a DDP-style wrapper or not; None where
-    `decoder → lm_head` would not reproduce the model's logits (post-head logit transforms, prompt-learning peft, no
+    `decoder → lm_head` would not reproduce the model's logits (post-head logit transforms, prompt-learning
+    peft, no
     separate head; under a wrapper, a model whose last `hidden_states` entry is not the head's input)."""
     wrapped, model = model, unwrap_parallel(model)
     peft_cfg = getattr(model, "active_peft_config", None)
-    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False): return None
+    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        return None
     base = unwrap_peft(model)
     model_cfg = getattr(base, "config", None)
-    if model_cfg is None: return None
+    if model_cfg is None:
+        return None
     model_cfg = model_cfg.get_text_config() if hasattr(model_cfg, "get_text_config") else model_cfg
-    if any(getattr(model_cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS): return None
+    if any(getattr(model_cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS):
+        return None
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    if head is None or decoder is None or decoder is base: return None
-    if sharded_weights(model): return None       # the head weight is a slice (ZeRO-3, FSDP2): the full-logits path
-    if wrapped is not model and not _last_state_is_final(base, decoder): return None
+    if head is None or decoder is None or decoder is base:
+        return None
+    if sharded_weights(model):
+        return None  # the head weight is a slice (ZeRO-3, FSDP2): the full-logits path
+    if wrapped is not model and not _last_state_is_final(base, decoder):
+        return None
     return decoder, head
 
 # %% ../nbs/04_logps.ipynb #7b134cbb
 def final_hidden_states(model: nn.Module, decoder: nn.Module, **inputs) -> torch.Tensor:
-    """The final hidden states (B, T, H) the LM head reads, for `inputs` (`input_ids`, `attention_mask`, `position_ids`):
-    `decoder(**inputs)` for a bare model; for a DDP-style wrapper its own forward (so gradients synchronise), with
+    """The final hidden states (B, T, H) the LM head reads, for `inputs` (`input_ids`, `attention_mask`,
+    `position_ids`):
+    `decoder(**inputs)` for a bare model; for a DDP-style wrapper its own forward (so gradients synchronise),
+    with
     `output_hidden_states=True` and the logits of one position only."""
-    if unwrap_parallel(model) is model: return decoder(**inputs, use_cache=False).last_hidden_state
+    if unwrap_parallel(model) is model:
+        return decoder(**inputs, use_cache=False).last_hidden_state
     return model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
 # %% ../nbs/04_logps.ipynb #b88715c9
@@ -294,30 +398,55 @@ def _head_vocab(head: nn.Module) -> int:
 
 # %% ../nbs/04_logps.ipynb #b2687a45
 def _module_head_logps(head, h, targets, temperature, rows, want_sq=False):
-    "Any head module: logits of `rows` tokens at a time, recomputed in the backward (activation checkpointing)."
+    """Any head module: logits of `rows` tokens at a time, recomputed in the backward (activation
+    checkpointing)."""
+
     def chunk(hc, tc):
         z = head(hc)
         za = z.to(_acc_dtype(z.dtype)) / temperature
-        sq = (torch.logsumexp(2 * za, -1) - 2 * torch.logsumexp(za, -1)).detach() if want_sq else za.new_zeros(0)
+        sq = (
+            (torch.logsumexp(2 * za, -1) - 2 * torch.logsumexp(za, -1)).detach()
+            if want_sq
+            else za.new_zeros(0)
+        )
         return selective_logps(z, tc, temperature=temperature), za.mean(-1).detach(), sq
+
     ckpt = torch.is_grad_enabled()
-    outs = [checkpoint(chunk, h[s:s+rows], targets[s:s+rows], use_reentrant=False) if ckpt else chunk(h[s:s+rows], targets[s:s+rows])
-            for s in range(0, h.shape[0], rows)]
+    outs = [
+        checkpoint(chunk, h[s : s + rows], targets[s : s + rows], use_reentrant=False)
+        if ckpt
+        else chunk(h[s : s + rows], targets[s : s + rows])
+        for s in range(0, h.shape[0], rows)
+    ]
     return tuple(torch.cat([o[i] for o in outs]) for i in range(3 if want_sq else 2))
 
 # %% ../nbs/04_logps.ipynb #7fbb292c
-def head_logps(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-               chunk_size: int | None = None, return_log_sum_sq_probs: bool = False) -> tuple[torch.Tensor, ...]:
-    """Per-token log-probs (M,) and mean logits (M,) of `targets` (M,) from final hidden states h (M, H) and the
+def head_logps(
+    head: nn.Module,
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    return_log_sum_sq_probs: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Per-token log-probs (M,) and mean logits (M,) of `targets` (M,) from final hidden states h (M, H) and
+    the
     LM head module (and, with `return_log_sum_sq_probs`, log Σ_v p_v² (M,)): `linear_logps` for a plain linear
     head, chunked + checkpointed module calls otherwise."""
     lin = _plain_linear(head)
-    if lin is not None: return linear_logps(h, lin.weight, lin.bias, targets, temperature, chunk_size, return_log_sum_sq_probs)
-    if h.shape[0] == 0: return (h.new_zeros(0, dtype=torch.float32),) * (3 if return_log_sum_sq_probs else 2)
-    return _module_head_logps(head, h, targets, temperature, _rows_per_chunk(_head_vocab(head), chunk_size), return_log_sum_sq_probs)
+    if lin is not None:
+        return linear_logps(
+            h, lin.weight, lin.bias, targets, temperature, chunk_size, return_log_sum_sq_probs
+        )
+    if h.shape[0] == 0:
+        return (h.new_zeros(0, dtype=torch.float32),) * (3 if return_log_sum_sq_probs else 2)
+    return _module_head_logps(
+        head, h, targets, temperature, _rows_per_chunk(_head_vocab(head), chunk_size), return_log_sum_sq_probs
+    )
 
 # %% ../nbs/04_logps.ipynb #f9ac633c
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
 
 def check_batch(batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate a preference batch and return its (input_ids, attention_mask, labels), each (2B, T): rows
@@ -325,66 +454,96 @@ def check_batch(batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     if not isinstance(batch, Mapping):
         raise ValueError(f"batch must be a dict with {list(_BATCH_KEYS)}, got {type(batch).__name__}")
     missing = [k for k in _BATCH_KEYS if k not in batch]
-    if missing: raise ValueError(f"batch is missing {missing}: expected {list(_BATCH_KEYS)}, each a (2B, T) tensor")
+    if missing:
+        raise ValueError(f"batch is missing {missing}: expected {list(_BATCH_KEYS)}, each a (2B, T) tensor")
     for k in _BATCH_KEYS:
         v = batch[k]
         if not torch.is_tensor(v) or v.ndim != 2:
-            raise ValueError(f"batch['{k}'] must be a (2B, T) tensor, got {tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}")
+            raise ValueError(
+                f"batch['{k}'] must be a (2B, T) tensor, got "
+                f"{tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}"
+            )
     ids, am, labels = (batch[k] for k in _BATCH_KEYS)
     for k in ("attention_mask", "labels"):
         if batch[k].shape != ids.shape:
-            raise ValueError(f"batch['{k}'] has shape {tuple(batch[k].shape)}, expected input_ids' shape {tuple(ids.shape)}")
+            raise ValueError(
+                f"batch['{k}'] has shape {tuple(batch[k].shape)}, expected input_ids' shape "
+                f"{tuple(ids.shape)}"
+            )
     n, T = ids.shape
     if n == 0 or n % 2:
-        raise ValueError(f"batch has {n} rows, expected an even number > 0: [chosen_0..chosen_(B-1), rejected_0..rejected_(B-1)]")
-    if T < 2: raise ValueError(f"batch has {T} token(s) per row, expected at least 2 (a prompt token, then a completion)")
+        raise ValueError(
+            f"batch has {n} rows, expected an even number > 0: [chosen_0..chosen_(B-1), "
+            f"rejected_0..rejected_(B-1)]"
+        )
+    if T < 2:
+        raise ValueError(
+            f"batch has {T} token(s) per row, expected at least 2 (a prompt token, then a completion)"
+        )
     empty = (labels[:, 1:] == IGNORE_INDEX).all(-1).nonzero().flatten().tolist()
     if empty:
         names = [f"chosen_{i}" if i < n // 2 else f"rejected_{i - n // 2}" for i in empty]
-        raise ValueError(f"row(s) {names} have no completion token: batch['labels'][:, 1:] is all -100 there; "
-                         "every row needs at least one label != -100 after its first token")
+        raise ValueError(
+            f"row(s) {names} have no completion token: batch['labels'][:, 1:] is all -100 there; "
+            "every row needs at least one label != -100 after its first token"
+        )
     if ((labels != IGNORE_INDEX) & (am == 0)).any():
-        raise ValueError("batch['labels'] has labels where attention_mask == 0: padding must be labelled -100")
+        raise ValueError(
+            "batch['labels'] has labels where attention_mask == 0: padding must be labelled -100"
+        )
     return ids, am, labels
 
 # %% ../nbs/04_logps.ipynb #8ee7981a
 def _chosen_rejected(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Split a (2B, ...) tensor into its chosen (B, ...) and rejected (B, ...) halves."
-    return x[: x.shape[0] // 2], x[x.shape[0] // 2:]
+    return x[: x.shape[0] // 2], x[x.shape[0] // 2 :]
 
 # %% ../nbs/04_logps.ipynb #73b343df
 def ld_token_weights(mask: torch.Tensor, ld_alpha: float) -> torch.Tensor:
     """LD-DPO's token weights (2B, T) for a completion mask (2B, T), rows [chosen; rejected]: 1 on the first
-    min(|y_w|, |y_l|) completion tokens of each row (the length the pair shares), `ld_alpha` on the tokens beyond it,
+    min(|y_w|, |y_l|) completion tokens of each row (the length the pair shares), `ld_alpha` on the tokens
+    beyond it,
     0 off the completion. `(per_token_logps * weights).sum(-1)` is TRL 1.16's `ld_alpha` log-prob."""
     if not (isinstance(ld_alpha, (int, float)) and 0.0 <= ld_alpha <= 1.0):
         raise ValueError(f"ld_alpha must be a number in [0, 1], got {ld_alpha!r}")
-    if mask.ndim != 2 or mask.shape[0] % 2: raise ValueError(f"mask must be (2B, T) with rows [chosen; rejected], got {tuple(mask.shape)}")
+    if mask.ndim != 2 or mask.shape[0] % 2:
+        raise ValueError(f"mask must be (2B, T) with rows [chosen; rejected], got {tuple(mask.shape)}")
     m = mask.bool()
-    pos = m.long().cumsum(-1)                                      # 1, 2, ... along each completion
+    pos = m.long().cumsum(-1)  # 1, 2, ... along each completion
     c, r = _chosen_rejected(m.sum(-1))
-    shared = torch.minimum(c, r).repeat(2)[:, None]                # the pair's shared length, on both of its rows
+    shared = torch.minimum(c, r).repeat(2)[:, None]  # the pair's shared length, on both of its rows
     w = torch.where(pos <= shared, 1.0, float(ld_alpha))
     return w * m
 
 # %% ../nbs/04_logps.ipynb #8447887a
 @torch.no_grad()
-def wpo_weights(per_token_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """WPO's pair weights (B,), detached: w(y) = exp(mean over y's tokens of log p(y_t) − log Σ_v p_v²), chosen × rejected.
+def wpo_weights(
+    per_token_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """WPO's pair weights (B,), detached: w(y) = exp(mean over y's tokens of log p(y_t) − log Σ_v p_v²),
+    chosen × rejected.
 
     per_token_logps, log_sum_sq_probs, mask: (2B, T), rows [chosen; rejected] (TRL 1.16's `use_weighting`)."""
-    if not per_token_logps.shape == log_sum_sq_probs.shape == mask.shape or mask.ndim != 2 or mask.shape[0] % 2:
-        raise ValueError(f"per_token_logps, log_sum_sq_probs, mask must share one (2B, T) shape, got "
-                         f"{tuple(per_token_logps.shape)}, {tuple(log_sum_sq_probs.shape)}, {tuple(mask.shape)}")
-    aligned = (per_token_logps - log_sum_sq_probs) * mask          # log p(y_t) − log Σ_v p_v², on completion tokens
-    w = torch.exp(aligned.sum(-1) / mask.sum(-1).clamp(min=1))     # geometric mean over the completion's tokens
+    if (
+        not per_token_logps.shape == log_sum_sq_probs.shape == mask.shape
+        or mask.ndim != 2
+        or mask.shape[0] % 2
+    ):
+        raise ValueError(
+            f"per_token_logps, log_sum_sq_probs, mask must share one (2B, T) shape, got "
+            f"{tuple(per_token_logps.shape)}, {tuple(log_sum_sq_probs.shape)}, {tuple(mask.shape)}"
+        )
+    aligned = (per_token_logps - log_sum_sq_probs) * mask  # log p(y_t) − log Σ_v p_v², on completion tokens
+    w = torch.exp(aligned.sum(-1) / mask.sum(-1).clamp(min=1))  # geometric mean over the completion's tokens
     c, r = _chosen_rejected(w)
     return c * r
 
 # %% ../nbs/04_logps.ipynb #e4d255d3
 def _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, lean, want_sq):
-    """Per-token log-probs (2B, T-1) (0 off the completion, differentiable), per-row sums of mean logits (2B,),
-    and log Σ_v p_v² (2B, T-1) (or None), from the lean head or (`lean=False`, or where it cannot run) full logits."""
+    """Per-token log-probs (2B, T-1) (0 off the completion, differentiable), per-row sums of mean logits
+    (2B,),
+    and log Σ_v p_v² (2B, T-1) (or None), from the lean head or (`lean=False`, or where it cannot run) full
+    logits."""
     parts = decoder_and_head(model) if lean else None
     if parts is not None:
         decoder, head = parts
@@ -392,7 +551,9 @@ def _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, le
         outs = head_logps(head, hidden[:, :-1][mask], targets[mask], temperature, chunk_size, want_sq)
         dense = lambda v: torch.zeros(mask.shape, dtype=v.dtype, device=v.device).masked_scatter(mask, v)
         return dense(outs[0]), dense(outs[1]).sum(-1), dense(outs[2]) if want_sq else None
-    logits = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=False).logits[:, -ids.shape[1]:][:, :-1]
+    logits = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=False).logits[
+        :, -ids.shape[1] :
+    ][:, :-1]
     tok_logps = selective_logps(logits, targets, temperature=temperature) * mask
     with torch.no_grad():
         z = logits.float() / temperature
@@ -400,76 +561,118 @@ def _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, le
         return tok_logps, (z.mean(-1) * mask).sum(-1), sq
 
 # %% ../nbs/04_logps.ipynb #c86f310a
-def concatenated_forward(model: nn.Module, batch: Mapping, temperature: float = 1.0, chunk_size: int | None = None,
-                         lean: bool = True, ld_alpha: float | None = None, use_weighting: bool = False) -> dict[str, torch.Tensor]:
-    """Chosen and rejected completion log-probs from one forward pass of `model` on the whole preference batch.
+def concatenated_forward(
+    model: nn.Module,
+    batch: Mapping,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    lean: bool = True,
+    ld_alpha: float | None = None,
+    use_weighting: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Chosen and rejected completion log-probs from one forward pass of `model` on the whole preference
+    batch.
 
-    batch: `input_ids`, `attention_mask`, `labels`, each (2B, T), rows [chosen; rejected], labels -100 on prompt and
+    batch: `input_ids`, `attention_mask`, `labels`, each (2B, T), rows [chosen; rejected], labels -100 on
+    prompt and
     padding (any padding side). `temperature` divides the logits. Returns a dict of `chosen_logps`,
-    `rejected_logps` (B,) summed log-probs (differentiable), `chosen_lengths`, `rejected_lengths` (B,) completion
+    `rejected_logps` (B,) summed log-probs (differentiable), `chosen_lengths`, `rejected_lengths` (B,)
+    completion
     token counts, and `mean_chosen_logits`, `mean_rejected_logits` (0-d, detached): TRL's `logits/chosen` and
-    `logits/rejected`. `lean=True` runs the LM head only on completion positions, in chunks of `chunk_size` rows.
-    `ld_alpha` (LD-DPO): the sums weight tokens beyond the pair's shared length by it (`ld_token_weights`), and
+    `logits/rejected`. `lean=True` runs the LM head only on completion positions, in chunks of `chunk_size`
+    rows.
+    `ld_alpha` (LD-DPO): the sums weight tokens beyond the pair's shared length by it (`ld_token_weights`),
+    and
     `sft_chosen_logps` (B,) keeps the plain chosen sums for the 'sft' loss. `use_weighting` (WPO): adds
     `wpo_weights` (B,), detached (`wpo_weights`)."""
     _check_temperature(temperature)
     ids, am, labels = check_batch(batch)
-    pos = positions_from_mask(am)                          # same positions whatever the padding side
-    targets, mask = shift_labels(labels)                   # (2B, T-1): the token position t must predict
-    tok_logps, mean_sums, sq = _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, lean, use_weighting)
+    pos = positions_from_mask(am)  # same positions whatever the padding side
+    targets, mask = shift_labels(labels)  # (2B, T-1): the token position t must predict
+    tok_logps, mean_sums, sq = _token_stats(
+        model, ids, am, pos, targets, mask, temperature, chunk_size, lean, use_weighting
+    )
     weights = mask if ld_alpha is None else ld_token_weights(mask, ld_alpha)
     lengths = mask.sum(-1)
     (cl, rl), (cm, rm), (cn, rn) = map(_chosen_rejected, ((tok_logps * weights).sum(-1), mean_sums, lengths))
-    out = dict(chosen_logps=cl, rejected_logps=rl, chosen_lengths=cn, rejected_lengths=rn,
-               mean_chosen_logits=cm.sum() / cn.sum(), mean_rejected_logits=rm.sum() / rn.sum())
-    if ld_alpha is not None: out["sft_chosen_logps"] = _chosen_rejected(tok_logps.sum(-1))[0]
-    if use_weighting: out["wpo_weights"] = wpo_weights(tok_logps.detach(), sq, mask)
+    out = dict(
+        chosen_logps=cl,
+        rejected_logps=rl,
+        chosen_lengths=cn,
+        rejected_lengths=rn,
+        mean_chosen_logits=cm.sum() / cn.sum(),
+        mean_rejected_logits=rm.sum() / rn.sum(),
+    )
+    if ld_alpha is not None:
+        out["sft_chosen_logps"] = _chosen_rejected(tok_logps.sum(-1))[0]
+    if use_weighting:
+        out["wpo_weights"] = wpo_weights(tok_logps.detach(), sq, mask)
     return out
 
 # %% ../nbs/04_logps.ipynb #624e0650
 def pair_segments(batch: dict) -> list[tuple[list[int], list[int], list[int]]] | None:
-    """Each pair's (prompt, chosen, rejected) token ids, read off a preference batch (2B, T), if it is right-padded, its
+    """Each pair's (prompt, chosen, rejected) token ids, read off a preference batch (2B, T), if it is
+    right-padded, its
     completions are the labelled tails and each pair's two rows share their prompt; None otherwise."""
     ids, am, labels = check_batch(batch)
-    n, T = ids.shape; B = n // 2
+    n, T = ids.shape
+    B = n // 2
     lens, col = am.long().sum(1), torch.arange(T, device=ids.device)
     scored = labels != -100
-    P = scored.int().argmax(1)                                                       # where each completion starts
-    ok = (torch.equal(am.bool(), col < lens[:, None])                                # right padding only
-          and not (P == 0).any() and torch.equal(P[:B], P[B:])
-          and torch.equal(scored, (col >= P[:, None]) & (col < lens[:, None]))       # completion = labelled tail
-          and torch.equal(labels[scored], ids[scored])
-          and torch.equal(ids[:B][col < P[:B, None]], ids[B:][col < P[:B, None]]))   # one prompt per pair
-    if not ok: return None
+    P = scored.int().argmax(1)  # where each completion starts
+    ok = (
+        torch.equal(am.bool(), col < lens[:, None])  # right padding only
+        and not (P == 0).any()
+        and torch.equal(P[:B], P[B:])
+        and torch.equal(scored, (col >= P[:, None]) & (col < lens[:, None]))  # completion = labelled tail
+        and torch.equal(labels[scored], ids[scored])
+        and torch.equal(ids[:B][col < P[:B, None]], ids[B:][col < P[:B, None]])
+    )  # one prompt per pair
+    if not ok:
+        return None
     ids_l, P_l, len_l = ids.tolist(), P.tolist(), lens.tolist()
-    return [(ids_l[i][:P_l[i]], ids_l[i][P_l[i]:len_l[i]], ids_l[B + i][P_l[i]:len_l[B + i]]) for i in range(B)]
+    return [
+        (ids_l[i][: P_l[i]], ids_l[i][P_l[i] : len_l[i]], ids_l[B + i][P_l[i] : len_l[B + i]])
+        for i in range(B)
+    ]
 
 # %% ../nbs/04_logps.ipynb #18bf43b4
 def first_fit_decreasing(sizes: list[int], capacity: int) -> list[list[int]]:
-    "Bins of item indices, each holding at most `capacity`: items largest first, each into the first bin where it fits."
+    """Bins of item indices, each holding at most `capacity`: items largest first, each into the first bin
+    where it fits."""
     bins, loads = [], []
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
         b = next((b for b in range(len(bins)) if loads[b] + sizes[i] <= capacity), None)
-        if b is None: bins.append([i]); loads.append(sizes[i])
-        else: bins[b].append(i); loads[b] += sizes[i]
+        if b is None:
+            bins.append([i])
+            loads.append(sizes[i])
+        else:
+            bins[b].append(i)
+            loads[b] += sizes[i]
     return bins
 
 # %% ../nbs/04_logps.ipynb #18bf4301
-def segment_layout(prompt: list[int], chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int], list[int]]:
-    "One pair as one segment: tokens [prompt | chosen | rejected], positions 0..P-1, P..P+C-1, P..P+R-1, parts 0/1/2."
+def segment_layout(
+    prompt: list[int], chosen: list[int], rejected: list[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """One pair as one segment: tokens [prompt | chosen | rejected], positions 0..P-1, P..P+C-1, P..P+R-1,
+    parts 0/1/2."""
     P, C, R = len(prompt), len(chosen), len(rejected)
     return prompt + chosen + rejected, list(range(P + C)) + list(range(P, P + R)), [0] * P + [1] * C + [2] * R
 
 # %% ../nbs/04_logps.ipynb #18bf4302
 def segment_sources(P: int, C: int, R: int, start: int) -> list[int]:
-    """Flat index of the hidden state that predicts each completion token (chosen, then rejected) of a segment laid out
-    from flat index `start`: the slot before it, except that both first tokens come from the prompt's last slot."""
+    """Flat index of the hidden state that predicts each completion token (chosen, then rejected) of a segment
+    laid out
+    from flat index `start`: the slot before it, except that both first tokens come from the prompt's last
+    slot."""
     last = start + P - 1
     return [last, *range(start + P, start + P + C - 1), last, *range(start + P + C, start + P + C + R - 1)]
 
 # %% ../nbs/04_logps.ipynb #18bf4303
 def packed_mask(seg: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    "(R, 1, L, L) bool from each slot's segment and part (R, L): same segment, causal, and rejected never sees chosen."
+    """(R, 1, L, L) bool from each slot's segment and part (R, L): same segment, causal, and rejected never
+    sees chosen."""
     cols = torch.arange(seg.shape[1], device=seg.device)
     same, causal = seg[:, :, None] == seg[:, None, :], cols[:, None] >= cols[None, :]
     rejected_sees_chosen = (part[:, :, None] == 2) & (part[:, None, :] == 1)
@@ -477,100 +680,158 @@ def packed_mask(seg: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/04_logps.ipynb #7b8284ae
 def pack_pairs(batch: dict, capacity: float = 1.5) -> dict | None:
-    """A preference batch (2B, T) laid out padding-free: one segment per pair, first-fit packed into R rows of length L.
-    Returns `input_ids`, `position_ids` (R, L), `attention_mask` (R, 1, L, L) (True: may attend), and for the M scored
-    tokens `source` (M,) (flat index into R·L), `targets` (M,), `row` (M,) (row in the 2B layout); None where it does not apply."""
+    """A preference batch (2B, T) laid out padding-free: one segment per pair, first-fit packed into R rows of
+    length L.
+    Returns `input_ids`, `position_ids` (R, L), `attention_mask` (R, 1, L, L) (True: may attend), and for the
+    M scored
+    tokens `source` (M,) (flat index into R·L), `targets` (M,), `row` (M,) (row in the 2B layout); None where
+    it does not apply."""
     segs = pair_segments(batch)
-    if segs is None: return None
+    if segs is None:
+        return None
     B, sizes = len(segs), [sum(map(len, s)) for s in segs]
     rows = first_fit_decreasing(sizes, int(max(sizes) * max(capacity, 1.0)))
     L = max(sum(sizes[i] for i in r) for r in rows)
     tok, pos, part = ([[0] * L for _ in rows] for _ in range(3))
-    seg = [[-1 - c for c in range(L)] for _ in rows]                   # a leftover slot is a segment of its own
+    seg = [[-1 - c for c in range(L)] for _ in rows]  # a leftover slot is a segment of its own
     source, targets, row = [], [], []
     for r, members in enumerate(rows):
         c0 = 0
         for i in members:
             (p, ch, rj), n = segs[i], sizes[i]
-            tok[r][c0:c0 + n], pos[r][c0:c0 + n], part[r][c0:c0 + n] = segment_layout(p, ch, rj)
-            seg[r][c0:c0 + n] = [i] * n
+            tok[r][c0 : c0 + n], pos[r][c0 : c0 + n], part[r][c0 : c0 + n] = segment_layout(p, ch, rj)
+            seg[r][c0 : c0 + n] = [i] * n
             source += segment_sources(len(p), len(ch), len(rj), r * L + c0)
-            targets += ch + rj; row += [i] * len(ch) + [B + i] * len(rj)
+            targets += ch + rj
+            row += [i] * len(ch) + [B + i] * len(rj)
             c0 += n
     t = lambda x: torch.tensor(x, device=batch["input_ids"].device)
-    return {"input_ids": t(tok), "position_ids": t(pos), "attention_mask": packed_mask(t(seg), t(part)),
-            "source": t(source), "targets": t(targets), "row": t(row), "n_rows": 2 * B}
+    return {
+        "input_ids": t(tok),
+        "position_ids": t(pos),
+        "attention_mask": packed_mask(t(seg), t(part)),
+        "source": t(source),
+        "targets": t(targets),
+        "row": t(row),
+        "n_rows": 2 * B,
+    }
 
 # %% ../nbs/04_logps.ipynb #b61a2757
 def _packable(model) -> bool:
     "True for an attention kernel that takes our 4-D mask (sdpa, eager) and no sliding-window layer."
     model_cfg = getattr(model, "config", None)
-    if model_cfg is None: return False
+    if model_cfg is None:
+        return False
     model_cfg = model_cfg.get_text_config() if hasattr(model_cfg, "get_text_config") else model_cfg
-    if getattr(model_cfg, "_attn_implementation", None) not in ("sdpa", "eager"): return False
-    if getattr(model_cfg, "sliding_window", None) is not None: return False
+    if getattr(model_cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    if getattr(model_cfg, "sliding_window", None) is not None:
+        return False
     return all(t == "full_attention" for t in (getattr(model_cfg, "layer_types", None) or ["full_attention"]))
 
 # %% ../nbs/04_logps.ipynb #b61a2701
 def can_pack(model) -> bool:
-    "Whether `packed_token_logps` can run `model` (lean head found, a kernel that takes our 4-D mask), wrapped or not."
+    """Whether `packed_token_logps` can run `model` (lean head found, a kernel that takes our 4-D mask),
+    wrapped or not."""
     return decoder_and_head(model) is not None and _packable(unwrap_parallel(model))
 
 # %% ../nbs/04_logps.ipynb #b61a2702
 def masked_hidden_states(model, input_ids, position_ids, mask) -> torch.Tensor:
-    """Final hidden states (R, L, H) of `model` (through its DDP wrapper if it has one) under our own attention mask:
+    """Final hidden states (R, L, H) of `model` (through its DDP wrapper if it has one) under our own
+    attention mask:
     `mask` (R, 1, L, L) bool, True where a query may attend a key; made additive for `eager` attention."""
     decoder, _ = decoder_and_head(model)
-    if unwrap_parallel(model).config.get_text_config()._attn_implementation == "eager":   # eager adds the mask to the scores
+    if (
+        unwrap_parallel(model).config.get_text_config()._attn_implementation == "eager"
+    ):  # eager adds the mask to the scores
         dt = next(decoder.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill_(~mask, torch.finfo(dt).min)
-    return final_hidden_states(model, decoder, input_ids=input_ids, position_ids=position_ids, attention_mask=mask)
+    return final_hidden_states(
+        model, decoder, input_ids=input_ids, position_ids=position_ids, attention_mask=mask
+    )
 
 # %% ../nbs/04_logps.ipynb #1df8d4a7
-def packed_token_logps(model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None,
-                       log_sum_sq: bool = False) -> tuple[torch.Tensor, ...]:
-    """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from one
+def packed_token_logps(
+    model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None, log_sum_sq: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from
+    one
     forward of `model`; with `log_sum_sq`, also log Σ_v p_v² (M,) (WPO's weights)."""
-    hidden = masked_hidden_states(model, packed["input_ids"], packed["position_ids"], packed["attention_mask"])
+    hidden = masked_hidden_states(
+        model, packed["input_ids"], packed["position_ids"], packed["attention_mask"]
+    )
     head = decoder_and_head(model)[1]
-    h = hidden.reshape(-1, hidden.shape[-1])[packed["source"]]                 # (M, H): states that predict each token
+    h = hidden.reshape(-1, hidden.shape[-1])[packed["source"]]  # (M, H): states that predict each token
     return head_logps(head, h, packed["targets"], temperature, chunk_size, log_sum_sq)
 
 # %% ../nbs/04_logps.ipynb #1df8d401
 def tokens_to_rows(values: torch.Tensor, row: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token `values` (M,), listed completion by completion as `pack_pairs` lists them, laid out as (n_rows, C) rows,
+    """Per-token `values` (M,), listed completion by completion as `pack_pairs` lists them, laid out as
+    (n_rows, C) rows,
     each completion from column 0, and its mask (n_rows, C). Differentiable in `values`."""
     idx = torch.arange(row.shape[0], device=row.device)
     start = torch.full((n_rows,), row.shape[0], device=row.device).scatter_reduce(0, row, idx, "amin")
-    col = idx - start[row]                                                     # each token's place in its completion
+    col = idx - start[row]  # each token's place in its completion
     shape = (n_rows, int(col.max()) + 1 if len(col) else 1)
-    mask = torch.zeros(shape, dtype=torch.bool, device=row.device).index_put((row, col), torch.ones_like(row, dtype=torch.bool))
+    mask = torch.zeros(shape, dtype=torch.bool, device=row.device).index_put(
+        (row, col), torch.ones_like(row, dtype=torch.bool)
+    )
     return values.new_zeros(shape).index_put((row, col), values), mask
 
 # %% ../nbs/04_logps.ipynb #6b013854
 _UNSET = object()
 
+
 def _pair_sums(tok_logps, mean_logits, mask, ld_alpha=None, log_sum_sq=None) -> dict:
-    "`concatenated_forward`'s dict from per-token log-probs, mean logits and log Σp² laid out (2B, C) with their mask."
+    """`concatenated_forward`'s dict from per-token log-probs, mean logits and log Σp² laid out (2B, C) with
+    their mask."""
     weights = mask if ld_alpha is None else ld_token_weights(mask, ld_alpha)
-    n = mask.shape[0] // 2; lengths = mask.sum(-1)
+    n = mask.shape[0] // 2
+    lengths = mask.sum(-1)
     logps, means = (tok_logps * weights).sum(-1), (mean_logits * mask).sum(-1)
-    out = dict(chosen_logps=logps[:n], rejected_logps=logps[n:], chosen_lengths=lengths[:n], rejected_lengths=lengths[n:],
-               mean_chosen_logits=means[:n].sum() / lengths[:n].sum(), mean_rejected_logits=means[n:].sum() / lengths[n:].sum())
-    if ld_alpha is not None: out["sft_chosen_logps"] = (tok_logps * mask).sum(-1)[:n]
-    if log_sum_sq is not None: out["wpo_weights"] = wpo_weights(tok_logps.detach(), log_sum_sq, mask)
+    out = dict(
+        chosen_logps=logps[:n],
+        rejected_logps=logps[n:],
+        chosen_lengths=lengths[:n],
+        rejected_lengths=lengths[n:],
+        mean_chosen_logits=means[:n].sum() / lengths[:n].sum(),
+        mean_rejected_logits=means[n:].sum() / lengths[n:].sum(),
+    )
+    if ld_alpha is not None:
+        out["sft_chosen_logps"] = (tok_logps * mask).sum(-1)[:n]
+    if log_sum_sq is not None:
+        out["wpo_weights"] = wpo_weights(tok_logps.detach(), log_sum_sq, mask)
     return out
 
 # %% ../nbs/04_logps.ipynb #6b013801
-def packed_forward(model, batch: dict, temperature: float = 1.0, chunk_size: int | None = None, packed=_UNSET,
-                   ld_alpha: float | None = None, use_weighting: bool = False) -> dict:
-    """`concatenated_forward`'s dict (`chosen_logps`, `rejected_logps`, `*_lengths` (B,), `mean_*_logits`; `ld_alpha`,
-    `use_weighting` as there) from one padding-free, prompt-shared forward; `concatenated_forward` itself where that
-    layout does not apply. `packed`: `pack_pairs(batch)` when the caller has it (a step packs once for both models)."""
-    if not can_pack(model): packed = None
-    elif packed is _UNSET: packed = pack_pairs(batch)
-    if packed is None: return concatenated_forward(model, batch, temperature=temperature, chunk_size=chunk_size,
-                                                   ld_alpha=ld_alpha, use_weighting=use_weighting)
+def packed_forward(
+    model,
+    batch: dict,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    packed=_UNSET,
+    ld_alpha: float | None = None,
+    use_weighting: bool = False,
+) -> dict:
+    """`concatenated_forward`'s dict (`chosen_logps`, `rejected_logps`, `*_lengths` (B,), `mean_*_logits`;
+    `ld_alpha`,
+    `use_weighting` as there) from one padding-free, prompt-shared forward; `concatenated_forward` itself
+    where that
+    layout does not apply. `packed`: `pack_pairs(batch)` when the caller has it (a step packs once for both
+    models)."""
+    if not can_pack(model):
+        packed = None
+    elif packed is _UNSET:
+        packed = pack_pairs(batch)
+    if packed is None:
+        return concatenated_forward(
+            model,
+            batch,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            ld_alpha=ld_alpha,
+            use_weighting=use_weighting,
+        )
     outs = packed_token_logps(model, packed, temperature, chunk_size, use_weighting)
     rows = [tokens_to_rows(v, packed["row"], packed["n_rows"]) for v in outs]
     mask = rows[0][1]

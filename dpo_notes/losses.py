@@ -5,6 +5,7 @@
 and every loss variant TRL 1.16's `DPOTrainer` has, in one frame (`dpo_loss`).
 
 Taught in notebook 03, `nbs/03_dpo_loss.ipynb`."""
+
 from __future__ import annotations
 import math
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ __all__ = ['F_DIVERGENCE_TYPES', 'LOSS_FNS', 'LOSS_TYPES', 'SMOOTHED_LOSS_TYPES'
 
 # %% ../nbs/03_dpo_loss.ipynb #1e54d8f2
 def optimal_policy_logps(ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
-    "log π*(y) = log π_ref(y) + r(y)/β − log Z over an enumerated set of completions (last dim; (..., N) → (..., N))."
+    """log π*(y) = log π_ref(y) + r(y)/β − log Z over an enumerated set of completions (last dim; (..., N) →
+    (..., N))."""
     tilted = ref_logps + rewards / beta
     return tilted - torch.logsumexp(tilted, dim=-1, keepdim=True)
 
 # %% ../nbs/03_dpo_loss.ipynb #5949b48b
-def kl_regularised_objective(logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor,
-                             beta: float) -> torch.Tensor:
+def kl_regularised_objective(
+    logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float
+) -> torch.Tensor:
     "J(π) = E_π[r] − β·KL(π‖π_ref) for log-probs over all completions in the last dim ((..., N) → (...))."
     p = logps.exp()
     return (p * rewards).sum(-1) - beta * (p * (logps - ref_logps)).sum(-1)
@@ -34,76 +37,129 @@ def kl_regularised_objective(logps: torch.Tensor, ref_logps: torch.Tensor, rewar
 # %% ../nbs/03_dpo_loss.ipynb #e3c49aef
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
-def f_divergence_scores(logratios: torch.Tensor, f_divergence_type: str = "reverse_kl",
-                        f_alpha_divergence_coef: float = 0.5) -> torch.Tensor:
-    "f'(π_θ/π_ref) of each log-ratio (B,) → (B,): the score f-DPO puts where DPO has the log-ratio (TRL 1.16's formulas)."
-    if f_divergence_type == "reverse_kl": return logratios                       # f'(t) = log t
-    if f_divergence_type == "forward_kl": return 1 - torch.exp(-logratios)       # f'(t) = 1 − 1/t
-    if f_divergence_type == "js_divergence": return math.log(2) + F.logsigmoid(logratios)   # f'(t) = log(2t/(t+1))
+
+def f_divergence_scores(
+    logratios: torch.Tensor, f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 0.5
+) -> torch.Tensor:
+    """f'(π_θ/π_ref) of each log-ratio (B,) → (B,): the score f-DPO puts where DPO has the log-ratio (TRL
+    1.16's formulas)."""
+    if f_divergence_type == "reverse_kl":
+        return logratios  # f'(t) = log t
+    if f_divergence_type == "forward_kl":
+        return 1 - torch.exp(-logratios)  # f'(t) = 1 − 1/t
+    if f_divergence_type == "js_divergence":
+        return math.log(2) + F.logsigmoid(logratios)  # f'(t) = log(2t/(t+1))
     if f_divergence_type != "alpha_divergence":
-        raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCE_TYPES)}, got {f_divergence_type!r}")
+        raise ValueError(
+            f"f_divergence_type must be one of {list(F_DIVERGENCE_TYPES)}, got {f_divergence_type!r}"
+        )
     a = f_alpha_divergence_coef
-    if abs(a - 1.0) < 1e-6: return logratios                                    # the α → 1 limit is reverse KL
+    if abs(a - 1.0) < 1e-6:
+        return logratios  # the α → 1 limit is reverse KL
     t = ((a - 1.0) * logratios).to(torch.promote_types(logratios.dtype, torch.float32))
-    cap = 11.0 if logratios.dtype == torch.float16 else 80.0                    # as TRL: exp stays finite in the input dtype
-    return (torch.exp(t.clamp(max=cap)) - 1.0).to(logratios.dtype) * (1.0 / (a - 1.0))   # f'(t) = (t^(α−1) − 1)/(α − 1)
+    cap = 11.0 if logratios.dtype == torch.float16 else 80.0  # as TRL: exp stays finite in the input dtype
+    return (torch.exp(t.clamp(max=cap)) - 1.0).to(logratios.dtype) * (
+        1.0 / (a - 1.0)
+    )  # f'(t) = (t^(α−1) − 1)/(α − 1)
 
 # %% ../nbs/03_dpo_loss.ipynb #8c4575ba
 @dataclass
 class PairTerms:
-    "Everything a loss of the zoo reads, one value per pair (B,). Built by `pair_terms`; `delta` is the margin Δ."
-    chosen_logratios: torch.Tensor     # log π_θ(y_w)/π_ref(y_w)  (log π_θ(y_w) when reference_free)
-    rejected_logratios: torch.Tensor   # log π_θ(y_l)/π_ref(y_l)
-    chosen_scores: torch.Tensor        # the same through f' (`f_divergence_scores`); = the log-ratios for reverse KL
+    """Everything a loss of the zoo reads, one value per pair (B,). Built by `pair_terms`; `delta` is the
+    margin Δ."""
+
+    chosen_logratios: torch.Tensor  # log π_θ(y_w)/π_ref(y_w)  (log π_θ(y_w) when reference_free)
+    rejected_logratios: torch.Tensor  # log π_θ(y_l)/π_ref(y_l)
+    chosen_scores: (
+        torch.Tensor
+    )  # the same through f' (`f_divergence_scores`); = the log-ratios for reverse KL
     rejected_scores: torch.Tensor
-    policy_margins: torch.Tensor       # log π_θ(y_w) − log π_θ(y_l)   (AOT sorts these ...)
-    ref_margins: torch.Tensor          # log π_ref(y_w) − log π_ref(y_l)  (... and these)
+    policy_margins: torch.Tensor  # log π_θ(y_w) − log π_θ(y_l)   (AOT sorts these ...)
+    ref_margins: torch.Tensor  # log π_ref(y_w) − log π_ref(y_l)  (... and these)
     beta: float = 0.1
     label_smoothing: float = 0.0
-    chosen_lengths: torch.Tensor | None = None     # completion tokens of y_w, y_l (B,)
+    chosen_lengths: torch.Tensor | None = None  # completion tokens of y_w, y_l (B,)
     rejected_lengths: torch.Tensor | None = None
-    sft_chosen_logps: torch.Tensor | None = None   # plain summed log π_θ(y_w) for 'sft' (differs from the above under LD-DPO)
+    sft_chosen_logps: torch.Tensor | None = (
+        None  # plain summed log π_θ(y_w) for 'sft' (differs from the above under LD-DPO)
+    )
     discopop_tau: float = 0.05
     bco_delta: float | torch.Tensor = 0.0
 
     @property
-    def delta(self) -> torch.Tensor: return self.chosen_scores - self.rejected_scores   # Δ, the margin
+    def delta(self) -> torch.Tensor:
+        return self.chosen_scores - self.rejected_scores  # Δ, the margin
 
     def per_token_delta(self) -> torch.Tensor:
-        "Δ with each score divided by its completion's token count (clamped at 1, as TRL): IPO's and sigmoid_norm's margin."
-        return self.chosen_scores / self.chosen_lengths.clamp(min=1) - self.rejected_scores / self.rejected_lengths.clamp(min=1)
+        """Δ with each score divided by its completion's token count (clamped at 1, as TRL): IPO's and
+        sigmoid_norm's margin."""
+        return self.chosen_scores / self.chosen_lengths.clamp(
+            min=1
+        ) - self.rejected_scores / self.rejected_lengths.clamp(min=1)
 
 # %% ../nbs/03_dpo_loss.ipynb #69ee16b6
-def pair_terms(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1,
-               label_smoothing=0.0, reference_free=False, f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
-               chosen_lengths=None, rejected_lengths=None, sft_chosen_logps=None, discopop_tau=0.05,
-               bco_delta=0.0) -> PairTerms:
-    "The `PairTerms` of a batch of (B,) summed log-probs; with `reference_free` the loss sees a reference of 0."
+def pair_terms(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    beta=0.1,
+    label_smoothing=0.0,
+    reference_free=False,
+    f_divergence_type="reverse_kl",
+    f_alpha_divergence_coef=0.5,
+    chosen_lengths=None,
+    rejected_lengths=None,
+    sft_chosen_logps=None,
+    discopop_tau=0.05,
+    bco_delta=0.0,
+) -> PairTerms:
+    """The `PairTerms` of a batch of (B,) summed log-probs; with `reference_free` the loss sees a reference of
+    0."""
     ref_c, ref_r = ref_chosen_logps, ref_rejected_logps
-    if reference_free: ref_c, ref_r = torch.zeros_like(policy_chosen_logps), torch.zeros_like(policy_rejected_logps)
-    cl, rl = policy_chosen_logps - ref_c, policy_rejected_logps - ref_r                 # log π_θ/π_ref
+    if reference_free:
+        ref_c, ref_r = torch.zeros_like(policy_chosen_logps), torch.zeros_like(policy_rejected_logps)
+    cl, rl = policy_chosen_logps - ref_c, policy_rejected_logps - ref_r  # log π_θ/π_ref
     f = lambda x: f_divergence_scores(x, f_divergence_type, f_alpha_divergence_coef)
-    return PairTerms(cl, rl, f(cl), f(rl), policy_chosen_logps - policy_rejected_logps, ref_c - ref_r, beta,
-                     label_smoothing, chosen_lengths, rejected_lengths,
-                     policy_chosen_logps if sft_chosen_logps is None else sft_chosen_logps, discopop_tau, bco_delta)
+    return PairTerms(
+        cl,
+        rl,
+        f(cl),
+        f(rl),
+        policy_chosen_logps - policy_rejected_logps,
+        ref_c - ref_r,
+        beta,
+        label_smoothing,
+        chosen_lengths,
+        rejected_lengths,
+        policy_chosen_logps if sft_chosen_logps is None else sft_chosen_logps,
+        discopop_tau,
+        bco_delta,
+    )
 
 # %% ../nbs/03_dpo_loss.ipynb #9bb1961f
-def sigmoid_loss(t: PairTerms) -> torch.Tensor:   # −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)   DPO; cDPO when ε > 0
+def sigmoid_loss(t: PairTerms) -> torch.Tensor:  # −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)   DPO; cDPO when ε > 0
     u = t.beta * t.delta
-    if t.label_smoothing == 0: return -F.logsigmoid(u)
+    if t.label_smoothing == 0:
+        return -F.logsigmoid(u)
     return -(1 - t.label_smoothing) * F.logsigmoid(u) - t.label_smoothing * F.logsigmoid(-u)
 
-def robust_loss(t: PairTerms) -> torch.Tensor:    # [−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)] / (1 − 2ε)   rDPO
+
+def robust_loss(t: PairTerms) -> torch.Tensor:  # [−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)] / (1 − 2ε)   rDPO
     u, eps = t.beta * t.delta, t.label_smoothing
     return (-(1 - eps) * F.logsigmoid(u) + eps * F.logsigmoid(-u)) / (1 - 2 * eps)
 
-def sigmoid_norm_loss(t: PairTerms) -> torch.Tensor:   # −log σ(β·Δ_tok), Δ_tok = per-token margin
+
+def sigmoid_norm_loss(t: PairTerms) -> torch.Tensor:  # −log σ(β·Δ_tok), Δ_tok = per-token margin
     return -F.logsigmoid(t.beta * t.per_token_delta())
+
 
 def exo_pair_loss(t: PairTerms) -> torch.Tensor:  # KL(q‖p), q = (σ(βΔ), σ(−βΔ)), p = (1−ε, ε)   EXO
     u, eps = t.beta * t.delta, torch.tensor(t.label_smoothing, device=t.delta.device)
-    return (torch.sigmoid(u) * (F.logsigmoid(u) - torch.log1p(-eps))
-            + torch.sigmoid(-u) * (F.logsigmoid(-u) - torch.log(eps)))
+    return torch.sigmoid(u) * (F.logsigmoid(u) - torch.log1p(-eps)) + torch.sigmoid(-u) * (
+        F.logsigmoid(-u) - torch.log(eps)
+    )
+
 
 def discopop_loss(t: PairTerms) -> torch.Tensor:  # (1−m)·(−log σ(βΔ)) + m·e^(−βΔ), m = σ(βΔ/τ)   DiscoPOP
     u = t.delta * t.beta
@@ -111,74 +167,132 @@ def discopop_loss(t: PairTerms) -> torch.Tensor:  # (1−m)·(−log σ(βΔ)) +
     return -F.logsigmoid(u) * (1 - m) + torch.exp(-u) * m
 
 # %% ../nbs/03_dpo_loss.ipynb #4261b85b
-def hinge_loss(t: PairTerms) -> torch.Tensor:     # max(0, 1 − βΔ)   RSO's hinge (SLiC's calibration loss, with a reference)
+def hinge_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # max(0, 1 − βΔ)   RSO's hinge (SLiC's calibration loss, with a reference)
     return torch.relu(1 - t.beta * t.delta)
 
-def ipo_loss(t: PairTerms) -> torch.Tensor:       # (Δ − 1/(2β))²   IPO; Δ per token when lengths are given (as TRL)
+
+def ipo_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # (Δ − 1/(2β))²   IPO; Δ per token when lengths are given (as TRL)
     d = t.delta if t.chosen_lengths is None else t.per_token_delta()
     return (d - 1 / (2 * t.beta)) ** 2
 
-def sppo_hard_loss(t: PairTerms) -> torch.Tensor:  # (log-ratio_w − 1/(2β))² + (log-ratio_l + 1/(2β))²   SPPO, hard labels
+
+def sppo_hard_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # (log-ratio_w − 1/(2β))² + (log-ratio_l + 1/(2β))²   SPPO, hard labels
     return (t.chosen_logratios - 0.5 / t.beta) ** 2 + (t.rejected_logratios + 0.5 / t.beta) ** 2
 
 # %% ../nbs/03_dpo_loss.ipynb #6cc5c3ca
-def nca_pair_loss(t: PairTerms) -> torch.Tensor:  # −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l), r = β·log-ratio   NCA
+def nca_pair_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l), r = β·log-ratio   NCA
     rw, rl = t.beta * t.chosen_logratios, t.beta * t.rejected_logratios
     return -F.logsigmoid(rw) - 0.5 * F.logsigmoid(-rw) - 0.5 * F.logsigmoid(-rl)
 
-def bco_pair_loss(t: PairTerms) -> torch.Tensor:  # −log σ(r_w − δ) − log σ(−(r_l − δ))   BCO (δ = 0 in TRL 1.16)
+
+def bco_pair_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # −log σ(r_w − δ) − log σ(−(r_l − δ))   BCO (δ = 0 in TRL 1.16)
     rw, rl = t.beta * t.chosen_logratios, t.beta * t.rejected_logratios
-    if isinstance(t.bco_delta, torch.Tensor) or t.bco_delta != 0: rw, rl = rw - t.bco_delta, rl - t.bco_delta
+    if isinstance(t.bco_delta, torch.Tensor) or t.bco_delta != 0:
+        rw, rl = rw - t.bco_delta, rl - t.bco_delta
     return -F.logsigmoid(rw) - F.logsigmoid(-rl)
+
 
 def apo_zero_loss(t: PairTerms) -> torch.Tensor:  # (1 − σ(r_w)) + σ(r_l)   APO-zero: chosen up, rejected down
     return 1 - torch.sigmoid(t.beta * t.chosen_logratios) + torch.sigmoid(t.beta * t.rejected_logratios)
 
-def apo_down_loss(t: PairTerms) -> torch.Tensor:  # σ(r_w) + (1 − σ(r_w − r_l))   APO-down: both down, rejected more
-    return torch.sigmoid(t.beta * t.chosen_logratios) + (1 - torch.sigmoid(t.beta * (t.chosen_logratios - t.rejected_logratios)))
+
+def apo_down_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # σ(r_w) + (1 − σ(r_w − r_l))   APO-down: both down, rejected more
+    return torch.sigmoid(t.beta * t.chosen_logratios) + (
+        1 - torch.sigmoid(t.beta * (t.chosen_logratios - t.rejected_logratios))
+    )
 
 # %% ../nbs/03_dpo_loss.ipynb #94810970
 def _smoothed_logistic(d: torch.Tensor, t: PairTerms) -> torch.Tensor:
     return -F.logsigmoid(t.beta * d) * (1 - t.label_smoothing) - F.logsigmoid(-t.beta * d) * t.label_smoothing
 
-def aot_loss(t: PairTerms) -> torch.Tensor:       # cDPO on sort(policy margins) − sort(reference margins)   AOT paired
+
+def aot_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # cDPO on sort(policy margins) − sort(reference margins)   AOT paired
     return _smoothed_logistic(torch.sort(t.policy_margins, dim=0)[0] - torch.sort(t.ref_margins, dim=0)[0], t)
 
-def aot_unpaired_loss(t: PairTerms) -> torch.Tensor:  # cDPO on sort(chosen log-ratios) − sort(rejected log-ratios)
-    return _smoothed_logistic(torch.sort(t.chosen_logratios, dim=0)[0] - torch.sort(t.rejected_logratios, dim=0)[0], t)
 
-def sft_loss(t: PairTerms) -> torch.Tensor:       # −Σ log π_θ(y_w) / Σ |y_w|: the chosen NLL per token, for every pair
+def aot_unpaired_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # cDPO on sort(chosen log-ratios) − sort(rejected log-ratios)
+    return _smoothed_logistic(
+        torch.sort(t.chosen_logratios, dim=0)[0] - torch.sort(t.rejected_logratios, dim=0)[0], t
+    )
+
+
+def sft_loss(
+    t: PairTerms,
+) -> torch.Tensor:  # −Σ log π_θ(y_w) / Σ |y_w|: the chosen NLL per token, for every pair
     return (-(t.sft_chosen_logps.sum() / t.chosen_lengths.sum())).expand(t.chosen_logratios.shape[0])
 
 # %% ../nbs/03_dpo_loss.ipynb #68d2ab1c
-LOSS_FNS = {"sigmoid": sigmoid_loss, "hinge": hinge_loss, "ipo": ipo_loss, "exo_pair": exo_pair_loss,
-            "nca_pair": nca_pair_loss, "robust": robust_loss, "bco_pair": bco_pair_loss, "sppo_hard": sppo_hard_loss,
-            "aot": aot_loss, "aot_unpaired": aot_unpaired_loss, "apo_zero": apo_zero_loss, "apo_down": apo_down_loss,
-            "discopop": discopop_loss, "sft": sft_loss, "sigmoid_norm": sigmoid_norm_loss}   # TRL 1.16's order
+LOSS_FNS = {
+    "sigmoid": sigmoid_loss,
+    "hinge": hinge_loss,
+    "ipo": ipo_loss,
+    "exo_pair": exo_pair_loss,
+    "nca_pair": nca_pair_loss,
+    "robust": robust_loss,
+    "bco_pair": bco_pair_loss,
+    "sppo_hard": sppo_hard_loss,
+    "aot": aot_loss,
+    "aot_unpaired": aot_unpaired_loss,
+    "apo_zero": apo_zero_loss,
+    "apo_down": apo_down_loss,
+    "discopop": discopop_loss,
+    "sft": sft_loss,
+    "sigmoid_norm": sigmoid_norm_loss,
+}  # TRL 1.16's order
 LOSS_TYPES = tuple(LOSS_FNS)
-SMOOTHED_LOSS_TYPES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")   # read label_smoothing
+SMOOTHED_LOSS_TYPES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")  # read label_smoothing
 F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
-LENGTH_LOSS_TYPES = ("sigmoid_norm", "sft")       # need chosen_lengths (and rejected_lengths)
+LENGTH_LOSS_TYPES = ("sigmoid_norm", "sft")  # need chosen_lengths (and rejected_lengths)
 
 # %% ../nbs/03_dpo_loss.ipynb #9d668f09
 def _check_logps(**named) -> None:
     "Every named tensor must be a 1-D float tensor of the same shape (B,) as the first."
     first = None
     for name, t in named.items():
-        if not isinstance(t, torch.Tensor): raise ValueError(f"{name} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
-        if t.ndim != 1: raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
-        if first is None: first = (name, t.shape)
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
+        if t.ndim != 1:
+            raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
+        if first is None:
+            first = (name, t.shape)
         elif t.shape != first[1]:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but {first[0]} has {tuple(first[1])}: expected one value per pair")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but {first[0]} has {tuple(first[1])}: expected one "
+                f"value per pair"
+            )
+
 
 def _loss_list(loss_type, loss_weights) -> tuple[list[str], list[float]]:
     "`loss_type` (a name or a list of names) and `loss_weights` (None: all 1.0) as two lists of equal length."
     types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     if not types or any(lt not in LOSS_TYPES for lt in types):
-        raise ValueError(f"loss_type must be one of {list(LOSS_TYPES)} or a non-empty list of them, got {loss_type!r}")
+        raise ValueError(
+            f"loss_type must be one of {list(LOSS_TYPES)} or a non-empty list of them, got {loss_type!r}"
+        )
     weights = [1.0] * len(types) if loss_weights is None else list(loss_weights)
-    if len(weights) != len(types) or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
-        raise ValueError(f"loss_weights must be None or {len(types)} finite numbers (one per loss_type), got {loss_weights!r}")
+    if len(weights) != len(types) or not all(
+        isinstance(w, (int, float)) and math.isfinite(w) for w in weights
+    ):
+        raise ValueError(
+            f"loss_weights must be None or {len(types)} finite numbers (one per loss_type), got "
+            f"{loss_weights!r}"
+        )
     return types, weights
 
 # %% ../nbs/03_dpo_loss.ipynb #142daf85
@@ -187,18 +301,36 @@ def _check_args(beta, types, label_smoothing, f_divergence_type, discopop_tau, w
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
     smoothed = [lt for lt in types if lt in SMOOTHED_LOSS_TYPES]
     if smoothed and not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must lie in [0, 0.5) for loss_type {smoothed}, got {label_smoothing!r}")
+        raise ValueError(
+            f"label_smoothing must lie in [0, 0.5) for loss_type {smoothed}, got {label_smoothing!r}"
+        )
     if not smoothed and label_smoothing != 0.0:
-        raise ValueError(f"label_smoothing is only read by {list(SMOOTHED_LOSS_TYPES)}, got {label_smoothing!r} with loss_type {types}")
+        raise ValueError(
+            f"label_smoothing is only read by {list(SMOOTHED_LOSS_TYPES)}, got {label_smoothing!r} with "
+            f"loss_type {types}"
+        )
     if "exo_pair" in types and label_smoothing == 0.0:
-        raise ValueError("label_smoothing must be > 0 for loss_type 'exo_pair' (log ε); the EXO paper suggests 1e-3")
+        raise ValueError(
+            "label_smoothing must be > 0 for loss_type 'exo_pair' (log ε); the EXO paper suggests 1e-3"
+        )
     if f_divergence_type not in F_DIVERGENCE_TYPES:
-        raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCE_TYPES)}, got {f_divergence_type!r}")
-    if f_divergence_type != "reverse_kl" and (bad := [lt for lt in types if lt not in F_DIVERGENCE_LOSS_TYPES]):
-        raise ValueError(f"f_divergence_type={f_divergence_type!r} only works with {list(F_DIVERGENCE_LOSS_TYPES)}, got {bad}")
-    if "discopop" in types and not discopop_tau > 0: raise ValueError(f"discopop_tau must be > 0, got {discopop_tau!r}")
+        raise ValueError(
+            f"f_divergence_type must be one of {list(F_DIVERGENCE_TYPES)}, got {f_divergence_type!r}"
+        )
+    if f_divergence_type != "reverse_kl" and (
+        bad := [lt for lt in types if lt not in F_DIVERGENCE_LOSS_TYPES]
+    ):
+        raise ValueError(
+            f"f_divergence_type={f_divergence_type!r} only works with {list(F_DIVERGENCE_LOSS_TYPES)}, got "
+            f"{bad}"
+        )
+    if "discopop" in types and not discopop_tau > 0:
+        raise ValueError(f"discopop_tau must be > 0, got {discopop_tau!r}")
     if wpo_weights is not None and (bad := [lt for lt in types if lt in ("aot", "aot_unpaired")]):
-        raise ValueError(f"wpo_weights cannot be used with loss_type {bad}: they sort pairs, which misaligns per-pair weights")
+        raise ValueError(
+            f"wpo_weights cannot be used with loss_type {bad}: they sort pairs, which misaligns per-pair "
+            f"weights"
+        )
 
 # %% ../nbs/03_dpo_loss.ipynb #a75c4d34
 def _check_lengths(types, policy_chosen_logps, chosen_lengths, rejected_lengths) -> None:
@@ -206,52 +338,87 @@ def _check_lengths(types, policy_chosen_logps, chosen_lengths, rejected_lengths)
         raise ValueError("chosen_lengths and rejected_lengths must be given together (or neither)")
     if chosen_lengths is None:
         if need := [lt for lt in types if lt in LENGTH_LOSS_TYPES]:
-            raise ValueError(f"loss_type {need} needs chosen_lengths and rejected_lengths (completion token counts, (B,))")
+            raise ValueError(
+                f"loss_type {need} needs chosen_lengths and rejected_lengths (completion token counts, (B,))"
+            )
         return
-    _check_logps(policy_chosen_logps=policy_chosen_logps, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    _check_logps(
+        policy_chosen_logps=policy_chosen_logps,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
     if (chosen_lengths < 0).any() or (rejected_lengths < 0).any():
         raise ValueError("chosen_lengths and rejected_lengths must be non-negative token counts")
 
 # %% ../nbs/03_dpo_loss.ipynb #72e2a51f
 def dpo_loss(
-    policy_chosen_logps: torch.Tensor,    # (B,) summed log π_θ(y_w|x)
+    policy_chosen_logps: torch.Tensor,  # (B,) summed log π_θ(y_w|x)
     policy_rejected_logps: torch.Tensor,  # (B,) summed log π_θ(y_l|x)
-    ref_chosen_logps: torch.Tensor | None,    # (B,) summed log π_ref(y_w|x); may be None when reference_free
+    ref_chosen_logps: torch.Tensor | None,  # (B,) summed log π_ref(y_w|x); may be None when reference_free
     ref_rejected_logps: torch.Tensor | None,  # (B,) summed log π_ref(y_l|x); may be None when reference_free
-    beta: float = 0.1,                    # KL strength β (τ for IPO)
-    loss_type: str | list[str] = "sigmoid",   # one of LOSS_TYPES, or a list of them (summed with loss_weights)
-    label_smoothing: float = 0.0,         # ε of cDPO ('sigmoid'), rDPO ('robust'), EXO ('exo_pair', > 0), AOT
-    reference_free: bool = False,         # drop the reference from the loss (implicit uniform reference)
-    chosen_lengths: torch.Tensor | None = None,    # (B,) completion-token counts: 'ipo' (optional), 'sigmoid_norm', 'sft'
+    beta: float = 0.1,  # KL strength β (τ for IPO)
+    loss_type: str | list[str] = "sigmoid",  # one of LOSS_TYPES, or a list of them (summed with loss_weights)
+    label_smoothing: float = 0.0,  # ε of cDPO ('sigmoid'), rDPO ('robust'), EXO ('exo_pair', > 0), AOT
+    reference_free: bool = False,  # drop the reference from the loss (implicit uniform reference)
+    chosen_lengths: torch.Tensor
+    | None = None,  # (B,) completion-token counts: 'ipo' (optional), 'sigmoid_norm', 'sft'
     rejected_lengths: torch.Tensor | None = None,  # (B,)
     *,
-    loss_weights: list[float] | None = None,       # one weight per loss_type; None: 1.0 each (TRL's default)
-    f_divergence_type: str = "reverse_kl",         # f-DPO: reverse_kl, forward_kl, js_divergence, alpha_divergence
-    f_alpha_divergence_coef: float = 0.5,          # α of alpha_divergence
-    discopop_tau: float = 0.05,                    # τ of 'discopop'
-    sft_chosen_logps: torch.Tensor | None = None,  # (B,) plain summed log π_θ(y_w) for 'sft' under LD-DPO; default: policy_chosen_logps
-    wpo_weights: torch.Tensor | None = None,       # (B,) detached WPO pair weights (`logps.wpo_weights`); None: no weighting
-    bco_delta: float | torch.Tensor = 0.0,         # BCO's reward shift δ for 'bco_pair' (TRL 1.16: 0)
+    loss_weights: list[float] | None = None,  # one weight per loss_type; None: 1.0 each (TRL's default)
+    f_divergence_type: str = "reverse_kl",  # f-DPO: reverse_kl, forward_kl, js_divergence, alpha_divergence
+    f_alpha_divergence_coef: float = 0.5,  # α of alpha_divergence
+    discopop_tau: float = 0.05,  # τ of 'discopop'
+    sft_chosen_logps: torch.Tensor
+    | None = None,  # (B,) plain summed log π_θ(y_w) for 'sft' under LD-DPO; default: policy_chosen_logps
+    wpo_weights: torch.Tensor
+    | None = None,  # (B,) detached WPO pair weights (`logps.wpo_weights`); None: no weighting
+    bco_delta: float | torch.Tensor = 0.0,  # BCO's reward shift δ for 'bco_pair' (TRL 1.16: 0)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair losses (B,): Σ_k loss_weights[k] · loss_k (× wpo_weights), whose mean is TRL 1.16's `DPOTrainer` loss,
+    """Per-pair losses (B,): Σ_k loss_weights[k] · loss_k (× wpo_weights), whose mean is TRL 1.16's
+    `DPOTrainer` loss,
     and the detached implicit rewards β·log π_θ/π_ref of chosen and rejected, (B,) each."""
     types, weights = _loss_list(loss_type, loss_weights)
     _check_args(beta, types, label_smoothing, f_divergence_type, discopop_tau, wpo_weights)
-    if reference_free:   # the reference then only enters the logged rewards, where it is taken as 0 if absent
-        if ref_chosen_logps is None: ref_chosen_logps = torch.zeros_like(policy_chosen_logps)
-        if ref_rejected_logps is None: ref_rejected_logps = torch.zeros_like(policy_rejected_logps)
-    _check_logps(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                 ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    if reference_free:  # the reference then only enters the logged rewards, where it is taken as 0 if absent
+        if ref_chosen_logps is None:
+            ref_chosen_logps = torch.zeros_like(policy_chosen_logps)
+        if ref_rejected_logps is None:
+            ref_rejected_logps = torch.zeros_like(policy_rejected_logps)
+    _check_logps(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+    )
     _check_lengths(types, policy_chosen_logps, chosen_lengths, rejected_lengths)
-    if sft_chosen_logps is not None: _check_logps(policy_chosen_logps=policy_chosen_logps, sft_chosen_logps=sft_chosen_logps)
-    if wpo_weights is not None: _check_logps(policy_chosen_logps=policy_chosen_logps, wpo_weights=wpo_weights)
-    t = pair_terms(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, label_smoothing,
-                   reference_free, f_divergence_type, f_alpha_divergence_coef, chosen_lengths, rejected_lengths,
-                   sft_chosen_logps, discopop_tau, bco_delta)
+    if sft_chosen_logps is not None:
+        _check_logps(policy_chosen_logps=policy_chosen_logps, sft_chosen_logps=sft_chosen_logps)
+    if wpo_weights is not None:
+        _check_logps(policy_chosen_logps=policy_chosen_logps, wpo_weights=wpo_weights)
+    t = pair_terms(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        beta,
+        label_smoothing,
+        reference_free,
+        f_divergence_type,
+        f_alpha_divergence_coef,
+        chosen_lengths,
+        rejected_lengths,
+        sft_chosen_logps,
+        discopop_tau,
+        bco_delta,
+    )
     losses = 0.0
     for lt, w in zip(types, weights):
         ell = LOSS_FNS[lt](t)
-        if wpo_weights is not None: ell = ell * wpo_weights    # WPO: each pair counts by how likely π_θ finds it
+        if wpo_weights is not None:
+            ell = ell * wpo_weights  # WPO: each pair counts by how likely π_θ finds it
         losses = losses + w * ell
-    rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach(), beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    rewards = (
+        beta * (policy_chosen_logps - ref_chosen_logps).detach(),
+        beta * (policy_rejected_logps - ref_rejected_logps).detach(),
+    )
     return losses, *rewards

@@ -6,6 +6,7 @@ step on that pair, repeat (`OnlineDPOConfig`, `train_online`); plain functions f
 lean sampler and prompt-once rows.
 
 Taught in notebook 08, `nbs/08_online_dpo.ipynb`."""
+
 from __future__ import annotations
 import copy, inspect, json, math, os, time
 from contextlib import contextmanager
@@ -20,16 +21,40 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from .core import deprecated_alias, seed_everything
-from .logps import selective_logps, positions_from_mask, decoder_and_head, final_hidden_states, head_logps, unwrap_peft
+from dpo_notes.logps import (
+    selective_logps,
+    positions_from_mask,
+    decoder_and_head,
+    final_hidden_states,
+    head_logps,
+    unwrap_peft,
+)
 from .logps import can_pack, masked_hidden_states
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import FAILED, FIRST, TIE, TIE_RULES, compare_scores, verdicts_to_mask
 from .evals import distinct_n, distinct_rate
 from .gpu import VLLMSampler
 from .runtime import RunLog, TrainingConfig, arg, bad, check_training, eval_due
-from .runtime import (accumulating, autocast, check_finite_loss, configure_deepspeed, cut_at_eos, disable_dropout,
-                               load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler, on_device,
-                               reference_context, save_checkpoint, save_model, setup_policy, sync_device, unwrap)
+from dpo_notes.runtime import (
+    accumulating,
+    autocast,
+    check_finite_loss,
+    configure_deepspeed,
+    cut_at_eos,
+    disable_dropout,
+    load_checkpoint,
+    make_accelerator,
+    make_optimizer,
+    make_reference,
+    make_scheduler,
+    on_device,
+    reference_context,
+    save_checkpoint,
+    save_model,
+    setup_policy,
+    sync_device,
+    unwrap,
+)
 from .runtime import full_state_dict, gathered_weights, sharding
 
 # %% auto #0
@@ -44,11 +69,16 @@ __all__ = ['tokenize_prompts', 'LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLI
 
 # %% ../nbs/08_online_dpo.ipynb #42a6432c
 def eos_token_ids(model, tokenizer) -> list[int]:
-    "Every id that ends a completion: the tokenizer's eos, plus any the model's generation config declares (e.g. end-of-turn)."
+    """Every id that ends a completion: the tokenizer's eos, plus any the model's generation config declares
+    (e.g. end-of-turn)."""
     ids = getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids: ids = [tokenizer.eos_token_id, *ids]
-    if not ids: raise ValueError("tokenizer.eos_token_id: expected an eos token (completions are cut at it), got None")
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids = [tokenizer.eos_token_id, *ids]
+    if not ids:
+        raise ValueError(
+            "tokenizer.eos_token_id: expected an eos token (completions are cut at it), got None"
+        )
     return ids
 
 # %% ../nbs/08_online_dpo.ipynb #692b7a6c
@@ -58,287 +88,511 @@ def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
 
 # %% ../nbs/08_online_dpo.ipynb #75e5d94a
 def pad_prompts(tokenizer, prompts: list, max_length: int | None = None, device=None):
-    "Left-padded prompt ids and attention mask, each (B, P); chat messages go through the tokenizer's chat template."
-    if not len(prompts): raise ValueError("prompts: expected a non-empty list of prompts")
+    """Left-padded prompt ids and attention mask, each (B, P); chat messages go through the tokenizer's chat
+    template."""
+    if not len(prompts):
+        raise ValueError("prompts: expected a non-empty list of prompts")
     if isinstance(prompts[0], list):
-        prompts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        prompts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
+        ]
+    enc = tokenizer(
+        list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    if max_length is not None and ids.shape[1] > max_length: ids, mask = ids[:, -max_length:], mask[:, -max_length:]
+    if max_length is not None and ids.shape[1] > max_length:
+        ids, mask = ids[:, -max_length:], mask[:, -max_length:]
     return ids.to(device), mask.to(device)
 
 # %% ../nbs/08_online_dpo.ipynb #6c2663fb
-tokenize_prompts = deprecated_alias(pad_prompts, "tokenize_prompts", "dpo_notes.online")   # renamed: data.tokenize_prompts is another function
+tokenize_prompts = deprecated_alias(
+    pad_prompts, "tokenize_prompts", "dpo_notes.online"
+)  # renamed: data.tokenize_prompts is another function
 
 # %% ../nbs/08_online_dpo.ipynb #d4818614
-def sample_plain(model, tokenizer, prompts: list, num_samples: int = 2, max_new_tokens: int = 32, temperature: float = 1.0):
-    """`num_samples` completions per prompt with `generate`: prompt_ids/mask (B, P), completion_ids/mask (nB, C) cut at
-    the first eos, finished (nB,). Rows come in blocks [every prompt's sample 0; every prompt's sample 1; ...]."""
-    eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
+def sample_plain(
+    model, tokenizer, prompts: list, num_samples: int = 2, max_new_tokens: int = 32, temperature: float = 1.0
+):
+    """`num_samples` completions per prompt with `generate`: prompt_ids/mask (B, P), completion_ids/mask (nB,
+    C) cut at
+    the first eos, finished (nB,). Rows come in blocks [every prompt's sample 0; every prompt's sample 1;
+    ...]."""
+    eos = eos_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer, eos)
     p_ids, p_mask = pad_prompts(tokenizer, prompts, device=next(model.parameters()).device)
     with torch.no_grad():
-        out = model.generate(input_ids=p_ids.repeat(num_samples, 1), attention_mask=p_mask.repeat(num_samples, 1),
-                             do_sample=True, temperature=temperature, top_k=0, max_new_tokens=max_new_tokens,   # y ~ π_θ(·|x)
-                             eos_token_id=eos, pad_token_id=pad)
-    return (p_ids, p_mask, *cut_at_eos(out[:, p_ids.shape[1]:], eos, pad))
+        out = model.generate(
+            input_ids=p_ids.repeat(num_samples, 1),
+            attention_mask=p_mask.repeat(num_samples, 1),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            max_new_tokens=max_new_tokens,  # y ~ π_θ(·|x)
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+    return (p_ids, p_mask, *cut_at_eos(out[:, p_ids.shape[1] :], eos, pad))
 
 # %% ../nbs/08_online_dpo.ipynb #b46a115c
 def judge_plain(reward_fn: Callable, prompts: list, texts: list[str]):
     "a_wins (B,): sample a of prompt i scores at least sample b (TRL's `>=`), and the 2B scores r(x, y)."
     B = len(prompts)
-    s = torch.tensor([float(reward_fn(p, c)) for p, c in zip(list(prompts) * 2, texts)])   # r(x, y) of all 2B completions
+    s = torch.tensor(
+        [float(reward_fn(p, c)) for p, c in zip(list(prompts) * 2, texts)]
+    )  # r(x, y) of all 2B completions
     return s[:B] >= s[B:], s
 
 # %% ../nbs/08_online_dpo.ipynb #b5463ed1
 def sequence_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
-    "log π(y|x) of each completion, (N,), from the full logits: the plain way (prompt (N, P), completion (N, C))."
+    """log π(y|x) of each completion, (N,), from the full logits: the plain way (prompt (N, P), completion (N,
+    C))."""
     ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
-    logits = logits[:, prompt_ids.shape[1] - 1:-1].float()              # position t predicts token t + 1
-    token_logps = logits.log_softmax(-1).gather(-1, completion_ids[..., None])[..., 0]   # log π(y_t | x, y_<t)
-    return (token_logps * completion_mask).sum(1)                         # Σ_t over real tokens, not the padding
+    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float()  # position t predicts token t + 1
+    token_logps = logits.log_softmax(-1).gather(-1, completion_ids[..., None])[..., 0]  # log π(y_t | x, y_<t)
+    return (token_logps * completion_mask).sum(1)  # Σ_t over real tokens, not the padding
 
 # %% ../nbs/08_online_dpo.ipynb #6be84703
-def plain_pair_loss(policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta: float = 0.1):
-    "Judge the 2B completions (rows [a; b]) and take DPO on the B pairs: per-pair losses (B,), log π_θ (2B,), scores (2B,)."
+def plain_pair_loss(
+    policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta: float = 0.1
+):
+    """Judge the 2B completions (rows [a; b]) and take DPO on the B pairs: per-pair losses (B,), log π_θ
+    (2B,), scores (2B,)."""
     B = len(prompts)
     a_wins, scores = judge_plain(reward_fn, prompts, tokenizer.batch_decode(c_ids, skip_special_tokens=True))
-    w = torch.arange(B) + (~a_wins) * B; l = torch.arange(B) + a_wins * B     # rows of y_w and y_l
+    w = torch.arange(B) + (~a_wins) * B
+    l = torch.arange(B) + a_wins * B  # rows of y_w and y_l
     pp_ids, pp_mask = p_ids.repeat(2, 1), p_mask.repeat(2, 1)
-    logp = sequence_logps(policy, pp_ids, pp_mask, c_ids, c_mask)             # log π_θ(y|x), with gradient
-    with torch.no_grad(): ref_logp = sequence_logps(ref, pp_ids, pp_mask, c_ids, c_mask)   # log π_ref(y|x)
-    losses, _, _ = dpo_loss(logp[w], logp[l], ref_logp[w], ref_logp[l], beta=beta)   # −log σ(β[Δ_θ(y_w) − Δ_θ(y_l)])
+    logp = sequence_logps(policy, pp_ids, pp_mask, c_ids, c_mask)  # log π_θ(y|x), with gradient
+    with torch.no_grad():
+        ref_logp = sequence_logps(ref, pp_ids, pp_mask, c_ids, c_mask)  # log π_ref(y|x)
+    losses, _, _ = dpo_loss(
+        logp[w], logp[l], ref_logp[w], ref_logp[l], beta=beta
+    )  # −log σ(β[Δ_θ(y_w) − Δ_θ(y_l)])
     return losses, logp, scores
 
 # %% ../nbs/08_online_dpo.ipynb #d0f3fbb1
-def plain_online_step(policy, ref, tokenizer, prompts: list, reward_fn: Callable, beta: float = 0.1,
-                      max_new_tokens: int = 32, temperature: float = 1.0):
-    "One online DPO step, plainly: y_a, y_b ~ π_θ, judge, DPO loss. Returns (the mean loss with gradient, the mean score)."
+def plain_online_step(
+    policy,
+    ref,
+    tokenizer,
+    prompts: list,
+    reward_fn: Callable,
+    beta: float = 0.1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+):
+    """One online DPO step, plainly: y_a, y_b ~ π_θ, judge, DPO loss. Returns (the mean loss with gradient,
+    the mean score)."""
     p_ids, p_mask, c_ids, c_mask, _ = sample_plain(policy, tokenizer, prompts, 2, max_new_tokens, temperature)
-    losses, _, scores = plain_pair_loss(policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta)
+    losses, _, scores = plain_pair_loss(
+        policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta
+    )
     return losses.mean(), float(scores.mean())
 
 # %% ../nbs/08_online_dpo.ipynb #5859f8a3
-def plain_online_loop(model, tokenizer, prompts: list, reward_fn: Callable, steps: int = 40, batch_size: int = 16,
-                      lr: float = 2e-3, seed: int = 0, step_fn: Callable | None = None, **step_kw) -> list[float]:
-    "Online DPO, plainly: π_ref a frozen copy, AdamW, `steps` × (sample, judge, DPO step). The mean score per step."
-    torch.manual_seed(seed); step_fn = step_fn or plain_online_step
-    ref = copy.deepcopy(model).eval().requires_grad_(False)                  # π_ref: the starting policy, frozen
+def plain_online_loop(
+    model,
+    tokenizer,
+    prompts: list,
+    reward_fn: Callable,
+    steps: int = 40,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    step_fn: Callable | None = None,
+    **step_kw,
+) -> list[float]:
+    """Online DPO, plainly: π_ref a frozen copy, AdamW, `steps` × (sample, judge, DPO step). The mean score
+    per step."""
+    torch.manual_seed(seed)
+    step_fn = step_fn or plain_online_step
+    ref = copy.deepcopy(model).eval().requires_grad_(False)  # π_ref: the starting policy, frozen
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     scores = []
     for _ in range(steps):
-        batch = [prompts[i] for i in torch.randperm(len(prompts))[:batch_size].tolist()]   # B fresh prompts
+        batch = [prompts[i] for i in torch.randperm(len(prompts))[:batch_size].tolist()]  # B fresh prompts
         loss, score = step_fn(model, ref, tokenizer, batch, reward_fn, **step_kw)
-        opt.zero_grad(); loss.backward(); opt.step()                         # θ ← θ − lr · AdamW(∇_θ L)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # θ ← θ − lr · AdamW(∇_θ L)
         scores.append(score)
     return scores
 
 # %% ../nbs/08_online_dpo.ipynb #dd626d5c
-LEAN_DECODE_TYPES = ("llama", "mistral", "qwen2")       # decoder layers of the Llama shape
+LEAN_DECODE_TYPES = ("llama", "mistral", "qwen2")  # decoder layers of the Llama shape
 
 # %% ../nbs/08_online_dpo.ipynb #b0efa7b7
-_NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0,
-                       "min_new_tokens": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-                       "encoder_repetition_penalty": 1.0, "suppress_tokens": None, "begin_suppress_tokens": None,
-                       "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None,
-                       "renormalize_logits": False, "exponential_decay_length_penalty": None, "guidance_scale": None,
-                       "watermarking_config": None, "top_h": None}
+_NEUTRAL_GENERATION = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "encoder_repetition_penalty": 1.0,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "renormalize_logits": False,
+    "exponential_decay_length_penalty": None,
+    "guidance_scale": None,
+    "watermarking_config": None,
+    "top_h": None,
+}
 
 # %% ../nbs/08_online_dpo.ipynb #a58a3b5b
 @contextmanager
 def generation_mode(model):
-    "Yield the bare model in eval mode under no_grad, sharded weights gathered whole (`runtime.gathered_weights`; checkpointing is a training-mode feature: the KV cache works); restore its mode."
-    m = unwrap(model); was_training = m.training
+    """Yield the bare model in eval mode under no_grad, sharded weights gathered whole
+    (`runtime.gathered_weights`; checkpointing is a training-mode feature: the KV cache works); restore its
+    mode."""
+    m = unwrap(model)
+    was_training = m.training
     m.eval()
     try:
-        with torch.no_grad(), gathered_weights(model): yield m      # sharded weights (ZeRO-3, FSDP2): whole for the sampling
-    finally: m.train(was_training)
+        with torch.no_grad(), gathered_weights(model):
+            yield m  # sharded weights (ZeRO-3, FSDP2): whole for the sampling
+    finally:
+        m.train(was_training)
 
 # %% ../nbs/08_online_dpo.ipynb #027ac8e9
 def _lean_config_ok(model, total_length: int | None) -> bool:
-    "Whether the model's config and generation config are ones `lean_sample` reproduces exactly (notebook 08, \"A sampling loop without `generate`'s overhead\")."
-    base = unwrap_peft(unwrap(model)); model_cfg = getattr(base, "config", None)
-    if model_cfg is None: return False
-    tc = model_cfg.get_text_config()
-    if tc.model_type not in LEAN_DECODE_TYPES or tc._attn_implementation != "sdpa" or getattr(tc, "pretraining_tp", 1) != 1:
+    """Whether the model's config and generation config are ones `lean_sample` reproduces exactly (notebook
+    08, \"A sampling loop without `generate`'s overhead\")."""
+    base = unwrap_peft(unwrap(model))
+    model_cfg = getattr(base, "config", None)
+    if model_cfg is None:
         return False
-    if any(t != "full_attention" for t in (getattr(tc, "layer_types", None) or [])): return False
+    tc = model_cfg.get_text_config()
+    if (
+        tc.model_type not in LEAN_DECODE_TYPES
+        or tc._attn_implementation != "sdpa"
+        or getattr(tc, "pretraining_tp", 1) != 1
+    ):
+        return False
+    if any(t != "full_attention" for t in (getattr(tc, "layer_types", None) or [])):
+        return False
     window = getattr(tc, "sliding_window", None) if getattr(tc, "use_sliding_window", True) else None
-    if window is not None and (total_length is None or total_length > window): return False
+    if window is not None and (total_length is None or total_length > window):
+        return False
     gc = getattr(base, "generation_config", None)
     return gc is None or all(getattr(gc, k, None) in (None, v) for k, v in _NEUTRAL_GENERATION.items())
 
 # %% ../nbs/08_online_dpo.ipynb #babbde12
 def _lean_layer_ok(layer) -> bool:
-    "A decoder layer of the Llama shape: norms, q/k/v/o projections, an MLP; no Qwen3-style q/k norms, no attention sinks."
+    """A decoder layer of the Llama shape: norms, q/k/v/o projections, an MLP; no Qwen3-style q/k norms, no
+    attention sinks."""
     a = getattr(layer, "self_attn", None)
-    return (all(hasattr(layer, k) for k in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"))
-            and all(hasattr(a, k) for k in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
-            and not hasattr(a, "q_norm") and not hasattr(a, "sinks"))
+    return (
+        all(hasattr(layer, k) for k in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"))
+        and all(hasattr(a, k) for k in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
+        and not hasattr(a, "q_norm")
+        and not hasattr(a, "sinks")
+    )
 
 # %% ../nbs/08_online_dpo.ipynb #92daa5de
 def lean_decode_parts(model, total_length: int | None = None):
-    """(decoder, head, apply_rotary_pos_emb) for `lean_sample`, or None where it would not reproduce `generate`.
+    """(decoder, head, apply_rotary_pos_emb) for `lean_sample`, or None where it would not reproduce
+    `generate`.
     `total_length`: prompt + new tokens, checked against a sliding window."""
     parts = decoder_and_head(unwrap(model))
-    if parts is None or not _lean_config_ok(model, total_length): return None
+    if parts is None or not _lean_config_ok(model, total_length):
+        return None
     decoder, head = parts
-    if not all(hasattr(decoder, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")): return None
-    if not all(_lean_layer_ok(layer) for layer in decoder.layers): return None
+    if not all(hasattr(decoder, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")):
+        return None
+    if not all(_lean_layer_ok(layer) for layer in decoder.layers):
+        return None
     rope = getattr(inspect.getmodule(type(decoder.layers[0].self_attn)), "apply_rotary_pos_emb", None)
     return None if rope is None else (decoder, head, rope)
 
 # %% ../nbs/08_online_dpo.ipynb #18bc4253
 def _attend(layer, x, cos, sin, kv: list, li: int, start: int, mask, rope, L: int):
-    "Decoder layer `li` on x (N, T, H) whose tokens sit at cache columns [start, start+T) of a cache L columns wide."
+    """Decoder layer `li` on x (N, T, H) whose tokens sit at cache columns [start, start+T) of a cache L
+    columns wide."""
     a, (N, T) = layer.self_attn, x.shape[:2]
     h = layer.input_layernorm(x)
     q, k, v = (proj(h).view(N, T, -1, a.head_dim).transpose(1, 2) for proj in (a.q_proj, a.k_proj, a.v_proj))
     q, k = rope(q, k, cos, sin)
-    if kv[li] is None: kv[li] = (k.new_empty(N, k.shape[1], L, k.shape[-1]), v.new_empty(N, v.shape[1], L, v.shape[-1]))
-    K, V = kv[li]; K[:, :, start:start + T] = k; V[:, :, start:start + T] = v        # in place: no torch.cat
-    o = F.scaled_dot_product_attention(q, K[:, :, :start + T], V[:, :, :start + T], attn_mask=mask, scale=a.scaling,
-                                       enable_gqa=q.shape[1] != k.shape[1])
+    if kv[li] is None:
+        kv[li] = (k.new_empty(N, k.shape[1], L, k.shape[-1]), v.new_empty(N, v.shape[1], L, v.shape[-1]))
+    K, V = kv[li]
+    K[:, :, start : start + T] = k
+    V[:, :, start : start + T] = v  # in place: no torch.cat
+    o = F.scaled_dot_product_attention(
+        q,
+        K[:, :, : start + T],
+        V[:, :, : start + T],
+        attn_mask=mask,
+        scale=a.scaling,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
     x = x + a.o_proj(o.transpose(1, 2).reshape(N, T, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 # %% ../nbs/08_online_dpo.ipynb #c7e8bf48
 def _last_scores(parts, ids, pos, kv: list, start: int, mask, L: int) -> torch.Tensor:
-    "Run tokens ids (N, T) at positions pos through every layer: the fp32 scores (N, V) of the last position, as generate's."
+    """Run tokens ids (N, T) at positions pos through every layer: the fp32 scores (N, V) of the last
+    position, as generate's."""
     decoder, head, rope = parts
-    x = decoder.embed_tokens(ids); cos, sin = decoder.rotary_emb(x, pos)
-    for li, layer in enumerate(decoder.layers): x = _attend(layer, x, cos, sin, kv, li, start, mask, rope, L)
+    x = decoder.embed_tokens(ids)
+    cos, sin = decoder.rotary_emb(x, pos)
+    for li, layer in enumerate(decoder.layers):
+        x = _attend(layer, x, cos, sin, kv, li, start, mask, rope, L)
     return head(decoder.norm(x[:, -1])).to(torch.float32)
 
 # %% ../nbs/08_online_dpo.ipynb #b4a7f97c
 def _warpers(temperature: float, top_k: int, top_p: float):
     "`generate`'s sampling warpers for these settings, in its order (temperature, top-k, top-p)."
     ws = []
-    if temperature != 1.0: ws.append(TemperatureLogitsWarper(temperature))
-    if top_k: ws.append(TopKLogitsWarper(top_k=top_k))
-    if top_p < 1.0: ws.append(TopPLogitsWarper(top_p=top_p))
+    if temperature != 1.0:
+        ws.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        ws.append(TopKLogitsWarper(top_k=top_k))
+    if top_p < 1.0:
+        ws.append(TopPLogitsWarper(top_p=top_p))
     return ws
 
 # %% ../nbs/08_online_dpo.ipynb #0df9dab9
 def _draw(scores, warpers, do_sample: bool) -> torch.Tensor:
-    "generate's draw from scores (N, V): the warpers in order, then a multinomial sample of the softmax (or the argmax)."
-    for w in warpers: scores = w(None, scores)
+    """generate's draw from scores (N, V): the warpers in order, then a multinomial sample of the softmax (or
+    the argmax)."""
+    for w in warpers:
+        scores = w(None, scores)
     return torch.multinomial(scores.softmax(-1), 1).squeeze(1) if do_sample else scores.argmax(-1)
 
 # %% ../nbs/08_online_dpo.ipynb #ef3fc027
-def lean_sample(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_ids: list[int], pad_token_id: int,
-                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
-                min_new_tokens: int = 0, parts=None) -> torch.Tensor:
+def lean_sample(
+    model,
+    prompt_ids,
+    prompt_mask,
+    *,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    do_sample: bool = True,
+    min_new_tokens: int = 0,
+    parts=None,
+) -> torch.Tensor:
     """Sample up to `max_new_tokens` per row from a Llama-shaped causal LM with a preallocated KV cache.
-    prompt_ids, prompt_mask (N, P) left-padded -> new token ids (N, max_new_tokens), `pad_token_id` after a row's
+    prompt_ids, prompt_mask (N, P) left-padded -> new token ids (N, max_new_tokens), `pad_token_id` after a
+    row's
     eos (and after the last step if every row ended early): what `generate` returns after the prompt."""
     parts = parts or lean_decode_parts(model, prompt_ids.shape[1] + max_new_tokens)
-    if parts is None: raise ValueError("model: lean_sample needs a Llama-shaped decoder with sdpa attention (see lean_decode_parts)")
-    N, P = prompt_ids.shape; L = P + max_new_tokens; dev = prompt_ids.device
+    if parts is None:
+        raise ValueError(
+            "model: lean_sample needs a Llama-shaped decoder with sdpa attention (see lean_decode_parts)"
+        )
+    N, P = prompt_ids.shape
+    L = P + max_new_tokens
+    dev = prompt_ids.device
     warpers, eos = _warpers(temperature, top_k, top_p) if do_sample else [], torch.tensor(eos_ids, device=dev)
-    real = torch.zeros(N, L, dtype=torch.bool, device=dev); real[:, :P] = prompt_mask.bool()   # cache columns in use
+    real = torch.zeros(N, L, dtype=torch.bool, device=dev)
+    real[:, :P] = prompt_mask.bool()  # cache columns in use
     eye = torch.eye(P, dtype=torch.bool, device=dev)
-    prompt_attn = (torch.ones_like(eye).tril() & (real[:, None, :P] | eye))[:, None]          # (N, 1, P, P)
+    prompt_attn = (torch.ones_like(eye).tril() & (real[:, None, :P] | eye))[:, None]  # (N, 1, P, P)
     kv, pos = [None] * len(parts[0].layers), positions_from_mask(prompt_mask)
     scores = _last_scores(parts, prompt_ids, pos, kv, 0, prompt_attn, L)
     out = torch.full((N, max_new_tokens), pad_token_id, dtype=prompt_ids.dtype, device=dev)
-    done = torch.zeros(N, dtype=torch.bool, device=dev); p = pos[:, -1:]
+    done = torch.zeros(N, dtype=torch.bool, device=dev)
+    p = pos[:, -1:]
     for t in range(max_new_tokens):
-        if t < min_new_tokens: scores[:, eos] = -math.inf
-        nxt = _draw(scores, warpers, do_sample).masked_fill(done, pad_token_id); out[:, t] = nxt
+        if t < min_new_tokens:
+            scores[:, eos] = -math.inf
+        nxt = _draw(scores, warpers, do_sample).masked_fill(done, pad_token_id)
+        out[:, t] = nxt
         done |= torch.isin(nxt, eos)
-        if t == max_new_tokens - 1 or bool(done.all()): break
-        real[:, P + t] = True; p = p + 1
-        scores = _last_scores(parts, nxt[:, None], p, kv, P + t, real[:, None, None, :P + t + 1], L)
+        if t == max_new_tokens - 1 or bool(done.all()):
+            break
+        real[:, P + t] = True
+        p = p + 1
+        scores = _last_scores(parts, nxt[:, None], p, kv, P + t, real[:, None, None, : P + t + 1], L)
     return out
 
 # %% ../nbs/08_online_dpo.ipynb #8e6978a9
-GENERATION_BACKENDS = ("auto", "lean", "hf")     # how completions are sampled: see `sample_completions`
+GENERATION_BACKENDS = ("auto", "lean", "hf")  # how completions are sampled: see `sample_completions`
 
 # %% ../nbs/08_online_dpo.ipynb #c5a945cf
-def sample_completions(model, prompt_ids, prompt_mask, *, num_samples: int = 2, max_new_tokens: int = 64,
-                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_ids: list[int], pad_token_id: int,
-                       do_sample: bool = True, generation_kwargs: dict | None = None, backend: str = "auto"):
-    """`num_samples` completions per prompt from one batched sampling call (KV cache on), cut at the first eos.
-    prompt_ids, prompt_mask (B, P) left-padded -> completion_ids, completion_mask (num_samples*B, C), contains_eos
-    (num_samples*B,), in `sample_plain`'s block layout. `backend`: "lean" (`lean_sample`), "hf" (`generate`), "auto"
+def sample_completions(
+    model,
+    prompt_ids,
+    prompt_mask,
+    *,
+    num_samples: int = 2,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_ids: list[int],
+    pad_token_id: int,
+    do_sample: bool = True,
+    generation_kwargs: dict | None = None,
+    backend: str = "auto",
+):
+    """`num_samples` completions per prompt from one batched sampling call (KV cache on), cut at the first
+    eos.
+    prompt_ids, prompt_mask (B, P) left-padded -> completion_ids, completion_mask (num_samples*B, C),
+    contains_eos
+    (num_samples*B,), in `sample_plain`'s block layout. `backend`: "lean" (`lean_sample`), "hf" (`generate`),
+    "auto"
     (lean where `lean_decode_parts` allows it and `generation_kwargs` holds nothing but `min_new_tokens`)."""
-    if backend not in GENERATION_BACKENDS: raise ValueError(f"backend: expected one of {GENERATION_BACKENDS}, got {backend!r}")
+    if backend not in GENERATION_BACKENDS:
+        raise ValueError(f"backend: expected one of {GENERATION_BACKENDS}, got {backend!r}")
     ids, mask = prompt_ids.repeat(num_samples, 1), prompt_mask.repeat(num_samples, 1)
     gk = dict(generation_kwargs or {})
-    with generation_mode(model) as m:                   # sharded weights whole from here: the lean sampler may read them
-        parts = lean_decode_parts(m, ids.shape[1] + max_new_tokens) if backend != "hf" and set(gk) <= {"min_new_tokens"} else None
+    with generation_mode(model) as m:  # sharded weights whole from here: the lean sampler may read them
+        parts = (
+            lean_decode_parts(m, ids.shape[1] + max_new_tokens)
+            if backend != "hf" and set(gk) <= {"min_new_tokens"}
+            else None
+        )
         if backend == "lean" and parts is None:
-            raise ValueError("backend='lean': this model or its generation settings need `generate` (see lean_decode_parts); use 'auto' or 'hf'")
+            raise ValueError(
+                "backend='lean': this model or its generation settings need `generate` (see "
+                "lean_decode_parts); use 'auto' or 'hf'"
+            )
         if parts is not None:
-            out = lean_sample(m, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_token_id=pad_token_id,
-                              temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
-                              min_new_tokens=gk.get("min_new_tokens") or 0, parts=parts)
+            out = lean_sample(
+                m,
+                ids,
+                mask,
+                max_new_tokens=max_new_tokens,
+                eos_ids=eos_ids,
+                pad_token_id=pad_token_id,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                do_sample=do_sample,
+                min_new_tokens=gk.get("min_new_tokens") or 0,
+                parts=parts,
+            )
         else:
             sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
-            out = m.generate(input_ids=ids, attention_mask=mask, do_sample=do_sample, max_new_tokens=max_new_tokens,
-                             eos_token_id=eos_ids, pad_token_id=pad_token_id, use_cache=True, **sampling, **gk)[:, ids.shape[1]:]
+            out = m.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=do_sample,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_token_id,
+                use_cache=True,
+                **sampling,
+                **gk,
+            )[:, ids.shape[1] :]
     return cut_at_eos(out, eos_ids, pad_token_id)
 
 # %% ../nbs/08_online_dpo.ipynb #ff24cb1b
-def completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0,
-                     chunk_size: int | None = None, rows: dict | None = None) -> torch.Tensor:
+def completion_logps(
+    model,
+    prompt_ids,
+    prompt_mask,
+    completion_ids,
+    completion_mask,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    rows: dict | None = None,
+) -> torch.Tensor:
     """Per-token log-probs of the completion tokens under `model`, 0 on padding: (B, C) fp32.
-    prompt_ids/mask (B, P) left-padded; completion_ids/mask (B, C) right-padded. Positions come from the attention mask
+    prompt_ids/mask (B, P) left-padded; completion_ids/mask (B, C) right-padded. Positions come from the
+    attention mask
     (those `generate` used); only positions that predict a real completion token go through the LM head.
     `rows`: `pair_rows` of these 2B rows (each prompt once), used where the model can take that layout."""
     if completion_ids.shape != completion_mask.shape:
-        raise ValueError(f"completion_mask: expected shape {tuple(completion_ids.shape)}, got {tuple(completion_mask.shape)}")
+        raise ValueError(
+            f"completion_mask: expected shape {tuple(completion_ids.shape)}, got "
+            f"{tuple(completion_mask.shape)}"
+        )
     if prompt_ids.shape[0] != completion_ids.shape[0]:
-        raise ValueError(f"completion_ids: expected {prompt_ids.shape[0]} rows (one per prompt row), got {completion_ids.shape[0]}")
+        raise ValueError(
+            f"completion_ids: expected {prompt_ids.shape[0]} rows (one per prompt row), got "
+            f"{completion_ids.shape[0]}"
+        )
     if rows is not None:
         lp = pair_logps(model, rows, completion_ids, completion_mask, temperature, chunk_size)
-        if lp is not None: return lp
+        if lp is not None:
+            return lp
     ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
     pos = positions_from_mask(mask)
     C, keep = completion_ids.shape[1], completion_mask.bool()
     parts = decoder_and_head(model)
-    if parts is not None:                                         # hidden states -> LM head on completion tokens only
+    if parts is not None:  # hidden states -> LM head on completion tokens only
         decoder, head = parts
-        h = final_hidden_states(model, decoder, input_ids=ids, attention_mask=mask, position_ids=pos)[:, -C - 1:-1]
+        h = final_hidden_states(model, decoder, input_ids=ids, attention_mask=mask, position_ids=pos)[
+            :, -C - 1 : -1
+        ]
         lp, _ = head_logps(head, h[keep], completion_ids[keep], temperature, chunk_size)
-    else:                                                         # through the wrapper: logits of the last C+1 positions
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
-        lp = selective_logps(logits[keep], completion_ids[keep], chunk_size=chunk_size, temperature=temperature)
-    return torch.zeros(completion_ids.shape, dtype=torch.float32, device=ids.device).masked_scatter(keep, lp.float())
+    else:  # through the wrapper: logits of the last C+1 positions
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=C + 1, use_cache=False
+        ).logits[:, :-1]
+        lp = selective_logps(
+            logits[keep], completion_ids[keep], chunk_size=chunk_size, temperature=temperature
+        )
+    return torch.zeros(completion_ids.shape, dtype=torch.float32, device=ids.device).masked_scatter(
+        keep, lp.float()
+    )
 
 # %% ../nbs/08_online_dpo.ipynb #8ecb3cd1
 def pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict:
-    """The 2B rows of a step as B rows [prompt, completion i, completion B+i]: `input_ids`, `position_ids` (B, P+2C)
+    """The 2B rows of a step as B rows [prompt, completion i, completion B+i]: `input_ids`, `position_ids` (B,
+    P+2C)
     and `attention_mask` (B, 1, P+2C, P+2C) bool, True where a query may attend a key.
     prompt_ids/mask (B, P) left-padded; completion_ids/mask (2B, C) right-padded."""
-    B, P = prompt_ids.shape; C = completion_ids.shape[1]; dev = prompt_ids.device
+    B, P = prompt_ids.shape
+    C = completion_ids.shape[1]
+    dev = prompt_ids.device
     if completion_ids.shape[0] != 2 * B:
-        raise ValueError(f"completion_ids: expected 2*B = {2 * B} rows (two per prompt), got {completion_ids.shape[0]}")
+        raise ValueError(
+            f"completion_ids: expected 2*B = {2 * B} rows (two per prompt), got {completion_ids.shape[0]}"
+        )
     ids = torch.cat([prompt_ids, completion_ids[:B], completion_ids[B:]], 1)
     real = torch.cat([prompt_mask, completion_mask[:B], completion_mask[B:]], 1).bool()
     after_prompt = prompt_mask.sum(1, keepdim=True) + torch.arange(C, device=dev)
-    pos = torch.cat([positions_from_mask(prompt_mask), after_prompt, after_prompt], 1)    # b restarts where the prompt ends
+    pos = torch.cat(
+        [positions_from_mask(prompt_mask), after_prompt, after_prompt], 1
+    )  # b restarts where the prompt ends
     i = torch.arange(P + 2 * C, device=dev)
     in_a, in_b = (i >= P) & (i < P + C), i >= P + C
-    allowed = (i[:, None] >= i[None, :]) & ~(in_b[:, None] & in_a[None, :])          # causal, and b never sees a
-    mask = (allowed & real[:, None, :]) | torch.eye(P + 2 * C, dtype=torch.bool, device=dev)   # padding: itself only
+    allowed = (i[:, None] >= i[None, :]) & ~(in_b[:, None] & in_a[None, :])  # causal, and b never sees a
+    mask = (allowed & real[:, None, :]) | torch.eye(
+        P + 2 * C, dtype=torch.bool, device=dev
+    )  # padding: itself only
     return {"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None]}
 
 # %% ../nbs/08_online_dpo.ipynb #b65d30b8
-def pair_logps(model, rows: dict, completion_ids, completion_mask, temperature: float = 1.0,
-               chunk_size: int | None = None) -> torch.Tensor | None:
-    """`completion_logps` of the 2B completions from one forward over `pair_rows`' B rows: (2B, C) fp32, 0 on padding;
+def pair_logps(
+    model,
+    rows: dict,
+    completion_ids,
+    completion_mask,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor | None:
+    """`completion_logps` of the 2B completions from one forward over `pair_rows`' B rows: (2B, C) fp32, 0 on
+    padding;
     None where the model cannot take that layout (no lean head, an attention kernel without 4-D masks)."""
-    if not can_pack(model): return None
+    if not can_pack(model):
+        return None
     h = masked_hidden_states(model, rows["input_ids"], rows["position_ids"], rows["attention_mask"])
     head = decoder_and_head(model)[1]
-    B, C = h.shape[0], completion_ids.shape[1]; P = h.shape[1] - 2 * C
-    h_a = h[:, P - 1:P + C - 1]                                            # the states that predict a's tokens
-    h_b = torch.cat([h[:, P - 1:P], h[:, P + C:P + 2 * C - 1]], 1)        # b's: the prompt's last, then b's own
+    B, C = h.shape[0], completion_ids.shape[1]
+    P = h.shape[1] - 2 * C
+    h_a = h[:, P - 1 : P + C - 1]  # the states that predict a's tokens
+    h_b = torch.cat([h[:, P - 1 : P], h[:, P + C : P + 2 * C - 1]], 1)  # b's: the prompt's last, then b's own
     keep = completion_mask.bool()
     lp, _ = head_logps(head, torch.cat([h_a, h_b])[keep], completion_ids[keep], temperature, chunk_size)
-    return torch.zeros(completion_ids.shape, dtype=torch.float32, device=h.device).masked_scatter(keep, lp.float())
+    return torch.zeros(completion_ids.shape, dtype=torch.float32, device=h.device).masked_scatter(
+        keep, lp.float()
+    )
 
 # %% ../nbs/08_online_dpo.ipynb #1b578b03
 def _positive_floats(v) -> bool:
@@ -346,111 +600,183 @@ def _positive_floats(v) -> bool:
     vs = v if isinstance(v, list) else [v]
     return bool(vs) and all(not isinstance(b, bool) and isinstance(b, (int, float)) and b > 0 for b in vs)
 
+
 def check_online_config(c) -> None:
-    "Raise a ValueError (`runtime.bad`) naming the first field of config `c` that cannot work: the shared ones, then online DPO's."
+    """Raise a ValueError (`runtime.bad`) naming the first field of config `c` that cannot work: the shared
+    ones, then online DPO's."""
     check_training(c)
-    if not _positive_floats(c.beta): bad(c, "beta", "a positive float or a non-empty list of them", c.beta)
-    if c.loss_type not in LOSS_TYPES: bad(c, "loss_type", f"one of {LOSS_TYPES}", c.loss_type)
-    if c.tie_rule not in TIE_RULES: bad(c, "tie_rule", f"one of {TIE_RULES}", c.tie_rule)
-    if not c.temperature > 0: bad(c, "temperature", "> 0", c.temperature)
-    if not 0 < c.top_p <= 1: bad(c, "top_p", "in (0, 1]", c.top_p)
-    if c.top_k < 0: bad(c, "top_k", ">= 0 (0 = off)", c.top_k)
-    if c.max_new_tokens < 1: bad(c, "max_new_tokens", ">= 1", c.max_new_tokens)
-    if c.max_length <= c.max_new_tokens: bad(c, "max_length", f"more than max_new_tokens={c.max_new_tokens} (room for the prompt)", c.max_length)
-    if c.missing_eos_penalty is not None and c.missing_eos_penalty < 0: bad(c, "missing_eos_penalty", ">= 0 (it is subtracted)", c.missing_eos_penalty)
-    if c.max_steps < 1: bad(c, "max_steps", "an int >= 1 (online training counts optimizer steps)", c.max_steps)
-    if not 0 < c.vllm_gpu_memory_utilization < 1: bad(c, "vllm_gpu_memory_utilization", "a fraction in (0, 1)", c.vllm_gpu_memory_utilization)
-    if c.generation_backend not in GENERATION_BACKENDS: bad(c, "generation_backend", f"one of {GENERATION_BACKENDS}", c.generation_backend)
-    if c.reward_weights is not None and not all(isinstance(w, (int, float)) and math.isfinite(w) for w in c.reward_weights):
+    if not _positive_floats(c.beta):
+        bad(c, "beta", "a positive float or a non-empty list of them", c.beta)
+    if c.loss_type not in LOSS_TYPES:
+        bad(c, "loss_type", f"one of {LOSS_TYPES}", c.loss_type)
+    if c.tie_rule not in TIE_RULES:
+        bad(c, "tie_rule", f"one of {TIE_RULES}", c.tie_rule)
+    if not c.temperature > 0:
+        bad(c, "temperature", "> 0", c.temperature)
+    if not 0 < c.top_p <= 1:
+        bad(c, "top_p", "in (0, 1]", c.top_p)
+    if c.top_k < 0:
+        bad(c, "top_k", ">= 0 (0 = off)", c.top_k)
+    if c.max_new_tokens < 1:
+        bad(c, "max_new_tokens", ">= 1", c.max_new_tokens)
+    if c.max_length <= c.max_new_tokens:
+        bad(
+            c,
+            "max_length",
+            f"more than max_new_tokens={c.max_new_tokens} (room for the prompt)",
+            c.max_length,
+        )
+    if c.missing_eos_penalty is not None and c.missing_eos_penalty < 0:
+        bad(c, "missing_eos_penalty", ">= 0 (it is subtracted)", c.missing_eos_penalty)
+    if c.max_steps < 1:
+        bad(c, "max_steps", "an int >= 1 (online training counts optimizer steps)", c.max_steps)
+    if not 0 < c.vllm_gpu_memory_utilization < 1:
+        bad(c, "vllm_gpu_memory_utilization", "a fraction in (0, 1)", c.vllm_gpu_memory_utilization)
+    if c.generation_backend not in GENERATION_BACKENDS:
+        bad(c, "generation_backend", f"one of {GENERATION_BACKENDS}", c.generation_backend)
+    if c.reward_weights is not None and not all(
+        isinstance(w, (int, float)) and math.isfinite(w) for w in c.reward_weights
+    ):
         bad(c, "reward_weights", "a list of finite numbers (one per reward function)", c.reward_weights)
     if isinstance(c.generation_kwargs, str):
-        try: c.generation_kwargs = json.loads(c.generation_kwargs)
-        except json.JSONDecodeError: bad(c, "generation_kwargs", "a dict or its JSON", c.generation_kwargs)
+        try:
+            c.generation_kwargs = json.loads(c.generation_kwargs)
+        except json.JSONDecodeError:
+            bad(c, "generation_kwargs", "a dict or its JSON", c.generation_kwargs)
 
 # %% ../nbs/08_online_dpo.ipynb #70ff388a
 @dataclass
 class OnlineDPOConfig(TrainingConfig):
-    "Online DPO: `runtime.TrainingConfig`'s shared fields (TRL's online defaults for two, ours for two) plus its own, under TRL 1.16's names."
+    """Online DPO: `runtime.TrainingConfig`'s shared fields (TRL's online defaults for two, ours for two) plus
+    its own, under TRL 1.16's names."""
+
     learning_rate: float = arg(5e-7, "the peak learning rate (TRL's online DPO default)")
     max_steps: int = arg(100, "optimizer steps (ours: 100; an epoch is one pass over the prompts)")
     logging_steps: int = arg(1, "a history record every N optimizer steps (ours: 1; TRL: 10)")
-    beta: list[float] = arg(0.1, "strength of the pull towards the reference: a float, or one per epoch (the last kept afterwards)")
+    beta: list[float] = arg(
+        0.1,
+        "strength of the pull towards the reference: a float, or one per epoch (the last kept afterwards)",
+    )
     loss_type: str = arg("sigmoid", "sigmoid or ipo (TRL); we also take losses.LOSS_TYPES' hinge, robust")
     max_new_tokens: int = arg(64, "tokens sampled per completion at most")
     max_length: int = arg(512, "prompt + completion tokens; the prompt is cut from the left to fit")
     temperature: float = arg(0.9, "sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling: the smallest set of tokens with this probability")
     top_k: int = arg(0, "sample among the k likeliest tokens; 0: off")
-    generation_kwargs: dict | str | None = arg(None, "more `generate` arguments (a dict, or its JSON), e.g. min_new_tokens")
-    missing_eos_penalty: float | None = arg(None, "subtracted from the score of a completion that did not end")
+    generation_kwargs: dict | str | None = arg(
+        None, "more `generate` arguments (a dict, or its JSON), e.g. min_new_tokens"
+    )
+    missing_eos_penalty: float | None = arg(
+        None, "subtracted from the score of a completion that did not end"
+    )
     tie_rule: str = arg("first", "equal scores: 'first' sample wins (TRL's >=), 'random', 'skip' (ours)")
     reward_weights: list[float] | None = arg(None, "with reward_funcs: one weight each; None: all 1")
-    logps_temperature: bool = arg(False, "score log-probs at logits / temperature, as sampled (ours; TRL: no)")
+    logps_temperature: bool = arg(
+        False, "score log-probs at logits / temperature, as sampled (ours; TRL: no)"
+    )
     padding_free: bool = arg(True, "score each pair as [prompt, a, b], the prompt once (ours; `pair_rows`)")
     generation_backend: str = arg("auto", "auto | lean | hf: see `sample_completions` (ours)")
-    use_vllm: bool = arg(False, "sample with vLLM colocated on the GPU, weights synced every step (`dpo_notes.gpu`)")
-    vllm_gpu_memory_utilization: float = arg(0.3, "the share of GPU memory vLLM may take (weights + KV cache; TRL: 0.55)")
+    use_vllm: bool = arg(
+        False, "sample with vLLM colocated on the GPU, weights synced every step (`dpo_notes.gpu`)"
+    )
+    vllm_gpu_memory_utilization: float = arg(
+        0.3, "the share of GPU memory vLLM may take (weights + KV cache; TRL: 0.55)"
+    )
 
     def __post_init__(self):
-        if isinstance(self.beta, tuple): self.beta = list(self.beta)
-        if isinstance(self.beta, list) and len(self.beta) == 1: self.beta = self.beta[0]   # `--beta 0.2`: one value
-        if isinstance(self.reward_weights, tuple): self.reward_weights = list(self.reward_weights)
+        if isinstance(self.beta, tuple):
+            self.beta = list(self.beta)
+        if isinstance(self.beta, list) and len(self.beta) == 1:
+            self.beta = self.beta[0]  # `--beta 0.2`: one value
+        if isinstance(self.reward_weights, tuple):
+            self.reward_weights = list(self.reward_weights)
         check_online_config(self)
 
 # %% ../nbs/08_online_dpo.ipynb #c965876b
 def schedule_value(values: float | list[float], epoch: float) -> float:
-    "A per-epoch schedule at (fractional) `epoch`: `values[floor(epoch)]`, the last entry once the list runs out."
-    if not isinstance(values, (list, tuple)): return float(values)
+    """A per-epoch schedule at (fractional) `epoch`: `values[floor(epoch)]`, the last entry once the list runs
+    out."""
+    if not isinstance(values, (list, tuple)):
+        return float(values)
     i = int(math.floor(epoch))
     return float(values[min(max(i, 0), len(values) - 1)])
 
 # %% ../nbs/08_online_dpo.ipynb #1bcddd1d
 def _takes(fn, name: str) -> bool:
     "Whether callable `fn` accepts an argument called `name`."
-    try: return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError): return False
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 # %% ../nbs/08_online_dpo.ipynb #46f31fdf
 def _scores_from_judge(judge, prompts, completions, finished, completion_ids=None):
-    """Scores (N,) for N completions from a scored judge (`judge.score(prompts, completions[, finished][, completion_ids])`)
-    or a reward callable `f(prompt, completion[, finished])`; None for a pairwise-only judge. A None score becomes NaN."""
+    """Scores (N,) for N completions from a scored judge (`judge.score(prompts, completions[, finished][,
+    completion_ids])`)
+    or a reward callable `f(prompt, completion[, finished])`; None for a pairwise-only judge. A None score
+    becomes NaN."""
     if hasattr(judge, "score"):
         fn = judge.score
         kw = {k: v for k, v in (("finished", finished), ("completion_ids", completion_ids)) if _takes(fn, k)}
         s = fn(prompts, completions, **kw)
     elif callable(judge) and not hasattr(judge, "judge"):
         tf = _takes(judge, "finished")
-        s = [judge(p, c, finished=f) if tf else judge(p, c) for p, c, f in zip(prompts, completions, finished)]
-    else: return None
+        s = [
+            judge(p, c, finished=f) if tf else judge(p, c) for p, c, f in zip(prompts, completions, finished)
+        ]
+    else:
+        return None
     return torch.tensor([float("nan") if x is None else float(x) for x in s], dtype=torch.float32)
 
 # %% ../nbs/08_online_dpo.ipynb #ecea428c
 def prompt_text(prompt) -> str:
-    "What a judge reads as the prompt: the string itself, a one-message chat's content, or 'Role: content' turns."
-    if isinstance(prompt, str): return prompt
-    if len(prompt) == 1: return prompt[0]["content"]
+    """What a judge reads as the prompt: the string itself, a one-message chat's content, or 'Role: content'
+    turns."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]["content"]
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
 
 # %% ../nbs/08_online_dpo.ipynb #7ed7e94f
-def judge_pairs(judge, prompts: list, completions_a: list[str], completions_b: list[str], finished_a, finished_b, *,
-                missing_eos_penalty: float | None = None, tie_rule: str = "first", generator: torch.Generator | None = None,
-                completion_ids: torch.Tensor | None = None):
+def judge_pairs(
+    judge,
+    prompts: list,
+    completions_a: list[str],
+    completions_b: list[str],
+    finished_a,
+    finished_b,
+    *,
+    missing_eos_penalty: float | None = None,
+    tie_rule: str = "first",
+    generator: torch.Generator | None = None,
+    completion_ids: torch.Tensor | None = None,
+):
     """Decide B pairs -> (a_wins (B,) bool, keep (B,) bool, scores (2B,) or None).
     Scored judges score all 2B completions (minus `missing_eos_penalty` where one did not finish) and
-    `judges.compare_scores` turns score pairs into verdicts (within the judge's `tie_tol`: a tie; NaN: failed); a
-    pairwise judge gives verdicts directly. `judges.verdicts_to_mask` applies `tie_rule` and drops failed pairs.
-    Chat prompts reach the judge as text (`prompt_text`), unless it declares `takes_messages` (TRL's reward functions)."""
-    if not getattr(judge, "takes_messages", False): prompts = [prompt_text(p) for p in prompts]
+    `judges.compare_scores` turns score pairs into verdicts (within the judge's `tie_tol`: a tie; NaN:
+    failed); a
+    pairwise judge gives verdicts directly. `judges.verdicts_to_mask` applies `tie_rule` and drops failed
+    pairs.
+    Chat prompts reach the judge as text (`prompt_text`), unless it declares `takes_messages` (TRL's reward
+    functions)."""
+    if not getattr(judge, "takes_messages", False):
+        prompts = [prompt_text(p) for p in prompts]
     fin_a = [bool(x) for x in (finished_a.tolist() if torch.is_tensor(finished_a) else finished_a)]
     fin_b = [bool(x) for x in (finished_b.tolist() if torch.is_tensor(finished_b) else finished_b)]
     B = len(prompts)
     if not (len(completions_a) == len(completions_b) == len(fin_a) == len(fin_b) == B):
-        raise ValueError(f"completions_a/completions_b/finished_a/finished_b: expected {B} each (one per prompt), got "
-                         f"{len(completions_a)}/{len(completions_b)}/{len(fin_a)}/{len(fin_b)}")
+        raise ValueError(
+            f"completions_a/completions_b/finished_a/finished_b: expected {B} each (one per prompt), got "
+            f"{len(completions_a)}/{len(completions_b)}/{len(fin_a)}/{len(fin_b)}"
+        )
     ids = None if completion_ids is None else completion_ids.tolist()
-    scores = _scores_from_judge(judge, list(prompts) * 2, list(completions_a) + list(completions_b), fin_a + fin_b, ids)
+    scores = _scores_from_judge(
+        judge, list(prompts) * 2, list(completions_a) + list(completions_b), fin_a + fin_b, ids
+    )
     if scores is not None:
-        if missing_eos_penalty is not None: scores = scores - missing_eos_penalty * (~torch.tensor(fin_a + fin_b)).float()
+        if missing_eos_penalty is not None:
+            scores = scores - missing_eos_penalty * (~torch.tensor(fin_a + fin_b)).float()
         tol = getattr(judge, "tie_tol", 0.0)
         verdicts = [compare_scores(float(scores[i]), float(scores[B + i]), tol) for i in range(B)]
     else:
@@ -460,103 +786,175 @@ def judge_pairs(judge, prompts: list, completions_a: list[str], completions_b: l
 
 # %% ../nbs/08_online_dpo.ipynb #475806ed
 def _reward_model_scores(model, tokenizer, prompts: list, completions: list) -> torch.Tensor:
-    "A sequence-classification model's logit 0 for each (prompt, completion), on the text TRL 1.16 builds: (N,) fp32."
-    if isinstance(prompts[0], list): texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
-    else: texts = [p + c for p, c in zip(prompts, completions)]
-    enc = tokenizer(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    """A sequence-classification model's logit 0 for each (prompt, completion), on the text TRL 1.16 builds:
+    (N,) fp32."""
+    if isinstance(prompts[0], list):
+        texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
+    else:
+        texts = [p + c for p, c in zip(prompts, completions)]
+    enc = tokenizer(
+        text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+    )
     device = next(model.parameters()).device
-    with torch.no_grad(): return model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float().cpu()
+    with torch.no_grad():
+        return model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float().cpu()
 
 # %% ../nbs/08_online_dpo.ipynb #bfda063a
 def _callable_scores(fn, prompts: list, completions: list, **extra) -> torch.Tensor:
-    """Scores (N,), None -> NaN, of a TRL-style reward function `fn(prompts=, completions=, **kw)` (it gets the keywords
-    of `extra` it accepts; all of them with **kwargs). Also taken: a scored judge (`.score(prompts, completions)`) and a
+    """Scores (N,), None -> NaN, of a TRL-style reward function `fn(prompts=, completions=, **kw)` (it gets
+    the keywords
+    of `extra` it accepts; all of them with **kwargs). Also taken: a scored judge (`.score(prompts,
+    completions)`) and a
     per-completion reward `fn(prompt, completion)`, both on text prompts."""
-    if hasattr(fn, "score"): out = list(fn.score([prompt_text(p) for p in prompts], completions))
+    if hasattr(fn, "score"):
+        out = list(fn.score([prompt_text(p) for p in prompts], completions))
     else:
         params = inspect.signature(fn).parameters
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()) and "completions" not in params:
-            out = [fn(prompt_text(p), c) for p, c in zip(prompts, completions)]          # per completion
+            out = [fn(prompt_text(p), c) for p, c in zip(prompts, completions)]  # per completion
         else:
-            if not any(p.kind == p.VAR_KEYWORD for p in params.values()): extra = {k: v for k, v in extra.items() if k in params}
+            if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+                extra = {k: v for k, v in extra.items() if k in params}
             out = list(fn(prompts=prompts, completions=completions, **extra))
     if len(out) != len(completions):
-        raise ValueError(f"reward_funcs: {getattr(fn, '__name__', fn)!r} returned {len(out)} scores for {len(completions)} completions")
+        raise ValueError(
+            f"reward_funcs: {getattr(fn, '__name__', fn)!r} returned {len(out)} scores for "
+            f"{len(completions)} completions"
+        )
     return torch.tensor([float("nan") if s is None else float(s) for s in out], dtype=torch.float32)
 
 # %% ../nbs/08_online_dpo.ipynb #f410c2af
 def _trl_style(f) -> bool:
-    "Whether `f` is a TRL reward function (keywords `prompts`, `completions`, or **kwargs), not a judge or per-item reward."
-    if hasattr(f, "score"): return False
+    """Whether `f` is a TRL reward function (keywords `prompts`, `completions`, or **kwargs), not a judge or
+    per-item reward."""
+    if hasattr(f, "score"):
+        return False
     ps = inspect.signature(f).parameters
     return "completions" in ps or any(p.kind == p.VAR_KEYWORD for p in ps.values())
 
+
 def _reward_func(f, i: int):
-    "`reward_funcs[i]` checked: a callable, or a sequence-classification model (a name or path is loaded as one, as TRL does)."
+    """`reward_funcs[i]` checked: a callable, or a sequence-classification model (a name or path is loaded as
+    one, as TRL does)."""
     if isinstance(f, str):
         return AutoModelForSequenceClassification.from_pretrained(f, num_labels=1).eval()
     if isinstance(f, torch.nn.Module):
         if not type(f).__name__.endswith("ForSequenceClassification"):
-            raise ValueError(f"reward_funcs[{i}]: expected a sequence-classification model (one score per text), got {type(f).__name__}")
+            raise ValueError(
+                f"reward_funcs[{i}]: expected a sequence-classification model (one score per text), got "
+                f"{type(f).__name__}"
+            )
         return f.eval()
-    if not callable(f): raise ValueError(f"reward_funcs[{i}]: expected a callable or a sequence-classification model, got {type(f).__name__}")
+    if not callable(f):
+        raise ValueError(
+            f"reward_funcs[{i}]: expected a callable or a sequence-classification model, got "
+            f"{type(f).__name__}"
+        )
     return f
 
 # %% ../nbs/08_online_dpo.ipynb #193ab3bf
 def _reward_tokenizer(model, tokenizer):
-    "The tokenizer of a reward model (TRL: loaded from the model's name when not given), with a pad token the model knows."
+    """The tokenizer of a reward model (TRL: loaded from the model's name when not given), with a pad token
+    the model knows."""
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
-    if tokenizer.pad_token_id is None: tokenizer.pad_token = tokenizer.eos_token
-    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id     # the head reads the last non-pad token
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.get_text_config().pad_token_id = (
+        tokenizer.pad_token_id
+    )  # the head reads the last non-pad token
     return tokenizer
 
 # %% ../nbs/08_online_dpo.ipynb #078b11fe
 class RewardFunctions:
-    """TRL's `reward_funcs` as a scored judge: r(x, y) = Σ_i w_i r_i(x, y) over callables and sequence-classification
-    models (`reward_processing_classes`: their tokenizers). NaN where any r_i is None/NaN: the pair is dropped, never won."""
-    takes_messages = True                      # `judge_pairs` hands it the prompts as they are, chat messages included
+    """TRL's `reward_funcs` as a scored judge: r(x, y) = Σ_i w_i r_i(x, y) over callables and
+    sequence-classification
+    models (`reward_processing_classes`: their tokenizers). NaN where any r_i is None/NaN: the pair is
+    dropped, never won."""
 
-    def __init__(self, reward_funcs, reward_weights: list[float] | None = None, reward_processing_classes=None):
+    takes_messages = True  # `judge_pairs` hands it the prompts as they are, chat messages included
+
+    def __init__(
+        self, reward_funcs, reward_weights: list[float] | None = None, reward_processing_classes=None
+    ):
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        if not funcs: raise ValueError("reward_funcs: expected a callable, a sequence-classification model, or a non-empty list of them")
-        procs = reward_processing_classes if isinstance(reward_processing_classes, (list, tuple)) else [reward_processing_classes] * len(funcs)
+        if not funcs:
+            raise ValueError(
+                "reward_funcs: expected a callable, a sequence-classification model, or a non-empty list "
+                "of them"
+            )
+        procs = (
+            reward_processing_classes
+            if isinstance(reward_processing_classes, (list, tuple))
+            else [reward_processing_classes] * len(funcs)
+        )
         if len(procs) != len(funcs):
-            raise ValueError(f"reward_processing_classes: expected {len(funcs)} (one per reward function), got {len(procs)}")
+            raise ValueError(
+                f"reward_processing_classes: expected {len(funcs)} (one per reward function), got "
+                f"{len(procs)}"
+            )
         w = [1.0] * len(funcs) if reward_weights is None else list(reward_weights)
-        if len(w) != len(funcs): raise ValueError(f"reward_weights: expected {len(funcs)} weights (one per reward function), got {len(w)}")
+        if len(w) != len(funcs):
+            raise ValueError(
+                f"reward_weights: expected {len(funcs)} weights (one per reward function), got {len(w)}"
+            )
         self.funcs = [_reward_func(f, i) for i, f in enumerate(funcs)]
-        self.tokenizers = [_reward_tokenizer(f, t) if isinstance(f, torch.nn.Module) else None for f, t in zip(self.funcs, procs)]
+        self.tokenizers = [
+            _reward_tokenizer(f, t) if isinstance(f, torch.nn.Module) else None
+            for f, t in zip(self.funcs, procs)
+        ]
         self.weights = torch.tensor(w, dtype=torch.float32)
 
     def score(self, prompts: list, completions: list[str], completion_ids: list | None = None) -> list[float]:
         "Σ_i w_i r_i(x, y) for each (prompt, completion)."
-        msgs = [[{"role": "assistant", "content": c}] for c in completions] if isinstance(prompts[0], list) else completions
-        cols = [_reward_model_scores(f, t, prompts, msgs) if t is not None else
-                _callable_scores(f, prompts, msgs if _trl_style(f) else completions, completion_ids=completion_ids)
-                for f, t in zip(self.funcs, self.tokenizers)]
-        return (torch.stack(cols, 1) * self.weights).sum(1).tolist()    # NaN stays NaN (TRL: nansum)
+        msgs = (
+            [[{"role": "assistant", "content": c}] for c in completions]
+            if isinstance(prompts[0], list)
+            else completions
+        )
+        cols = [
+            _reward_model_scores(f, t, prompts, msgs)
+            if t is not None
+            else _callable_scores(
+                f, prompts, msgs if _trl_style(f) else completions, completion_ids=completion_ids
+            )
+            for f, t in zip(self.funcs, self.tokenizers)
+        ]
+        return (torch.stack(cols, 1) * self.weights).sum(1).tolist()  # NaN stays NaN (TRL: nansum)
 
 # %% ../nbs/08_online_dpo.ipynb #adcd620b
-def resolve_judge(judge=None, reward_funcs=None, reward_weights: list[float] | None = None, reward_processing_classes=None):
-    "The judge a run uses: `judge`, or TRL's `reward_funcs` combined by `RewardFunctions`; exactly one of the two."
+def resolve_judge(
+    judge=None, reward_funcs=None, reward_weights: list[float] | None = None, reward_processing_classes=None
+):
+    """The judge a run uses: `judge`, or TRL's `reward_funcs` combined by `RewardFunctions`; exactly one of
+    the two."""
     if (judge is None) == (reward_funcs is None):
-        raise ValueError("judge / reward_funcs: expected exactly one (a judge or reward callable, or TRL's reward_funcs), got "
-                         + ("both" if judge is not None else "neither"))
+        raise ValueError(
+            "judge / reward_funcs: expected exactly one (a judge or reward callable, or TRL's "
+            "reward_funcs), got " + ("both" if judge is not None else "neither")
+        )
     if judge is not None:
-        if reward_weights is not None: raise ValueError("reward_weights: only used with reward_funcs, but a judge was given")
+        if reward_weights is not None:
+            raise ValueError("reward_weights: only used with reward_funcs, but a judge was given")
         return judge
     return RewardFunctions(reward_funcs, reward_weights, reward_processing_classes)
 
 # %% ../nbs/08_online_dpo.ipynb #cdad5adf
 def policy_and_ref_logps(model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, cfg):
-    "Per-token log-probs (2B, C) of the 2B completions under the policy (with grad) and the reference (without)."
+    """Per-token log-probs (2B, C) of the 2B completions under the policy (with grad) and the reference
+    (without)."""
     pp_ids, pp_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
     temp = cfg.temperature if cfg.logps_temperature else 1.0
-    rows = pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) if cfg.padding_free else None   # prompt once
-    logps = completion_logps(model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=temp, rows=rows)
+    rows = (
+        pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) if cfg.padding_free else None
+    )  # prompt once
+    logps = completion_logps(
+        model, pp_ids, pp_mask, completion_ids, completion_mask, temperature=temp, rows=rows
+    )
     with torch.no_grad(), reference_context(model, ref_model) as ref:
-        ref_logps = completion_logps(ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=temp, rows=rows)
+        ref_logps = completion_logps(
+            ref, pp_ids, pp_mask, completion_ids, completion_mask, temperature=temp, rows=rows
+        )
     return logps, ref_logps
 
 # %% ../nbs/08_online_dpo.ipynb #596a0c79
@@ -564,7 +962,7 @@ def sequence_stats(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Ten
     """Per-completion KL estimate, entropy estimate and non-score reward, summed over completion tokens only.
     logps, ref_logps, mask (N, C) -> {"kl", "entropy", "non_score_reward"}, each (N,)."""
     m = mask.float()
-    kl = ((logps - ref_logps) * m).sum(1)             # k1 estimate of KL(pi || ref) on a sample from pi
+    kl = ((logps - ref_logps) * m).sum(1)  # k1 estimate of KL(pi || ref) on a sample from pi
     return {"kl": kl, "entropy": -(logps * m).sum(1), "non_score_reward": -beta * kl}
 
 # %% ../nbs/08_online_dpo.ipynb #6c22e777
@@ -574,14 +972,22 @@ def mean_or_nan(x: torch.Tensor) -> float:
 
 # %% ../nbs/08_online_dpo.ipynb #24beace1
 def _pair_metrics(seq, stats, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores) -> dict:
-    "TRL's metrics of one micro-batch: seq (2B,) summed policy log-probs, stats `sequence_stats`, rewards (B,) of each pair."
+    """TRL's metrics of one micro-batch: seq (2B,) summed policy log-probs, stats `sequence_stats`, rewards
+    (B,) of each pair."""
     margins = (ch_r - rj_r)[keep]
-    m = {"objective/kl": mean_or_nan(stats["kl"]), "objective/entropy": mean_or_nan(stats["entropy"]),
-         "objective/non_score_reward": mean_or_nan(stats["non_score_reward"]),
-         "rewards/chosen": mean_or_nan(ch_r[keep]), "rewards/rejected": mean_or_nan(rj_r[keep]),
-         "rewards/margins": mean_or_nan(margins), "rewards/accuracies": mean_or_nan(margins > 0),
-         "logps/chosen": mean_or_nan(seq[chosen_idx][keep]), "logps/rejected": mean_or_nan(seq[rejected_idx][keep]),
-         "val/contain_eos_token": mean_or_nan(contains_eos), "pairs_kept": mean_or_nan(keep)}
+    m = {
+        "objective/kl": mean_or_nan(stats["kl"]),
+        "objective/entropy": mean_or_nan(stats["entropy"]),
+        "objective/non_score_reward": mean_or_nan(stats["non_score_reward"]),
+        "rewards/chosen": mean_or_nan(ch_r[keep]),
+        "rewards/rejected": mean_or_nan(rj_r[keep]),
+        "rewards/margins": mean_or_nan(margins),
+        "rewards/accuracies": mean_or_nan(margins > 0),
+        "logps/chosen": mean_or_nan(seq[chosen_idx][keep]),
+        "logps/rejected": mean_or_nan(seq[rejected_idx][keep]),
+        "val/contain_eos_token": mean_or_nan(contains_eos),
+        "pairs_kept": mean_or_nan(keep),
+    }
     if scores is not None:
         scores = scores.to(seq.device)
         m["objective/scores"] = mean_or_nan(scores)
@@ -590,131 +996,300 @@ def _pair_metrics(seq, stats, chosen_idx, rejected_idx, keep, ch_r, rj_r, contai
     return m
 
 # %% ../nbs/08_online_dpo.ipynb #c0f5c502
-def online_dpo_loss(model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, contains_eos,
-                    a_wins, keep, cfg: OnlineDPOConfig, beta: float, scores: torch.Tensor | None = None,
-                    denominator: float | None = None):
+def online_dpo_loss(
+    model,
+    ref_model,
+    prompt_ids,
+    prompt_mask,
+    completion_ids,
+    completion_mask,
+    contains_eos,
+    a_wins,
+    keep,
+    cfg: OnlineDPOConfig,
+    beta: float,
+    scores: torch.Tensor | None = None,
+    denominator: float | None = None,
+):
     """The DPO/IPO loss on 2B sampled completions, rows [sample a of every prompt; sample b of every prompt].
-    prompt_ids/mask (B, P) left-padded; completion_ids/mask (2B, C); contains_eos (2B,); a_wins, keep (B,) bool;
-    scores (2B,) or None. Returns (loss: the kept pairs' summed loss / `denominator` (default: their number); metrics)."""
-    device = completion_ids.device; B = prompt_ids.shape[0]
+    prompt_ids/mask (B, P) left-padded; completion_ids/mask (2B, C); contains_eos (2B,); a_wins, keep (B,)
+    bool;
+    scores (2B,) or None. Returns (loss: the kept pairs' summed loss / `denominator` (default: their number);
+    metrics)."""
+    device = completion_ids.device
+    B = prompt_ids.shape[0]
     if completion_ids.shape[0] != 2 * B:
-        raise ValueError(f"completion_ids: expected 2*B = {2 * B} rows (two samples per prompt), got {completion_ids.shape[0]}")
+        raise ValueError(
+            f"completion_ids: expected 2*B = {2 * B} rows (two samples per prompt), got "
+            f"{completion_ids.shape[0]}"
+        )
     a_wins, keep = a_wins.to(device), keep.to(device)
-    chosen_idx = torch.arange(B, device=device) + (~a_wins) * B; rejected_idx = torch.arange(B, device=device) + a_wins * B
+    chosen_idx = torch.arange(B, device=device) + (~a_wins) * B
+    rejected_idx = torch.arange(B, device=device) + a_wins * B
     t0 = time.perf_counter()
-    logps, ref_logps = policy_and_ref_logps(model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, cfg)
-    sync_device(device); t_logps = time.perf_counter() - t0
+    logps, ref_logps = policy_and_ref_logps(
+        model, ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, cfg
+    )
+    sync_device(device)
+    t_logps = time.perf_counter() - t0
     seq, ref_seq = logps.sum(1), ref_logps.sum(1)
-    losses, ch_r, rj_r = dpo_loss(seq[chosen_idx], seq[rejected_idx], ref_seq[chosen_idx], ref_seq[rejected_idx],
-                                  beta=beta, loss_type=cfg.loss_type)
+    losses, ch_r, rj_r = dpo_loss(
+        seq[chosen_idx],
+        seq[rejected_idx],
+        ref_seq[chosen_idx],
+        ref_seq[rejected_idx],
+        beta=beta,
+        loss_type=cfg.loss_type,
+    )
     k = keep.float()
-    loss = (losses * k).sum() / (k.sum().clamp(min=1) if denominator is None else denominator)   # dropped pairs weigh 0
+    loss = (losses * k).sum() / (
+        k.sum().clamp(min=1) if denominator is None else denominator
+    )  # dropped pairs weigh 0
     with torch.no_grad():
         stats = sequence_stats(logps.detach(), ref_logps, completion_mask, beta)
-        metrics = _pair_metrics(seq.detach(), stats, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores)
+        metrics = _pair_metrics(
+            seq.detach(), stats, chosen_idx, rejected_idx, keep, ch_r, rj_r, contains_eos, scores
+        )
     return loss, {"loss": float(loss.detach()), **metrics, "beta": beta, "time/logps": t_logps}
 
 # %% ../nbs/08_online_dpo.ipynb #52fbce62
 def sample_with(model, tokenizer, prompt_ids, prompt_mask, cfg, num_samples: int = 2, sampler=None):
-    """`num_samples` completions per prompt with `cfg`'s sampling settings, cut at the first eos: ids, mask (nB, C),
-    contains_eos (nB,). `sampler`: a `dpo_notes.gpu.VLLMSampler` synced with `model` (it returns raw padded ids)."""
-    eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
-    kw = dict(num_samples=num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-              top_k=cfg.top_k, eos_ids=eos, pad_token_id=pad, generation_kwargs=cfg.generation_kwargs)
-    if sampler is None: return sample_completions(model, prompt_ids, prompt_mask, backend=cfg.generation_backend, **kw)
+    """`num_samples` completions per prompt with `cfg`'s sampling settings, cut at the first eos: ids, mask
+    (nB, C),
+    contains_eos (nB,). `sampler`: a `dpo_notes.gpu.VLLMSampler` synced with `model` (it returns raw padded
+    ids)."""
+    eos = eos_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer, eos)
+    kw = dict(
+        num_samples=num_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        eos_ids=eos,
+        pad_token_id=pad,
+        generation_kwargs=cfg.generation_kwargs,
+    )
+    if sampler is None:
+        return sample_completions(model, prompt_ids, prompt_mask, backend=cfg.generation_backend, **kw)
     out = sampler.sample(prompt_ids, prompt_mask, **kw)
     return out if isinstance(out, tuple) else cut_at_eos(out, eos, pad)
 
 # %% ../nbs/08_online_dpo.ipynb #01d36553
-def collect_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig,
-                  generator: torch.Generator | None = None, sampler=None) -> dict:
-    """Two completions per prompt from the current policy, judged: prompt_ids/mask (B, P), completion_ids/mask (2B, C),
+def collect_pairs(
+    model,
+    ref_model,
+    tokenizer,
+    prompts: list,
+    judge,
+    cfg: OnlineDPOConfig,
+    generator: torch.Generator | None = None,
+    sampler=None,
+) -> dict:
+    """Two completions per prompt from the current policy, judged: prompt_ids/mask (B, P), completion_ids/mask
+    (2B, C),
     contains_eos (2B,), a_wins/keep (B,), scores (2B,) or None, texts, `kept` (pairs in the loss), times."""
-    device = next(model.parameters()).device; t0 = time.perf_counter()
-    p_ids, p_mask = pad_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
-    c_ids, c_mask, has_eos = sample_with(model, tokenizer, p_ids, p_mask, cfg, 2, sampler)    # y_a, y_b ~ π_θ(·|x)
-    sync_device(device); t1 = time.perf_counter()
-    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True); B = len(prompts)
-    a_wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], has_eos[:B], has_eos[B:], completion_ids=c_ids,
-                                       missing_eos_penalty=cfg.missing_eos_penalty, tie_rule=cfg.tie_rule, generator=generator)
-    return dict(prompts=list(prompts), prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
-                contains_eos=has_eos, a_wins=a_wins, keep=keep, scores=scores, texts=texts, kept=int(keep.sum()),
-                times={"time/generate": t1 - t0, "time/score": time.perf_counter() - t1})
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    p_ids, p_mask = pad_prompts(
+        tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device
+    )
+    c_ids, c_mask, has_eos = sample_with(
+        model, tokenizer, p_ids, p_mask, cfg, 2, sampler
+    )  # y_a, y_b ~ π_θ(·|x)
+    sync_device(device)
+    t1 = time.perf_counter()
+    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
+    B = len(prompts)
+    a_wins, keep, scores = judge_pairs(
+        judge,
+        prompts,
+        texts[:B],
+        texts[B:],
+        has_eos[:B],
+        has_eos[B:],
+        completion_ids=c_ids,
+        missing_eos_penalty=cfg.missing_eos_penalty,
+        tie_rule=cfg.tie_rule,
+        generator=generator,
+    )
+    return dict(
+        prompts=list(prompts),
+        prompt_ids=p_ids,
+        prompt_mask=p_mask,
+        completion_ids=c_ids,
+        completion_mask=c_mask,
+        contains_eos=has_eos,
+        a_wins=a_wins,
+        keep=keep,
+        scores=scores,
+        texts=texts,
+        kept=int(keep.sum()),
+        times={"time/generate": t1 - t0, "time/score": time.perf_counter() - t1},
+    )
 
 # %% ../nbs/08_online_dpo.ipynb #c3733ef2
-def pairs_loss(model, ref_model, batch: dict, cfg: OnlineDPOConfig, epoch: float = 0.0, denominator: float | None = None):
+def pairs_loss(
+    model, ref_model, batch: dict, cfg: OnlineDPOConfig, epoch: float = 0.0, denominator: float | None = None
+):
     "`online_dpo_loss` on what `collect_pairs` gathered, β from the schedule at `epoch`: (loss, metrics)."
-    loss, metrics = online_dpo_loss(model, ref_model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                    batch["completion_mask"], batch["contains_eos"], batch["a_wins"], batch["keep"], cfg,
-                                    schedule_value(cfg.beta, epoch), batch["scores"], denominator)
+    loss, metrics = online_dpo_loss(
+        model,
+        ref_model,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        batch["contains_eos"],
+        batch["a_wins"],
+        batch["keep"],
+        cfg,
+        schedule_value(cfg.beta, epoch),
+        batch["scores"],
+        denominator,
+    )
     return loss, {**metrics, **batch["times"]}
 
 # %% ../nbs/08_online_dpo.ipynb #135889f6
 @dataclass(frozen=True)
 class OnlineMethod:
-    "An online algorithm as `train_online` runs it: `collect` samples and judges a micro-batch (no graph), `loss` scores it."
+    """An online algorithm as `train_online` runs it: `collect` samples and judges a micro-batch (no graph),
+    `loss` scores it."""
+
     name: str
-    collect: Callable      # (model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler=) -> batch dict with "kept"
-    loss: Callable         # (model, ref_model, batch, cfg, epoch, denominator=) -> (loss, metrics)
+    # (model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler=) -> batch dict with "kept"
+    collect: Callable
+    loss: Callable  # (model, ref_model, batch, cfg, epoch, denominator=) -> (loss, metrics)
 
 # %% ../nbs/08_online_dpo.ipynb #68b73772
 ONLINE_DPO = OnlineMethod("online_dpo", collect_pairs, pairs_loss)
 
 # %% ../nbs/08_online_dpo.ipynb #20201b17
-def online_dpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: OnlineDPOConfig, epoch: float = 0.0,
-                    generator: torch.Generator | None = None, sampler=None):
+def online_dpo_step(
+    model,
+    ref_model,
+    tokenizer,
+    prompts: list,
+    judge,
+    cfg: OnlineDPOConfig,
+    epoch: float = 0.0,
+    generator: torch.Generator | None = None,
+    sampler=None,
+):
     """One online DPO step on B prompts: `collect_pairs` then `pairs_loss` (the mean over kept pairs).
-    Returns (loss with grad, metrics: TRL's names plus `pairs_kept` and `time/*`, samples: texts/scores/verdicts)."""
+    Returns (loss with grad, metrics: TRL's names plus `pairs_kept` and `time/*`, samples:
+    texts/scores/verdicts)."""
     b = collect_pairs(model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler)
     loss, metrics = pairs_loss(model, ref_model, b, cfg, epoch)
-    samples = {"prompts": b["prompts"], "completions": b["texts"], "contains_eos": b["contains_eos"].tolist(),
-               "a_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(), "scores": None if b["scores"] is None else b["scores"].tolist()}
+    samples = {
+        "prompts": b["prompts"],
+        "completions": b["texts"],
+        "contains_eos": b["contains_eos"].tolist(),
+        "a_wins": b["a_wins"].tolist(),
+        "keep": b["keep"].tolist(),
+        "scores": None if b["scores"] is None else b["scores"].tolist(),
+    }
     return loss, metrics, samples
 
 # %% ../nbs/08_online_dpo.ipynb #12565ea0
-def generate_completions(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, temperature: float = 1.0,
-                         top_p: float = 1.0, top_k: int = 0, do_sample: bool = True, batch_size: int = 64,
-                         disable_tqdm: bool = False):
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: list,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    do_sample: bool = True,
+    batch_size: int = 64,
+    disable_tqdm: bool = False,
+):
     """One completion per prompt: (texts, finished), two lists of len(prompts); `finished` = ended with eos.
     More prompts than one batch show a progress bar (gone when done)."""
     device = next(unwrap(model).parameters()).device
-    eos = eos_token_ids(model, tokenizer); pad = pad_token_id(tokenizer, eos)
+    eos = eos_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer, eos)
     texts, finished = [], []
     starts = range(0, len(prompts), batch_size)
     for i in tqdm(starts, desc="sampling", leave=False, disable=disable_tqdm or len(starts) < 2):
-        ids, mask = pad_prompts(tokenizer, prompts[i:i + batch_size], device=device)
-        c, _, e = sample_completions(model, ids, mask, num_samples=1, max_new_tokens=max_new_tokens, temperature=temperature,
-                                     top_p=top_p, top_k=top_k, eos_ids=eos, pad_token_id=pad, do_sample=do_sample)
-        texts += tokenizer.batch_decode(c, skip_special_tokens=True); finished += e.tolist()
+        ids, mask = pad_prompts(tokenizer, prompts[i : i + batch_size], device=device)
+        c, _, e = sample_completions(
+            model,
+            ids,
+            mask,
+            num_samples=1,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            eos_ids=eos,
+            pad_token_id=pad,
+            do_sample=do_sample,
+        )
+        texts += tokenizer.batch_decode(c, skip_special_tokens=True)
+        finished += e.tolist()
     return texts, finished
 
 # %% ../nbs/08_online_dpo.ipynb #feef9bcb
 def _verdict_win(v) -> float:
-    "A verdict of the policy's sample (first) against the reference (second) as a score: win 1, tie 1/2, loss or failed 0."
+    """A verdict of the policy's sample (first) against the reference (second) as a score: win 1, tie 1/2,
+    loss or failed 0."""
     return {FIRST: 1.0, TIE: 0.5}.get(v, 0.0)
 
-def win_rate_eval(tokenizer, prompts: list, judge, reference: list[str], reference_finished: list[bool] | None = None,
-                  *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-                  distinct_fn: Callable | None = None, batch_size: int = 64, disable_tqdm: bool = False) -> Callable:
-    """An eval hook `f(model) -> dict`: one seeded sample per prompt, judged against the fixed `reference` completion
-    of that prompt by `judge` — anything `judge_pairs` takes: a reward callable `f(prompt, completion[, finished])`, a
-    scored judge, `RewardFunctions` or a pairwise judge. Win 1, tie 1/2; a pair the judge could not decide counts 0
-    (never a win) and in eval_failed. Returns eval_win_rate, eval_failed, eval_distinct_rate (`distinct_fn`, default:
-    fraction of distinct texts), eval_distinct_2, eval_contain_eos_token, and for scored judges eval_reward and
+
+def win_rate_eval(
+    tokenizer,
+    prompts: list,
+    judge,
+    reference: list[str],
+    reference_finished: list[bool] | None = None,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    distinct_fn: Callable | None = None,
+    batch_size: int = 64,
+    disable_tqdm: bool = False,
+) -> Callable:
+    """An eval hook `f(model) -> dict`: one seeded sample per prompt, judged against the fixed `reference`
+    completion
+    of that prompt by `judge` — anything `judge_pairs` takes: a reward callable `f(prompt, completion[,
+    finished])`, a
+    scored judge, `RewardFunctions` or a pairwise judge. Win 1, tie 1/2; a pair the judge could not decide
+    counts 0
+    (never a win) and in eval_failed. Returns eval_win_rate, eval_failed, eval_distinct_rate (`distinct_fn`,
+    default:
+    fraction of distinct texts), eval_distinct_2, eval_contain_eos_token, and for scored judges eval_reward
+    and
     eval_ref_reward (mean scores of the samples and of the reference)."""
     if len(reference) != len(prompts):
-        raise ValueError(f"reference: expected {len(prompts)} completions (one per prompt), got {len(reference)}")
+        raise ValueError(
+            f"reference: expected {len(prompts)} completions (one per prompt), got {len(reference)}"
+        )
     ref_fin = list(reference_finished) if reference_finished is not None else [True] * len(reference)
     shown = prompts if getattr(judge, "takes_messages", False) else [prompt_text(p) for p in prompts]
-    ref_scores = _scores_from_judge(judge, shown, list(reference), ref_fin)     # None: a pairwise judge
+    ref_scores = _scores_from_judge(judge, shown, list(reference), ref_fin)  # None: a pairwise judge
     tol = getattr(judge, "tie_tol", 0.0)
     distinct_fn = distinct_fn or distinct_rate
+
     def evaluate(model) -> dict:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            texts, fin = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                              top_p=top_p, top_k=top_k, batch_size=batch_size, disable_tqdm=disable_tqdm)
+            texts, fin = generate_completions(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                batch_size=batch_size,
+                disable_tqdm=disable_tqdm,
+            )
         out = {}
         if ref_scores is not None:
             s = _scores_from_judge(judge, shown, texts, fin)
@@ -723,26 +1298,40 @@ def win_rate_eval(tokenizer, prompts: list, judge, reference: list[str], referen
         else:
             verdicts = judge.judge(list(shown), list(zip(texts, reference)))
         wins = [_verdict_win(v) for v in verdicts]
-        return {"eval_win_rate": sum(wins) / len(wins), **out, "eval_failed": sum(v == FAILED for v in verdicts) / len(verdicts),
-                "eval_distinct_rate": float(distinct_fn(texts)), "eval_distinct_2": distinct_n(texts),
-                "eval_contain_eos_token": sum(fin) / len(fin)}
+        return {
+            "eval_win_rate": sum(wins) / len(wins),
+            **out,
+            "eval_failed": sum(v == FAILED for v in verdicts) / len(verdicts),
+            "eval_distinct_rate": float(distinct_fn(texts)),
+            "eval_distinct_2": distinct_n(texts),
+            "eval_contain_eos_token": sum(fin) / len(fin),
+        }
+
     return evaluate
 
 # %% ../nbs/08_online_dpo.ipynb #9ff34bb8
-def prompt_batch(n: int, batch_size: int, micro_step: int, seed: int, rank: int = 0, world: int = 1) -> tuple[list[int], float]:
-    """This process's prompt indices for micro-step `micro_step` and the (fractional) epoch it starts at. Each epoch is a
+def prompt_batch(
+    n: int, batch_size: int, micro_step: int, seed: int, rank: int = 0, world: int = 1
+) -> tuple[list[int], float]:
+    """This process's prompt indices for micro-step `micro_step` and the (fractional) epoch it starts at. Each
+    epoch is a
     seeded permutation of the n prompts cut into global batches of batch_size*world, one slice per process."""
-    g = batch_size * world; per_epoch = n // g
+    g = batch_size * world
+    per_epoch = n // g
     if per_epoch == 0:
-        raise ValueError(f"prompts: expected at least per_device_train_batch_size * processes = {g} prompts, got {n}")
+        raise ValueError(
+            f"prompts: expected at least per_device_train_batch_size * processes = {g} prompts, got {n}"
+        )
     epoch, i = divmod(micro_step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return perm[i * g:(i + 1) * g][rank * batch_size:(rank + 1) * batch_size], micro_step / per_epoch
+    return perm[i * g : (i + 1) * g][rank * batch_size : (rank + 1) * batch_size], micro_step / per_epoch
 
 # %% ../nbs/08_online_dpo.ipynb #7b097a61
 @dataclass
 class OnlineResult:
-    "What a run returns: the trained policy, its history (a list of dicts with TRL's names), the reference, the output folder."
+    """What a run returns: the trained policy, its history (a list of dicts with TRL's names), the reference,
+    the output folder."""
+
     model: Any
     history: list
     ref_model: Any = None
@@ -760,7 +1349,8 @@ class OnlineResult:
 
 # %% ../nbs/08_online_dpo.ipynb #71cefa54
 def _pair_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    "The coin for random tie-breaking at `step` on process `rank`: a function of the three, so a resumed run flips the same coins."
+    """The coin for random tie-breaking at `step` on process `rank`: a function of the three, so a resumed run
+    flips the same coins."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
 
 # %% ../nbs/08_online_dpo.ipynb #7e03858a
@@ -773,21 +1363,27 @@ def _mean_rows(rows: list[dict]) -> dict:
 # %% ../nbs/08_online_dpo.ipynb #e054eb01
 def _as_method(step_fn) -> OnlineMethod:
     "The `OnlineMethod` a loop runs: `step_fn` itself, or online DPO when it is None."
-    if step_fn is None: return ONLINE_DPO
+    if step_fn is None:
+        return ONLINE_DPO
     if not isinstance(step_fn, OnlineMethod):
         raise ValueError(f"step_fn: expected an OnlineMethod (name, collect, loss), got {step_fn!r}")
     return step_fn
 
 # %% ../nbs/08_online_dpo.ipynb #9d96a809
 def _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator):
-    "The accelerator, the policy on its device (LoRA, dropout off), the frozen reference, AdamW and its schedule, prepared."
+    """The accelerator, the policy on its device (LoRA, dropout off), the frozen reference, AdamW and its
+    schedule, prepared."""
     acc = accelerator or make_accelerator(cfg)
     seed_everything(cfg.seed)
-    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
-    ref_model = make_reference(model, ref_model)          # None for LoRA: its "ref" adapter, or the adapter switched off
+    ref_model = make_reference(
+        model, ref_model
+    )  # None for LoRA: its "ref" adapter, or the adapter switched off
     if ref_model is not None:
-        if cfg.disable_dropout: disable_dropout(ref_model)
+        if cfg.disable_dropout:
+            disable_dropout(ref_model)
         ref_model.to(acc.device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.max_steps)
@@ -796,14 +1392,21 @@ def _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator):
     return acc, model, ref_model, optimizer, scheduler
 
 # %% ../nbs/08_online_dpo.ipynb #5d7a8cc4
-def _collect_window(method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler) -> list[tuple]:
-    "Sample and judge this process's gradient_accumulation_steps micro-batches of `step`: [(batch, epoch, prompt indices)]."
+def _collect_window(
+    method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler
+) -> list[tuple]:
+    """Sample and judge this process's gradient_accumulation_steps micro-batches of `step`: [(batch, epoch,
+    prompt indices)]."""
     ga, world, rank = cfg.gradient_accumulation_steps, acc.num_processes, acc.process_index
     coin, out = _pair_generator(cfg.seed, step, rank), []
     for j in range(ga):
-        idx, epoch = prompt_batch(len(prompts), cfg.per_device_train_batch_size, step * ga + j, cfg.seed, rank, world)
+        idx, epoch = prompt_batch(
+            len(prompts), cfg.per_device_train_batch_size, step * ga + j, cfg.seed, rank, world
+        )
         with autocast(cfg, acc.device):
-            batch = method.collect(model, ref_model, tokenizer, [prompts[i] for i in idx], judge, cfg, coin, sampler=sampler)
+            batch = method.collect(
+                model, ref_model, tokenizer, [prompts[i] for i in idx], judge, cfg, coin, sampler=sampler
+            )
         out.append((batch, epoch, idx))
     return out
 
@@ -815,88 +1418,165 @@ def kept_pairs_total(acc, batches: list[tuple]) -> float:
 
 # %% ../nbs/08_online_dpo.ipynb #c52f7f09
 def _backward_window(method, model, ref_model, batches, cfg, acc, step) -> list[dict]:
-    """Loss and backward of each micro-batch, its summed loss divided by N / processes (the processes' gradients are
-    averaged): every kept pair of the window weighs 1/N. The metric rows; the last carries this process's step loss."""
+    """Loss and backward of each micro-batch, its summed loss divided by N / processes (the processes'
+    gradients are
+    averaged): every kept pair of the window weighs 1/N. The metric rows; the last carries this process's step
+    loss."""
     denominator = max(kept_pairs_total(acc, batches), 1.0) / acc.num_processes
     rows, total = [], 0.0
     for j, (batch, epoch, idx) in enumerate(batches):
-        with accumulating(acc, model, last=j == len(batches) - 1):        # all-reduce on the last micro-batch only
+        with accumulating(acc, model, last=j == len(batches) - 1):  # all-reduce on the last micro-batch only
             with autocast(cfg, acc.device):
                 loss, metrics = method.loss(model, ref_model, batch, cfg, epoch, denominator=denominator)
             check_finite_loss(loss, step + 1, f"micro-batch {j + 1} of {len(batches)}, prompt indices {idx}")
-            tb = time.perf_counter(); acc.backward(loss); metrics["time/backward"] = time.perf_counter() - tb
-        total += metrics.pop("loss"); rows.append(metrics)
-    rows[-1]["loss"] = total                  # Σ_j over the window; averaged over the processes, the step's loss
+            tb = time.perf_counter()
+            acc.backward(loss)
+            metrics["time/backward"] = time.perf_counter() - tb
+        total += metrics.pop("loss")
+        rows.append(metrics)
+    rows[-1]["loss"] = total  # Σ_j over the window; averaged over the processes, the step's loss
     return rows
 
 # %% ../nbs/08_online_dpo.ipynb #f9ccc192
 def _log_row(acc, window: list[dict], grad_norm, lr: float, step: int, epoch: float) -> dict:
-    "One history row: the window's metric means (over micro-batches, then over processes), grad norm, lr, epoch, step."
+    """One history row: the window's metric means (over micro-batches, then over processes), grad norm, lr,
+    epoch, step."""
     row = _mean_rows(window)
     if acc.num_processes > 1:
         keys = sorted(row)
-        row = dict(zip(keys, acc.reduce(torch.tensor([row[k] for k in keys], device=acc.device), "mean").tolist()))
-    return {**row, "grad_norm": float("nan") if grad_norm is None else float(grad_norm), "learning_rate": lr,
-            "epoch": epoch, "step": step}
+        row = dict(
+            zip(keys, acc.reduce(torch.tensor([row[k] for k in keys], device=acc.device), "mean").tolist())
+        )
+    return {
+        **row,
+        "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+        "learning_rate": lr,
+        "epoch": epoch,
+        "step": step,
+    }
 
 # %% ../nbs/08_online_dpo.ipynb #3930c64c
 def _vllm_sampler(model, tokenizer, cfg, acc):
     "vLLM on this process's GPU (`dpo_notes.gpu`); fails here, clearly, without vLLM or a GPU."
-    return VLLMSampler(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                       max_model_len=cfg.max_length, seed=cfg.seed + acc.process_index)
+    return VLLMSampler(
+        model,
+        tokenizer,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        max_model_len=cfg.max_length,
+        seed=cfg.seed + acc.process_index,
+    )
 
 # %% ../nbs/08_online_dpo.ipynb #67dfec4d
 def _save_final(acc, model, tokenizer, history, cfg) -> None:
     "The trained model (or adapter) and history.json in `cfg.output_dir`, written by the main process."
-    sd = full_state_dict(model) if cfg.output_dir and sharding(model) else None    # every process gathers
+    sd = full_state_dict(model) if cfg.output_dir and sharding(model) else None  # every process gathers
     if cfg.output_dir and acc.is_main_process:
         save_model(model, cfg.output_dir, tokenizer, state_dict=sd)
-        with open(os.path.join(cfg.output_dir, "history.json"), "w") as f: json.dump(history, f, indent=1)
+        with open(os.path.join(cfg.output_dir, "history.json"), "w") as f:
+            json.dump(history, f, indent=1)
 
 # %% ../nbs/08_online_dpo.ipynb #90ab96dd
-def train_online(model, tokenizer, prompts: list, judge=None, cfg: OnlineDPOConfig | None = None, *, reward_funcs=None,
-                 reward_weights: list[float] | None = None, reward_processing_classes=None, ref_model=None, peft_config=None,
-                 eval_fn: Callable | None = None, step_fn=None, resume_from_checkpoint: str | None = None,
-                 accelerator=None) -> OnlineResult:
-    """Online preference optimisation of `model` on `prompts` (strings or chat messages): every step samples from the
-    current policy, asks `judge` (a scored judge, a reward callable or a pairwise judge; or TRL's `reward_funcs` with
-    `reward_weights`, default `cfg.reward_weights`) and takes `step_fn`'s loss (an `OnlineMethod`; default online DPO; XPO passes its own).
+def train_online(
+    model,
+    tokenizer,
+    prompts: list,
+    judge=None,
+    cfg: OnlineDPOConfig | None = None,
+    *,
+    reward_funcs=None,
+    reward_weights: list[float] | None = None,
+    reward_processing_classes=None,
+    ref_model=None,
+    peft_config=None,
+    eval_fn: Callable | None = None,
+    step_fn=None,
+    resume_from_checkpoint: str | None = None,
+    accelerator=None,
+) -> OnlineResult:
+    """Online preference optimisation of `model` on `prompts` (strings or chat messages): every step samples
+    from the
+    current policy, asks `judge` (a scored judge, a reward callable or a pairwise judge; or TRL's
+    `reward_funcs` with
+    `reward_weights`, default `cfg.reward_weights`) and takes `step_fn`'s loss (an `OnlineMethod`; default
+    online DPO; XPO passes its own).
     The reference: `runtime.make_reference`. `eval_fn(model) -> dict` runs before training and whenever
-    `runtime.eval_due(cfg, ...)` says (every `cfg.eval_steps`, each epoch's end under `eval_strategy="epoch"`, the end). To resume, pass the same starting `model` and `resume_from_checkpoint`."""
-    cfg = cfg or OnlineDPOConfig(); method = _as_method(step_fn)
+    `runtime.eval_due(cfg, ...)` says (every `cfg.eval_steps`, each epoch's end under `eval_strategy="epoch"`,
+    the end). To resume, pass the same starting `model` and `resume_from_checkpoint`."""
+    cfg = cfg or OnlineDPOConfig()
+    method = _as_method(step_fn)
     weights = cfg.reward_weights if reward_weights is None else reward_weights
     judge = resolve_judge(judge, reward_funcs, weights, reward_processing_classes)
-    acc, model, ref_model, optimizer, scheduler = _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator)
+    acc, model, ref_model, optimizer, scheduler = _setup_run(
+        model, tokenizer, cfg, ref_model, peft_config, accelerator
+    )
     st = {"step": 0, "history": []}
-    if resume_from_checkpoint is not None: st = load_checkpoint(resume_from_checkpoint, model, optimizer, scheduler, acc)
-    else: torch.manual_seed(cfg.seed + acc.process_index)      # each process samples its own completions
-    history, ga, params = st["history"], cfg.gradient_accumulation_steps, [p for p in model.parameters() if p.requires_grad]
-    per_epoch = max(1, len(prompts) // (cfg.per_device_train_batch_size * acc.num_processes))     # micro-steps per epoch
+    if resume_from_checkpoint is not None:
+        st = load_checkpoint(resume_from_checkpoint, model, optimizer, scheduler, acc)
+    else:
+        torch.manual_seed(cfg.seed + acc.process_index)  # each process samples its own completions
+    history, ga, params = (
+        st["history"],
+        cfg.gradient_accumulation_steps,
+        [p for p in model.parameters() if p.requires_grad],
+    )
+    per_epoch = max(
+        1, len(prompts) // (cfg.per_device_train_batch_size * acc.num_processes)
+    )  # micro-steps per epoch
     sampler = _vllm_sampler(model, tokenizer, cfg, acc) if cfg.use_vllm else None
+
     def run_eval(s):
-        if eval_fn is not None: history.append({**eval_fn(acc.unwrap_model(model)), "epoch": s * ga / per_epoch, "step": s})
-    log = RunLog(cfg, acc, history, method.name)       # each record out as it is logged: history.jsonl, trackers, a line
-    if st["step"] == 0 and cfg.eval_strategy != "no": run_eval(0); log(history)
-    bar = tqdm(total=cfg.max_steps, initial=st["step"], desc=method.name, disable=cfg.disable_tqdm or not acc.is_local_main_process)
+        if eval_fn is not None:
+            history.append({**eval_fn(acc.unwrap_model(model)), "epoch": s * ga / per_epoch, "step": s})
+
+    log = RunLog(
+        cfg, acc, history, method.name
+    )  # each record out as it is logged: history.jsonl, trackers, a line
+    if st["step"] == 0 and cfg.eval_strategy != "no":
+        run_eval(0)
+        log(history)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=st["step"],
+        desc=method.name,
+        disable=cfg.disable_tqdm or not acc.is_local_main_process,
+    )
     window = []
     while st["step"] < cfg.max_steps:
         step, t0 = st["step"], time.perf_counter()
         if sampler is not None:
-            with gathered_weights(model): sampler.sync_weights(model)     # this step's policy, LoRA merged into copies
-        batches = _collect_window(method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler)
+            with gathered_weights(model):
+                sampler.sync_weights(model)  # this step's policy, LoRA merged into copies
+        batches = _collect_window(
+            method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler
+        )
         window += _backward_window(method, model, ref_model, batches, cfg, acc, step)
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        lr = scheduler.get_last_lr()[0]                                 # the rate this update uses (what TRL logs)
-        optimizer.step(); scheduler.step(); optimizer.zero_grad(set_to_none=True)
-        st["step"] = step = step + 1; window[-1]["time/step"] = time.perf_counter() - t0
+        lr = scheduler.get_last_lr()[0]  # the rate this update uses (what TRL logs)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        st["step"] = step = step + 1
+        window[-1]["time/step"] = time.perf_counter() - t0
         if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            history.append(_log_row(acc, window, grad_norm, lr, step, step * ga / per_epoch)); window = []
+            history.append(_log_row(acc, window, grad_norm, lr, step, step * ga / per_epoch))
+            window = []
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", kl=f"{history[-1]['objective/kl']:.2f}")
-        if eval_due(cfg, step, cfg.max_steps, max(1, per_epoch // ga)): run_eval(step)
+        if eval_due(cfg, step, cfg.max_steps, max(1, per_epoch // ga)):
+            run_eval(step)
         if cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0:
-            save_checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{step}"), model, tokenizer, optimizer, scheduler,
-                            {**st, "config": asdict(cfg)}, acc)
-        log(history); bar.update(1)
-    bar.close(); log.close()
-    model = acc.unwrap_model(model); _save_final(acc, model, tokenizer, history, cfg)
+            save_checkpoint(
+                os.path.join(cfg.output_dir, f"checkpoint-{step}"),
+                model,
+                tokenizer,
+                optimizer,
+                scheduler,
+                {**st, "config": asdict(cfg)},
+                acc,
+            )
+        log(history)
+        bar.update(1)
+    bar.close()
+    log.close()
+    model = acc.unwrap_model(model)
+    _save_final(acc, model, tokenizer, history, cfg)
     return OnlineResult(model, history, ref_model, cfg.output_dir)

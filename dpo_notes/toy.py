@@ -5,12 +5,13 @@
 its word tokenizer, the three shipped SFT models (s/m/l) and the toy datasets.
 
 Taught in notebook 01, `nbs/01_toy.ipynb`."""
+
 from __future__ import annotations
 import json, math, random, time
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, pre_tokenizers
-from tokenizers import models as tokenizer_models      # `models` is the notebook's dict of SFT models
+from tokenizers import models as tokenizer_models  # `models` is the notebook's dict of SFT models
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .core import data_dir
 
@@ -24,42 +25,66 @@ __all__ = ['NAMES', 'PRODUCT_ASPECTS', 'PRODUCTS', 'ASPECTS', 'ADJECTIVES', 'VER
            'load_toy_dataset', 'win_rate_vs']
 
 # %% ../nbs/01_toy.ipynb #00bcef89
-NAMES = ("alice bob carol dave erin frank grace heidi ivan judy kate leo mia nina oscar paul "
-         "quinn rosa sam tina uma victor wendy xavier yara zoe adam bella chris diana ethan fiona").split()
-PRODUCT_ASPECTS = {            # product -> the parts of it a review may discuss
-    "phone": ("battery", "screen", "button"),     "laptop": ("battery", "screen", "keyboard"),
-    "tablet": ("battery", "screen", "stylus"),    "headset": ("sound", "bass", "cushion"),
-    "speaker": ("sound", "bass", "volume"),       "television": ("screen", "picture", "remote"),
-    "watch": ("strap", "battery", "dial"),        "kettle": ("lid", "handle", "spout"),
-    "blender": ("blade", "motor", "lid"),         "toaster": ("slot", "dial", "timer"),
-    "vacuum": ("suction", "filter", "motor"),     "backpack": ("zipper", "pocket", "strap"),
-    "jacket": ("zipper", "hood", "fabric"),       "boot": ("sole", "lace", "fabric"),
-    "tent": ("pole", "zipper", "fabric"),         "bicycle": ("brake", "gear", "seat"),
+NAMES = (
+    "alice bob carol dave erin frank grace heidi ivan judy kate leo mia nina oscar paul "
+    "quinn rosa sam tina uma victor wendy xavier yara zoe adam bella chris diana ethan fiona"
+).split()
+PRODUCT_ASPECTS = {  # product -> the parts of it a review may discuss
+    "phone": ("battery", "screen", "button"),
+    "laptop": ("battery", "screen", "keyboard"),
+    "tablet": ("battery", "screen", "stylus"),
+    "headset": ("sound", "bass", "cushion"),
+    "speaker": ("sound", "bass", "volume"),
+    "television": ("screen", "picture", "remote"),
+    "watch": ("strap", "battery", "dial"),
+    "kettle": ("lid", "handle", "spout"),
+    "blender": ("blade", "motor", "lid"),
+    "toaster": ("slot", "dial", "timer"),
+    "vacuum": ("suction", "filter", "motor"),
+    "backpack": ("zipper", "pocket", "strap"),
+    "jacket": ("zipper", "hood", "fabric"),
+    "boot": ("sole", "lace", "fabric"),
+    "tent": ("pole", "zipper", "fabric"),
+    "bicycle": ("brake", "gear", "seat"),
 }
 PRODUCTS = tuple(PRODUCT_ASPECTS)
 ASPECTS = tuple(sorted({a for parts in PRODUCT_ASPECTS.values() for a in parts}))
 ADJECTIVES = {  # sentiment -> adjectives
     1: "great excellent superb lovely solid reliable perfect fantastic brilliant sturdy".split(),
     -1: "awful terrible flimsy poor broken cheap noisy useless disappointing weak".split(),
-    0: "okay fine average ordinary".split()}
-VERBS = {1: "love like recommend enjoy".split(), -1: "hate dislike regret returned".split(), 0: "own use".split()}
+    0: "okay fine average ordinary".split(),
+}
+VERBS = {
+    1: "love like recommend enjoy".split(),
+    -1: "hate dislike regret returned".split(),
+    0: "own use".split(),
+}
 
 # %% ../nbs/01_toy.ipynb #dc212e89
-TEMPLATES = ("{name} reviews the {product} :", "{name} writes about the {product} :",
-             "the {product} , reviewed by {name} :", "{name} bought the {product} and says :")
+TEMPLATES = (
+    "{name} reviews the {product} :",
+    "{name} writes about the {product} :",
+    "the {product} , reviewed by {name} :",
+    "{name} bought the {product} and says :",
+)
+
 
 def make_prompt(name: str, product: str, template: int = 0) -> str:
     "The prompt for reviewer `name` and `product` in template number `template` (0-3)."
-    if name not in NAMES: raise ValueError(f"name: expected one of NAMES, got {name!r}")
-    if product not in PRODUCT_ASPECTS: raise ValueError(f"product: expected one of PRODUCTS, got {product!r}")
-    if not 0 <= template < len(TEMPLATES): raise ValueError(f"template: expected 0..{len(TEMPLATES)-1}, got {template!r}")
+    if name not in NAMES:
+        raise ValueError(f"name: expected one of NAMES, got {name!r}")
+    if product not in PRODUCT_ASPECTS:
+        raise ValueError(f"product: expected one of PRODUCTS, got {product!r}")
+    if not 0 <= template < len(TEMPLATES):
+        raise ValueError(f"template: expected 0..{len(TEMPLATES) - 1}, got {template!r}")
     return TEMPLATES[template].format(name=name, product=product)
 
 # %% ../nbs/01_toy.ipynb #40b39e17
 def prompt_product(prompt: str) -> str:
     "The product a prompt is about (its only product word)."
     found = [w for w in prompt.split() if w in PRODUCT_ASPECTS]
-    if len(found) != 1: raise ValueError(f"prompt: expected exactly one product word, got {prompt!r}")
+    if len(found) != 1:
+        raise ValueError(f"prompt: expected exactly one product word, got {prompt!r}")
     return found[0]
 
 # %% ../nbs/01_toy.ipynb #1d82a4dc
@@ -73,14 +98,16 @@ def split_name_products(seed: int = 0, per_product: int = 4) -> tuple[list, list
 # %% ../nbs/01_toy.ipynb #74b9c47b
 def toy_prompts(split: str = "train") -> list[str]:
     "Every prompt of `split` ('train' or 'test'): each held-in (or held-out) pair in each template."
-    if split not in ("train", "test"): raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     pairs = split_name_products()[split == "test"]
     return [make_prompt(n, p, t) for n, p in pairs for t in range(len(TEMPLATES))]
 
 # %% ../nbs/01_toy.ipynb #a156756b
 def sample_prompts(n: int, split: str = "train", seed: int | random.Random = 0) -> list[str]:
     "`n` prompts of `split`, drawn without replacement while they last (then with), reproducibly from `seed`."
-    if n < 0: raise ValueError(f"n: expected a count >= 0, got {n}")
+    if n < 0:
+        raise ValueError(f"n: expected a count >= 0, got {n}")
     rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     pool = toy_prompts(split)
     return rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
@@ -90,13 +117,20 @@ _SENTIMENT = {w: s for s, ws in ADJECTIVES.items() for w in ws}
 _VERB_SENTIMENT = {w: s for s, ws in VERBS.items() for w in ws}
 _SUBJECTS = set(PRODUCTS) | set(ASPECTS)
 
+
 def parse_sentence(words: tuple[str, ...]) -> tuple[str, int] | None:
     "(subject, sentiment) of a well-formed sentence given as words without its final '.', else None."
     w = tuple(words)
     if len(w) in (3, 4) and w[:2] == ("it", "is") and (len(w) == 3 or w[2] == "very") and w[-1] in _SENTIMENT:
         return "it", _SENTIMENT[w[-1]]
-    if (len(w) in (4, 5) and w[0] == "the" and w[1] in _SUBJECTS and w[2] == "is" and (len(w) == 4 or w[3] == "very")
-            and w[-1] in _SENTIMENT):
+    if (
+        len(w) in (4, 5)
+        and w[0] == "the"
+        and w[1] in _SUBJECTS
+        and w[2] == "is"
+        and (len(w) == 4 or w[3] == "very")
+        and w[-1] in _SENTIMENT
+    ):
         return w[1], _SENTIMENT[w[-1]]
     if len(w) == 4 and w[0] == "i" and w[1] in _VERB_SENTIMENT and w[2] == "the" and w[3] in _SUBJECTS:
         return w[3], _VERB_SENTIMENT[w[1]]
@@ -107,37 +141,74 @@ def split_sentences(completion: str) -> tuple[list[tuple[str, ...]], tuple[str, 
     "The '.'-terminated sentences of `completion` (as word tuples, '.' dropped) and the unterminated tail."
     sents, cur = [], []
     for w in completion.split():
-        if w == ".": sents.append(tuple(cur)); cur = []
-        else: cur.append(w)
+        if w == ".":
+            sents.append(tuple(cur))
+            cur = []
+        else:
+            cur.append(w)
     return sents, tuple(cur)
 
 # %% ../nbs/01_toy.ipynb #9b9a5ff9
 MAX_SENTENCES = 3
-FEATURES = ("positive", "negative", "names_product", "own_aspects", "off_topic",
-            "malformed", "repeated", "extra", "unfinished", "empty")
-REWARD_WEIGHTS = dict(positive=1.0, negative=-1.0, names_product=1.0, own_aspects=1.0, off_topic=-1.0,
-                      malformed=-1.0, repeated=-1.0, extra=-1.0, unfinished=-2.0, empty=-1.0)
-MAX_REWARD = MAX_SENTENCES + 1 + (MAX_SENTENCES - 1)   # 3 positive sentences, the product named, 2 of its parts
+FEATURES = (
+    "positive",
+    "negative",
+    "names_product",
+    "own_aspects",
+    "off_topic",
+    "malformed",
+    "repeated",
+    "extra",
+    "unfinished",
+    "empty",
+)
+REWARD_WEIGHTS = dict(
+    positive=1.0,
+    negative=-1.0,
+    names_product=1.0,
+    own_aspects=1.0,
+    off_topic=-1.0,
+    malformed=-1.0,
+    repeated=-1.0,
+    extra=-1.0,
+    unfinished=-2.0,
+    empty=-1.0,
+)
+MAX_REWARD = (
+    MAX_SENTENCES + 1 + (MAX_SENTENCES - 1)
+)  # 3 positive sentences, the product named, 2 of its parts
+
 
 def features(prompt: str, completion: str, finished: bool = True) -> dict[str, float]:
-    "The reward's features (see `FEATURES`) of `completion` for `prompt`; `finished=False`: cut at the length limit."
+    """The reward's features (see `FEATURES`) of `completion` for `prompt`; `finished=False`: cut at the
+    length limit."""
     product = prompt_product(prompt)
     sents, tail = split_sentences(completion)
-    sents = [(s, True) for s in sents] + ([(tail, False)] if tail else [])  # a fragment with no '.' is malformed
+    sents = [(s, True) for s in sents] + (
+        [(tail, False)] if tail else []
+    )  # a fragment with no '.' is malformed
     f = dict.fromkeys(FEATURES, 0.0)
     f["extra"] = float(max(0, len(sents) - MAX_SENTENCES))
     f["unfinished"], f["empty"] = float(not finished), float(not sents)
     seen, parts = set(), set()
     for s, terminated in sents[:MAX_SENTENCES]:
-        if terminated and s in seen: f["repeated"] += 1; continue
+        if terminated and s in seen:
+            f["repeated"] += 1
+            continue
         seen.add(s)
         parsed = parse_sentence(s) if terminated else None
-        if parsed is None: f["malformed"] += 1; continue
+        if parsed is None:
+            f["malformed"] += 1
+            continue
         subject, sentiment = parsed
-        f["positive"] += sentiment > 0; f["negative"] += sentiment < 0
-        if subject == product: f["names_product"] = 1.0
-        elif subject in PRODUCT_ASPECTS[product]: parts.add(subject)
-        elif subject != "it": f["off_topic"] += 1
+        f["positive"] += sentiment > 0
+        f["negative"] += sentiment < 0
+        if subject == product:
+            f["names_product"] = 1.0
+        elif subject in PRODUCT_ASPECTS[product]:
+            parts.add(subject)
+        elif subject != "it":
+            f["off_topic"] += 1
     f["own_aspects"] = float(len(parts))
     return f
 
@@ -153,21 +224,34 @@ def reward_breakdown(prompt: str, completion: str, finished: bool = True) -> dic
     return {**parts, "reward": sum(parts.values())}
 
 # %% ../nbs/01_toy.ipynb #c5d331ac
-CORPUS_PROBS = dict(n_sentences=(0.15, 0.25, 0.3, 0.2, 0.1),      # P(1..5 sentences)
-                    sentiment=(0.45, 0.35, 0.2),                   # P(+1, -1, 0)
-                    subject=(0.3, 0.35, 0.08, 0.12, 0.15),         # P(own product, own part, other product, other part, 'it')
-                    very=0.25, verb_form=0.35, corrupt=0.12, repeat=0.12)
-_CORRUPT_WORDS = sorted(set(ASPECTS) | set(PRODUCTS) | set(ADJECTIVES[1] + ADJECTIVES[-1]) | {"is", "the", "very", "it"})
+CORPUS_PROBS = dict(
+    n_sentences=(0.15, 0.25, 0.3, 0.2, 0.1),  # P(1..5 sentences)
+    sentiment=(0.45, 0.35, 0.2),  # P(+1, -1, 0)
+    subject=(0.3, 0.35, 0.08, 0.12, 0.15),  # P(own product, own part, other product, other part, 'it')
+    very=0.25,
+    verb_form=0.35,
+    corrupt=0.12,
+    repeat=0.12,
+)
+_CORRUPT_WORDS = sorted(
+    set(ASPECTS) | set(PRODUCTS) | set(ADJECTIVES[1] + ADJECTIVES[-1]) | {"is", "the", "very", "it"}
+)
 
-def _rng(rng) -> random.Random: return rng if isinstance(rng, random.Random) else random.Random(rng)
+
+def _rng(rng) -> random.Random:
+    return rng if isinstance(rng, random.Random) else random.Random(rng)
 
 # %% ../nbs/01_toy.ipynb #e4d633e5
 def _corrupt(words: list[str], rng: random.Random) -> list[str]:
     "Drop a word, swap two neighbours, or insert a stray word."
     w, k = list(words), rng.randrange(3)
-    if k == 0: del w[rng.randrange(len(w))]
-    elif k == 1: i = rng.randrange(len(w) - 1); w[i], w[i + 1] = w[i + 1], w[i]
-    else: w.insert(rng.randrange(len(w) + 1), rng.choice(_CORRUPT_WORDS))
+    if k == 0:
+        del w[rng.randrange(len(w))]
+    elif k == 1:
+        i = rng.randrange(len(w) - 1)
+        w[i], w[i + 1] = w[i + 1], w[i]
+    else:
+        w.insert(rng.randrange(len(w) + 1), rng.choice(_CORRUPT_WORDS))
     return w
 
 # %% ../nbs/01_toy.ipynb #9dd02ec0
@@ -175,15 +259,22 @@ def sample_sentence(product: str, rng: random.Random, probs: dict = CORPUS_PROBS
     "One corpus sentence about `product` (possibly off topic or corrupted), ending with ' .'."
     sentiment = rng.choices((1, -1, 0), weights=probs["sentiment"])[0]
     kind = rng.choices(("own", "part", "other", "other_part", "it"), weights=probs["subject"])[0]
-    subject = {"own": lambda: product, "part": lambda: rng.choice(PRODUCT_ASPECTS[product]),
-               "other": lambda: rng.choice([q for q in PRODUCTS if q != product]),
-               "other_part": lambda: rng.choice([a for a in ASPECTS if a not in PRODUCT_ASPECTS[product]]),
-               "it": lambda: "it"}[kind]()
+    subject = {
+        "own": lambda: product,
+        "part": lambda: rng.choice(PRODUCT_ASPECTS[product]),
+        "other": lambda: rng.choice([q for q in PRODUCTS if q != product]),
+        "other_part": lambda: rng.choice([a for a in ASPECTS if a not in PRODUCT_ASPECTS[product]]),
+        "it": lambda: "it",
+    }[kind]()
     very = ["very"] if rng.random() < probs["very"] else []
-    if subject == "it": w = ["it", "is", *very, rng.choice(ADJECTIVES[sentiment])]
-    elif rng.random() < probs["verb_form"]: w = ["i", rng.choice(VERBS[sentiment]), "the", subject]
-    else: w = ["the", subject, "is", *very, rng.choice(ADJECTIVES[sentiment])]
-    if rng.random() < probs["corrupt"]: w = _corrupt(w, rng)
+    if subject == "it":
+        w = ["it", "is", *very, rng.choice(ADJECTIVES[sentiment])]
+    elif rng.random() < probs["verb_form"]:
+        w = ["i", rng.choice(VERBS[sentiment]), "the", subject]
+    else:
+        w = ["the", subject, "is", *very, rng.choice(ADJECTIVES[sentiment])]
+    if rng.random() < probs["corrupt"]:
+        w = _corrupt(w, rng)
     return " ".join(w + ["."])
 
 # %% ../nbs/01_toy.ipynb #9c5a4352
@@ -193,7 +284,11 @@ def sample_completion(prompt: str, rng: random.Random | int | None = None, probs
     n = rng.choices(range(1, len(probs["n_sentences"]) + 1), weights=probs["n_sentences"])[0]
     out = []
     for _ in range(n):
-        out.append(rng.choice(out) if out and rng.random() < probs["repeat"] else sample_sentence(product, rng, probs))
+        out.append(
+            rng.choice(out)
+            if out and rng.random() < probs["repeat"]
+            else sample_sentence(product, rng, probs)
+        )
     return " ".join(out)
 
 # %% ../nbs/01_toy.ipynb #a2db3ee5
@@ -205,15 +300,25 @@ def best_of_n(prompt: str, n: int = 8, rng: random.Random | int | None = None) -
 # %% ../nbs/01_toy.ipynb #ae832703
 GOOD_REWARD = 3.0
 
+
 def is_good(r: float) -> bool:
     "A review is 'good' when its reward reaches `GOOD_REWARD` (the median of the best-of-8 reference)."
     return r >= GOOD_REWARD
 
 # %% ../nbs/01_toy.ipynb #c35385ce
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<eos>")
-TOY_WORDS = tuple(sorted(set(NAMES) | set(PRODUCTS) | set(ASPECTS) | {w for ws in ADJECTIVES.values() for w in ws}
-                         | {w for ws in VERBS.values() for w in ws} | {"the", "is", "very", "i", "it", "."}
-                         | {w for t in TEMPLATES for w in t.split() if not w.startswith("{")}))
+TOY_WORDS = tuple(
+    sorted(
+        set(NAMES)
+        | set(PRODUCTS)
+        | set(ASPECTS)
+        | {w for ws in ADJECTIVES.values() for w in ws}
+        | {w for ws in VERBS.values() for w in ws}
+        | {"the", "is", "very", "i", "it", "."}
+        | {w for t in TEMPLATES for w in t.split() if not w.startswith("{")}
+    )
+)
+
 
 def build_toy_tokenizer():
     "A fresh word-level `PreTrainedTokenizerFast` over `TOY_WORDS` (pad, eos, unk set; no BOS, no template)."
@@ -221,8 +326,15 @@ def build_toy_tokenizer():
     tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
-                                   clean_up_tokenization_spaces=False, model_max_length=128, padding_side="right")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<eos>",
+        clean_up_tokenization_spaces=False,
+        model_max_length=128,
+        padding_side="right",
+    )
 
 # %% ../nbs/01_toy.ipynb #ec489d3e
 def load_toy_tokenizer():
@@ -236,8 +348,10 @@ TOY_SIZES = {  # size -> LlamaConfig arguments
     "l": dict(hidden_size=256, intermediate_size=640, num_hidden_layers=5, num_attention_heads=8),
 }
 
+
 def _check_size(size):
-    if size not in TOY_SIZES: raise ValueError(f"size: expected one of {list(TOY_SIZES)}, got {size!r}")
+    if size not in TOY_SIZES:
+        raise ValueError(f"size: expected one of {list(TOY_SIZES)}, got {size!r}")
 
 # %% ../nbs/01_toy.ipynb #6d956b51
 def toy_config(size: str, tokenizer=None):
@@ -245,9 +359,16 @@ def toy_config(size: str, tokenizer=None):
     _check_size(size)
     tok = tokenizer or build_toy_tokenizer()
     kw = TOY_SIZES[size]
-    return LlamaConfig(vocab_size=len(tok), max_position_embeddings=128, tie_word_embeddings=True,
-                       num_key_value_heads=kw["num_attention_heads"], pad_token_id=tok.pad_token_id,
-                       eos_token_id=tok.eos_token_id, bos_token_id=None, **kw)
+    return LlamaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        num_key_value_heads=kw["num_attention_heads"],
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        **kw,
+    )
 
 # %% ../nbs/01_toy.ipynb #f1953bc9
 def make_toy_model(size: str, tokenizer=None, seed: int = 0):
@@ -262,39 +383,60 @@ def count_params(model) -> int:
 
 # %% ../nbs/01_toy.ipynb #27835377
 def sft_batch(tokenizer, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
-    "Right-padded `input_ids`, `attention_mask`, `labels` (B, T) of prompt + completion + eos; labels -100 off the completion."
+    """Right-padded `input_ids`, `attention_mask`, `labels` (B, T) of prompt + completion + eos; labels -100
+    off the completion."""
     rows, labels = [], []
     for p, c in zip(prompts, completions, strict=True):
         pi, ci = tokenizer(p)["input_ids"], tokenizer(c)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append(pi + ci); labels.append([-100] * len(pi) + ci)
+        rows.append(pi + ci)
+        labels.append([-100] * len(pi) + ci)
     T = max(map(len, rows))
     ids = torch.full((len(rows), T), tokenizer.pad_token_id)
-    lab = torch.full((len(rows), T), -100); mask = torch.zeros((len(rows), T), dtype=torch.long)
+    lab = torch.full((len(rows), T), -100)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, (r, l) in enumerate(zip(rows, labels)):
-        ids[i, :len(r)], lab[i, :len(l)], mask[i, :len(r)] = torch.tensor(r), torch.tensor(l), 1
+        ids[i, : len(r)], lab[i, : len(l)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
     return dict(input_ids=ids, attention_mask=mask, labels=lab)
 
 # %% ../nbs/01_toy.ipynb #e5a63f9f
 SFT_RECIPES = {"s": dict(steps=1800, lr=3e-3), "m": dict(steps=1000, lr=3e-3), "l": dict(steps=600, lr=1e-3)}
 
-def train_sft(model, tokenizer, steps: int, lr: float, batch_size: int = 32, seed: int = 0,
-              log_every: int = 0, warmup: float = 0.05) -> list[float]:
+
+def train_sft(
+    model,
+    tokenizer,
+    steps: int,
+    lr: float,
+    batch_size: int = 32,
+    seed: int = 0,
+    log_every: int = 0,
+    warmup: float = 0.05,
+) -> list[float]:
     "Fine-tune `model` on fresh corpus batches from the training prompts; returns the per-step losses."
     rng, prompts = random.Random(seed), toy_prompts("train")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     n_warm = max(1, int(warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / n_warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    model.train(); losses, t0 = [], time.time()
+        opt, lambda s: min(1.0, (s + 1) / n_warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    model.train()
+    losses, t0 = [], time.time()
     for step in range(steps):
         ps = [rng.choice(prompts) for _ in range(batch_size)]
         batch = sft_batch(tokenizer, ps, [sample_completion(q, rng) for q in ps])
         loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
-        loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step+1:5d}  loss {sum(losses[-log_every:]) / log_every:.3f}  {time.time() - t0:.0f}s", flush=True)
+            print(
+                f"step {step + 1:5d}  loss {sum(losses[-log_every:]) / log_every:.3f}  "
+                f"{time.time() - t0:.0f}s",
+                flush=True,
+            )
     model.eval()
     return losses
 
@@ -311,11 +453,16 @@ def load_toy(size: str = "s", device: str | torch.device = "cpu"):
 # %% ../nbs/01_toy.ipynb #b20ab1c9
 TOY_DATASETS = ("prefs", "prompts")
 
+
 def load_toy_dataset(name: str, split: str = "train"):
-    "The shipped toy dataset `name` ('prefs' or 'prompts') for `split` ('train' or 'test'), as a `datasets.Dataset`."
-    if name not in TOY_DATASETS: raise ValueError(f"name: expected one of {TOY_DATASETS}, got {name!r}")
-    if split not in ("train", "test"): raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-    with open(data_dir() / f"toy_{name}_{split}.jsonl") as f: rows = [json.loads(l) for l in f if l.strip()]
+    """The shipped toy dataset `name` ('prefs' or 'prompts') for `split` ('train' or 'test'), as a
+    `datasets.Dataset`."""
+    if name not in TOY_DATASETS:
+        raise ValueError(f"name: expected one of {TOY_DATASETS}, got {name!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    with open(data_dir() / f"toy_{name}_{split}.jsonl") as f:
+        rows = [json.loads(l) for l in f if l.strip()]
     return Dataset.from_list(rows)
 
 # %% ../nbs/01_toy.ipynb #aa712ebe
@@ -325,5 +472,8 @@ MAX_NEW_TOKENS = 32
 def win_rate_vs(rewards_a: list[float], rewards_b: list[float]) -> float:
     "Fraction of paired comparisons a wins (ties count 1/2): P(r_a > r_b) + P(r_a = r_b) / 2."
     if len(rewards_a) != len(rewards_b) or not rewards_a:
-        raise ValueError(f"rewards_a, rewards_b: expected two non-empty lists of equal length, got {len(rewards_a)} and {len(rewards_b)}")
+        raise ValueError(
+            f"rewards_a, rewards_b: expected two non-empty lists of equal length, got {len(rewards_a)} and "
+            f"{len(rewards_b)}"
+        )
     return sum((a > b) + 0.5 * (a == b) for a, b in zip(rewards_a, rewards_b)) / len(rewards_a)

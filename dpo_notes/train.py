@@ -6,6 +6,7 @@
 evaluation, checkpoints that resume exactly, TR-DPO).
 
 Taught in notebook 06, `nbs/06_dpo_training.ipynb`."""
+
 from __future__ import annotations
 import copy, functools, hashlib, json, math, time, warnings
 from dataclasses import dataclass, field, fields, asdict
@@ -23,14 +24,37 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .core import deprecated_alias, seed_everything
-from .losses import F_DIVERGENCE_LOSS_TYPES, F_DIVERGENCE_TYPES, LOSS_TYPES, SMOOTHED_LOSS_TYPES, dpo_loss
+from dpo_notes.losses import (
+    F_DIVERGENCE_LOSS_TYPES,
+    F_DIVERGENCE_TYPES,
+    LOSS_TYPES,
+    SMOOTHED_LOSS_TYPES,
+    dpo_loss,
+)
 from .logps import concatenated_forward, pack_pairs, packed_forward
 from .data import PreferenceCollator, normalize_preferences, tokenize_preferences
 from .runtime import RunLog, TrainingConfig, arg, check_training, eval_due, renamed_fields
-from .runtime import (REF_ADAPTER, accumulating, autocast, check_finite_loss, configure_deepspeed, is_peft,
-                               load_checkpoint, make_accelerator, make_optimizer, make_reference, make_scheduler,
-                               on_device, reference_context, save_checkpoint, save_model, setup_policy, unwrap, use_bf16,
-                               weights_hash)
+from dpo_notes.runtime import (
+    REF_ADAPTER,
+    accumulating,
+    autocast,
+    check_finite_loss,
+    configure_deepspeed,
+    is_peft,
+    load_checkpoint,
+    make_accelerator,
+    make_optimizer,
+    make_reference,
+    make_scheduler,
+    on_device,
+    reference_context,
+    save_checkpoint,
+    save_model,
+    setup_policy,
+    unwrap,
+    use_bf16,
+    weights_hash,
+)
 from .runtime import full_state_dict, sharding, writable_weights
 
 # %% auto #0
@@ -45,137 +69,241 @@ __all__ = ['TOKEN_KEYS', 'METRICS', 'plain_forward', 'plot_history', 'prepare_ex
 TOKEN_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _TOKENIZE_DEFAULTS = SimpleNamespace(max_length=1024, max_prompt_length=None, truncation_mode="keep_end")
 
+
 def prepare_examples(data, tokenizer, cfg=None, name: str = "train_data") -> list[dict]:
-    """Token ids of every pair, as a list of dicts with `TOKEN_KEYS`. Records that already hold them pass through; any
-    format `dpo_notes.data` reads is normalised and tokenised with `cfg.max_length`, `cfg.max_prompt_length` and
-    `cfg.truncation_mode` (default 1024, None, keep_end). Invalid records are dropped with one warning that counts them."""
+    """Token ids of every pair, as a list of dicts with `TOKEN_KEYS`. Records that already hold them pass
+    through; any
+    format `dpo_notes.data` reads is normalised and tokenised with `cfg.max_length`, `cfg.max_prompt_length`
+    and
+    `cfg.truncation_mode` (default 1024, None, keep_end). Invalid records are dropped with one warning that
+    counts them."""
     cfg = cfg or _TOKENIZE_DEFAULTS
     recs = data.to_list() if hasattr(data, "to_list") else [dict(r) for r in data]
-    if not recs: raise ValueError(f"{name} is empty: expected at least one preference pair")
-    if all(k in recs[0] for k in TOKEN_KEYS): return recs
-    try: pairs = normalize_preferences(recs, tokenizer, skip_invalid=True)
-    except ValueError as e: raise ValueError(f"{name}: {e}") from None
-    return tokenize_preferences(pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                truncation_mode=cfg.truncation_mode).to_list()
+    if not recs:
+        raise ValueError(f"{name} is empty: expected at least one preference pair")
+    if all(k in recs[0] for k in TOKEN_KEYS):
+        return recs
+    try:
+        pairs = normalize_preferences(recs, tokenizer, skip_invalid=True)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    return tokenize_preferences(
+        pairs,
+        tokenizer,
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
+        truncation_mode=cfg.truncation_mode,
+    ).to_list()
 
 # %% ../nbs/06_dpo_training.ipynb #b9a58aac
 def epoch_order(n: int, epoch: int, cfg) -> list[int]:
-    "The order of the `n` pairs in `epoch`: a permutation seeded by `cfg.seed + epoch` (identity without `cfg.shuffle`)."
-    if not getattr(cfg, "shuffle", True): return list(range(n))
+    """The order of the `n` pairs in `epoch`: a permutation seeded by `cfg.seed + epoch` (identity without
+    `cfg.shuffle`)."""
+    if not getattr(cfg, "shuffle", True):
+        return list(range(n))
     return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
 
 # %% ../nbs/06_dpo_training.ipynb #b9a58a01
 def make_loader(examples: list[dict], collate, batch_size: int, order: list[int] | None = None) -> DataLoader:
     "Batches of `examples` visited in `order` (default: as stored), padded by `collate`."
-    return DataLoader(examples, batch_size=batch_size, sampler=order if order is not None else range(len(examples)),
-                      collate_fn=collate)
+    return DataLoader(
+        examples,
+        batch_size=batch_size,
+        sampler=order if order is not None else range(len(examples)),
+        collate_fn=collate,
+    )
 
 # %% ../nbs/06_dpo_training.ipynb #27728f69
-METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-           "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
+METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+)
+
 
 def dpo_metrics(loss, chosen_rewards, rejected_rewards, pol: dict, accelerator=None) -> dict[str, float]:
     """TRL's DPO metrics of one micro-batch (`METRICS`), over the pairs of every process. `chosen_rewards`,
     `rejected_rewards`: (B,); `pol`: `concatenated_forward`'s output; `loss`: the scalar mean loss."""
     g = accelerator.gather if accelerator is not None and accelerator.num_processes > 1 else (lambda t: t)
     cr, rr = chosen_rewards.detach().float(), rejected_rewards.detach().float()
-    per_pair = torch.stack([cr, rr, (cr > rr).float(), cr - rr,                     # r̂_w, r̂_l, [r̂_w > r̂_l], r̂_w − r̂_l
-                            pol["chosen_logps"].detach().float(), pol["rejected_logps"].detach().float()], 1)  # (B, 6)
+    per_pair = torch.stack(
+        [
+            cr,
+            rr,
+            (cr > rr).float(),
+            cr - rr,  # r̂_w, r̂_l, [r̂_w > r̂_l], r̂_w − r̂_l
+            pol["chosen_logps"].detach().float(),
+            pol["rejected_logps"].detach().float(),
+        ],
+        1,
+    )  # (B, 6)
     nc, nr = pol["chosen_lengths"].sum().float(), pol["rejected_lengths"].sum().float()
-    totals = torch.stack([loss.detach().float(), pol["mean_chosen_logits"].detach().float() * nc,
-                          pol["mean_rejected_logits"].detach().float() * nr, nc, nr])[None]        # (1, 5)
-    per_pair, totals = g(per_pair), g(totals)                        # (P·B, 6) and (P, 5) over P processes
+    totals = torch.stack(
+        [
+            loss.detach().float(),
+            pol["mean_chosen_logits"].detach().float() * nc,
+            pol["mean_rejected_logits"].detach().float() * nr,
+            nc,
+            nr,
+        ]
+    )[None]  # (1, 5)
+    per_pair, totals = g(per_pair), g(totals)  # (P·B, 6) and (P, 5) over P processes
     means, sums = per_pair.mean(0).tolist(), totals.sum(0).tolist()  # one device → host copy each
     out = {"loss": sums[0] / totals.shape[0], **dict(zip(METRICS[1:7], means))}
     out["logits/chosen"], out["logits/rejected"] = sums[1] / max(sums[3], 1), sums[2] / max(sums[4], 1)
     return out
 
 # %% ../nbs/06_dpo_training.ipynb #63172e9d
-plain_forward = functools.partial(concatenated_forward, lean=False)   # padded rows, logits over the whole vocabulary
+plain_forward = functools.partial(
+    concatenated_forward, lean=False
+)  # padded rows, logits over the whole vocabulary
+
 
 def plain_dpo_step(policy, ref_model, batch: dict, beta: float = 0.1, forward=plain_forward):
-    """The DPO loss of one padded preference batch (`input_ids`, `attention_mask`, `labels` (2B, T)) and TRL's metrics.
+    """The DPO loss of one padded preference batch (`input_ids`, `attention_mask`, `labels` (2B, T)) and TRL's
+    metrics.
     Returns the mean loss (scalar, with its graph) and a dict of floats."""
-    pol = forward(policy, batch)                           # log π_θ(y_w|x), log π_θ(y_l|x): (B,) each
-    with torch.no_grad(): ref = forward(ref_model, batch)  # log π_ref(y_w|x), log π_ref(y_l|x)
-    losses, r_w, r_l = dpo_loss(pol["chosen_logps"], pol["rejected_logps"],      # −log σ(r̂_w − r̂_l),
-                                ref["chosen_logps"], ref["rejected_logps"], beta=beta)   # r̂ = β log π_θ/π_ref
-    loss = losses.mean()                                   # mean over the B pairs
+    pol = forward(policy, batch)  # log π_θ(y_w|x), log π_θ(y_l|x): (B,) each
+    with torch.no_grad():
+        ref = forward(ref_model, batch)  # log π_ref(y_w|x), log π_ref(y_l|x)
+    losses, r_w, r_l = dpo_loss(
+        pol["chosen_logps"],
+        pol["rejected_logps"],  # −log σ(r̂_w − r̂_l),
+        ref["chosen_logps"],
+        ref["rejected_logps"],
+        beta=beta,
+    )  # r̂ = β log π_θ/π_ref
+    loss = losses.mean()  # mean over the B pairs
     return loss, dpo_metrics(loss, r_w, r_l, pol)
 
 # %% ../nbs/06_dpo_training.ipynb #366f4045
-def plain_dpo_train(policy, tokenizer, pairs, beta: float = 0.1, learning_rate: float = 1e-3, batch_size: int = 16,
-                    epochs: int = 1, seed: int = 0) -> list[dict]:
-    "Offline DPO of `policy`, in place, on the preference `pairs`: AdamW, constant learning rate. Returns a log record per step."
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)          # π_ref: the starting policy, frozen
+def plain_dpo_train(
+    policy,
+    tokenizer,
+    pairs,
+    beta: float = 0.1,
+    learning_rate: float = 1e-3,
+    batch_size: int = 16,
+    epochs: int = 1,
+    seed: int = 0,
+) -> list[dict]:
+    """Offline DPO of `policy`, in place, on the preference `pairs`: AdamW, constant learning rate. Returns a
+    log record per step."""
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)  # π_ref: the starting policy, frozen
     opt = torch.optim.AdamW(policy.parameters(), lr=learning_rate, weight_decay=0.0)
     examples, collate = prepare_examples(pairs, tokenizer), PreferenceCollator.from_tokenizer(tokenizer)
     history = []
     for epoch in range(epochs):
-        order = epoch_order(len(examples), epoch, SimpleNamespace(seed=seed))   # a fresh order each epoch
+        order = epoch_order(len(examples), epoch, SimpleNamespace(seed=seed))  # a fresh order each epoch
         for batch in make_loader(examples, collate, batch_size, order):
             loss, metrics = plain_dpo_step(policy, ref, batch, beta)
-            opt.zero_grad(); loss.backward(); opt.step()              # θ ← AdamW(θ, ∇_θ L)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()  # θ ← AdamW(θ, ∇_θ L)
             history.append({**metrics, "step": len(history) + 1})
     return history
 
 # %% ../nbs/06_dpo_training.ipynb #468e6d29
 def plot_records(history, keys=("loss", "rewards/margins", "rewards/accuracies"), axs=None, smooth: int = 1):
-    "One panel per metric in `keys` against `step`: the training curve (each point the mean of the last `smooth` records) and the `eval_` points."
-    history = getattr(history, "history", history)                     # a `DPOResult` or its list of records
-    if axs is None: _, axs = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), constrained_layout=True)
+    """One panel per metric in `keys` against `step`: the training curve (each point the mean of the last
+    `smooth` records) and the `eval_` points."""
+    history = getattr(history, "history", history)  # a `DPOResult` or its list of records
+    if axs is None:
+        _, axs = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), constrained_layout=True)
     axs = np.atleast_1d(axs)
     for ax, k in zip(axs, keys):
         tr = [(h["step"], h[k]) for h in history if k in h]
         ev = [(h["step"], h["eval_" + k]) for h in history if "eval_" + k in h]
         if len(tr) >= smooth:
             s, v = zip(*tr)
-            ax.plot(s[smooth - 1:], np.convolve(v, np.ones(smooth) / smooth, "valid"), label="train")   # mean of the last `smooth`
-        if ev: ax.plot(*zip(*ev), "o-", label="eval")
-        ax.set_title(k); ax.set_xlabel("step"); ax.grid(alpha=0.3)
+            ax.plot(
+                s[smooth - 1 :], np.convolve(v, np.ones(smooth) / smooth, "valid"), label="train"
+            )  # mean of the last `smooth`
+        if ev:
+            ax.plot(*zip(*ev), "o-", label="eval")
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
     axs[0].legend()
     return axs
 
 # %% ../nbs/06_dpo_training.ipynb #2d6838f0
-plot_history = deprecated_alias(plot_records, "plot_history", "dpo_notes.train")   # renamed: plots.plot_history is another function
+plot_history = deprecated_alias(
+    plot_records, "plot_history", "dpo_notes.train"
+)  # renamed: plots.plot_history is another function
 
 # %% ../nbs/06_dpo_training.ipynb #d8df2885
 @renamed_fields(precompute_ref_logps="precompute_ref_log_probs")
 @dataclass
 class DPOConfig(TrainingConfig):
-    "Offline DPO: `runtime.TrainingConfig`'s shared fields (TRL's DPO defaults for three) plus its own, under TRL 1.16's names."
+    """Offline DPO: `runtime.TrainingConfig`'s shared fields (TRL's DPO defaults for three) plus its own,
+    under TRL 1.16's names."""
+
     output_dir: str | None = arg("runs/dpo", "checkpoints and the final model; None or 'none': save nothing")
     learning_rate: float = arg(1e-6, "the peak learning rate (TRL's DPO default)")
-    logging_steps: int = arg(10, "a history record every N optimizer steps (and at the last; TRL's DPO default)")
+    logging_steps: int = arg(
+        10, "a history record every N optimizer steps (and at the last; TRL's DPO default)"
+    )
     beta: float = arg(0.1, "strength of the pull towards the reference (IPO: its tau)")
-    loss_type: str | list[str] = arg("sigmoid", "a name in losses.LOSS_TYPES, or a list of them (summed with loss_weights)")
+    loss_type: str | list[str] = arg(
+        "sigmoid", "a name in losses.LOSS_TYPES, or a list of them (summed with loss_weights)"
+    )
     loss_weights: list[float] | None = arg(None, "one weight per loss type; None: 1.0 each")
-    label_smoothing: float = arg(0.0, "epsilon of cDPO ('sigmoid'; TRL ignores it there), robust DPO, EXO and the AOT losses, in [0, 0.5)")
-    ld_alpha: float | None = arg(None, "LD-DPO: weight in [0, 1] of completion tokens beyond the pair's shared length")
-    use_weighting: bool = arg(False, "WPO: weight each pair by the policy's length-normalised probability of it")
-    f_divergence_type: str = arg("reverse_kl", "f-DPO: reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence")
+    label_smoothing: float = arg(
+        0.0,
+        "epsilon of cDPO ('sigmoid'; TRL ignores it there), robust DPO, EXO and the AOT losses, in [0, 0.5)",
+    )
+    ld_alpha: float | None = arg(
+        None, "LD-DPO: weight in [0, 1] of completion tokens beyond the pair's shared length"
+    )
+    use_weighting: bool = arg(
+        False, "WPO: weight each pair by the policy's length-normalised probability of it"
+    )
+    f_divergence_type: str = arg(
+        "reverse_kl", "f-DPO: reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence"
+    )
     f_alpha_divergence_coef: float = arg(0.5, "alpha of alpha_divergence")
     discopop_tau: float = arg(0.05, "tau of the 'discopop' loss")
-    sync_ref_model: bool = arg(False, "TR-DPO: every ref_model_sync_steps steps, ref <- alpha * policy + (1 - alpha) * ref")
+    sync_ref_model: bool = arg(
+        False, "TR-DPO: every ref_model_sync_steps steps, ref <- alpha * policy + (1 - alpha) * ref"
+    )
     ref_model_mixup_alpha: float = arg(0.6, "TR-DPO's alpha")
     ref_model_sync_steps: int = arg(512, "TR-DPO: steps between reference syncs")
     max_length: int | None = arg(1024, "prompt + completion tokens")
     max_prompt_length: int | None = arg(None, "prompt tokens (ours; cut first, then the completion)")
-    truncation_mode: str = arg("keep_end", "which end of a too-long prompt survives: keep_end or keep_start (TRL: keep_start)")
+    truncation_mode: str = arg(
+        "keep_end", "which end of a too-long prompt survives: keep_end or keep_start (TRL: keep_start)"
+    )
     shuffle: bool = arg(True, "a fresh, seeded permutation every epoch (ours)")
-    padding_free: bool = arg(True, "pack pairs without padding, each prompt once (`packed_forward`; TRL: False)")
-    precompute_ref_log_probs: bool = arg(False, "one reference pass before training, none per step (the old name precompute_ref_logps is deprecated)")
-    ref_cache_dir: str | None = arg(None, "cache of precomputed reference log-probs; None: <output_dir>/ref_logps (ours)")
+    padding_free: bool = arg(
+        True, "pack pairs without padding, each prompt once (`packed_forward`; TRL: False)"
+    )
+    precompute_ref_log_probs: bool = arg(
+        False,
+        "one reference pass before training, none per step (the old name precompute_ref_logps is deprecated)",
+    )
+    ref_cache_dir: str | None = arg(
+        None, "cache of precomputed reference log-probs; None: <output_dir>/ref_logps (ours)"
+    )
 
     def __post_init__(self):
-        if isinstance(self.loss_type, (list, tuple)) and len(self.loss_type) == 1: self.loss_type = self.loss_type[0]
+        if isinstance(self.loss_type, (list, tuple)) and len(self.loss_type) == 1:
+            self.loss_type = self.loss_type[0]
         validate_config(self)
 
 # %% ../nbs/06_dpo_training.ipynb #908bedb0
-def _bad(name, want, got): raise ValueError(f"DPOConfig.{name} must be {want}, got {got!r}")
+def _bad(name, want, got):
+    raise ValueError(f"DPOConfig.{name} must be {want}, got {got!r}")
 
 # %% ../nbs/06_dpo_training.ipynb #908bed01
-def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 # %% ../nbs/06_dpo_training.ipynb #908bed02
 def loss_types(cfg) -> list[str]:
@@ -185,27 +313,48 @@ def loss_types(cfg) -> list[str]:
 # %% ../nbs/06_dpo_training.ipynb #24c97da3
 def _check_loss_types(cfg):
     types = loss_types(cfg)
-    if not types or any(t not in LOSS_TYPES for t in types): _bad("loss_type", f"a name or a list of names from {LOSS_TYPES}", cfg.loss_type)
+    if not types or any(t not in LOSS_TYPES for t in types):
+        _bad("loss_type", f"a name or a list of names from {LOSS_TYPES}", cfg.loss_type)
     w = cfg.loss_weights
     if w is not None and (len(w) != len(types) or not all(map(_number, w))):
         _bad("loss_weights", f"None or {len(types)} finite number(s), one per loss_type", w)
-    if not 0 <= cfg.label_smoothing < 0.5: _bad("label_smoothing", "in [0, 0.5)", cfg.label_smoothing)
+    if not 0 <= cfg.label_smoothing < 0.5:
+        _bad("label_smoothing", "in [0, 0.5)", cfg.label_smoothing)
     if cfg.label_smoothing and not set(types) & set(SMOOTHED_LOSS_TYPES):
-        _bad("label_smoothing", f"0 unless loss_type includes one of {SMOOTHED_LOSS_TYPES}", cfg.label_smoothing)
-    if "exo_pair" in types and not cfg.label_smoothing: _bad("label_smoothing", "> 0 with 'exo_pair' (its ε; the paper uses 1e-3)", 0.0)
+        _bad(
+            "label_smoothing",
+            f"0 unless loss_type includes one of {SMOOTHED_LOSS_TYPES}",
+            cfg.label_smoothing,
+        )
+    if "exo_pair" in types and not cfg.label_smoothing:
+        _bad("label_smoothing", "> 0 with 'exo_pair' (its ε; the paper uses 1e-3)", 0.0)
 
 # %% ../nbs/06_dpo_training.ipynb #24c97d01
 def _check_objective(cfg):
-    if not (_number(cfg.beta) and cfg.beta > 0): _bad("beta", "> 0", cfg.beta)
+    if not (_number(cfg.beta) and cfg.beta > 0):
+        _bad("beta", "> 0", cfg.beta)
     _check_loss_types(cfg)
-    if cfg.ld_alpha is not None and not (_number(cfg.ld_alpha) and 0 <= cfg.ld_alpha <= 1): _bad("ld_alpha", "None or in [0, 1]", cfg.ld_alpha)
-    if cfg.f_divergence_type not in F_DIVERGENCE_TYPES: _bad("f_divergence_type", f"one of {F_DIVERGENCE_TYPES}", cfg.f_divergence_type)
+    if cfg.ld_alpha is not None and not (_number(cfg.ld_alpha) and 0 <= cfg.ld_alpha <= 1):
+        _bad("ld_alpha", "None or in [0, 1]", cfg.ld_alpha)
+    if cfg.f_divergence_type not in F_DIVERGENCE_TYPES:
+        _bad("f_divergence_type", f"one of {F_DIVERGENCE_TYPES}", cfg.f_divergence_type)
     if cfg.f_divergence_type != "reverse_kl" and not set(loss_types(cfg)) <= set(F_DIVERGENCE_LOSS_TYPES):
-        _bad("f_divergence_type", f"'reverse_kl' with loss_type {cfg.loss_type!r} (others need losses in {F_DIVERGENCE_LOSS_TYPES})", cfg.f_divergence_type)
-    if not _number(cfg.f_alpha_divergence_coef): _bad("f_alpha_divergence_coef", "a finite number", cfg.f_alpha_divergence_coef)
-    if not (_number(cfg.discopop_tau) and cfg.discopop_tau > 0): _bad("discopop_tau", "> 0", cfg.discopop_tau)
+        _bad(
+            "f_divergence_type",
+            f"'reverse_kl' with loss_type {cfg.loss_type!r} (others need losses in "
+            f"{F_DIVERGENCE_LOSS_TYPES})",
+            cfg.f_divergence_type,
+        )
+    if not _number(cfg.f_alpha_divergence_coef):
+        _bad("f_alpha_divergence_coef", "a finite number", cfg.f_alpha_divergence_coef)
+    if not (_number(cfg.discopop_tau) and cfg.discopop_tau > 0):
+        _bad("discopop_tau", "> 0", cfg.discopop_tau)
     if cfg.use_weighting and set(loss_types(cfg)) & {"aot", "aot_unpaired"}:
-        _bad("use_weighting", "False with the 'aot' losses (they sort pairs, which would misalign the weights)", True)
+        _bad(
+            "use_weighting",
+            "False with the 'aot' losses (they sort pairs, which would misalign the weights)",
+            True,
+        )
 
 # %% ../nbs/06_dpo_training.ipynb #d94e2281
 def _check_tr_dpo(cfg):
@@ -214,122 +363,198 @@ def _check_tr_dpo(cfg):
     if not (isinstance(cfg.ref_model_sync_steps, int) and cfg.ref_model_sync_steps >= 1):
         _bad("ref_model_sync_steps", "an int >= 1", cfg.ref_model_sync_steps)
     if cfg.sync_ref_model and cfg.precompute_ref_log_probs:
-        _bad("sync_ref_model", "False with precompute_ref_log_probs=True (a synced reference makes precomputed log-probs stale)", True)
+        _bad(
+            "sync_ref_model",
+            "False with precompute_ref_log_probs=True (a synced reference makes precomputed log-probs stale)",
+            True,
+        )
 
 # %% ../nbs/06_dpo_training.ipynb #d94e2201
 def _check_data(cfg):
-    if cfg.max_length is not None and cfg.max_length < 2: _bad("max_length", "None or >= 2", cfg.max_length)
+    if cfg.max_length is not None and cfg.max_length < 2:
+        _bad("max_length", "None or >= 2", cfg.max_length)
     if cfg.max_prompt_length is not None and not 1 <= cfg.max_prompt_length < (cfg.max_length or math.inf):
         _bad("max_prompt_length", "None or in [1, max_length)", cfg.max_prompt_length)
-    if cfg.truncation_mode not in ("keep_end", "keep_start"): _bad("truncation_mode", "'keep_end' or 'keep_start'", cfg.truncation_mode)
+    if cfg.truncation_mode not in ("keep_end", "keep_start"):
+        _bad("truncation_mode", "'keep_end' or 'keep_start'", cfg.truncation_mode)
 
 # %% ../nbs/06_dpo_training.ipynb #8f656a84
-_CDPO_WARNED = [False]            # once per process
+_CDPO_WARNED = [False]  # once per process
 
 # %% ../nbs/06_dpo_training.ipynb #8f656a01
 def _warn_cdpo(cfg):
     "Warn (once per process) that `label_smoothing` with 'sigmoid' is cDPO here and ignored by TRL 1.16."
-    if _CDPO_WARNED[0] or not (cfg.label_smoothing and "sigmoid" in loss_types(cfg)): return
+    if _CDPO_WARNED[0] or not (cfg.label_smoothing and "sigmoid" in loss_types(cfg)):
+        return
     _CDPO_WARNED[0] = True
-    warnings.warn(f"DPOConfig.label_smoothing={cfg.label_smoothing} with loss_type 'sigmoid' trains conservative DPO (cDPO) "
-                  "here; TRL 1.16 ignores label_smoothing for 'sigmoid', so the same TRL recipe trains plain DPO. "
-                  "Set label_smoothing=0 to train as TRL does.", UserWarning, stacklevel=5)
+    warnings.warn(
+        f"DPOConfig.label_smoothing={cfg.label_smoothing} with loss_type 'sigmoid' trains conservative DPO "
+        f"(cDPO) "
+        "here; TRL 1.16 ignores label_smoothing for 'sigmoid', so the same TRL recipe trains plain DPO. "
+        "Set label_smoothing=0 to train as TRL does.",
+        UserWarning,
+        stacklevel=5,
+    )
 
 # %% ../nbs/06_dpo_training.ipynb #8f656a02
 def validate_config(cfg: DPOConfig) -> DPOConfig:
-    "Raise a ValueError naming the first field that holds an impossible value (the shared ones: `runtime.check_training`); return `cfg`."
+    """Raise a ValueError naming the first field that holds an impossible value (the shared ones:
+    `runtime.check_training`); return `cfg`."""
     check_training(cfg)
-    for check in (_check_objective, _check_tr_dpo, _check_data): check(cfg)
+    for check in (_check_objective, _check_tr_dpo, _check_data):
+        check(cfg)
     _warn_cdpo(cfg)
     return cfg
 
 # %% ../nbs/06_dpo_training.ipynb #f00de5ae
 @torch.no_grad()
-def reference_logps(model, ref_model, batch: dict, forward=concatenated_forward) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference log-probs of the chosen and rejected completions, (B,) each: read from the batch when precomputed, else
+def reference_logps(
+    model, ref_model, batch: dict, forward=concatenated_forward
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs of the chosen and rejected completions, (B,) each: read from the batch when
+    precomputed, else
     `forward` (a `concatenated_forward`-like function) of the module `runtime.reference_context` yields."""
-    if "ref_chosen_logps" in batch: return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-    with reference_context(model, ref_model) as net: out = forward(net, batch)
+    if "ref_chosen_logps" in batch:
+        return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    with reference_context(model, ref_model) as net:
+        out = forward(net, batch)
     return out["chosen_logps"], out["rejected_logps"]
 
 # %% ../nbs/06_dpo_training.ipynb #e29f2fbe
 def reference_weights_hash(model, ref_model=None) -> str:
-    """`runtime.weights_hash` of the weights the reference runs on: `ref_model`; else the peft `model`'s base weights,
+    """`runtime.weights_hash` of the weights the reference runs on: `ref_model`; else the peft `model`'s base
+    weights,
     plus its `REF_ADAPTER` if it has one (the trainable adapter always left out)."""
-    if ref_model is not None: return weights_hash(unwrap(ref_model))
+    if ref_model is not None:
+        return weights_hash(unwrap(ref_model))
     m = unwrap(model)
-    if REF_ADAPTER in getattr(m, "peft_config", {}): return weights_hash(m, skip=f".{m.active_adapter}.")
+    if REF_ADAPTER in getattr(m, "peft_config", {}):
+        return weights_hash(m, skip=f".{m.active_adapter}.")
     return weights_hash(m, skip="lora_")
 
 # %% ../nbs/06_dpo_training.ipynb #e29f2f01
 def ref_cache_key(model, ref_model, examples: list[dict], cfg: DPOConfig, device=None) -> str:
-    "Hash of what the reference log-probs depend on: the reference's weights, every token id, `ld_alpha`, the precision."
+    """Hash of what the reference log-probs depend on: the reference's weights, every token id, `ld_alpha`,
+    the precision."""
     h = hashlib.sha256(reference_weights_hash(model, ref_model).encode())
-    h.update(json.dumps([cfg.max_length, cfg.max_prompt_length, cfg.truncation_mode, cfg.ld_alpha,
-                         use_bf16(cfg, torch.device(device or "cpu")), getattr(cfg, "fp16", False)]).encode())
-    for e in examples: h.update(json.dumps([e[k] for k in TOKEN_KEYS]).encode())
+    h.update(
+        json.dumps(
+            [
+                cfg.max_length,
+                cfg.max_prompt_length,
+                cfg.truncation_mode,
+                cfg.ld_alpha,
+                use_bf16(cfg, torch.device(device or "cpu")),
+                getattr(cfg, "fp16", False),
+            ]
+        ).encode()
+    )
+    for e in examples:
+        h.update(json.dumps([e[k] for k in TOKEN_KEYS]).encode())
     return h.hexdigest()
 
 # %% ../nbs/06_dpo_training.ipynb #ac1a21a6
 def step_forward(cfg: DPOConfig, batch: dict):
-    "The forward a step runs for the policy and the reference: packed once (`cfg.padding_free`) or padded, with `ld_alpha`, WPO."
+    """The forward a step runs for the policy and the reference: packed once (`cfg.padding_free`) or padded,
+    with `ld_alpha`, WPO."""
     kw = dict(ld_alpha=cfg.ld_alpha, use_weighting=cfg.use_weighting)
-    if cfg.padding_free: return functools.partial(packed_forward, packed=pack_pairs(batch), **kw)
+    if cfg.padding_free:
+        return functools.partial(packed_forward, packed=pack_pairs(batch), **kw)
     return functools.partial(concatenated_forward, **kw)
 
 # %% ../nbs/06_dpo_training.ipynb #ac1a2101
 @torch.no_grad()
 def _reference_pass(model, ref_model, examples, collate, cfg, device) -> dict[str, torch.Tensor]:
-    "Reference log-probs (N,) of chosen and rejected for every example, in eval mode, batches of `per_device_eval_batch_size`."
+    """Reference log-probs (N,) of chosen and rejected for every example, in eval mode, batches of
+    `per_device_eval_batch_size`."""
     net = unwrap(ref_model if ref_model is not None else model)
-    was_training = net.training; net.eval()
+    was_training = net.training
+    net.eval()
     chosen, rejected = [], []
     for b in make_loader(examples, collate, cfg.per_device_eval_batch_size):
         b = {k: v.to(device) for k, v in b.items()}
         with autocast(cfg, device):
-            c, r = reference_logps(model, ref_model, b, functools.partial(step_forward(cfg, b), use_weighting=False))
-        chosen.append(c.float().cpu()); rejected.append(r.float().cpu())
+            c, r = reference_logps(
+                model, ref_model, b, functools.partial(step_forward(cfg, b), use_weighting=False)
+            )
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
     net.train(was_training)
     return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
 
 # %% ../nbs/06_dpo_training.ipynb #f4de0ae1
-def precompute_ref_logps(model, ref_model, examples: list[dict], collate, cfg: DPOConfig, accelerator=None,
-                         cache_dir: str | Path | None = None) -> list[dict]:
-    """Copies of `examples` with `ref_chosen_logps` and `ref_rejected_logps` (floats) added, from one pass of the
-    reference (`ref_model`; else what `reference_context` gives for a peft `model`; else `model` itself, which must not
+def precompute_ref_logps(
+    model,
+    ref_model,
+    examples: list[dict],
+    collate,
+    cfg: DPOConfig,
+    accelerator=None,
+    cache_dir: str | Path | None = None,
+) -> list[dict]:
+    """Copies of `examples` with `ref_chosen_logps` and `ref_rejected_logps` (floats) added, from one pass of
+    the
+    reference (`ref_model`; else what `reference_context` gives for a peft `model`; else `model` itself, which
+    must not
     have been updated yet). With `cache_dir`, read from / written to `ref_logps-<key>.safetensors` there."""
     accelerator = accelerator or make_accelerator(cfg)
-    if ref_model is None and not is_peft(unwrap(model)): ref_model = model     # before any update, π_ref = π_θ
+    if ref_model is None and not is_peft(unwrap(model)):
+        ref_model = model  # before any update, π_ref = π_θ
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"ref_logps-{ref_cache_key(model, ref_model, examples, cfg, accelerator.device)[:24]}.safetensors"
-    with accelerator.main_process_first():          # the main process computes and writes, the others then read
-        if path is not None and path.exists(): t = load_file(path)
+        key = ref_cache_key(model, ref_model, examples, cfg, accelerator.device)[:24]
+        path = Path(cache_dir) / f"ref_logps-{key}.safetensors"
+    with accelerator.main_process_first():  # the main process computes and writes, the others then read
+        if path is not None and path.exists():
+            t = load_file(path)
         else:
             t = _reference_pass(model, ref_model, examples, collate, cfg, accelerator.device)
-            if path is not None and accelerator.is_main_process: path.parent.mkdir(parents=True, exist_ok=True); save_file(t, path)
+            if path is not None and accelerator.is_main_process:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file(t, path)
     if len(t["chosen"]) != len(examples):
-        raise ValueError(f"{path} holds reference log-probs for {len(t['chosen'])} pairs, expected {len(examples)}")
-    return [dict(e, ref_chosen_logps=c, ref_rejected_logps=r) for e, c, r in zip(examples, t["chosen"].tolist(), t["rejected"].tolist())]
+        raise ValueError(
+            f"{path} holds reference log-probs for {len(t['chosen'])} pairs, expected {len(examples)}"
+        )
+    return [
+        dict(e, ref_chosen_logps=c, ref_rejected_logps=r)
+        for e, c, r in zip(examples, t["chosen"].tolist(), t["rejected"].tolist())
+    ]
 
 # %% ../nbs/06_dpo_training.ipynb #7c8ba616
 def step_losses(pol: dict, ref_chosen, ref_rejected, cfg: DPOConfig):
-    "Per-pair losses (B,) of the config's objective and the implicit rewards (B,), (B,): `dpo_loss` with TRL's options."
-    return dpo_loss(pol["chosen_logps"], pol["rejected_logps"], ref_chosen, ref_rejected, beta=cfg.beta,
-                    loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, chosen_lengths=pol["chosen_lengths"],
-                    rejected_lengths=pol["rejected_lengths"], loss_weights=cfg.loss_weights,
-                    f_divergence_type=cfg.f_divergence_type, f_alpha_divergence_coef=cfg.f_alpha_divergence_coef,
-                    discopop_tau=cfg.discopop_tau, sft_chosen_logps=pol.get("sft_chosen_logps"),   # 'sft' under LD-DPO
-                    wpo_weights=pol.get("wpo_weights"))                                          # WPO: w(y_w)·w(y_l)
+    """Per-pair losses (B,) of the config's objective and the implicit rewards (B,), (B,): `dpo_loss` with
+    TRL's options."""
+    return dpo_loss(
+        pol["chosen_logps"],
+        pol["rejected_logps"],
+        ref_chosen,
+        ref_rejected,
+        beta=cfg.beta,
+        loss_type=cfg.loss_type,
+        label_smoothing=cfg.label_smoothing,
+        chosen_lengths=pol["chosen_lengths"],
+        rejected_lengths=pol["rejected_lengths"],
+        loss_weights=cfg.loss_weights,
+        f_divergence_type=cfg.f_divergence_type,
+        f_alpha_divergence_coef=cfg.f_alpha_divergence_coef,
+        discopop_tau=cfg.discopop_tau,
+        sft_chosen_logps=pol.get("sft_chosen_logps"),  # 'sft' under LD-DPO
+        wpo_weights=pol.get("wpo_weights"),
+    )  # WPO: w(y_w)·w(y_l)
 
 # %% ../nbs/06_dpo_training.ipynb #7c8ba601
-def dpo_step(model, ref_model, batch: dict, cfg: DPOConfig, accelerator=None) -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_step(
+    model, ref_model, batch: dict, cfg: DPOConfig, accelerator=None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The DPO loss of one preference batch (`input_ids`, `attention_mask`, `labels` (2B, T), optionally
     `ref_chosen_logps`, `ref_rejected_logps` (B,)) and TRL's metrics. `ref_model`: see `reference_logps`."""
     forward = step_forward(cfg, batch)
     with autocast(cfg, batch["input_ids"].device):
-        pol = forward(model, batch)                                               # gradients flow through these
-        ref_chosen, ref_rejected = reference_logps(model, ref_model, batch, functools.partial(forward, use_weighting=False))
+        pol = forward(model, batch)  # gradients flow through these
+        ref_chosen, ref_rejected = reference_logps(
+            model, ref_model, batch, functools.partial(forward, use_weighting=False)
+        )
     losses, chosen_rewards, rejected_rewards = step_losses(pol, ref_chosen, ref_rejected, cfg)
     loss = losses.mean()
     return loss, dpo_metrics(loss, chosen_rewards, rejected_rewards, pol, accelerator)
@@ -337,68 +562,96 @@ def dpo_step(model, ref_model, batch: dict, cfg: DPOConfig, accelerator=None) ->
 # %% ../nbs/06_dpo_training.ipynb #212d133e
 @torch.no_grad()
 def evaluate(model, ref_model, loader, cfg: DPOConfig, accelerator=None) -> dict[str, float]:
-    "TRL's DPO metrics on held-out pairs (`loader` yields preference batches), prefixed `eval_`: the mean over batches."
-    was_training = model.training; model.eval()
+    """TRL's DPO metrics on held-out pairs (`loader` yields preference batches), prefixed `eval_`: the mean
+    over batches."""
+    was_training = model.training
+    model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     show = not cfg.disable_tqdm and (accelerator is None or accelerator.is_local_main_process)
-    batches = tqdm(loader, desc="eval", leave=False, disable=not show)          # a bar while it runs, nothing left after
-    rows = [dpo_step(model, ref_model, {k: v.to(device) for k, v in b.items()}, cfg, accelerator)[1] for b in batches]
+    batches = tqdm(
+        loader, desc="eval", leave=False, disable=not show
+    )  # a bar while it runs, nothing left after
+    rows = [
+        dpo_step(model, ref_model, {k: v.to(device) for k, v in b.items()}, cfg, accelerator)[1]
+        for b in batches
+    ]
     model.train(was_training)
     return {f"eval_{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 # %% ../nbs/06_dpo_training.ipynb #58e4f9d4
 @torch.no_grad()
-def mix_low_rank(B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tensor,
-                 alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The best rank-r factors B (d_out, r), A (r, d_in) of α·B1A1 + (1−α)·B2A2 (all factors of rank r), and the relative
-    Frobenius error of that truncation. Works in the 2r-dimensional span of both pairs: no d_out × d_in product."""
+def mix_low_rank(
+    B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The best rank-r factors B (d_out, r), A (r, d_in) of α·B1A1 + (1−α)·B2A2 (all factors of rank r), and
+    the relative
+    Frobenius error of that truncation. Works in the 2r-dimensional span of both pairs: no d_out × d_in
+    product."""
     r = A1.shape[0]
-    Bc = torch.cat([alpha * B1, (1 - alpha) * B2], 1).double()       # [αB1 | (1−α)B2]  (d_out, 2r)
-    Ac = torch.cat([A1, A2], 0).double()                              # [A1; A2]          (2r, d_in): ΔW = Bc Ac
-    Qb, Rb = torch.linalg.qr(Bc)                                      # Bc = Qb Rb
-    Qa, Ra = torch.linalg.qr(Ac.T)                                    # Ac = Ra^T Qa^T
-    U, S, Vh = torch.linalg.svd(Rb @ Ra.T)                            # ΔW = Qb U diag(S) Vh Qa^T
+    Bc = torch.cat([alpha * B1, (1 - alpha) * B2], 1).double()  # [αB1 | (1−α)B2]  (d_out, 2r)
+    Ac = torch.cat([A1, A2], 0).double()  # [A1; A2]          (2r, d_in): ΔW = Bc Ac
+    Qb, Rb = torch.linalg.qr(Bc)  # Bc = Qb Rb
+    Qa, Ra = torch.linalg.qr(Ac.T)  # Ac = Ra^T Qa^T
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T)  # ΔW = Qb U diag(S) Vh Qa^T
     err = (S[r:].square().sum() / S.square().sum().clamp(min=1e-300)).sqrt()
-    s = S[:r].sqrt()                                                  # split σ evenly between the two factors
+    s = S[:r].sqrt()  # split σ evenly between the two factors
     return (Qb @ U[:, :r] * s).to(B1.dtype), (s[:, None] * Vh[:r] @ Qa.T).to(A1.dtype), float(err)
 
 # %% ../nbs/06_dpo_training.ipynb #81c0f3aa
 def lora_factors(model, adapter: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     "{module name: (lora_B weight (d_out, r), lora_A weight (r, d_in))} of `adapter` in a peft `model`."
-    return {name: (mod.lora_B[adapter].weight, mod.lora_A[adapter].weight) for name, mod in unwrap(model).named_modules()
-            if isinstance(getattr(mod, "lora_A", None), nn.ModuleDict) and adapter in mod.lora_A}
+    return {
+        name: (mod.lora_B[adapter].weight, mod.lora_A[adapter].weight)
+        for name, mod in unwrap(model).named_modules()
+        if isinstance(getattr(mod, "lora_A", None), nn.ModuleDict) and adapter in mod.lora_A
+    }
 
 # %% ../nbs/06_dpo_training.ipynb #81c0f301
 def _check_mixable(m) -> None:
-    "TR-DPO under peft needs plain LoRA on linear layers: DoRA magnitudes and embedding adapters do not mix this way."
+    """TR-DPO under peft needs plain LoRA on linear layers: DoRA magnitudes and embedding adapters do not mix
+    this way."""
     c = m.peft_config[m.active_adapter]
     if getattr(c, "use_dora", False) or any(getattr(mod, "lora_embedding_A", None) for mod in m.modules()):
-        raise ValueError("sync_ref_model under peft: expected plain LoRA on linear layers (no DoRA, no embedding adapters)")
+        raise ValueError(
+            "sync_ref_model under peft: expected plain LoRA on linear layers (no DoRA, no embedding adapters)"
+        )
 
 # %% ../nbs/06_dpo_training.ipynb #81c0f302
 @torch.no_grad()
 def mix_reference_adapter(model, alpha: float) -> float:
-    """TR-DPO under LoRA: the `REF_ADAPTER`'s delta ← the best rank-r approximation of α·ΔW_θ + (1−α)·ΔW_ref, module by
-    module (an exact copy at α = 1); full-weight adapter tensors (`modules_to_save`) mix as such. Returns the largest error."""
-    m = unwrap(model); name = m.active_adapter
-    if REF_ADAPTER not in m.peft_config: raise ValueError(f"model has no {REF_ADAPTER!r} adapter to sync: build it with make_reference(model, copy_adapter=True)")
+    """TR-DPO under LoRA: the `REF_ADAPTER`'s delta ← the best rank-r approximation of α·ΔW_θ + (1−α)·ΔW_ref,
+    module by
+    module (an exact copy at α = 1); full-weight adapter tensors (`modules_to_save`) mix as such. Returns the
+    largest error."""
+    m = unwrap(model)
+    name = m.active_adapter
+    if REF_ADAPTER not in m.peft_config:
+        raise ValueError(
+            f"model has no {REF_ADAPTER!r} adapter to sync: build it with make_reference(model, "
+            f"copy_adapter=True)"
+        )
     _check_mixable(m)
     ref, errs = lora_factors(m, REF_ADAPTER), [0.0]
     for k, (B1, A1) in lora_factors(m, name).items():
         B2, A2 = ref[k]
         B, A, e = (B1, A1, 0.0) if alpha == 1 else mix_low_rank(B1, A1, B2, A2, alpha)
-        B2.copy_(B); A2.copy_(A); errs.append(e)
+        B2.copy_(B)
+        A2.copy_(A)
+        errs.append(e)
     params = dict(m.named_parameters())
     for n, p in params.items():
-        if f".{REF_ADAPTER}." in n and "lora_" not in n: p.mul_(1 - alpha).add_(params[n.replace(f".{REF_ADAPTER}.", f".{name}.")], alpha=alpha)
+        if f".{REF_ADAPTER}." in n and "lora_" not in n:
+            p.mul_(1 - alpha).add_(params[n.replace(f".{REF_ADAPTER}.", f".{name}.")], alpha=alpha)
     return max(errs)
 
 # %% ../nbs/06_dpo_training.ipynb #19504ede
 @torch.no_grad()
 def sync_reference(model, ref_model, alpha: float) -> float:
     """TR-DPO's π_ref ← α·π_θ + (1−α)·π_ref: parameter by parameter into a separate `ref_model` (TRL's
-    `SyncRefModelCallback`, error 0.0), else into the LoRA policy's `REF_ADAPTER` (`mix_reference_adapter`)."""
-    if ref_model is None: return mix_reference_adapter(model, alpha)
+    `SyncRefModelCallback`, error 0.0), else into the LoRA policy's `REF_ADAPTER`
+    (`mix_reference_adapter`)."""
+    if ref_model is None:
+        return mix_reference_adapter(model, alpha)
     for r, p in zip(unwrap(ref_model).parameters(), unwrap(model).parameters(), strict=True):
         r.mul_(1 - alpha).add_(p, alpha=alpha)
     return 0.0
@@ -406,12 +659,14 @@ def sync_reference(model, ref_model, alpha: float) -> float:
 # %% ../nbs/06_dpo_training.ipynb #e3663420
 @dataclass
 class DPOResult:
-    "What `train_dpo` returns: the trained policy, the log records (TRL's names), each step's wall time, the output folder."
+    """What `train_dpo` returns: the trained policy, the log records (TRL's names), each step's wall time, the
+    output folder."""
+
     model: nn.Module
     history: list[dict]
     step_times: list[float] = field(default_factory=list)
     output_dir: Path | None = None
-    ref_model: nn.Module | None = None   # the reference at the end (a separate model only; TR-DPO moves it)
+    ref_model: nn.Module | None = None  # the reference at the end (a separate model only; TR-DPO moves it)
 
     @property
     def train_df(self):
@@ -425,23 +680,31 @@ class DPOResult:
 
 # %% ../nbs/06_dpo_training.ipynb #74de3fba
 def build_reference(model, ref_model, cfg: DPOConfig, acc):
-    """The run's reference: `ref_model` (frozen, on the device); a frozen copy of a plain `model`; for a peft `model`
+    """The run's reference: `ref_model` (frozen, on the device); a frozen copy of a plain `model`; for a peft
+    `model`
     None, with a `REF_ADAPTER` copy of an arriving adapter (always under TR-DPO, which moves it); with
     `cfg.precompute_ref_logps` and a plain model, None: the pass runs the policy itself before any update."""
-    if ref_model is not None: return make_reference(model, ref_model).to(acc.device)
-    if cfg.precompute_ref_logps and not is_peft(model): return None
+    if ref_model is not None:
+        return make_reference(model, ref_model).to(acc.device)
+    if cfg.precompute_ref_logps and not is_peft(model):
+        return None
     return make_reference(model, copy_adapter=True if cfg.sync_ref_model else None)
 
 # %% ../nbs/06_dpo_training.ipynb #74de3f01
 def precomputed(model, ref_model, examples, collate, cfg: DPOConfig, acc):
-    "`examples` with their reference log-probs, cached under `cfg.ref_cache_dir` (default `<output_dir>/ref_logps`)."
-    if not examples: return examples
+    """`examples` with their reference log-probs, cached under `cfg.ref_cache_dir` (default
+    `<output_dir>/ref_logps`)."""
+    if not examples:
+        return examples
     cache = cfg.ref_cache_dir or (Path(cfg.output_dir) / "ref_logps" if cfg.output_dir else None)
     return precompute_ref_logps(model, ref_model, examples, collate, cfg, acc, cache)
 
 # %% ../nbs/06_dpo_training.ipynb #fe9260b8
-def start_run(model, tokenizer, train_data, cfg: DPOConfig, ref_model=None, eval_data=None, peft_config=None) -> SimpleNamespace:
-    "Everything the loop carries: the prepared model, reference, data, optimiser and schedule, and where the loop is (`st`)."
+def start_run(
+    model, tokenizer, train_data, cfg: DPOConfig, ref_model=None, eval_data=None, peft_config=None
+) -> SimpleNamespace:
+    """Everything the loop carries: the prepared model, reference, data, optimiser and schedule, and where the
+    loop is (`st`)."""
     acc = make_accelerator(cfg)
     seed_everything(cfg.seed)
     model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
@@ -449,45 +712,79 @@ def start_run(model, tokenizer, train_data, cfg: DPOConfig, ref_model=None, eval
     train_ex = prepare_examples(train_data, tokenizer, cfg, "train_data")
     eval_ex = prepare_examples(eval_data, tokenizer, cfg, "eval_data") if eval_data is not None else None
     ref_model = build_reference(model, ref_model, cfg, acc)
-    if cfg.precompute_ref_logps:              # one reference pass now, none per step, no reference in memory
+    if cfg.precompute_ref_logps:  # one reference pass now, none per step, no reference in memory
         train_ex, eval_ex = (precomputed(model, ref_model, e, collate, cfg, acc) for e in (train_ex, eval_ex))
         ref_model = None
-    if ref_model is not None: ref_model = acc.prepare_model(ref_model, evaluation_mode=True)
+    if ref_model is not None:
+        ref_model = acc.prepare_model(ref_model, evaluation_mode=True)
     optimizer = make_optimizer(model, cfg)
-    n_micro = len(acc.prepare_data_loader(make_loader(train_ex, collate, cfg.per_device_train_batch_size)))  # per epoch, per process
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * math.ceil(n_micro / cfg.gradient_accumulation_steps))
+    n_micro = len(
+        acc.prepare_data_loader(make_loader(train_ex, collate, cfg.per_device_train_batch_size))
+    )  # per epoch, per process
+    total = (
+        cfg.max_steps
+        if cfg.max_steps > 0
+        else math.ceil(cfg.num_train_epochs * math.ceil(n_micro / cfg.gradient_accumulation_steps))
+    )
     scheduler = make_scheduler(optimizer, cfg, total)
     configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
-    eval_loader = acc.prepare_data_loader(make_loader(eval_ex, collate, cfg.per_device_eval_batch_size)) if eval_ex else None
-    return SimpleNamespace(cfg=cfg, acc=acc, model=model, ref_model=ref_model, tokenizer=tokenizer, collate=collate,
-                           train_ex=train_ex, eval_loader=eval_loader, optimizer=optimizer, scheduler=scheduler,
-                           params=[p for p in model.parameters() if p.requires_grad], n_micro=n_micro, total=total,
-                           st={"step": 0, "epoch": 0, "micro": 0, "history": []}, window=[], step_times=[])
+    eval_loader = (
+        acc.prepare_data_loader(make_loader(eval_ex, collate, cfg.per_device_eval_batch_size))
+        if eval_ex
+        else None
+    )
+    return SimpleNamespace(
+        cfg=cfg,
+        acc=acc,
+        model=model,
+        ref_model=ref_model,
+        tokenizer=tokenizer,
+        collate=collate,
+        train_ex=train_ex,
+        eval_loader=eval_loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=[p for p in model.parameters() if p.requires_grad],
+        n_micro=n_micro,
+        total=total,
+        st={"step": 0, "epoch": 0, "micro": 0, "history": []},
+        window=[],
+        step_times=[],
+    )
 
 # %% ../nbs/06_dpo_training.ipynb #c10ad994
 def epoch_batches(run: SimpleNamespace):
     "The micro-batches of the current epoch still to come (a resumed run skips those already seen)."
     cfg, acc, st = run.cfg, run.acc, run.st
-    loader = acc.prepare_data_loader(make_loader(run.train_ex, run.collate, cfg.per_device_train_batch_size,
-                                                 epoch_order(len(run.train_ex), st["epoch"], cfg)))
+    loader = acc.prepare_data_loader(
+        make_loader(
+            run.train_ex,
+            run.collate,
+            cfg.per_device_train_batch_size,
+            epoch_order(len(run.train_ex), st["epoch"], cfg),
+        )
+    )
     return iter(acc.skip_first_batches(loader, st["micro"]) if st["micro"] else loader)
 
 # %% ../nbs/06_dpo_training.ipynb #c10ad901
 def optimizer_step(run: SimpleNamespace, batches) -> tuple[float, float]:
-    "One optimizer step over up to `gradient_accumulation_steps` micro-batches; returns (grad_norm before clipping, lr used)."
+    """One optimizer step over up to `gradient_accumulation_steps` micro-batches; returns (grad_norm before
+    clipping, lr used)."""
     cfg, acc, st = run.cfg, run.acc, run.st
-    k = min(cfg.gradient_accumulation_steps, run.n_micro - st["micro"])   # an epoch's last step may have fewer
+    k = min(cfg.gradient_accumulation_steps, run.n_micro - st["micro"])  # an epoch's last step may have fewer
     for j in range(k):
-        with accumulating(acc, run.model, last=j == k - 1):                # all-reduce on the last only
+        with accumulating(acc, run.model, last=j == k - 1):  # all-reduce on the last only
             loss, metrics = dpo_step(run.model, run.ref_model, next(batches), cfg, acc)
             check_finite_loss(loss, st["step"] + 1, f"micro-batch {st['micro'] + j} of epoch {st['epoch']}")
-            acc.backward(loss / k)                                         # ∇ of the mean over the k micro-batches
+            acc.backward(loss / k)  # ∇ of the mean over the k micro-batches
         run.window.append(metrics)
     st["micro"] += k
     grad_norm = acc.clip_grad_norm_(run.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-    lr = run.scheduler.get_last_lr()[0]                                    # the rate this update uses (what TRL logs)
-    run.optimizer.step(); run.scheduler.step(); run.optimizer.zero_grad(set_to_none=True)
+    lr = run.scheduler.get_last_lr()[0]  # the rate this update uses (what TRL logs)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
     st["step"] += 1
     return float("nan") if grad_norm is None else float(grad_norm), lr
 
@@ -499,65 +796,122 @@ def _mean_records(rows: list[dict]) -> dict:
 def checkpoint(run: SimpleNamespace, path: Path) -> None:
     "`runtime.save_checkpoint` of the run, with TR-DPO's moving reference model in the loop state."
     state = {**run.st, "config": asdict(run.cfg)}
-    if run.cfg.sync_ref_model and run.ref_model is not None: state["ref_state"] = unwrap(run.ref_model).state_dict()
+    if run.cfg.sync_ref_model and run.ref_model is not None:
+        state["ref_state"] = unwrap(run.ref_model).state_dict()
     save_checkpoint(path, run.model, run.tokenizer, run.optimizer, run.scheduler, state, run.acc)
 
 # %% ../nbs/06_dpo_training.ipynb #c5e13802
 def resume(run: SimpleNamespace, path) -> None:
-    "Load a `checkpoint` into the run: weights, optimiser, schedule, RNGs, where the loop was (and TR-DPO's reference)."
+    """Load a `checkpoint` into the run: weights, optimiser, schedule, RNGs, where the loop was (and TR-DPO's
+    reference)."""
     run.st = load_checkpoint(path, run.model, run.optimizer, run.scheduler, run.acc)
     ref_state = run.st.pop("ref_state", None)
-    if ref_state is not None: unwrap(run.ref_model).load_state_dict(ref_state)
+    if ref_state is not None:
+        unwrap(run.ref_model).load_state_dict(ref_state)
 
 # %% ../nbs/06_dpo_training.ipynb #ddc42b0e
 def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path | None) -> None:
     "TR-DPO's sync, the log record, the evaluation and the checkpoint that fall on this step."
     cfg, st, history = run.cfg, run.st, run.st["history"]
     step, epoch = st["step"], st["epoch"] + st["micro"] / run.n_micro
-    if cfg.sync_ref_model and step % cfg.ref_model_sync_steps == 0:       # after the update, as TRL's callback
-        with writable_weights(run.model):          # sharded weights (ZeRO-3, FSDP2): whole, and the sync's writes kept
-            history.append({"ref_sync/rel_error": sync_reference(run.model, run.ref_model, cfg.ref_model_mixup_alpha), "step": step})
+    if cfg.sync_ref_model and step % cfg.ref_model_sync_steps == 0:  # after the update, as TRL's callback
+        with writable_weights(
+            run.model
+        ):  # sharded weights (ZeRO-3, FSDP2): whole, and the sync's writes kept
+            history.append(
+                {
+                    "ref_sync/rel_error": sync_reference(run.model, run.ref_model, cfg.ref_model_mixup_alpha),
+                    "step": step,
+                }
+            )
     if step % cfg.logging_steps == 0 or step == run.total:
-        history.append({**_mean_records(run.window), "grad_norm": grad_norm, "learning_rate": lr, "epoch": epoch, "step": step})
+        history.append(
+            {
+                **_mean_records(run.window),
+                "grad_norm": grad_norm,
+                "learning_rate": lr,
+                "epoch": epoch,
+                "step": step,
+            }
+        )
         run.window = []
-    per_epoch = math.ceil(run.n_micro / cfg.gradient_accumulation_steps)     # optimizer steps per pass
+    per_epoch = math.ceil(run.n_micro / cfg.gradient_accumulation_steps)  # optimizer steps per pass
     if run.eval_loader is not None and eval_due(cfg, step, run.total, per_epoch):
-        history.append({**evaluate(run.model, run.ref_model, run.eval_loader, cfg, run.acc), "epoch": epoch, "step": step})
-    if out_dir is not None and cfg.save_steps and step % cfg.save_steps == 0: checkpoint(run, out_dir / f"checkpoint-{step}")
+        history.append(
+            {
+                **evaluate(run.model, run.ref_model, run.eval_loader, cfg, run.acc),
+                "epoch": epoch,
+                "step": step,
+            }
+        )
+    if out_dir is not None and cfg.save_steps and step % cfg.save_steps == 0:
+        checkpoint(run, out_dir / f"checkpoint-{step}")
 
 # %% ../nbs/06_dpo_training.ipynb #ddc42b01
 def finish_run(run: SimpleNamespace, out_dir: Path | None) -> DPOResult:
     "Unwrap the model, save it and the log to `out_dir`, and return the result."
     model = run.acc.unwrap_model(run.model)
-    sd = full_state_dict(model) if out_dir is not None and sharding(model) else None    # every process gathers
+    sd = full_state_dict(model) if out_dir is not None and sharding(model) else None  # every process gathers
     if out_dir is not None and run.acc.is_main_process:
         save_model(model, out_dir, run.tokenizer, state_dict=sd)
         (out_dir / "history.json").write_text(json.dumps(run.st["history"], indent=1))
-    return DPOResult(model=model, history=run.st["history"], step_times=run.step_times, output_dir=out_dir, ref_model=run.ref_model)
+    return DPOResult(
+        model=model,
+        history=run.st["history"],
+        step_times=run.step_times,
+        output_dir=out_dir,
+        ref_model=run.ref_model,
+    )
 
 # %% ../nbs/06_dpo_training.ipynb #de024583
-def train_dpo(model, tokenizer, train_data, cfg: DPOConfig | None = None, ref_model=None, eval_data=None,
-              peft_config=None, resume_from_checkpoint: str | Path | None = None,
-              on_step_end: Callable[[int, list[dict]], Any] | None = None) -> DPOResult:
-    """Offline DPO of `model` on the preference pairs `train_data` (anything `prepare_examples` takes). The reference is
-    `ref_model`, else the starting `model` (a frozen copy; the base for a fresh LoRA adapter from `peft_config`; base +
-    the adapter it arrived with), or its log-probs precomputed once (`cfg.precompute_ref_logps`). To resume, pass the
-    same starting `model` and `resume_from_checkpoint`. `on_step_end(step, history)` runs after every optimizer step; each
-    record goes out as it is logged (`runtime.RunLog`: `history.jsonl`, `report_to`'s trackers, a line when the bar is off)."""
+def train_dpo(
+    model,
+    tokenizer,
+    train_data,
+    cfg: DPOConfig | None = None,
+    ref_model=None,
+    eval_data=None,
+    peft_config=None,
+    resume_from_checkpoint: str | Path | None = None,
+    on_step_end: Callable[[int, list[dict]], Any] | None = None,
+) -> DPOResult:
+    """Offline DPO of `model` on the preference pairs `train_data` (anything `prepare_examples` takes). The
+    reference is
+    `ref_model`, else the starting `model` (a frozen copy; the base for a fresh LoRA adapter from
+    `peft_config`; base +
+    the adapter it arrived with), or its log-probs precomputed once (`cfg.precompute_ref_logps`). To resume,
+    pass the
+    same starting `model` and `resume_from_checkpoint`. `on_step_end(step, history)` runs after every
+    optimizer step; each
+    record goes out as it is logged (`runtime.RunLog`: `history.jsonl`, `report_to`'s trackers, a line when
+    the bar is off)."""
     cfg = cfg or DPOConfig()
     run = start_run(model, tokenizer, train_data, cfg, ref_model, eval_data, peft_config)
-    if resume_from_checkpoint is not None: resume(run, resume_from_checkpoint)
+    if resume_from_checkpoint is not None:
+        resume(run, resume_from_checkpoint)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
     log = RunLog(cfg, run.acc, run.st["history"], "dpo")
-    bar = tqdm(total=run.total, initial=run.st["step"], desc="DPO", disable=cfg.disable_tqdm or not run.acc.is_local_main_process)
+    bar = tqdm(
+        total=run.total,
+        initial=run.st["step"],
+        desc="DPO",
+        disable=cfg.disable_tqdm or not run.acc.is_local_main_process,
+    )
     t_last = time.perf_counter()
     while run.st["step"] < run.total:
         batches = epoch_batches(run)
         while run.st["micro"] < run.n_micro and run.st["step"] < run.total:
-            after_step(run, *optimizer_step(run, batches), out_dir); log(run.st["history"])
-            if on_step_end is not None: on_step_end(run.st["step"], run.st["history"])
+            after_step(run, *optimizer_step(run, batches), out_dir)
+            log(run.st["history"])
+            if on_step_end is not None:
+                on_step_end(run.st["step"], run.st["history"])
             bar.update(1)
-            now = time.perf_counter(); run.step_times.append(now - t_last); t_last = now
-        if run.st["micro"] >= run.n_micro: run.st["epoch"] += 1; run.st["micro"] = 0
-    bar.close(); log.close()
+            now = time.perf_counter()
+            run.step_times.append(now - t_last)
+            t_last = now
+        if run.st["micro"] >= run.n_micro:
+            run.st["epoch"] += 1
+            run.st["micro"] = 0
+    bar.close()
+    log.close()
     return finish_run(run, out_dir)

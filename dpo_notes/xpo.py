@@ -5,15 +5,30 @@
 an exploration bonus (`XPOConfig`, `xpo_loss`, `train_xpo`).
 
 Taught in notebook 09, `nbs/09_xpo.ipynb`."""
+
 from __future__ import annotations
 import time
 from dataclasses import dataclass
 import torch
 from .losses import dpo_loss
 from .runtime import arg, bad, reference_context, sync_device
-from .online import (OnlineDPOConfig, OnlineMethod, OnlineResult, mean_or_nan, eos_token_ids,
-                              judge_pairs, pad_token_id, plain_pair_loss, policy_and_ref_logps, sample_plain, sample_with,
-                              schedule_value, sequence_stats, pad_prompts, train_online)
+from dpo_notes.online import (
+    OnlineDPOConfig,
+    OnlineMethod,
+    OnlineResult,
+    mean_or_nan,
+    eos_token_ids,
+    judge_pairs,
+    pad_token_id,
+    plain_pair_loss,
+    policy_and_ref_logps,
+    sample_plain,
+    sample_with,
+    schedule_value,
+    sequence_stats,
+    pad_prompts,
+    train_online,
+)
 
 # %% auto #0
 __all__ = ['XPO', 'pad_right', 'stack_completions', 'plain_xpo_step', 'XPOConfig', 'xpo_loss', 'collect_xpo_pairs',
@@ -28,123 +43,264 @@ def pad_right(t: torch.Tensor, width: int, value) -> torch.Tensor:
 def stack_completions(ids_a, mask_a, ids_b, mask_b, pad: int):
     "Two (B, C_a), (B, C_b) blocks of completions as one (2B, max C) block: rows [a; b], padded on the right."
     W = max(ids_a.shape[1], ids_b.shape[1])
-    return (torch.cat([pad_right(ids_a, W, pad), pad_right(ids_b, W, pad)]),
-            torch.cat([pad_right(mask_a, W, 0), pad_right(mask_b, W, 0)]))
+    return (
+        torch.cat([pad_right(ids_a, W, pad), pad_right(ids_b, W, pad)]),
+        torch.cat([pad_right(mask_a, W, 0), pad_right(mask_b, W, 0)]),
+    )
 
 # %% ../nbs/09_xpo.ipynb #2970f628
-def plain_xpo_step(policy, ref, tokenizer, prompts: list, reward_fn, beta: float = 0.1, alpha: float = 1e-2,
-                   max_new_tokens: int = 32, temperature: float = 1.0):
-    "One XPO step, plainly: y ~ π_θ against ỹ ~ π_ref, DPO on the judged pair, + α log π_θ(ỹ|x). (loss, mean score of y)"
+def plain_xpo_step(
+    policy,
+    ref,
+    tokenizer,
+    prompts: list,
+    reward_fn,
+    beta: float = 0.1,
+    alpha: float = 1e-2,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+):
+    """One XPO step, plainly: y ~ π_θ against ỹ ~ π_ref, DPO on the judged pair, + α log π_θ(ỹ|x). (loss, mean
+    score of y)"""
     B = len(prompts)
-    p_ids, p_mask, y, y_mask, _ = sample_plain(policy, tokenizer, prompts, 1, max_new_tokens, temperature)   # y ~ π_θ(·|x)
-    _, _, yr, yr_mask, _ = sample_plain(ref, tokenizer, prompts, 1, max_new_tokens, temperature)            # ỹ ~ π_ref(·|x)
+    p_ids, p_mask, y, y_mask, _ = sample_plain(
+        policy, tokenizer, prompts, 1, max_new_tokens, temperature
+    )  # y ~ π_θ(·|x)
+    _, _, yr, yr_mask, _ = sample_plain(
+        ref, tokenizer, prompts, 1, max_new_tokens, temperature
+    )  # ỹ ~ π_ref(·|x)
     c_ids, c_mask = stack_completions(y, y_mask, yr, yr_mask, tokenizer.pad_token_id)
-    losses, logp, scores = plain_pair_loss(policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta)
-    return (losses + alpha * logp[B:]).mean(), float(scores[:B].mean())        # the one added line: + α log π_θ(ỹ|x)
+    losses, logp, scores = plain_pair_loss(
+        policy, ref, tokenizer, prompts, p_ids, p_mask, c_ids, c_mask, reward_fn, beta
+    )
+    return (losses + alpha * logp[B:]).mean(), float(
+        scores[:B].mean()
+    )  # the one added line: + α log π_θ(ỹ|x)
 
 # %% ../nbs/09_xpo.ipynb #b96697b9
 @dataclass
 class XPOConfig(OnlineDPOConfig):
-    "Online DPO's settings (and through them `runtime.TrainingConfig`'s) plus `alpha`, the weight of XPO's exploration term."
-    alpha: list[float] = arg(1e-5, "weight of the exploration term (TRL 1.0-1.13: 1e-5): a float, or one per epoch")
+    """Online DPO's settings (and through them `runtime.TrainingConfig`'s) plus `alpha`, the weight of XPO's
+    exploration term."""
+
+    alpha: list[float] = arg(
+        1e-5, "weight of the exploration term (TRL 1.0-1.13: 1e-5): a float, or one per epoch"
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.alpha, tuple): self.alpha = list(self.alpha)
-        if isinstance(self.alpha, list) and len(self.alpha) == 1: self.alpha = self.alpha[0]   # `--alpha 1e-3`: one value
+        if isinstance(self.alpha, tuple):
+            self.alpha = list(self.alpha)
+        if isinstance(self.alpha, list) and len(self.alpha) == 1:
+            self.alpha = self.alpha[0]  # `--alpha 1e-3`: one value
         alphas = self.alpha if isinstance(self.alpha, list) else [self.alpha]
         if not alphas or any(isinstance(a, bool) or not isinstance(a, (int, float)) or a < 0 for a in alphas):
             bad(self, "alpha", "a float >= 0 or a non-empty list of them", self.alpha)
 
 # %% ../nbs/09_xpo.ipynb #4e71d673
-def xpo_loss(policy_logps_model, policy_logps_ref, ref_logps_model, ref_logps_ref, a_wins, beta: float = 0.1,
-             alpha: float = 1e-5, loss_type: str = "sigmoid"):
+def xpo_loss(
+    policy_logps_model,
+    policy_logps_ref,
+    ref_logps_model,
+    ref_logps_ref,
+    a_wins,
+    beta: float = 0.1,
+    alpha: float = 1e-5,
+    loss_type: str = "sigmoid",
+):
     """XPO per pair: DPO on (policy sample y, reference sample y~) + alpha * log pi(y~|x).
-    Inputs (B,) summed log-probs: `policy_logps_model` = log pi(y|x), `policy_logps_ref` = log pi(y~|x), `ref_logps_*` the
+    Inputs (B,) summed log-probs: `policy_logps_model` = log pi(y|x), `policy_logps_ref` = log pi(y~|x),
+    `ref_logps_*` the
     same under pi_ref; `a_wins` (B,) bool, True where y is chosen. Returns (losses, dpo_losses, xpo_losses,
     chosen_rewards, rejected_rewards), each (B,); the loss to minimise is `losses.mean()`."""
     chosen = torch.where(a_wins, policy_logps_model, policy_logps_ref)
     rejected = torch.where(a_wins, policy_logps_ref, policy_logps_model)
     ref_chosen = torch.where(a_wins, ref_logps_model, ref_logps_ref)
     ref_rejected = torch.where(a_wins, ref_logps_ref, ref_logps_model)
-    dpo_losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type)
-    xpo_losses = alpha * policy_logps_ref                 # + sign, summed over tokens: pushes log pi(y~|x) down
+    dpo_losses, chosen_rewards, rejected_rewards = dpo_loss(
+        chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type
+    )
+    xpo_losses = alpha * policy_logps_ref  # + sign, summed over tokens: pushes log pi(y~|x) down
     return dpo_losses + xpo_losses, dpo_losses, xpo_losses, chosen_rewards, rejected_rewards
 
 # %% ../nbs/09_xpo.ipynb #112a1c02
-def collect_xpo_pairs(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig,
-                      generator: torch.Generator | None = None, sampler=None) -> dict:
-    """One completion per prompt from the policy (`sampler`: a synced vLLM sampler) and one from the reference, judged:
-    `online.collect_pairs`' dict, rows [policy samples; reference samples], `a_wins` = the policy's sample won."""
-    device = next(model.parameters()).device; t0 = time.perf_counter()
-    p_ids, p_mask = pad_prompts(tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device)
-    m_ids, m_mask, m_eos = sample_with(model, tokenizer, p_ids, p_mask, cfg, 1, sampler)      # y ~ π_θ(·|x)
+def collect_xpo_pairs(
+    model,
+    ref_model,
+    tokenizer,
+    prompts: list,
+    judge,
+    cfg: XPOConfig,
+    generator: torch.Generator | None = None,
+    sampler=None,
+) -> dict:
+    """One completion per prompt from the policy (`sampler`: a synced vLLM sampler) and one from the
+    reference, judged:
+    `online.collect_pairs`' dict, rows [policy samples; reference samples], `a_wins` = the policy's sample
+    won."""
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    p_ids, p_mask = pad_prompts(
+        tokenizer, prompts, max_length=cfg.max_length - cfg.max_new_tokens, device=device
+    )
+    m_ids, m_mask, m_eos = sample_with(model, tokenizer, p_ids, p_mask, cfg, 1, sampler)  # y ~ π_θ(·|x)
     with reference_context(model, ref_model) as ref:
-        r_ids, r_mask, r_eos = sample_with(ref, tokenizer, p_ids, p_mask, cfg, 1)              # ỹ ~ π_ref(·|x)
-    sync_device(device); t1 = time.perf_counter()
-    c_ids, c_mask = stack_completions(m_ids, m_mask, r_ids, r_mask, pad_token_id(tokenizer, eos_token_ids(model, tokenizer)))
-    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True); B = len(prompts)
-    a_wins, keep, scores = judge_pairs(judge, prompts, texts[:B], texts[B:], m_eos, r_eos, completion_ids=c_ids,
-                                     missing_eos_penalty=cfg.missing_eos_penalty, tie_rule=cfg.tie_rule, generator=generator)
-    return dict(prompts=list(prompts), prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
-                contains_eos=torch.cat([m_eos, r_eos]), a_wins=a_wins, keep=keep, scores=scores, texts=texts,
-                kept=int(keep.sum()), times={"time/generate": t1 - t0, "time/score": time.perf_counter() - t1})
+        r_ids, r_mask, r_eos = sample_with(ref, tokenizer, p_ids, p_mask, cfg, 1)  # ỹ ~ π_ref(·|x)
+    sync_device(device)
+    t1 = time.perf_counter()
+    c_ids, c_mask = stack_completions(
+        m_ids, m_mask, r_ids, r_mask, pad_token_id(tokenizer, eos_token_ids(model, tokenizer))
+    )
+    texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
+    B = len(prompts)
+    a_wins, keep, scores = judge_pairs(
+        judge,
+        prompts,
+        texts[:B],
+        texts[B:],
+        m_eos,
+        r_eos,
+        completion_ids=c_ids,
+        missing_eos_penalty=cfg.missing_eos_penalty,
+        tie_rule=cfg.tie_rule,
+        generator=generator,
+    )
+    return dict(
+        prompts=list(prompts),
+        prompt_ids=p_ids,
+        prompt_mask=p_mask,
+        completion_ids=c_ids,
+        completion_mask=c_mask,
+        contains_eos=torch.cat([m_eos, r_eos]),
+        a_wins=a_wins,
+        keep=keep,
+        scores=scores,
+        texts=texts,
+        kept=int(keep.sum()),
+        times={"time/generate": t1 - t0, "time/score": time.perf_counter() - t1},
+    )
 
 # %% ../nbs/09_xpo.ipynb #bfbe56ba
 def _xpo_metrics(seq, stats, a_wins, keep, dpo_l, xpo_l, ch_r, rj_r, contains_eos, scores) -> dict:
-    "TRL 1.0's XPO metrics, corrected (notebook 09, \"One XPO step and its metrics\"): seq (2B,) summed policy log-probs, stats `sequence_stats` of y only."
-    B = a_wins.shape[0]; margins = (ch_r - rj_r)[keep]
-    m = {"loss/dpo": mean_or_nan(dpo_l[keep]), "loss/xpo": mean_or_nan(xpo_l[keep]),
-         "objective/kl": mean_or_nan(stats["kl"]), "objective/entropy": mean_or_nan(stats["entropy"]),
-         "objective/non_score_reward": mean_or_nan(stats["non_score_reward"]),
-         "rewards/chosen": mean_or_nan(ch_r[keep]), "rewards/rejected": mean_or_nan(rj_r[keep]),
-         "rewards/margins": mean_or_nan(margins), "rewards/accuracies": mean_or_nan(margins > 0),
-         "logps/chosen": mean_or_nan(torch.where(a_wins, seq[:B], seq[B:])[keep]),
-         "logps/rejected": mean_or_nan(torch.where(a_wins, seq[B:], seq[:B])[keep]),
-         "val/model_contain_eos_token": mean_or_nan(contains_eos[:B]), "val/ref_contain_eos_token": mean_or_nan(contains_eos[B:]),
-         "model_win_rate": mean_or_nan(a_wins[keep]), "pairs_kept": mean_or_nan(keep)}
+    """TRL 1.0's XPO metrics, corrected (notebook 09, \"One XPO step and its metrics\"): seq (2B,) summed
+    policy log-probs, stats `sequence_stats` of y only."""
+    B = a_wins.shape[0]
+    margins = (ch_r - rj_r)[keep]
+    m = {
+        "loss/dpo": mean_or_nan(dpo_l[keep]),
+        "loss/xpo": mean_or_nan(xpo_l[keep]),
+        "objective/kl": mean_or_nan(stats["kl"]),
+        "objective/entropy": mean_or_nan(stats["entropy"]),
+        "objective/non_score_reward": mean_or_nan(stats["non_score_reward"]),
+        "rewards/chosen": mean_or_nan(ch_r[keep]),
+        "rewards/rejected": mean_or_nan(rj_r[keep]),
+        "rewards/margins": mean_or_nan(margins),
+        "rewards/accuracies": mean_or_nan(margins > 0),
+        "logps/chosen": mean_or_nan(torch.where(a_wins, seq[:B], seq[B:])[keep]),
+        "logps/rejected": mean_or_nan(torch.where(a_wins, seq[B:], seq[:B])[keep]),
+        "val/model_contain_eos_token": mean_or_nan(contains_eos[:B]),
+        "val/ref_contain_eos_token": mean_or_nan(contains_eos[B:]),
+        "model_win_rate": mean_or_nan(a_wins[keep]),
+        "pairs_kept": mean_or_nan(keep),
+    }
     if scores is not None:
         s_model, s_ref = scores[:B].to(seq.device), scores[B:].to(seq.device)
-        m.update({"objective/model_scores": mean_or_nan(s_model), "objective/ref_scores": mean_or_nan(s_ref),
-                  "objective/scores_margin": mean_or_nan(s_model - s_ref), "objective/rlhf_reward": mean_or_nan(s_model + stats["non_score_reward"])})
+        m.update(
+            {
+                "objective/model_scores": mean_or_nan(s_model),
+                "objective/ref_scores": mean_or_nan(s_ref),
+                "objective/scores_margin": mean_or_nan(s_model - s_ref),
+                "objective/rlhf_reward": mean_or_nan(s_model + stats["non_score_reward"]),
+            }
+        )
     return m
 
 # %% ../nbs/09_xpo.ipynb #fa9d3499
-def xpo_pairs_loss(model, ref_model, batch: dict, cfg: XPOConfig, epoch: float = 0.0, denominator: float | None = None):
-    "`xpo_loss` on what `collect_xpo_pairs` gathered: the kept pairs' summed loss / `denominator` (default: their number)."
+def xpo_pairs_loss(
+    model, ref_model, batch: dict, cfg: XPOConfig, epoch: float = 0.0, denominator: float | None = None
+):
+    """`xpo_loss` on what `collect_xpo_pairs` gathered: the kept pairs' summed loss / `denominator` (default:
+    their number)."""
     B, device = len(batch["prompts"]), batch["completion_ids"].device
     beta, alpha = schedule_value(cfg.beta, epoch), schedule_value(cfg.alpha, epoch)
     t0 = time.perf_counter()
-    logps, ref_logps = policy_and_ref_logps(model, ref_model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                            batch["completion_mask"], cfg)
-    sync_device(device); t_logps = time.perf_counter() - t0
+    logps, ref_logps = policy_and_ref_logps(
+        model,
+        ref_model,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        cfg,
+    )
+    sync_device(device)
+    t_logps = time.perf_counter() - t0
     seq, ref_seq = logps.sum(1), ref_logps.sum(1)
     a_wins, keep = batch["a_wins"].to(device), batch["keep"].to(device)
-    losses, dpo_l, xpo_l, ch_r, rj_r = xpo_loss(seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], a_wins, beta, alpha, cfg.loss_type)
+    losses, dpo_l, xpo_l, ch_r, rj_r = xpo_loss(
+        seq[:B], seq[B:], ref_seq[:B], ref_seq[B:], a_wins, beta, alpha, cfg.loss_type
+    )
     k = keep.float()
     loss = (losses * k).sum() / (k.sum().clamp(min=1) if denominator is None else denominator)
     with torch.no_grad():
-        stats = sequence_stats(logps[:B].detach(), ref_logps[:B], batch["completion_mask"][:B], beta)   # the policy's samples only
-        metrics = _xpo_metrics(seq.detach(), stats, a_wins, keep, dpo_l.detach(), xpo_l.detach(), ch_r, rj_r, batch["contains_eos"], batch["scores"])
-    return loss, {"loss": float(loss.detach()), **metrics, "alpha": alpha, "beta": beta, "time/logps": t_logps, **batch["times"]}
+        stats = sequence_stats(
+            logps[:B].detach(), ref_logps[:B], batch["completion_mask"][:B], beta
+        )  # the policy's samples only
+        metrics = _xpo_metrics(
+            seq.detach(),
+            stats,
+            a_wins,
+            keep,
+            dpo_l.detach(),
+            xpo_l.detach(),
+            ch_r,
+            rj_r,
+            batch["contains_eos"],
+            batch["scores"],
+        )
+    return loss, {
+        "loss": float(loss.detach()),
+        **metrics,
+        "alpha": alpha,
+        "beta": beta,
+        "time/logps": t_logps,
+        **batch["times"],
+    }
 
 # %% ../nbs/09_xpo.ipynb #534e9f9d
 XPO = OnlineMethod("xpo", collect_xpo_pairs, xpo_pairs_loss)
 
 # %% ../nbs/09_xpo.ipynb #b5b36fd4
-def xpo_step(model, ref_model, tokenizer, prompts: list, judge, cfg: XPOConfig, epoch: float = 0.0,
-             generator: torch.Generator | None = None, sampler=None):
+def xpo_step(
+    model,
+    ref_model,
+    tokenizer,
+    prompts: list,
+    judge,
+    cfg: XPOConfig,
+    epoch: float = 0.0,
+    generator: torch.Generator | None = None,
+    sampler=None,
+):
     """One XPO step on B prompts: `collect_xpo_pairs` then `xpo_pairs_loss` (the mean over kept pairs); with
     `tie_rule="first"` the policy's sample wins ties, as in TRL 1.0. Returns (loss, metrics, samples)."""
     b = collect_xpo_pairs(model, ref_model, tokenizer, prompts, judge, cfg, generator, sampler)
     loss, metrics = xpo_pairs_loss(model, ref_model, b, cfg, epoch)
-    samples = {"prompts": b["prompts"], "completions": b["texts"], "a_wins": b["a_wins"].tolist(), "keep": b["keep"].tolist(),
-               "scores": None if b["scores"] is None else b["scores"].tolist()}
+    samples = {
+        "prompts": b["prompts"],
+        "completions": b["texts"],
+        "a_wins": b["a_wins"].tolist(),
+        "keep": b["keep"].tolist(),
+        "scores": None if b["scores"] is None else b["scores"].tolist(),
+    }
     return loss, metrics, samples
 
 # %% ../nbs/09_xpo.ipynb #59ccd858
-def train_xpo(model, tokenizer, prompts: list, judge=None, cfg: XPOConfig | None = None, **kwargs) -> OnlineResult:
+def train_xpo(
+    model, tokenizer, prompts: list, judge=None, cfg: XPOConfig | None = None, **kwargs
+) -> OnlineResult:
     "`online.train_online` running XPO: same arguments (a judge, or TRL's `reward_funcs=`), an `XPOConfig`."
     cfg = cfg or XPOConfig()
-    if not isinstance(cfg, XPOConfig): raise ValueError(f"cfg: expected an XPOConfig (it carries alpha), got {type(cfg).__name__}")
+    if not isinstance(cfg, XPOConfig):
+        raise ValueError(f"cfg: expected an XPOConfig (it carries alpha), got {type(cfg).__name__}")
     return train_online(model, tokenizer, prompts, judge, cfg, step_fn=XPO, **kwargs)

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import ast
 
-import nbformat
+import json
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wrap_strings import wrap_strings   # noqa: E402  (tools/ is not a package)
+from wrap_strings import wrap_comments, wrap_strings   # noqa: E402  (tools/ is not a package)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def exported(cell) -> bool:
+def exported(cell: dict) -> bool:
     "Whether a code cell goes into the library (`#| export`, `#|export`, `#| exporti`)."
-    first = [line.replace(" ", "") for line in cell.source.splitlines() if line.startswith("#|")]
-    return cell.cell_type == "code" and any(d.startswith("#|export") for d in first)
+    first = [line.replace(" ", "") for line in cell["source"] if line.startswith("#|")]
+    return cell["cell_type"] == "code" and any(d.startswith("#|export") for d in first)
 
 
 def ruff_format(source: str) -> str:
@@ -45,8 +45,9 @@ def same_code(a: str, b: str) -> bool:
 
 
 def format_cell(source: str) -> str:
-    "ruff format, then the over-long strings broken (`wrap_strings`), then ruff format again; the code unchanged."
-    new = ruff_format(wrap_strings(ruff_format(source)))
+    """ruff format, then the over-long strings and comments broken (`wrap_strings`), then ruff format
+    again; the code unchanged (`same_code`)."""
+    new = ruff_format(wrap_comments(wrap_strings(ruff_format(source))))
     if not same_code(source, new): raise SystemExit(f"formatting changed the code of a cell:\n{source[:400]}")
     return new
 
@@ -54,13 +55,19 @@ def format_cell(source: str) -> str:
 def main(paths) -> int:
     changed = 0
     for p in paths or sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
-        nb = nbformat.read(p, as_version=4)
+        nb = json.loads(Path(p).read_text())          # raw JSON: outputs stay exactly as committed
         n = 0
-        for c in nb.cells:
+        for c in nb["cells"]:
             if exported(c):
-                new = format_cell(c.source)
-                if new != c.source: c.source, n = new, n + 1
-        if n: nbformat.write(nb, p); print(f"{p}: {n} cells formatted"); changed += n
+                old = "".join(c["source"])
+                new = format_cell(old)
+                if new != old:
+                    c["source"] = new.splitlines(keepends=True)
+                    n += 1
+        if n:
+            Path(p).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            print(f"{p}: {n} cells formatted")
+            changed += n
     return 0
 
 

@@ -99,7 +99,7 @@ def wrap_strings(src: str, width: int = WIDTH) -> str:
         row, col = t.start
         if row in docs and depth == 0:
             new = _wrap_docstring(t.string, col, width)
-        elif t.start[0] == t.end[0] and t.end[1] > width:
+        elif t.start[0] == t.end[0] and t.end[1] > width - 2:          # a `,` or `)` may follow it
             pieces = split_literal(t.string, col + (0 if depth else 1), width)
             if pieces is None: continue
             joint = "\n" + " " * (col + (0 if depth else 1))
@@ -116,3 +116,23 @@ def wrap_strings(src: str, width: int = WIDTH) -> str:
     try: ast.parse(out)
     except SyntaxError: return src
     return out
+
+
+def wrap_comments(src: str, width: int = WIDTH) -> str:
+    """Over-long comments wrapped onto comment lines of their own (a trailing one moves above its line); every other
+    line as it was."""
+    comments = {}
+    for t in tokenize.generate_tokens(io.StringIO(src).readline):
+        if t.type == tokenize.COMMENT: comments[t.start[0]] = t
+    out = []
+    for i, line in enumerate(src.split("\n"), 1):
+        if len(line) <= width: out.append(line); continue
+        t = comments.get(i)
+        if t is None or t.string.startswith("#|") or "noqa" in t.string: out.append(line); continue
+        code = line[:t.start[1]].rstrip()
+        ind = len(line) - len(line.lstrip())
+        text = t.string.lstrip("#").strip()
+        wrapped = textwrap.wrap(text, width - ind - 2, break_long_words=False, break_on_hyphens=False)
+        out += [" " * ind + "# " + w for w in wrapped]
+        if code.strip(): out.append(code)
+    return "\n".join(out)
