@@ -344,7 +344,7 @@ def sharded_weights(model: nn.Module) -> bool:
     `runtime.gathered_weights`, which
     marks every module whole (`_whole`) while it holds the weights gathered."""
     try:
-        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.fsdp import FSDPModule  # why: torch < 2.6 has none
     except ImportError:
         FSDPModule = ()  # torch < 2.6: no FSDP2 under this name
     m = unwrap_parallel(model)

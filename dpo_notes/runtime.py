@@ -301,8 +301,7 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     optim = getattr(cfg, "optim", "adamw_torch_fused")
     if optim in ("adamw_bnb_8bit", "adamw_8bit"):
         try:
-            # why: bitsandbytes is optional (GPU only); only its 8-bit AdamW needs it
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # why: optional (GPU only); only its 8-bit AdamW needs it
         except ImportError:
             raise ImportError(f"optim: {optim!r} needs bitsandbytes (pip install bitsandbytes)") from None
         return bnb.optim.AdamW8bit(groups, **kw)
@@ -425,7 +424,7 @@ def load_whole_after(acc: Accelerator) -> Accelerator:
     `prepare` shards them."""
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None and not plugin.zero3_init_flag:
-        from transformers.integrations import unset_hf_deepspeed_config
+        from transformers.integrations import unset_hf_deepspeed_config  # why: DeepSpeed runs only
 
         unset_hf_deepspeed_config()
     return acc
@@ -671,7 +670,7 @@ def sharding(model) -> str | None:
     """How `model`'s weights are split over the processes: 'zero3' (DeepSpeed ZeRO-3), 'fsdp2' (`fully_shard`)
     or None (whole on each)."""
     try:
-        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.fsdp import FSDPModule  # why: torch < 2.6 has none
     except ImportError:
         FSDPModule = ()  # torch < 2.6: no FSDP2 under this name
     if any(hasattr(p, "ds_id") for p in model.parameters()):
@@ -796,7 +795,8 @@ def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:
     `everywhere`."""
     m, kind = unwrap(model), sharding(model)
     if kind == "fsdp2":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions  # why: FSDP2 only
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict  # why: FSDP2 only
 
         return get_model_state_dict(
             m, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere)

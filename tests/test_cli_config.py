@@ -303,7 +303,8 @@ def test_trackio_and_wandb_runs_equal_the_history(tmp_path, monkeypatch, capsys)
 
 def test_push_to_hub_uploads_the_saved_run(tmp_path, monkeypatch, capsys):
     "`--push_to_hub`: after training, the repository is created and the run folder uploaded, checkpoints left out."
-    import fnmatch, huggingface_hub
+    import fnmatch
+    from dpo_notes import runtime
     from types import SimpleNamespace
     calls = []
     class Api:                                                         # a stand-in: there is no hub to reach here
@@ -312,7 +313,7 @@ def test_push_to_hub_uploads_the_saved_run(tmp_path, monkeypatch, capsys):
         def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
             files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
             calls.append(("upload", repo_id, [f for f in files if not any(fnmatch.fnmatch(f, g) for g in ignore_patterns)]))
-    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(runtime, "HfApi", Api)                          # the name push_to_hub calls
     out = tmp_path / "run"
     code, stdout, err = run_cli(["dpo", "--max_train_samples", "8", "--max_steps", "2", "--per_device_train_batch_size", "4",
                                  "--save_steps", "1", "--use_peft", "--lora_r", "2", "--disable_tqdm", "--output_dir", out,

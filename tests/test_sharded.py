@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from parity import WEIGHT_REL, assert_weights_moved_alike
-from test_multiprocess import free_port
+from conftest import free_port
 from dpo_notes.runtime import LAUNCHER_VARS
 
 pytestmark = pytest.mark.parity
