@@ -38,6 +38,8 @@ def top_imports(module: str) -> set[str]:
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             deps |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dpo_notes."):
+            deps.add(node.module.split(".")[1])   # nbdev leaves multi-line imports absolute
         elif isinstance(node, ast.Import):
             deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("dpo_notes.")}
     return deps - {module, "_modidx"}
