@@ -1259,8 +1259,9 @@ def save_checkpoint(
 
 # %% ../nbs/15_runtime.ipynb #7d441e6d
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) -> dict:
-    """Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs (no unpickling);
-    return the loop's `state`."""
+    """Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs; return the
+    loop's `state`. Nothing is unpickled but a sharded optimizer's files (DeepSpeed's and
+    torch.distributed.checkpoint's loaders unpickle theirs): resume those only from trusted checkpoints."""
     path = Path(path)
     if not (path / "trainer_state.json").exists():
         raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")
