@@ -31,7 +31,7 @@ from dpo_notes.logps import (
 )
 from .logps import can_pack, masked_hidden_states
 from .losses import LOSS_TYPES, dpo_loss
-from .judges import FAILED, FIRST, TIE, TIE_RULES, compare_scores, verdicts_to_mask
+from .judges import FAILED, FIRST, TIE, TIE_RULES, RewardModelJudge, compare_scores, verdicts_to_mask
 from .evals import distinct_n, distinct_rate
 from .gpu import VLLMSampler
 from .runtime import RunLog, TrainingConfig, arg, bad, check_training, eval_due
@@ -55,7 +55,13 @@ from dpo_notes.runtime import (
     sync_device,
     unwrap,
 )
-from .runtime import full_state_dict, gathered_weights, sharding
+from dpo_notes.runtime import (
+    frozen_sharding,
+    full_state_dict,
+    gathered_weights,
+    prepare_frozen_model,
+    sharding,
+)
 
 # %% auto #0
 __all__ = ['tokenize_prompts', 'LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLINE_DPO', 'eos_token_ids', 'pad_token_id',
@@ -1384,12 +1390,28 @@ def _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator):
     if ref_model is not None:
         if cfg.disable_dropout:
             disable_dropout(ref_model)
-        ref_model.to(acc.device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.max_steps)
     configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
+    if ref_model is not None:  # ZeRO-3, FSDP2: sharded as the policy (TRL's `prepare_deepspeed`); else whole
+        ref_model = prepare_frozen_model(ref_model, acc)
     return acc, model, ref_model, optimizer, scheduler
+
+
+def _prepare_reward_models(judge, acc):
+    """Under ZeRO-3 or FSDP2, the reward models `judge` scores with (`RewardFunctions`' models, a
+    `RewardModelJudge`'s) sharded in place by `runtime.prepare_frozen_model`, as TRL prepares its reward
+    models; elsewhere they stay where the caller put them."""
+    if frozen_sharding(acc) is None:
+        return judge
+    if isinstance(judge, RewardFunctions):
+        judge.funcs = [
+            prepare_frozen_model(f, acc) if isinstance(f, torch.nn.Module) else f for f in judge.funcs
+        ]
+    elif isinstance(judge, RewardModelJudge):
+        judge.model = prepare_frozen_model(judge.model, acc)
+    return judge
 
 # %% ../nbs/08_online_dpo.ipynb #5d7a8cc4
 def _collect_window(
@@ -1509,6 +1531,7 @@ def train_online(
     acc, model, ref_model, optimizer, scheduler = _setup_run(
         model, tokenizer, cfg, ref_model, peft_config, accelerator
     )
+    judge = _prepare_reward_models(judge, acc)
     st = {"step": 0, "history": []}
     if resume_from_checkpoint is not None:
         st = load_checkpoint(resume_from_checkpoint, model, optimizer, scheduler, acc)
@@ -1579,4 +1602,4 @@ def train_online(
     log.close()
     model = acc.unwrap_model(model)
     _save_final(acc, model, tokenizer, history, cfg)
-    return OnlineResult(model, history, ref_model, cfg.output_dir)
+    return OnlineResult(model, history, None if ref_model is None else unwrap(ref_model), cfg.output_dir)

@@ -22,6 +22,7 @@ from accelerate.utils import (
     DistributedType,
     FullyShardedDataParallelPlugin,
     extract_model_from_parallel,
+    fsdp2_prepare_model,
     is_peft_model,
 )
 from huggingface_hub import HfApi
@@ -53,11 +54,12 @@ __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTE
            'cpu_native_bf16', 'cpu_launch', 'fsdp2_accelerator_on_cpu', 'cpu_launch_accelerator', 'load_whole_after',
            'make_accelerator', 'RunLog', 'accumulating', 'configure_deepspeed', 'sync_device', 'is_peft', 'unwrap',
            'is_4bit', 'on_device', 'disable_dropout', 'enable_checkpointing', 'setup_policy', 'lora_config',
-           'bytes_per_rank', 'sharding', 'gathered_weights', 'writable_weights', 'full_state_dict', 'resident_bytes',
-           'add_reference_adapter', 'make_reference', 'reference_context', 'check_finite_loss', 'rng_state',
-           'set_rng_state', 'rng_to_json', 'rng_from_json', 'weights_hash', 'save_model', 'load_weights', 'push_to_hub',
-           'rotate_checkpoints', 'optimizer_sharding', 'save_optimizer_shards', 'load_optimizer_shards',
-           'save_checkpoint', 'load_checkpoint', 'load_policy', 'cut_at_eos']
+           'bytes_per_rank', 'sharding', 'gathered_weights', 'writable_weights', 'full_state_dict', 'frozen_sharding',
+           'prepare_frozen_model', 'load_full_state_dict', 'resident_bytes', 'add_reference_adapter', 'make_reference',
+           'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json',
+           'weights_hash', 'save_model', 'load_weights', 'push_to_hub', 'rotate_checkpoints', 'optimizer_sharding',
+           'save_optimizer_shards', 'load_optimizer_shards', 'save_checkpoint', 'load_checkpoint', 'load_policy',
+           'cut_at_eos']
 
 # %% ../nbs/15_runtime.ipynb #b5e10002
 def arg(default=None, help: str = "", factory=None):
@@ -808,6 +810,80 @@ def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:
             return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
     return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
 
+# %% ../nbs/15_runtime.ipynb #c17a000b
+def frozen_sharding(accelerator: Accelerator) -> str | None:
+    """How `prepare_frozen_model` splits a frozen model under `accelerator`'s launch: 'zero3' (DeepSpeed stage
+    3), 'fsdp2', or None (whole on each process)."""
+    ds = getattr(accelerator.state, "deepspeed_plugin", None)
+    if ds is not None:
+        return "zero3" if ds.zero_stage == 3 else None
+    # the plugin, not `distributed_type`: on CPU ranks a later `AcceleratorState()` (made by `prepare`) resets
+    # the type `fsdp2_accelerator_on_cpu` set to the launch's MULTI_CPU, while the plugin stays
+    fsdp = getattr(accelerator.state, "fsdp_plugin", None)
+    return "fsdp2" if fsdp is not None and fsdp.fsdp_version == 2 else None
+
+
+def _zero3_inference_config(accelerator: Accelerator, model) -> dict:
+    """The launch's DeepSpeed config for an engine with no optimizer, as TRL's `prepare_deepspeed` builds it
+    under ZeRO-3: stage 3 kept, `optimizer`, `scheduler` and `offload_optimizer` dropped, buckets sized to
+    `model`'s hidden width."""
+    ds = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    ds.pop("optimizer", None)
+    ds.pop("scheduler", None)
+    zero = ds["zero_optimization"]
+    zero.pop("offload_optimizer", None)
+    mc = getattr(model, "config", None)
+    h = max(mc.hidden_sizes) if getattr(mc, "hidden_sizes", None) else getattr(mc, "hidden_size", None)
+    if h is not None:
+        zero.update(
+            reduce_bucket_size=h * h,
+            stage3_param_persistence_threshold=10 * h,
+            stage3_prefetch_bucket_size=int(0.9 * h * h),
+        )
+    auto = [k for k, v in {**ds, **zero}.items() if v == "auto"]
+    if auto:
+        raise ValueError(
+            f"deepspeed_config: {auto} still 'auto': call prepare_frozen_model after accelerator.prepare "
+            "of the policy (it fills them)"
+        )
+    return ds
+
+
+def prepare_frozen_model(model, accelerator: Accelerator):
+    """A frozen model (the reference, a reward model) in eval mode without grads, placed as TRL places it:
+    ZeRO-3: a DeepSpeed inference engine with the stage-3 config (`prepare_deepspeed`), weights partitioned;
+    FSDP2: `fully_shard` per unit (accelerate's `fsdp2_prepare_model`); else whole on the device. Every
+    process
+    calls it together; sharded, every forward is a collective."""
+    model = on_device(model.eval().requires_grad_(False), accelerator.device)
+    kind = frozen_sharding(accelerator)
+    if kind == "zero3":
+        import deepspeed  # why: optional (DeepSpeed is installed only where it is used)
+
+        engine, *_ = deepspeed.initialize(model=model, config=_zero3_inference_config(accelerator, model))
+        engine.eval()  # DeepSpeedEngine.eval returns None
+        return engine
+    if kind == "fsdp2":
+        model = fsdp2_prepare_model(accelerator, model)
+        model.set_reshard_after_forward(
+            True
+        )  # accelerate keeps the tail unit gathered for a backward: none comes
+        return model.eval()
+    return accelerator.prepare_model(model, evaluation_mode=True)
+
+# %% ../nbs/15_runtime.ipynb #c17a000c
+def load_full_state_dict(model, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write whole tensors (what `full_state_dict` returns) into `model`'s parameters and buffers, sharded or
+    not; every process calls it together, each with the whole `state_dict`."""
+    m = unwrap(model)
+    missing = [n for n, _ in m.named_parameters() if n not in state_dict]
+    if missing:
+        raise ValueError(f"state_dict: expected every parameter of the model, missing {missing[:5]}")
+    with writable_weights(model), torch.no_grad():
+        for n, t in [*m.named_parameters(), *m.named_buffers()]:
+            if n in state_dict:
+                t.copy_(state_dict[n])
+
 # %% ../nbs/15_runtime.ipynb #c17a0009
 def _local(t: torch.Tensor) -> torch.Tensor:
     "The part of `t` stored on this rank: a ZeRO-3 partition, the local shard of a DTensor, or `t`."
@@ -1183,8 +1259,9 @@ def save_checkpoint(
 
 # %% ../nbs/15_runtime.ipynb #7d441e6d
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) -> dict:
-    """Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs (no unpickling);
-    return the loop's `state`."""
+    """Restore a `save_checkpoint` folder into `model`, `optimizer`, `scheduler` and the RNGs; return the
+    loop's `state`. Nothing is unpickled but a sharded optimizer's files (DeepSpeed's and
+    torch.distributed.checkpoint's loaders unpickle theirs): resume those only from trusted checkpoints."""
     path = Path(path)
     if not (path / "trainer_state.json").exists():
         raise FileNotFoundError(f"resume_from_checkpoint: no trainer_state.json in {path}")

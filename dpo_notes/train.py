@@ -8,7 +8,7 @@ evaluation, checkpoints that resume exactly, TR-DPO).
 Taught in notebook 06, `nbs/06_dpo_training.ipynb`."""
 
 from __future__ import annotations
-import copy, functools, hashlib, json, math, time, warnings
+import contextlib, copy, functools, hashlib, json, math, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,7 +55,13 @@ from dpo_notes.runtime import (
     use_bf16,
     weights_hash,
 )
-from .runtime import full_state_dict, sharding, writable_weights
+from dpo_notes.runtime import (
+    full_state_dict,
+    load_full_state_dict,
+    prepare_frozen_model,
+    sharding,
+    writable_weights,
+)
 
 # %% auto #0
 __all__ = ['TOKEN_KEYS', 'METRICS', 'plain_forward', 'plot_history', 'prepare_examples', 'epoch_order', 'make_loader',
@@ -715,8 +721,6 @@ def start_run(
     if cfg.precompute_ref_logps:  # one reference pass now, none per step, no reference in memory
         train_ex, eval_ex = (precomputed(model, ref_model, e, collate, cfg, acc) for e in (train_ex, eval_ex))
         ref_model = None
-    if ref_model is not None:
-        ref_model = acc.prepare_model(ref_model, evaluation_mode=True)
     optimizer = make_optimizer(model, cfg)
     n_micro = len(
         acc.prepare_data_loader(make_loader(train_ex, collate, cfg.per_device_train_batch_size))
@@ -729,6 +733,8 @@ def start_run(
     scheduler = make_scheduler(optimizer, cfg, total)
     configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
+    if ref_model is not None:  # ZeRO-3, FSDP2: sharded as the policy (TRL's `prepare_deepspeed`); else whole
+        ref_model = prepare_frozen_model(ref_model, acc)
     eval_loader = (
         acc.prepare_data_loader(make_loader(eval_ex, collate, cfg.per_device_eval_batch_size))
         if eval_ex
@@ -797,7 +803,7 @@ def checkpoint(run: SimpleNamespace, path: Path) -> None:
     "`runtime.save_checkpoint` of the run, with TR-DPO's moving reference model in the loop state."
     state = {**run.st, "config": asdict(run.cfg)}
     if run.cfg.sync_ref_model and run.ref_model is not None:
-        state["ref_state"] = unwrap(run.ref_model).state_dict()
+        state["ref_state"] = full_state_dict(run.ref_model)  # whole, if sharded
     save_checkpoint(path, run.model, run.tokenizer, run.optimizer, run.scheduler, state, run.acc)
 
 # %% ../nbs/06_dpo_training.ipynb #c5e13802
@@ -807,7 +813,7 @@ def resume(run: SimpleNamespace, path) -> None:
     run.st = load_checkpoint(path, run.model, run.optimizer, run.scheduler, run.acc)
     ref_state = run.st.pop("ref_state", None)
     if ref_state is not None:
-        unwrap(run.ref_model).load_state_dict(ref_state)
+        load_full_state_dict(run.ref_model, ref_state)  # into its shards, if sharded
 
 # %% ../nbs/06_dpo_training.ipynb #ddc42b0e
 def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path | None) -> None:
@@ -815,9 +821,8 @@ def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path 
     cfg, st, history = run.cfg, run.st, run.st["history"]
     step, epoch = st["step"], st["epoch"] + st["micro"] / run.n_micro
     if cfg.sync_ref_model and step % cfg.ref_model_sync_steps == 0:  # after the update, as TRL's callback
-        with writable_weights(
-            run.model
-        ):  # sharded weights (ZeRO-3, FSDP2): whole, and the sync's writes kept
+        ref = writable_weights(run.ref_model) if run.ref_model is not None else contextlib.nullcontext()
+        with writable_weights(run.model), ref:  # sharded weights (ZeRO-3, FSDP2): whole, and the writes kept
             history.append(
                 {
                     "ref_sync/rel_error": sync_reference(run.model, run.ref_model, cfg.ref_model_mixup_alpha),
@@ -860,7 +865,7 @@ def finish_run(run: SimpleNamespace, out_dir: Path | None) -> DPOResult:
         history=run.st["history"],
         step_times=run.step_times,
         output_dir=out_dir,
-        ref_model=run.ref_model,
+        ref_model=None if run.ref_model is None else unwrap(run.ref_model),
     )
 
 # %% ../nbs/06_dpo_training.ipynb #de024583

@@ -14,10 +14,13 @@ Runs (toy "s", fp32, 2 optimizer steps each):
   saves its adapter (output_dir) and records the log-probs of a fixed batch after training, for the reload check;
 - offline_trdpo_lora / offline_trdpo_full: TR-DPO (sync every step, alpha 0.6) into the "ref" adapter / into a
   separate frozen copy, whose weights are saved too (_ref_rank<r>.pt); offline_sepref_full: full fine-tuning against a
-  separate reference model passed in (`ref_model=`), which must train as the frozen copy does (offline_full);
+  separate reference model passed in (`ref_model=`), which must train as the frozen copy does (offline_full); both
+  separate references record [stored on this rank, whole] parameters (`ref_numel`: ZeRO-3/FSDP2 shard them,
+  `runtime.prepare_frozen_model`);
 - resume_lora: the offline LoRA run again, checkpointing after step 1, then a fresh run resumed from that checkpoint;
-- online_full (reference: a frozen copy) and xpo_lora (reference: the adapter switched off, which also samples):
-  2 prompts per rank per step, 8 new tokens;
+- online_full (reference: a frozen copy; judged by reward_funcs = the toy reward + a small sequence-classification
+  reward model, both frozen models' `ref_numel`/`rm_numel` recorded) and xpo_lora (reference: the adapter switched
+  off, which also samples): 2 prompts per rank per step, 8 new tokens;
 - <strategy>_memory (and `memory`, one process without a launch): one AdamW step fully fine-tuned, then what each
   rank stores (`runtime.resident_bytes`), for notebook 15's table;
 - early_stop: sampling where rank 0 stops at its first token (every token is an eos there) and rank 1 runs to
@@ -69,6 +72,23 @@ def write(out: Path, name: str, rank: int, model, **info):
     (out / f"{name}_rank{rank}.json").write_text(json.dumps(info))
 
 
+def numel(model) -> list[int]:
+    "[what this rank stores, the whole model] in parameters (fp32): sharded by `runtime.prepare_frozen_model` or not."
+    from dpo_notes.runtime import resident_bytes
+    whole = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())   # a DTensor's numel is the whole one
+    return [resident_bytes(model)["weights"] // 4, whole]
+
+
+def reward_model(tok):
+    "A small sequence-classification reward model on the toy vocabulary (seeded: the same on every rank and launch)."
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        return LlamaForSequenceClassification(LlamaConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_labels=1, pad_token_id=tok.pad_token_id)).eval()
+
+
 def dpo_cfg(bs, **kw):
     from dpo_notes.train import DPOConfig
     return DPOConfig(**{**dict(output_dir=None, per_device_train_batch_size=bs, gradient_accumulation_steps=GA,
@@ -79,7 +99,7 @@ def dpo_cfg(bs, **kw):
 def offline(out: Path, tag: str, bs: int, rank: int, lora: bool, trdpo: bool = False, separate_ref: bool = False):
     from dpo_notes import train
     from dpo_notes.logps import concatenated_forward
-    from dpo_notes.runtime import lora_config
+    from dpo_notes.runtime import full_state_dict, lora_config
     from dpo_notes.toy import load_toy
     model, tok = load_toy("s")
     paths = []
@@ -96,8 +116,11 @@ def offline(out: Path, tag: str, bs: int, rank: int, lora: bool, trdpo: bool = F
                                peft_config=lora_config(**LORA) if lora else None, ref_model=ref)
     finally: train.dpo_step = step
     info = dict(loss=[h["loss"] for h in res.history if "loss" in h], lean=paths)
-    if trdpo and not lora:          # the separate reference TR-DPO moved (whole on every rank)
-        torch.save({k: v.detach().float().clone() for k, v in res.ref_model.state_dict().items()}, out / f"{tag}_offline_{run}_ref_rank{rank}.pt")
+    if res.ref_model is not None:   # a separate reference (passed in, or TR-DPO's copy): sharded as the policy is
+        info["ref_numel"] = numel(res.ref_model)
+    if trdpo and not lora:          # the separate reference TR-DPO moved, gathered whole
+        sd = full_state_dict(res.ref_model, everywhere=True)
+        torch.save({k: v.float() for k, v in sd.items()}, out / f"{tag}_offline_{run}_ref_rank{rank}.pt")
     if lora and not trdpo:
         with torch.no_grad():
             lp = concatenated_forward(res.model, probe_batch(tok))
@@ -128,11 +151,16 @@ def online(out: Path, tag: str, rank: int, xpo: bool):
     model, tok = load_toy("s")
     kw = dict(per_device_train_batch_size=ONLINE_BS, max_steps=ONLINE_STEPS, max_new_tokens=NEW, learning_rate=LR,
               bf16=False, use_cpu=False, disable_tqdm=True, seed=0)
+    extra = {}
     if xpo: res = xp.train_xpo(model, tok, prompts(), reward, xp.XPOConfig(**kw), peft_config=lora_config(**LORA))
-    else: res = on.train_online(model, tok, prompts(), reward, on.OnlineDPOConfig(**kw))
+    else:   # the toy reward plus a reward model (TRL's reward_funcs), which ZeRO-3/FSDP2 shard as TRL does
+        rm = reward_model(tok)
+        res = on.train_online(model, tok, prompts(), cfg=on.OnlineDPOConfig(**kw), reward_funcs=[reward, rm],
+                              reward_weights=[1.0, 1.0], reward_processing_classes=[None, tok])
+        extra = dict(rm_numel=numel(rm), ref_numel=numel(res.ref_model))
     rows = [h for h in res.history if "loss" in h]
     write(out, f"{tag}_{'xpo_lora' if xpo else 'online_full'}", rank, res.model, loss=[h["loss"] for h in rows],
-          length=[h.get("completions/mean_length", h.get("val/contain_eos_token")) for h in rows])
+          length=[h.get("completions/mean_length", h.get("val/contain_eos_token")) for h in rows], **extra)
     return res.model
 
 

@@ -94,6 +94,18 @@ def initial(lora: bool) -> dict:
 def lora_only(sd: dict) -> dict: return {k: v for k, v in sd.items() if "lora_" in k}
 
 
+def assert_frozen_split(out: Path, strategy: str, run: str, key: str = "ref_numel"):
+    """A frozen model (reference, reward model) prepared by `runtime.prepare_frozen_model`: under ZeRO-3 and FSDP2 each
+    rank stores about half of it (FSDP2 pads dim 0 to split it), the two halves adding up to the whole; whole elsewhere."""
+    (l0, whole), (l1, whole1) = (json.loads((out / f"{strategy}_{run}_rank{r}.json").read_text())[key] for r in (0, 1))
+    assert whole == whole1 > 0
+    if strategy in ("zero3", "fsdp2"):
+        assert 0.45 * whole < l0 < 0.55 * whole and 0.45 * whole < l1 < 0.55 * whole, (key, l0, l1, whole)
+        assert whole <= l0 + l1 <= 1.01 * whole, (key, l0, l1, whole)
+    else:
+        assert l0 == l1 == whole, (key, l0, l1, whole)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_offline_equals_one_process(out, strategy, kind):
@@ -114,10 +126,14 @@ def test_offline_equals_one_process(out, strategy, kind):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_separate_reference_model_equals_one_process(out, strategy):
-    "Full fine-tuning against a `ref_model` passed in (the starting weights, loaded again): as one process with its frozen copy."
+    """Full fine-tuning against a `ref_model` passed in (the starting weights, loaded again): as one process with its frozen
+    copy, and as DDP; under ZeRO-3/FSDP2 the reference is sharded as TRL's `prepare_deepspeed` shards it."""
     _, w = load(out, f"{strategy}_offline_sepref_full_rank0")
     _, big = load(out, "single_offline_full_rank0")
     assert_weights_moved_alike(w, big, initial(False), what=f"{strategy} separate reference")
+    if strategy != "ddp":
+        assert_weights_moved_alike(w, load(out, "ddp_offline_sepref_full_rank0")[1], initial(False), what=f"{strategy} vs DDP")
+    assert_frozen_split(out, strategy, "offline_sepref_full")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -135,8 +151,12 @@ def test_trdpo_reference_sync_equals_one_process(out, strategy, kind):
         assert len(ref(w0)) == len(start) > 0
         assert_weights_moved_alike(ref(w0), ref(big), start, what=f"{strategy} TR-DPO ref adapter")
     else:
-        r0, rb = (torch.load(out / f"{n}_offline_trdpo_full_ref_rank0.pt") for n in (strategy, "single"))
+        r0, r1, rb, rd = (torch.load(out / f"{n}_offline_trdpo_full_ref_rank{r}.pt") for n, r in
+                          ((strategy, 0), (strategy, 1), ("single", 0), ("ddp", 0)))
+        for k in r0: assert torch.equal(r0[k], r1[k]), k
         assert_weights_moved_alike(r0, rb, initial(False), what=f"{strategy} TR-DPO reference copy")
+        assert_weights_moved_alike(r0, rd, initial(False), what=f"{strategy} TR-DPO reference copy vs DDP")
+        assert_frozen_split(out, strategy, "offline_trdpo_full")     # synced into its shards (ZeRO-3, FSDP2)
     pick = lora_only if kind == "lora" else (lambda sd: sd)
     start = {k: v for k, v in initial(kind == "lora").items() if k in pick(big)}
     assert_weights_moved_alike({k: v for k, v in pick(w0).items() if k in start}, {k: v for k, v in pick(big).items() if k in start}, start,
@@ -182,6 +202,15 @@ def test_online_sharded_ranks_identical_and_equal_to_ddp(out, strategy, run):
     start = {k: v for k, v in initial(run.endswith("lora")).items() if k in pick(ddp)}
     assert_weights_moved_alike(pick(w0), pick(ddp), start, what=f"{strategy} {run} vs DDP")
     assert i0["loss"] == i1["loss"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_online_reward_model_and_reference_split_like_the_policy(out, strategy):
+    """online_full scores with TRL's reward_funcs (the toy reward + a sequence-classification reward model) against a frozen
+    copy of the policy: under ZeRO-3/FSDP2 both are sharded (`runtime.prepare_frozen_model`), and the run equals DDP
+    (`test_online_sharded_ranks_identical_and_equal_to_ddp`)."""
+    assert_frozen_split(out, strategy, "online_full", "rm_numel")
+    assert_frozen_split(out, strategy, "online_full", "ref_numel")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
