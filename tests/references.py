@@ -2,7 +2,7 @@
 
 - `trl_1_0_compute_losses`: TRL 1.0's `XPOTrainer._compute_losses`, line for line (TRL 1.0 and 1.13, the last release
   with XPO, cannot be installed beside TRL 1.16). Source: trl v1.0.0 `trl/experimental/xpo/xpo_trainer.py`.
-  Used by notebook 09 ("Parity with TRL 1.0") and `tests/test_xpo.py`.
+  Used by notebook 11 ("Parity with TRL 1.0") and `tests/test_xpo.py`.
 - `fake_vllm`: a stand-in `vllm` module with the surface `dpo_notes.gpu.VLLMSampler` uses (vLLM needs CUDA).
   Used by notebook 14 ("Testing it without a GPU") and `tests/test_gpu.py`."""
 from __future__ import annotations

@@ -22,7 +22,7 @@ Runs (toy "s", fp32, 2 optimizer steps each):
   reward model, both frozen models' `ref_numel`/`rm_numel` recorded) and xpo_lora (reference: the adapter switched
   off, which also samples): 2 prompts per rank per step, 8 new tokens;
 - <strategy>_memory (and `memory`, one process without a launch): one AdamW step fully fine-tuned, then what each
-  rank stores (`runtime.resident_bytes`), for notebook 15's table;
+  rank stores (`runtime.resident_bytes`), for notebook 06's table;
 - early_stop: sampling where rank 0 stops at its first token (every token is an eos there) and rank 1 runs to
   max_new_tokens, with both backends (lean and `generate`): it must return, not hang (a 60 s collective timeout).
 """

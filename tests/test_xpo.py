@@ -19,7 +19,7 @@ set_threads()
 warnings.filterwarnings("ignore")
 from conftest import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed,   # noqa: E402
                          tiny, tiny_classifier)    # the tiny model and tokenizer, shared
-from references import trl_1_0_compute_losses     # TRL 1.0's loss, transcribed (shared with notebook 09)
+from references import trl_1_0_compute_losses     # TRL 1.0's loss, transcribed (shared with notebook 11)
 
 @pytest.mark.parity
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
