@@ -604,8 +604,7 @@ def reward_funcs_from_args(names: list[str] | None, device="cpu") -> list | None
 # %% ../nbs/16_cli.ipynb #783c7c36
 def online_eval_fn(model, tok, cfg, prompts: list, judge, device, distinct_fn=None):
     """An `eval_fn` for `train_online`/`train_xpo`: the win rate of one seeded sample per prompt against the
-    starting
-    model's sample of the same prompt, decided by the run's `judge` (`online.win_rate_eval`)."""
+    starting model's sample of the same prompt, decided by the run's `judge` (`online.win_rate_eval`)."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         ref_texts, ref_fin = generate_completions(

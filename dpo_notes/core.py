@@ -2,8 +2,8 @@
 
 # %% ../nbs/00_core.ipynb #7510c665
 """Device, dtype, seeding, thread count and where the shipped data lives: the few decisions every
-later module makes the same way; and `deprecated_alias`, the old name of a renamed function for
-one release.
+later module makes the same way; and `deprecated_alias`, the old name of a renamed function for one
+release.
 
 Taught in notebook 00, `nbs/00_core.ipynb`."""
 

@@ -22,8 +22,7 @@ __all__ = ['require', 'bnb_4bit_config', 'load_4bit_kwargs', 'prepare_4bit', 'ch
 # %% ../nbs/14_gpu.ipynb #ef184e07
 def require(package: str, feature: str, pip_name: str | None = None, note: str = ""):
     """Import and return `package`. If it cannot be imported, raise ImportError naming `feature` that needs it
-    and the
-    `pip install` command (`pip_name`, default `package`), with `note` appended (e.g. " (CUDA GPU
+    and the `pip install` command (`pip_name`, default `package`), with `note` appended (e.g. " (CUDA GPU
     required)")."""
     try:
         return importlib.import_module(package)
@@ -41,8 +40,8 @@ def require(package: str, feature: str, pip_name: str | None = None, note: str =
 # %% ../nbs/14_gpu.ipynb #58e649d5
 def bnb_4bit_config(compute_dtype: torch.dtype | None = None):
     """QLoRA's quantization config: NF4, double quantization, compute in `compute_dtype` (default bf16 where
-    the GPU
-    supports it, else fp16). Needs bitsandbytes and a CUDA GPU; says so clearly when either is missing."""
+    the GPU supports it, else fp16). Needs bitsandbytes and a CUDA GPU; says so clearly when either is
+    missing."""
     require("bitsandbytes", "--load_in_4bit (4-bit base weights, QLoRA)", note=" (CUDA GPU required)")
     if not torch.cuda.is_available():
         raise RuntimeError("4-bit base weights (QLoRA) need a CUDA GPU; torch.cuda.is_available() is False")
@@ -128,9 +127,8 @@ def _merged(layer, kind: str, t: torch.Tensor) -> torch.Tensor:
 
 def policy_weights(model):
     """Yield (name, tensor) for every weight a generation engine needs to act as `model`, one tensor at a
-    time, names as
-    in the base model's checkpoint (tied weights once). A peft LoRA model is merged into new tensors, never in
-    place."""
+    time, names as in the base model's checkpoint (tied weights once). A peft LoRA model is merged into new
+    tensors, never in place."""
     m = extract_model_from_parallel(model)
     if not hasattr(m, "get_base_model"):  # a plain model
         for name, p in m.named_parameters():
@@ -245,9 +243,8 @@ def sample(
     generation_kwargs: dict | None = None,
 ):
     """`num_samples` completions per prompt: ids (num_samples*B, C), right-padded with `pad_token_id`, in
-    blocks
-    [every prompt's sample 0; every prompt's sample 1; ...]; `runtime.cut_at_eos` makes them what `generate`
-    gives."""
+    blocks [every prompt's sample 0; every prompt's sample 1; ...]; `runtime.cut_at_eos` makes them what
+    `generate` gives."""
     extra = dict(generation_kwargs or {})
     min_tokens = int(extra.pop("min_new_tokens", 0) or 0)
     if extra:

@@ -2,8 +2,8 @@
 
 # %% ../nbs/08_judges.ipynb #2060c9f0
 """Judges that decide which of two completions is better: a rule, a reward model, a language model
-(local or behind an endpoint) or a person; a failure is never a win. Also the Wilson interval
-and judges' agreement.
+(local or behind an endpoint) or a person; a failure is never a win. Also the Wilson interval and
+judges' agreement.
 
 Taught in notebook 08, `nbs/08_judges.ipynb`."""
 

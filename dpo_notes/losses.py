@@ -375,8 +375,7 @@ def dpo_loss(
     bco_delta: float | torch.Tensor = 0.0,  # BCO's reward shift δ for 'bco_pair' (TRL 1.16: 0)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses (B,): Σ_k loss_weights[k] · loss_k (× wpo_weights), whose mean is TRL 1.16's
-    `DPOTrainer` loss,
-    and the detached implicit rewards β·log π_θ/π_ref of chosen and rejected, (B,) each."""
+    `DPOTrainer` loss, and the detached implicit rewards β·log π_θ/π_ref of chosen and rejected, (B,) each."""
     types, weights = _loss_list(loss_type, loss_weights)
     _check_args(beta, types, label_smoothing, f_divergence_type, discopop_tau, wpo_weights)
     if reference_free:  # the reference then only enters the logged rewards, where it is taken as 0 if absent

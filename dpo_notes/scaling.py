@@ -101,11 +101,9 @@ def train_method(
 # %% ../nbs/13_scaling.ipynb #e214b665
 def evaluate_policy(model, tokenizer, rows, seed: int = 0, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """One sampled completion (temperature 1, `seed`) per row of `rows` (prompt, reference) judged by
-    `RuleJudge(reward)`
-    against the row's reference; a completion cut off at `max_new_tokens` loses. Returns win_rate, lo, hi (95%
-    Wilson),
-    distinct_rate (fraction of distinct completions), mean_reward (toy reward, cut-offs penalised) and
-    finished."""
+    `RuleJudge(reward)` against the row's reference; a completion cut off at `max_new_tokens` loses. Returns
+    win_rate, lo, hi (95% Wilson), distinct_rate (fraction of distinct completions), mean_reward (toy reward,
+    cut-offs penalised) and finished."""
     res = win_rate_vs_dataset(
         model.eval(),
         rows,
@@ -194,11 +192,9 @@ def run_scaling(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """Train every toy `size` with every method on the same budget and evaluate it on the held-out test
-    prompts
-    (the first `n_eval`, all 256 by default). `learning_rate`: one value, or {size: value}. One row per
-    (method, size)
-    with `SCALING_COLUMNS`; written to `out_csv` (after every row, so a stopped run keeps what it finished)
-    when given."""
+    prompts (the first `n_eval`, all 256 by default). `learning_rate`: one value, or {size: value}. One row
+    per (method, size) with `SCALING_COLUMNS`; written to `out_csv` (after every row, so a stopped run keeps
+    what it finished) when given."""
     sizes, methods = list(sizes), list(methods)
     lrs = check_grid(sizes, methods, learning_rate)
     budgets = {

@@ -12,7 +12,7 @@ import ast
 import json
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wrap_strings import wrap_comments, wrap_strings   # noqa: E402  (tools/ is not a package)
+from wrap_strings import reflow_docstrings, wrap_comments, wrap_strings   # noqa: E402  (tools/ is not a package)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,9 @@ def same_code(a: str, b: str) -> bool:
 
 def format_cell(source: str) -> str:
     """ruff format, then the over-long strings and comments broken (`wrap_strings`), then ruff format
-    again; the code unchanged (`same_code`)."""
-    new = ruff_format(wrap_comments(wrap_strings(ruff_format(source))))
+    again, then docstring paragraphs that an earlier wrap left ragged filled again; the code unchanged
+    (`same_code`)."""
+    new = reflow_docstrings(ruff_format(wrap_comments(wrap_strings(ruff_format(source)))))
     if not same_code(source, new): raise SystemExit(f"formatting changed the code of a cell:\n{source[:400]}")
     return new
 

@@ -136,3 +136,95 @@ def wrap_comments(src: str, width: int = WIDTH) -> str:
         out += [" " * ind + "# " + w for w in wrapped]
         if code.strip(): out.append(code)
     return "\n".join(out)
+
+
+MODULE_DOC_WIDTH = 100                                    # tests/test_layers.py holds module docstrings to it
+_MARKERS = ("-", "*", "+", "|", ">>>", "...", "#")
+
+
+def _prose(lines: list[str], base: int) -> bool:
+    "Whether a docstring paragraph is running prose (no list, table, code or aligned columns), all at `base`."
+    for k, line in enumerate(lines):
+        text = line.strip()
+        ind = len(line) - len(line.lstrip())
+        if (k or ind) and ind != base: return False
+        if text.startswith(_MARKERS) or text[:3].rstrip(".)").isdigit() and text[1:3] in (". ", ") "): return False
+        if "  " in text: return False
+    return True
+
+
+def _ragged(lines: list[str], room: list[int]) -> bool:
+    "Whether a line of the paragraph stops mid-sentence although the next line's first word would fit on it."
+    for k in range(len(lines) - 1):
+        text, nxt = lines[k].strip(), lines[k + 1].strip()
+        if text.endswith((".", ":", ";")): continue
+        if len(lines[k].rstrip()) + 1 + len(nxt.split()[0]) <= room[k]: return True
+    return False
+
+
+def _fill(words: list[str], first: int, rest: int, last_extra: int) -> list[str]:
+    "Greedy fill: the first line `first` wide, the others `rest`; the last line keeps `last_extra` free."
+    out, cur = [], ""
+    for w in words:
+        limit = first if not out else rest
+        if cur and len(cur) + 1 + len(w) > limit: out.append(cur); cur = w
+        else: cur = f"{cur} {w}" if cur else w
+    out.append(cur)
+    if len(out[-1]) + last_extra > (first if len(out) == 1 else rest) and " " in out[-1]:
+        head, tail = out[-1].rsplit(" ", 1)
+        out[-1:] = [head, tail]
+    return out
+
+
+def _reflow(tok: str, col: int, width: int) -> str:
+    "A triple-quoted docstring token whose ragged prose paragraphs are filled again to `width`."
+    if not tok.startswith('"""') or not tok.endswith('"""') or len(tok) < 7: return tok
+    body = tok[3:-3]
+    closing_alone = body.endswith("\n" + " " * col) or body.endswith("\n")
+    lines = body.split("\n")
+    if closing_alone: lines = lines[:-1]
+    paras, cur = [], []                                     # runs of non-blank lines, with their first line index
+    for i, line in enumerate(lines):
+        if line.strip(): cur.append(i)
+        elif cur: paras.append(cur); cur = []
+    if cur: paras.append(cur)
+    out = list(lines)
+    for para in reversed(paras):
+        chunk = [lines[i] if i else " " * col + lines[i] for i in para]
+        room = [width - (3 if i == 0 else 0) for i in para]
+        if not _prose(chunk, col) or not _ragged(chunk, room): continue
+        is_last = para[-1] == len(lines) - 1 and not closing_alone
+        words = " ".join(l.strip() for l in chunk).split()
+        first = width - col - (3 if para[0] == 0 else 0)
+        filled = _fill(words, first, width - col, 3 if is_last else 0)
+        new = [(" " * col if k or para[0] else "") + t for k, t in enumerate(filled)]
+        out[para[0]:para[-1] + 1] = new
+    text = "\n".join(out) + ("\n" + " " * col if closing_alone else "")
+    return '"""' + text + '"""'
+
+
+def reflow_docstrings(src: str, width: int = WIDTH) -> str:
+    """`src` with each docstring's ragged prose paragraphs filled again (a line cut short mid-sentence by an earlier
+    wrap, the next word fitting on it); lists, tables, code and aligned text untouched."""
+    try: tree = ast.parse(src)
+    except SyntaxError: return src
+    docs = _docstring_lines(tree)
+    edits, depth = [], 0
+    for t in tokenize.generate_tokens(io.StringIO(src).readline):
+        if t.type == tokenize.OP and t.string in "([{": depth += 1
+        elif t.type == tokenize.OP and t.string in ")]}": depth -= 1
+        if t.type == tokenize.STRING and t.start[0] in docs and depth == 0:
+            w = min(width, MODULE_DOC_WIDTH) if t.start[1] == 0 else width     # a module docstring: its own limit
+            new = _reflow(t.string, t.start[1], w)
+            if new != t.string: edits.append((t.start, t.end, new))
+    if not edits: return src
+    lines = src.split("\n")
+    offs = [0]
+    for l in lines: offs.append(offs[-1] + len(l) + 1)
+    out = src
+    for (r0, c0), (r1, c1), new in sorted(edits, reverse=True):
+        a, b = offs[r0 - 1] + c0, offs[r1 - 1] + c1
+        out = out[:a] + new + out[b:]
+    try: ast.parse(out)
+    except SyntaxError: return src
+    return out
