@@ -12,10 +12,23 @@ def _flags(src):
     "The `#| slow`/`#| gpu` style flags of a cell's source."
     return {m.group(1) for m in re.finditer(r"^#\|\s*(\w+)\s*$", src, re.M)}
 
+_BAR = re.compile(r"^(\S.*?): *\d+%\|")                 # a tqdm bar line: "desc: 42%|"
+
+
 def _terminal_view(text):
-    "What a terminal shows of a stream: each line after its last carriage return (a progress bar: its final state)."
+    """What a terminal shows of a stream once it ends: each line after its last carriage return (a bar's final state);
+    a nested bar's lines (tqdm moves the cursor up with ESC[A and, with leave=False, erases them) dropped; and of the
+    lines one unfinished bar left each time a nested bar pushed it down, only the last."""
     text = "".join(text) if isinstance(text, list) else text
-    return "\n".join(l.rsplit("\r", 1)[-1] for l in text.split("\n"))
+    lines = [l.rsplit("\r", 1)[-1] for l in text.split("\n")]
+    lines = [l for l in lines if "\x1b[A" not in l]
+    out = []
+    for l in lines:
+        m = _BAR.match(l)
+        prev = _BAR.match(out[-1]) if m and out else None
+        if prev and prev.group(1) == m.group(1) and " 100%|" not in out[-1]: out[-1] = l    # the same bar, later
+        else: out.append(l)
+    return "\n".join(out)
 
 def run(path, skip=("gpu",)):
     from execnb.nbio import read_nb, write_nb
