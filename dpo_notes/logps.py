@@ -2,8 +2,8 @@
 
 # %% ../nbs/04_logps.ipynb #30c536cf
 """Per-sequence log-probabilities of completions: shift, mask, gather; a lean LM head that never
-builds the B x T x V logits; `concatenated_forward`; LD-DPO and WPO token weights; and pairs
-packed without padding, each prompt once (`packed_forward`).
+builds the B x T x V logits; `concatenated_forward`; LD-DPO and WPO token weights; and pairs packed
+without padding, each prompt once (`packed_forward`).
 
 Taught in notebook 04, `nbs/04_logps.ipynb`."""
 
@@ -108,8 +108,7 @@ def selective_logps(
 # %% ../nbs/04_logps.ipynb #85f00601
 def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels aligned with `input_ids` (B, T) → next-token targets (B, T-1), -100 replaced by 0, and their
-    mask
-    (B, T-1), True where the target is scored. Position t of the logits predicts `targets[:, t]`."""
+    mask (B, T-1), True where the target is scored. Position t of the logits predicts `targets[:, t]`."""
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     return targets.masked_fill(~mask, 0), mask
@@ -134,8 +133,7 @@ def get_batch_logps(
 # %% ../nbs/04_logps.ipynb #1f52d3f0
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids (B, T) counting real tokens only: `cumsum(mask) - 1`. Left pads get 0, right pads repeat
-    the
-    last position; pads are never attended to, so their value does not matter."""
+    the last position; pads are never attended to, so their value does not matter."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 # %% ../nbs/04_logps.ipynb #e6ca62f0
@@ -257,11 +255,9 @@ def linear_logps(
 
     h: (M, H) hidden states; weight: (V, H); bias: (V,) or None; targets: (M,) in [0, V). Returns `logps` (M,)
     (differentiable, fp32) and `mean_logits` (M,) (detached, fp32), then with `return_log_sum_sq_probs` each
-    row's
-    log Σ_v p_v² (M,) (detached, fp32; WPO's, TRL's `log_sum_sq_probs`). The (M, V) logits exist `chunk_size`
-    rows
-    at a time (default ~16M logits per chunk); with a frozen head the gradient of `h` is finished in the
-    forward."""
+    row's log Σ_v p_v² (M,) (detached, fp32; WPO's, TRL's `log_sum_sq_probs`). The (M, V) logits exist
+    `chunk_size` rows at a time (default ~16M logits per chunk); with a frozen head the gradient of `h` is
+    finished in the forward."""
     _check_temperature(temperature)
     if h.ndim != 2 or weight.ndim != 2 or h.shape[1] != weight.shape[1]:
         raise ValueError(
@@ -339,10 +335,9 @@ def _last_state_is_final(base: nn.Module, decoder: nn.Module) -> bool:
 # %% ../nbs/04_logps.ipynb #c17a0101
 def sharded_weights(model: nn.Module) -> bool:
     """Whether `model`'s weights are split over the processes (DeepSpeed ZeRO-3 partitions, FSDP2 units), so
-    that a
-    layer's weight is whole only inside that layer's own forward: True except inside
-    `runtime.gathered_weights`, which
-    marks every module whole (`_whole`) while it holds the weights gathered."""
+    that a layer's weight is whole only inside that layer's own forward: True except inside
+    `runtime.gathered_weights`, which marks every module whole (`_whole`) while it holds the weights
+    gathered."""
     try:
         from torch.distributed.fsdp import FSDPModule  # why: torch < 2.6 has none
     except ImportError:
@@ -358,8 +353,8 @@ def sharded_weights(model: nn.Module) -> bool:
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, lm_head) of a causal LM, peft-wrapped or not, inside a DDP-style wrapper or not; None where
     `decoder → lm_head` would not reproduce the model's logits (post-head logit transforms, prompt-learning
-    peft, no
-    separate head; under a wrapper, a model whose last `hidden_states` entry is not the head's input)."""
+    peft, no separate head; under a wrapper, a model whose last `hidden_states` entry is not the head's
+    input)."""
     wrapped, model = model, unwrap_parallel(model)
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
@@ -384,10 +379,8 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 # %% ../nbs/04_logps.ipynb #7b134cbb
 def final_hidden_states(model: nn.Module, decoder: nn.Module, **inputs) -> torch.Tensor:
     """The final hidden states (B, T, H) the LM head reads, for `inputs` (`input_ids`, `attention_mask`,
-    `position_ids`):
-    `decoder(**inputs)` for a bare model; for a DDP-style wrapper its own forward (so gradients synchronise),
-    with
-    `output_hidden_states=True` and the logits of one position only."""
+    `position_ids`): `decoder(**inputs)` for a bare model; for a DDP-style wrapper its own forward (so
+    gradients synchronise), with `output_hidden_states=True` and the logits of one position only."""
     if unwrap_parallel(model) is model:
         return decoder(**inputs, use_cache=False).last_hidden_state
     return model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
@@ -430,9 +423,8 @@ def head_logps(
     return_log_sum_sq_probs: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Per-token log-probs (M,) and mean logits (M,) of `targets` (M,) from final hidden states h (M, H) and
-    the
-    LM head module (and, with `return_log_sum_sq_probs`, log Σ_v p_v² (M,)): `linear_logps` for a plain linear
-    head, chunked + checkpointed module calls otherwise."""
+    the LM head module (and, with `return_log_sum_sq_probs`, log Σ_v p_v² (M,)): `linear_logps` for a plain
+    linear head, chunked + checkpointed module calls otherwise."""
     lin = _plain_linear(head)
     if lin is not None:
         return linear_logps(
@@ -502,8 +494,8 @@ def _chosen_rejected(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def ld_token_weights(mask: torch.Tensor, ld_alpha: float) -> torch.Tensor:
     """LD-DPO's token weights (2B, T) for a completion mask (2B, T), rows [chosen; rejected]: 1 on the first
     min(|y_w|, |y_l|) completion tokens of each row (the length the pair shares), `ld_alpha` on the tokens
-    beyond it,
-    0 off the completion. `(per_token_logps * weights).sum(-1)` is TRL 1.16's `ld_alpha` log-prob."""
+    beyond it, 0 off the completion. `(per_token_logps * weights).sum(-1)` is TRL 1.16's `ld_alpha`
+    log-prob."""
     if not (isinstance(ld_alpha, (int, float)) and 0.0 <= ld_alpha <= 1.0):
         raise ValueError(f"ld_alpha must be a number in [0, 1], got {ld_alpha!r}")
     if mask.ndim != 2 or mask.shape[0] % 2:
@@ -541,9 +533,8 @@ def wpo_weights(
 # %% ../nbs/04_logps.ipynb #e4d255d3
 def _token_stats(model, ids, am, pos, targets, mask, temperature, chunk_size, lean, want_sq):
     """Per-token log-probs (2B, T-1) (0 off the completion, differentiable), per-row sums of mean logits
-    (2B,),
-    and log Σ_v p_v² (2B, T-1) (or None), from the lean head or (`lean=False`, or where it cannot run) full
-    logits."""
+    (2B,), and log Σ_v p_v² (2B, T-1) (or None), from the lean head or (`lean=False`, or where it cannot run)
+    full logits."""
     parts = decoder_and_head(model) if lean else None
     if parts is not None:
         decoder, head = parts
@@ -574,17 +565,13 @@ def concatenated_forward(
     batch.
 
     batch: `input_ids`, `attention_mask`, `labels`, each (2B, T), rows [chosen; rejected], labels -100 on
-    prompt and
-    padding (any padding side). `temperature` divides the logits. Returns a dict of `chosen_logps`,
+    prompt and padding (any padding side). `temperature` divides the logits. Returns a dict of `chosen_logps`,
     `rejected_logps` (B,) summed log-probs (differentiable), `chosen_lengths`, `rejected_lengths` (B,)
-    completion
-    token counts, and `mean_chosen_logits`, `mean_rejected_logits` (0-d, detached): TRL's `logits/chosen` and
-    `logits/rejected`. `lean=True` runs the LM head only on completion positions, in chunks of `chunk_size`
-    rows.
-    `ld_alpha` (LD-DPO): the sums weight tokens beyond the pair's shared length by it (`ld_token_weights`),
-    and
-    `sft_chosen_logps` (B,) keeps the plain chosen sums for the 'sft' loss. `use_weighting` (WPO): adds
-    `wpo_weights` (B,), detached (`wpo_weights`)."""
+    completion token counts, and `mean_chosen_logits`, `mean_rejected_logits` (0-d, detached): TRL's
+    `logits/chosen` and `logits/rejected`. `lean=True` runs the LM head only on completion positions, in
+    chunks of `chunk_size` rows. `ld_alpha` (LD-DPO): the sums weight tokens beyond the pair's shared length
+    by it (`ld_token_weights`), and `sft_chosen_logps` (B,) keeps the plain chosen sums for the 'sft' loss.
+    `use_weighting` (WPO): adds `wpo_weights` (B,), detached (`wpo_weights`)."""
     _check_temperature(temperature)
     ids, am, labels = check_batch(batch)
     pos = positions_from_mask(am)  # same positions whatever the padding side
@@ -612,8 +599,8 @@ def concatenated_forward(
 # %% ../nbs/04_logps.ipynb #624e0650
 def pair_segments(batch: dict) -> list[tuple[list[int], list[int], list[int]]] | None:
     """Each pair's (prompt, chosen, rejected) token ids, read off a preference batch (2B, T), if it is
-    right-padded, its
-    completions are the labelled tails and each pair's two rows share their prompt; None otherwise."""
+    right-padded, its completions are the labelled tails and each pair's two rows share their prompt; None
+    otherwise."""
     ids, am, labels = check_batch(batch)
     n, T = ids.shape
     B = n // 2
@@ -663,9 +650,8 @@ def segment_layout(
 # %% ../nbs/04_logps.ipynb #18bf4302
 def segment_sources(P: int, C: int, R: int, start: int) -> list[int]:
     """Flat index of the hidden state that predicts each completion token (chosen, then rejected) of a segment
-    laid out
-    from flat index `start`: the slot before it, except that both first tokens come from the prompt's last
-    slot."""
+    laid out from flat index `start`: the slot before it, except that both first tokens come from the prompt's
+    last slot."""
     last = start + P - 1
     return [last, *range(start + P, start + P + C - 1), last, *range(start + P + C, start + P + C + R - 1)]
 
@@ -681,11 +667,9 @@ def packed_mask(seg: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/04_logps.ipynb #7b8284ae
 def pack_pairs(batch: dict, capacity: float = 1.5) -> dict | None:
     """A preference batch (2B, T) laid out padding-free: one segment per pair, first-fit packed into R rows of
-    length L.
-    Returns `input_ids`, `position_ids` (R, L), `attention_mask` (R, 1, L, L) (True: may attend), and for the
-    M scored
-    tokens `source` (M,) (flat index into R·L), `targets` (M,), `row` (M,) (row in the 2B layout); None where
-    it does not apply."""
+    length L. Returns `input_ids`, `position_ids` (R, L), `attention_mask` (R, 1, L, L) (True: may attend),
+    and for the M scored tokens `source` (M,) (flat index into R·L), `targets` (M,), `row` (M,) (row in the 2B
+    layout); None where it does not apply."""
     segs = pair_segments(batch)
     if segs is None:
         return None
@@ -755,8 +739,7 @@ def packed_token_logps(
     model, packed: dict, temperature: float = 1.0, chunk_size: int | None = None, log_sum_sq: bool = False
 ) -> tuple[torch.Tensor, ...]:
     """Log-probs and mean logits (M,) of the M completion tokens of a `pack_pairs` layout, in its order, from
-    one
-    forward of `model`; with `log_sum_sq`, also log Σ_v p_v² (M,) (WPO's weights)."""
+    one forward of `model`; with `log_sum_sq`, also log Σ_v p_v² (M,) (WPO's weights)."""
     hidden = masked_hidden_states(
         model, packed["input_ids"], packed["position_ids"], packed["attention_mask"]
     )
@@ -767,8 +750,7 @@ def packed_token_logps(
 # %% ../nbs/04_logps.ipynb #1df8d401
 def tokens_to_rows(values: torch.Tensor, row: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token `values` (M,), listed completion by completion as `pack_pairs` lists them, laid out as
-    (n_rows, C) rows,
-    each completion from column 0, and its mask (n_rows, C). Differentiable in `values`."""
+    (n_rows, C) rows, each completion from column 0, and its mask (n_rows, C). Differentiable in `values`."""
     idx = torch.arange(row.shape[0], device=row.device)
     start = torch.full((n_rows,), row.shape[0], device=row.device).scatter_reduce(0, row, idx, "amin")
     col = idx - start[row]  # each token's place in its completion
@@ -814,11 +796,9 @@ def packed_forward(
     use_weighting: bool = False,
 ) -> dict:
     """`concatenated_forward`'s dict (`chosen_logps`, `rejected_logps`, `*_lengths` (B,), `mean_*_logits`;
-    `ld_alpha`,
-    `use_weighting` as there) from one padding-free, prompt-shared forward; `concatenated_forward` itself
-    where that
-    layout does not apply. `packed`: `pack_pairs(batch)` when the caller has it (a step packs once for both
-    models)."""
+    `ld_alpha`, `use_weighting` as there) from one padding-free, prompt-shared forward; `concatenated_forward`
+    itself where that layout does not apply. `packed`: `pack_pairs(batch)` when the caller has it (a step
+    packs once for both models)."""
     if not can_pack(model):
         packed = None
     elif packed is _UNSET:

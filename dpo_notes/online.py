@@ -269,7 +269,7 @@ def generation_mode(model):
 # %% ../nbs/10_online_dpo.ipynb #027ac8e9
 def _lean_config_ok(model, total_length: int | None) -> bool:
     """Whether the model's config and generation config are ones `lean_sample` reproduces exactly (notebook
-    08, \"A sampling loop without `generate`'s overhead\")."""
+    10, \"A sampling loop without `generate`'s overhead\")."""
     base = unwrap_peft(unwrap(model))
     model_cfg = getattr(base, "config", None)
     if model_cfg is None:
