@@ -8,7 +8,7 @@ judges' agreement.
 Taught in notebook 08, `nbs/08_judges.ipynb`."""
 
 from __future__ import annotations
-import contextlib, html, io, json, math, os, random, re, time, urllib.error, urllib.request, warnings
+import contextlib, html, inspect, io, json, math, os, random, re, time, urllib.error, urllib.request, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from statistics import NormalDist
@@ -26,9 +26,10 @@ from dpo_notes.data import (
 # %% auto #0
 __all__ = ['FIRST', 'SECOND', 'TIE', 'FAILED', 'VERDICTS', 'TIE_RULES', 'DEFAULT_JUDGE_TEMPLATE', 'ORDERS', 'HUMAN_CHOICES',
            'flip', 'check_pairs', 'PairwiseJudge', 'verdicts_to_mask', 'compare_scores', 'ScoredJudge', 'RuleJudge',
-           'check_reward_model', 'RewardModelJudge', 'load_reward_model', 'combine_orders', 'verdict_from_log_odds',
-           'vote_orders', 'LLMJudge', 'label_token_ids', 'LocalLLMJudge', 'parse_answer', 'EndpointLLMJudge',
-           'HumanJudge', 'normal_quantile', 'wilson_interval', 'agreement', 'load_smollm2']
+           'check_reward_model', 'RewardModelJudge', 'load_reward_model', 'prompt_text', 'RewardFunctions',
+           'combine_orders', 'verdict_from_log_odds', 'vote_orders', 'LLMJudge', 'label_token_ids', 'LocalLLMJudge',
+           'parse_answer', 'EndpointLLMJudge', 'HumanJudge', 'normal_quantile', 'wilson_interval', 'agreement',
+           'load_smollm2']
 
 # %% ../nbs/08_judges.ipynb #b5f8aec8
 FIRST, SECOND, TIE, FAILED = 0, 1, 0.5, -1
@@ -377,6 +378,152 @@ def load_reward_model(
         tok.pad_token_id
     )  # the model finds each row's last token by this id (as TRL sets it)
     return check_reward_model(model).to(device).eval(), tok
+
+# %% ../nbs/08_judges.ipynb #ecea428c
+def prompt_text(prompt) -> str:
+    """What a judge reads as the prompt: the string itself, a one-message chat's content, or 'Role: content'
+    turns."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+
+# %% ../nbs/08_judges.ipynb #475806ed
+def _reward_model_scores(model, tokenizer, prompts: list, completions: list) -> torch.Tensor:
+    """A sequence-classification model's logit 0 for each (prompt, completion), on the text TRL 1.16 builds:
+    (N,) fp32."""
+    if isinstance(prompts[0], list):
+        texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
+    else:
+        texts = [p + c for p, c in zip(prompts, completions)]
+    enc = tokenizer(
+        text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+    )
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float().cpu()
+
+# %% ../nbs/08_judges.ipynb #bfda063a
+def _callable_scores(fn, prompts: list, completions: list, **extra) -> torch.Tensor:
+    """Scores (N,), None -> NaN, of a TRL-style reward function `fn(prompts=, completions=, **kw)` (it gets
+    the keywords of `extra` it accepts; all of them with **kwargs). Also taken: a scored judge
+    (`.score(prompts, completions)`) and a per-completion reward `fn(prompt, completion)`, both on text
+    prompts."""
+    if hasattr(fn, "score"):
+        out = list(fn.score([prompt_text(p) for p in prompts], completions))
+    else:
+        params = inspect.signature(fn).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()) and "completions" not in params:
+            out = [fn(prompt_text(p), c) for p, c in zip(prompts, completions)]  # per completion
+        else:
+            if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+                extra = {k: v for k, v in extra.items() if k in params}
+            out = list(fn(prompts=prompts, completions=completions, **extra))
+    if len(out) != len(completions):
+        raise ValueError(
+            f"reward_funcs: {getattr(fn, '__name__', fn)!r} returned {len(out)} scores for "
+            f"{len(completions)} completions"
+        )
+    return torch.tensor([float("nan") if s is None else float(s) for s in out], dtype=torch.float32)
+
+# %% ../nbs/08_judges.ipynb #f410c2af
+def _trl_style(f) -> bool:
+    """Whether `f` is a TRL reward function (keywords `prompts`, `completions`, or **kwargs), not a judge or
+    per-item reward."""
+    if hasattr(f, "score"):
+        return False
+    ps = inspect.signature(f).parameters
+    return "completions" in ps or any(p.kind == p.VAR_KEYWORD for p in ps.values())
+
+
+def _reward_func(f, i: int):
+    """`reward_funcs[i]` checked: a callable, or a sequence-classification model (a name or path is loaded as
+    one, as TRL does)."""
+    if isinstance(f, str):
+        return AutoModelForSequenceClassification.from_pretrained(f, num_labels=1).eval()
+    if isinstance(f, torch.nn.Module):
+        if not type(f).__name__.endswith("ForSequenceClassification"):
+            raise ValueError(
+                f"reward_funcs[{i}]: expected a sequence-classification model (one score per text), got "
+                f"{type(f).__name__}"
+            )
+        return f.eval()
+    if not callable(f):
+        raise ValueError(
+            f"reward_funcs[{i}]: expected a callable or a sequence-classification model, got "
+            f"{type(f).__name__}"
+        )
+    return f
+
+# %% ../nbs/08_judges.ipynb #193ab3bf
+def _reward_tokenizer(model, tokenizer):
+    """The tokenizer of a reward model (TRL: loaded from the model's name when not given), with a pad token
+    the model knows."""
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.get_text_config().pad_token_id = (
+        tokenizer.pad_token_id
+    )  # the head reads the last non-pad token
+    return tokenizer
+
+# %% ../nbs/08_judges.ipynb #078b11fe
+class RewardFunctions:
+    """TRL's `reward_funcs` as a scored judge: r(x, y) = Σ_i w_i r_i(x, y) over callables and
+    sequence-classification models (`reward_processing_classes`: their tokenizers). NaN where any r_i is
+    None/NaN: the pair is dropped, never won."""
+
+    takes_messages = True  # `judge_pairs` hands it the prompts as they are, chat messages included
+
+    def __init__(
+        self, reward_funcs, reward_weights: list[float] | None = None, reward_processing_classes=None
+    ):
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not funcs:
+            raise ValueError(
+                "reward_funcs: expected a callable, a sequence-classification model, or a non-empty list "
+                "of them"
+            )
+        procs = (
+            reward_processing_classes
+            if isinstance(reward_processing_classes, (list, tuple))
+            else [reward_processing_classes] * len(funcs)
+        )
+        if len(procs) != len(funcs):
+            raise ValueError(
+                f"reward_processing_classes: expected {len(funcs)} (one per reward function), got "
+                f"{len(procs)}"
+            )
+        w = [1.0] * len(funcs) if reward_weights is None else list(reward_weights)
+        if len(w) != len(funcs):
+            raise ValueError(
+                f"reward_weights: expected {len(funcs)} weights (one per reward function), got {len(w)}"
+            )
+        self.funcs = [_reward_func(f, i) for i, f in enumerate(funcs)]
+        self.tokenizers = [
+            _reward_tokenizer(f, t) if isinstance(f, torch.nn.Module) else None
+            for f, t in zip(self.funcs, procs)
+        ]
+        self.weights = torch.tensor(w, dtype=torch.float32)
+
+    def score(self, prompts: list, completions: list[str], completion_ids: list | None = None) -> list[float]:
+        "Σ_i w_i r_i(x, y) for each (prompt, completion)."
+        msgs = (
+            [[{"role": "assistant", "content": c}] for c in completions]
+            if isinstance(prompts[0], list)
+            else completions
+        )
+        cols = [
+            _reward_model_scores(f, t, prompts, msgs)
+            if t is not None
+            else _callable_scores(
+                f, prompts, msgs if _trl_style(f) else completions, completion_ids=completion_ids
+            )
+            for f, t in zip(self.funcs, self.tokenizers)
+        ]
+        return (torch.stack(cols, 1) * self.weights).sum(1).tolist()  # NaN stays NaN (TRL: nansum)
 
 # %% ../nbs/08_judges.ipynb #10654b03
 DEFAULT_JUDGE_TEMPLATE = """Here is an instruction and two responses to it, A and B.

@@ -2,8 +2,8 @@
 
 # %% ../nbs/10_online_dpo.ipynb #0fbf8dbc
 """Online DPO: sample two completions from the policy, let a judge pick the better one, take a DPO
-step on that pair, repeat (`OnlineDPOConfig`, `train_online`); plain functions first, then a
-lean sampler and prompt-once rows.
+step on that pair, repeat (`OnlineDPOConfig`, `train_online`); plain functions first, then a lean
+sampler and prompt-once rows.
 
 Taught in notebook 10, `nbs/10_online_dpo.ipynb`."""
 
@@ -32,6 +32,7 @@ from dpo_notes.logps import (
 from .logps import can_pack, masked_hidden_states
 from .losses import LOSS_TYPES, dpo_loss
 from .judges import FAILED, FIRST, TIE, TIE_RULES, RewardModelJudge, compare_scores, verdicts_to_mask
+from .judges import RewardFunctions, prompt_text
 from .evals import distinct_n, distinct_rate
 from .runtime import RunLog, TrainingConfig, arg, bad, check_training, eval_due
 from dpo_notes.runtime import (
@@ -67,10 +68,9 @@ __all__ = ['tokenize_prompts', 'LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLI
            'pad_prompts', 'sample_plain', 'judge_plain', 'sequence_logps', 'plain_pair_loss', 'plain_online_step',
            'plain_online_loop', 'generation_mode', 'lean_decode_parts', 'lean_sample', 'sample_completions',
            'completion_logps', 'pair_rows', 'pair_logps', 'check_online_config', 'OnlineDPOConfig', 'schedule_value',
-           'prompt_text', 'judge_pairs', 'RewardFunctions', 'resolve_judge', 'policy_and_ref_logps', 'sequence_stats',
-           'mean_or_nan', 'online_dpo_loss', 'sample_with', 'collect_pairs', 'pairs_loss', 'OnlineMethod',
-           'online_dpo_step', 'generate_completions', 'win_rate_eval', 'prompt_batch', 'OnlineResult',
-           'kept_pairs_total', 'train_online']
+           'judge_pairs', 'resolve_judge', 'policy_and_ref_logps', 'sequence_stats', 'mean_or_nan', 'online_dpo_loss',
+           'sample_with', 'collect_pairs', 'pairs_loss', 'OnlineMethod', 'online_dpo_step', 'generate_completions',
+           'win_rate_eval', 'prompt_batch', 'OnlineResult', 'kept_pairs_total', 'train_online']
 
 # %% ../nbs/10_online_dpo.ipynb #42a6432c
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -390,8 +390,7 @@ def lean_sample(
 ) -> torch.Tensor:
     """Sample up to `max_new_tokens` per row from a Llama-shaped causal LM with a preallocated KV cache.
     prompt_ids, prompt_mask (N, P) left-padded -> new token ids (N, max_new_tokens), `pad_token_id` after a
-    row's
-    eos (and after the last step if every row ended early): what `generate` returns after the prompt."""
+    row's eos (and after the last step if every row ended early): what `generate` returns after the prompt."""
     parts = parts or lean_decode_parts(model, prompt_ids.shape[1] + max_new_tokens)
     if parts is None:
         raise ValueError(
@@ -444,12 +443,10 @@ def sample_completions(
     backend: str = "auto",
 ):
     """`num_samples` completions per prompt from one batched sampling call (KV cache on), cut at the first
-    eos.
-    prompt_ids, prompt_mask (B, P) left-padded -> completion_ids, completion_mask (num_samples*B, C),
-    contains_eos
-    (num_samples*B,), in `sample_plain`'s block layout. `backend`: "lean" (`lean_sample`), "hf" (`generate`),
-    "auto"
-    (lean where `lean_decode_parts` allows it and `generation_kwargs` holds nothing but `min_new_tokens`)."""
+    eos. prompt_ids, prompt_mask (B, P) left-padded -> completion_ids, completion_mask (num_samples*B, C),
+    contains_eos (num_samples*B,), in `sample_plain`'s block layout. `backend`: "lean" (`lean_sample`), "hf"
+    (`generate`), "auto" (lean where `lean_decode_parts` allows it and `generation_kwargs` holds nothing but
+    `min_new_tokens`)."""
     if backend not in GENERATION_BACKENDS:
         raise ValueError(f"backend: expected one of {GENERATION_BACKENDS}, got {backend!r}")
     ids, mask = prompt_ids.repeat(num_samples, 1), prompt_mask.repeat(num_samples, 1)
@@ -506,11 +503,10 @@ def completion_logps(
     chunk_size: int | None = None,
     rows: dict | None = None,
 ) -> torch.Tensor:
-    """Per-token log-probs of the completion tokens under `model`, 0 on padding: (B, C) fp32.
-    prompt_ids/mask (B, P) left-padded; completion_ids/mask (B, C) right-padded. Positions come from the
-    attention mask
-    (those `generate` used); only positions that predict a real completion token go through the LM head.
-    `rows`: `pair_rows` of these 2B rows (each prompt once), used where the model can take that layout."""
+    """Per-token log-probs of the completion tokens under `model`, 0 on padding: (B, C) fp32. prompt_ids/mask
+    (B, P) left-padded; completion_ids/mask (B, C) right-padded. Positions come from the attention mask (those
+    `generate` used); only positions that predict a real completion token go through the LM head. `rows`:
+    `pair_rows` of these 2B rows (each prompt once), used where the model can take that layout."""
     if completion_ids.shape != completion_mask.shape:
         raise ValueError(
             f"completion_mask: expected shape {tuple(completion_ids.shape)}, got "
@@ -549,9 +545,8 @@ def completion_logps(
 # %% ../nbs/10_online_dpo.ipynb #8ecb3cd1
 def pair_rows(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict:
     """The 2B rows of a step as B rows [prompt, completion i, completion B+i]: `input_ids`, `position_ids` (B,
-    P+2C)
-    and `attention_mask` (B, 1, P+2C, P+2C) bool, True where a query may attend a key.
-    prompt_ids/mask (B, P) left-padded; completion_ids/mask (2B, C) right-padded."""
+    P+2C) and `attention_mask` (B, 1, P+2C, P+2C) bool, True where a query may attend a key. prompt_ids/mask
+    (B, P) left-padded; completion_ids/mask (2B, C) right-padded."""
     B, P = prompt_ids.shape
     C = completion_ids.shape[1]
     dev = prompt_ids.device
@@ -717,9 +712,8 @@ def _takes(fn, name: str) -> bool:
 # %% ../nbs/10_online_dpo.ipynb #46f31fdf
 def _scores_from_judge(judge, prompts, completions, finished, completion_ids=None):
     """Scores (N,) for N completions from a scored judge (`judge.score(prompts, completions[, finished][,
-    completion_ids])`)
-    or a reward callable `f(prompt, completion[, finished])`; None for a pairwise-only judge. A None score
-    becomes NaN."""
+    completion_ids])`) or a reward callable `f(prompt, completion[, finished])`; None for a pairwise-only
+    judge. A None score becomes NaN."""
     if hasattr(judge, "score"):
         fn = judge.score
         kw = {k: v for k, v in (("finished", finished), ("completion_ids", completion_ids)) if _takes(fn, k)}
@@ -732,16 +726,6 @@ def _scores_from_judge(judge, prompts, completions, finished, completion_ids=Non
     else:
         return None
     return torch.tensor([float("nan") if x is None else float(x) for x in s], dtype=torch.float32)
-
-# %% ../nbs/10_online_dpo.ipynb #ecea428c
-def prompt_text(prompt) -> str:
-    """What a judge reads as the prompt: the string itself, a one-message chat's content, or 'Role: content'
-    turns."""
-    if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1:
-        return prompt[0]["content"]
-    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
 
 # %% ../nbs/10_online_dpo.ipynb #7ed7e94f
 def judge_pairs(
@@ -757,14 +741,11 @@ def judge_pairs(
     generator: torch.Generator | None = None,
     completion_ids: torch.Tensor | None = None,
 ):
-    """Decide B pairs -> (a_wins (B,) bool, keep (B,) bool, scores (2B,) or None).
-    Scored judges score all 2B completions (minus `missing_eos_penalty` where one did not finish) and
-    `judges.compare_scores` turns score pairs into verdicts (within the judge's `tie_tol`: a tie; NaN:
-    failed); a
-    pairwise judge gives verdicts directly. `judges.verdicts_to_mask` applies `tie_rule` and drops failed
-    pairs.
-    Chat prompts reach the judge as text (`prompt_text`), unless it declares `takes_messages` (TRL's reward
-    functions)."""
+    """Decide B pairs -> (a_wins (B,) bool, keep (B,) bool, scores (2B,) or None). Scored judges score all 2B
+    completions (minus `missing_eos_penalty` where one did not finish) and `judges.compare_scores` turns score
+    pairs into verdicts (within the judge's `tie_tol`: a tie; NaN: failed); a pairwise judge gives verdicts
+    directly. `judges.verdicts_to_mask` applies `tie_rule` and drops failed pairs. Chat prompts reach the
+    judge as text (`prompt_text`), unless it declares `takes_messages` (TRL's reward functions)."""
     if not getattr(judge, "takes_messages", False):
         prompts = [prompt_text(p) for p in prompts]
     fin_a = [bool(x) for x in (finished_a.tolist() if torch.is_tensor(finished_a) else finished_a)]
@@ -788,144 +769,6 @@ def judge_pairs(
         verdicts = judge.judge(list(prompts), list(zip(completions_a, completions_b)))
     a_wins, keep = verdicts_to_mask(verdicts, tie_rule, generator)
     return a_wins, keep, scores
-
-# %% ../nbs/10_online_dpo.ipynb #475806ed
-def _reward_model_scores(model, tokenizer, prompts: list, completions: list) -> torch.Tensor:
-    """A sequence-classification model's logit 0 for each (prompt, completion), on the text TRL 1.16 builds:
-    (N,) fp32."""
-    if isinstance(prompts[0], list):
-        texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
-    else:
-        texts = [p + c for p, c in zip(prompts, completions)]
-    enc = tokenizer(
-        text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
-    )
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float().cpu()
-
-# %% ../nbs/10_online_dpo.ipynb #bfda063a
-def _callable_scores(fn, prompts: list, completions: list, **extra) -> torch.Tensor:
-    """Scores (N,), None -> NaN, of a TRL-style reward function `fn(prompts=, completions=, **kw)` (it gets
-    the keywords
-    of `extra` it accepts; all of them with **kwargs). Also taken: a scored judge (`.score(prompts,
-    completions)`) and a
-    per-completion reward `fn(prompt, completion)`, both on text prompts."""
-    if hasattr(fn, "score"):
-        out = list(fn.score([prompt_text(p) for p in prompts], completions))
-    else:
-        params = inspect.signature(fn).parameters
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()) and "completions" not in params:
-            out = [fn(prompt_text(p), c) for p, c in zip(prompts, completions)]  # per completion
-        else:
-            if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-                extra = {k: v for k, v in extra.items() if k in params}
-            out = list(fn(prompts=prompts, completions=completions, **extra))
-    if len(out) != len(completions):
-        raise ValueError(
-            f"reward_funcs: {getattr(fn, '__name__', fn)!r} returned {len(out)} scores for "
-            f"{len(completions)} completions"
-        )
-    return torch.tensor([float("nan") if s is None else float(s) for s in out], dtype=torch.float32)
-
-# %% ../nbs/10_online_dpo.ipynb #f410c2af
-def _trl_style(f) -> bool:
-    """Whether `f` is a TRL reward function (keywords `prompts`, `completions`, or **kwargs), not a judge or
-    per-item reward."""
-    if hasattr(f, "score"):
-        return False
-    ps = inspect.signature(f).parameters
-    return "completions" in ps or any(p.kind == p.VAR_KEYWORD for p in ps.values())
-
-
-def _reward_func(f, i: int):
-    """`reward_funcs[i]` checked: a callable, or a sequence-classification model (a name or path is loaded as
-    one, as TRL does)."""
-    if isinstance(f, str):
-        return AutoModelForSequenceClassification.from_pretrained(f, num_labels=1).eval()
-    if isinstance(f, torch.nn.Module):
-        if not type(f).__name__.endswith("ForSequenceClassification"):
-            raise ValueError(
-                f"reward_funcs[{i}]: expected a sequence-classification model (one score per text), got "
-                f"{type(f).__name__}"
-            )
-        return f.eval()
-    if not callable(f):
-        raise ValueError(
-            f"reward_funcs[{i}]: expected a callable or a sequence-classification model, got "
-            f"{type(f).__name__}"
-        )
-    return f
-
-# %% ../nbs/10_online_dpo.ipynb #193ab3bf
-def _reward_tokenizer(model, tokenizer):
-    """The tokenizer of a reward model (TRL: loaded from the model's name when not given), with a pad token
-    the model knows."""
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.get_text_config().pad_token_id = (
-        tokenizer.pad_token_id
-    )  # the head reads the last non-pad token
-    return tokenizer
-
-# %% ../nbs/10_online_dpo.ipynb #078b11fe
-class RewardFunctions:
-    """TRL's `reward_funcs` as a scored judge: r(x, y) = Σ_i w_i r_i(x, y) over callables and
-    sequence-classification
-    models (`reward_processing_classes`: their tokenizers). NaN where any r_i is None/NaN: the pair is
-    dropped, never won."""
-
-    takes_messages = True  # `judge_pairs` hands it the prompts as they are, chat messages included
-
-    def __init__(
-        self, reward_funcs, reward_weights: list[float] | None = None, reward_processing_classes=None
-    ):
-        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        if not funcs:
-            raise ValueError(
-                "reward_funcs: expected a callable, a sequence-classification model, or a non-empty list "
-                "of them"
-            )
-        procs = (
-            reward_processing_classes
-            if isinstance(reward_processing_classes, (list, tuple))
-            else [reward_processing_classes] * len(funcs)
-        )
-        if len(procs) != len(funcs):
-            raise ValueError(
-                f"reward_processing_classes: expected {len(funcs)} (one per reward function), got "
-                f"{len(procs)}"
-            )
-        w = [1.0] * len(funcs) if reward_weights is None else list(reward_weights)
-        if len(w) != len(funcs):
-            raise ValueError(
-                f"reward_weights: expected {len(funcs)} weights (one per reward function), got {len(w)}"
-            )
-        self.funcs = [_reward_func(f, i) for i, f in enumerate(funcs)]
-        self.tokenizers = [
-            _reward_tokenizer(f, t) if isinstance(f, torch.nn.Module) else None
-            for f, t in zip(self.funcs, procs)
-        ]
-        self.weights = torch.tensor(w, dtype=torch.float32)
-
-    def score(self, prompts: list, completions: list[str], completion_ids: list | None = None) -> list[float]:
-        "Σ_i w_i r_i(x, y) for each (prompt, completion)."
-        msgs = (
-            [[{"role": "assistant", "content": c}] for c in completions]
-            if isinstance(prompts[0], list)
-            else completions
-        )
-        cols = [
-            _reward_model_scores(f, t, prompts, msgs)
-            if t is not None
-            else _callable_scores(
-                f, prompts, msgs if _trl_style(f) else completions, completion_ids=completion_ids
-            )
-            for f, t in zip(self.funcs, self.tokenizers)
-        ]
-        return (torch.stack(cols, 1) * self.weights).sum(1).tolist()  # NaN stays NaN (TRL: nansum)
 
 # %% ../nbs/10_online_dpo.ipynb #adcd620b
 def resolve_judge(
@@ -1060,9 +903,8 @@ def online_dpo_loss(
 # %% ../nbs/10_online_dpo.ipynb #52fbce62
 def sample_with(model, tokenizer, prompt_ids, prompt_mask, cfg, num_samples: int = 2, sampler=None):
     """`num_samples` completions per prompt with `cfg`'s sampling settings, cut at the first eos: ids, mask
-    (nB, C),
-    contains_eos (nB,). `sampler`: a `dpo_notes.gpu.VLLMSampler` synced with `model` (it returns raw padded
-    ids)."""
+    (nB, C), contains_eos (nB,). `sampler`: a `dpo_notes.gpu.VLLMSampler` synced with `model` (it returns raw
+    padded ids)."""
     eos = eos_token_ids(model, tokenizer)
     pad = pad_token_id(tokenizer, eos)
     kw = dict(
@@ -1092,8 +934,8 @@ def collect_pairs(
     sampler=None,
 ) -> dict:
     """Two completions per prompt from the current policy, judged: prompt_ids/mask (B, P), completion_ids/mask
-    (2B, C),
-    contains_eos (2B,), a_wins/keep (B,), scores (2B,) or None, texts, `kept` (pairs in the loss), times."""
+    (2B, C), contains_eos (2B,), a_wins/keep (B,), scores (2B,) or None, texts, `kept` (pairs in the loss),
+    times."""
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     p_ids, p_mask = pad_prompts(
@@ -1260,16 +1102,12 @@ def win_rate_eval(
     disable_tqdm: bool = False,
 ) -> Callable:
     """An eval hook `f(model) -> dict`: one seeded sample per prompt, judged against the fixed `reference`
-    completion
-    of that prompt by `judge` — anything `judge_pairs` takes: a reward callable `f(prompt, completion[,
-    finished])`, a
-    scored judge, `RewardFunctions` or a pairwise judge. Win 1, tie 1/2; a pair the judge could not decide
-    counts 0
-    (never a win) and in eval_failed. Returns eval_win_rate, eval_failed, eval_distinct_rate (`distinct_fn`,
-    default:
-    fraction of distinct texts), eval_distinct_2, eval_contain_eos_token, and for scored judges eval_reward
-    and
-    eval_ref_reward (mean scores of the samples and of the reference)."""
+    completion of that prompt by `judge` — anything `judge_pairs` takes: a reward callable `f(prompt,
+    completion[, finished])`, a scored judge, `RewardFunctions` or a pairwise judge. Win 1, tie 1/2; a pair
+    the judge could not decide counts 0 (never a win) and in eval_failed. Returns eval_win_rate, eval_failed,
+    eval_distinct_rate (`distinct_fn`, default: fraction of distinct texts), eval_distinct_2,
+    eval_contain_eos_token, and for scored judges eval_reward and eval_ref_reward (mean scores of the samples
+    and of the reference)."""
     if len(reference) != len(prompts):
         raise ValueError(
             f"reference: expected {len(prompts)} completions (one per prompt), got {len(reference)}"
@@ -1319,8 +1157,8 @@ def prompt_batch(
     n: int, batch_size: int, micro_step: int, seed: int, rank: int = 0, world: int = 1
 ) -> tuple[list[int], float]:
     """This process's prompt indices for micro-step `micro_step` and the (fractional) epoch it starts at. Each
-    epoch is a
-    seeded permutation of the n prompts cut into global batches of batch_size*world, one slice per process."""
+    epoch is a seeded permutation of the n prompts cut into global batches of batch_size*world, one slice per
+    process."""
     g = batch_size * world
     per_epoch = n // g
     if per_epoch == 0:
@@ -1440,9 +1278,8 @@ def kept_pairs_total(acc, batches: list[tuple]) -> float:
 # %% ../nbs/10_online_dpo.ipynb #c52f7f09
 def _backward_window(method, model, ref_model, batches, cfg, acc, step) -> list[dict]:
     """Loss and backward of each micro-batch, its summed loss divided by N / processes (the processes'
-    gradients are
-    averaged): every kept pair of the window weighs 1/N. The metric rows; the last carries this process's step
-    loss."""
+    gradients are averaged): every kept pair of the window weighs 1/N. The metric rows; the last carries this
+    process's step loss."""
     denominator = max(kept_pairs_total(acc, batches), 1.0) / acc.num_processes
     rows, total = [], 0.0
     for j, (batch, epoch, idx) in enumerate(batches):
@@ -1517,14 +1354,12 @@ def train_online(
     accelerator=None,
 ) -> OnlineResult:
     """Online preference optimisation of `model` on `prompts` (strings or chat messages): every step samples
-    from the
-    current policy, asks `judge` (a scored judge, a reward callable or a pairwise judge; or TRL's
-    `reward_funcs` with
-    `reward_weights`, default `cfg.reward_weights`) and takes `step_fn`'s loss (an `OnlineMethod`; default
-    online DPO; XPO passes its own).
-    The reference: `runtime.make_reference`. `eval_fn(model) -> dict` runs before training and whenever
-    `runtime.eval_due(cfg, ...)` says (every `cfg.eval_steps`, each epoch's end under `eval_strategy="epoch"`,
-    the end). To resume, pass the same starting `model` and `resume_from_checkpoint`."""
+    from the current policy, asks `judge` (a scored judge, a reward callable or a pairwise judge; or TRL's
+    `reward_funcs` with `reward_weights`, default `cfg.reward_weights`) and takes `step_fn`'s loss (an
+    `OnlineMethod`; default online DPO; XPO passes its own). The reference: `runtime.make_reference`.
+    `eval_fn(model) -> dict` runs before training and whenever `runtime.eval_due(cfg, ...)` says (every
+    `cfg.eval_steps`, each epoch's end under `eval_strategy="epoch"`, the end). To resume, pass the same
+    starting `model` and `resume_from_checkpoint`."""
     cfg = cfg or OnlineDPOConfig()
     method = _as_method(step_fn)
     weights = cfg.reward_weights if reward_weights is None else reward_weights

