@@ -14,7 +14,7 @@ from dpo_notes.core import set_threads
 from parity import NO_CHECKPOINTING, assert_weights_moved_alike
 from conftest import (PROMPTS, SIX, arriving_adapter, dropping, fake_sample_completions, perturbed, tiny,
                       tiny_classifier)
-from dpo_notes import online
+from dpo_notes import judges, online
 from dpo_notes.online import (OnlineDPOConfig, OnlineMethod, collect_pairs, pairs_loss, completion_logps, cut_at_eos, judge_pairs, online_dpo_loss, online_dpo_step,
                               sample_completions, schedule_value, sequence_stats, pad_prompts, train_online)
 
@@ -307,7 +307,7 @@ def test_reward_funcs_equal_trl():
     m, tok = tiny(); rm = tiny_classifier(len(tok))
     def n_words(prompts, completions, **kw): return [float(len(c.split())) for c in completions]
     comps = ["great lamp .", "it is bad", "a good bike", "awful", "the chair", "good good good"]
-    ours = online.RewardFunctions([n_words, rm], [0.5, -2.0], [None, tok]).score(PROMPTS * 2, comps)
+    ours = judges.RewardFunctions([n_words, rm], [0.5, -2.0], [None, tok]).score(PROMPTS * 2, comps)
     tr = trl_trainer(m, m, tok, [0.0] * 6)
     tr.reward_funcs, tr.reward_processing_classes = [n_words, rm], [None, tok]
     tr.reward_weights = torch.tensor([0.5, -2.0])
@@ -320,13 +320,13 @@ def test_reward_funcs_failure_rules():
     def picky(prompts, completions, completion_ids=None):
         assert completion_ids is not None and len(completion_ids) == len(completions)
         return [None if "awful" in c else 1.0 for c in completions]
-    judge = online.RewardFunctions([picky, tiny_classifier(len(tok))], None, [None, tok])
+    judge = judges.RewardFunctions([picky, tiny_classifier(len(tok))], None, [None, tok])
     a, k, s = judge_pairs(judge, PROMPTS, ["awful", "good", "good"], ["good", "awful", "great"], [True] * 3, [True] * 3,
                           completion_ids=torch.zeros(6, 2, dtype=torch.long))
     assert k.tolist() == [False, False, True] and torch.isnan(s[0]) and torch.isnan(s[4])
-    with pytest.raises(ValueError, match="reward_weights"): online.RewardFunctions([picky, picky], [1.0])
-    with pytest.raises(ValueError, match="sequence-classification"): online.RewardFunctions([m], None, [tok])
-    with pytest.raises(ValueError, match="reward_processing_classes"): online.RewardFunctions([picky, picky], None, [None])
+    with pytest.raises(ValueError, match="reward_weights"): judges.RewardFunctions([picky, picky], [1.0])
+    with pytest.raises(ValueError, match="sequence-classification"): judges.RewardFunctions([m], None, [tok])
+    with pytest.raises(ValueError, match="reward_processing_classes"): judges.RewardFunctions([picky, picky], None, [None])
     with pytest.raises(ValueError, match="both"): train_online(m, tok, PROMPTS, picky, OnlineDPOConfig(), reward_funcs=[picky])
 
 def test_train_online_with_reward_funcs():
