@@ -78,11 +78,9 @@ _TOKENIZE_DEFAULTS = SimpleNamespace(max_length=1024, max_prompt_length=None, tr
 
 def prepare_examples(data, tokenizer, cfg=None, name: str = "train_data") -> list[dict]:
     """Token ids of every pair, as a list of dicts with `TOKEN_KEYS`. Records that already hold them pass
-    through; any
-    format `dpo_notes.data` reads is normalised and tokenised with `cfg.max_length`, `cfg.max_prompt_length`
-    and
-    `cfg.truncation_mode` (default 1024, None, keep_end). Invalid records are dropped with one warning that
-    counts them."""
+    through; any format `dpo_notes.data` reads is normalised and tokenised with `cfg.max_length`,
+    `cfg.max_prompt_length` and `cfg.truncation_mode` (default 1024, None, keep_end). Invalid records are
+    dropped with one warning that counts them."""
     cfg = cfg or _TOKENIZE_DEFAULTS
     recs = data.to_list() if hasattr(data, "to_list") else [dict(r) for r in data]
     if not recs:
@@ -418,8 +416,8 @@ def reference_logps(
     model, ref_model, batch: dict, forward=concatenated_forward
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of the chosen and rejected completions, (B,) each: read from the batch when
-    precomputed, else
-    `forward` (a `concatenated_forward`-like function) of the module `runtime.reference_context` yields."""
+    precomputed, else `forward` (a `concatenated_forward`-like function) of the module
+    `runtime.reference_context` yields."""
     if "ref_chosen_logps" in batch:
         return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     with reference_context(model, ref_model) as net:
@@ -429,8 +427,7 @@ def reference_logps(
 # %% ../nbs/07_dpo_training.ipynb #e29f2fbe
 def reference_weights_hash(model, ref_model=None) -> str:
     """`runtime.weights_hash` of the weights the reference runs on: `ref_model`; else the peft `model`'s base
-    weights,
-    plus its `REF_ADAPTER` if it has one (the trainable adapter always left out)."""
+    weights, plus its `REF_ADAPTER` if it has one (the trainable adapter always left out)."""
     if ref_model is not None:
         return weights_hash(unwrap(ref_model))
     m = unwrap(model)
@@ -499,10 +496,9 @@ def precompute_ref_logps(
     cache_dir: str | Path | None = None,
 ) -> list[dict]:
     """Copies of `examples` with `ref_chosen_logps` and `ref_rejected_logps` (floats) added, from one pass of
-    the
-    reference (`ref_model`; else what `reference_context` gives for a peft `model`; else `model` itself, which
-    must not
-    have been updated yet). With `cache_dir`, read from / written to `ref_logps-<key>.safetensors` there."""
+    the reference (`ref_model`; else what `reference_context` gives for a peft `model`; else `model` itself,
+    which must not have been updated yet). With `cache_dir`, read from / written to
+    `ref_logps-<key>.safetensors` there."""
     accelerator = accelerator or make_accelerator(cfg)
     if ref_model is None and not is_peft(unwrap(model)):
         ref_model = model  # before any update, π_ref = π_θ
@@ -590,9 +586,8 @@ def mix_low_rank(
     B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The best rank-r factors B (d_out, r), A (r, d_in) of α·B1A1 + (1−α)·B2A2 (all factors of rank r), and
-    the relative
-    Frobenius error of that truncation. Works in the 2r-dimensional span of both pairs: no d_out × d_in
-    product."""
+    the relative Frobenius error of that truncation. Works in the 2r-dimensional span of both pairs: no d_out
+    × d_in product."""
     r = A1.shape[0]
     Bc = torch.cat([alpha * B1, (1 - alpha) * B2], 1).double()  # [αB1 | (1−α)B2]  (d_out, 2r)
     Ac = torch.cat([A1, A2], 0).double()  # [A1; A2]          (2r, d_in): ΔW = Bc Ac
@@ -626,9 +621,8 @@ def _check_mixable(m) -> None:
 @torch.no_grad()
 def mix_reference_adapter(model, alpha: float) -> float:
     """TR-DPO under LoRA: the `REF_ADAPTER`'s delta ← the best rank-r approximation of α·ΔW_θ + (1−α)·ΔW_ref,
-    module by
-    module (an exact copy at α = 1); full-weight adapter tensors (`modules_to_save`) mix as such. Returns the
-    largest error."""
+    module by module (an exact copy at α = 1); full-weight adapter tensors (`modules_to_save`) mix as such.
+    Returns the largest error."""
     m = unwrap(model)
     name = m.active_adapter
     if REF_ADAPTER not in m.peft_config:
@@ -687,8 +681,7 @@ class DPOResult:
 # %% ../nbs/07_dpo_training.ipynb #74de3fba
 def build_reference(model, ref_model, cfg: DPOConfig, acc):
     """The run's reference: `ref_model` (frozen, on the device); a frozen copy of a plain `model`; for a peft
-    `model`
-    None, with a `REF_ADAPTER` copy of an arriving adapter (always under TR-DPO, which moves it); with
+    `model` None, with a `REF_ADAPTER` copy of an arriving adapter (always under TR-DPO, which moves it); with
     `cfg.precompute_ref_logps` and a plain model, None: the pass runs the policy itself before any update."""
     if ref_model is not None:
         return make_reference(model, ref_model).to(acc.device)
@@ -881,15 +874,11 @@ def train_dpo(
     on_step_end: Callable[[int, list[dict]], Any] | None = None,
 ) -> DPOResult:
     """Offline DPO of `model` on the preference pairs `train_data` (anything `prepare_examples` takes). The
-    reference is
-    `ref_model`, else the starting `model` (a frozen copy; the base for a fresh LoRA adapter from
-    `peft_config`; base +
-    the adapter it arrived with), or its log-probs precomputed once (`cfg.precompute_ref_logps`). To resume,
-    pass the
-    same starting `model` and `resume_from_checkpoint`. `on_step_end(step, history)` runs after every
-    optimizer step; each
-    record goes out as it is logged (`runtime.RunLog`: `history.jsonl`, `report_to`'s trackers, a line when
-    the bar is off)."""
+    reference is `ref_model`, else the starting `model` (a frozen copy; the base for a fresh LoRA adapter from
+    `peft_config`; base + the adapter it arrived with), or its log-probs precomputed once
+    (`cfg.precompute_ref_logps`). To resume, pass the same starting `model` and `resume_from_checkpoint`.
+    `on_step_end(step, history)` runs after every optimizer step; each record goes out as it is logged
+    (`runtime.RunLog`: `history.jsonl`, `report_to`'s trackers, a line when the bar is off)."""
     cfg = cfg or DPOConfig()
     run = start_run(model, tokenizer, train_data, cfg, ref_model, eval_data, peft_config)
     if resume_from_checkpoint is not None:
