@@ -83,6 +83,21 @@ def _wrap_docstring(tok: str, col: int, width: int) -> str | None:
     return "\n".join(out)
 
 
+def _apply(src: str, edits: list) -> str:
+    """`src` with each (start, end, replacement) of `edits` applied, positions as (row, col); `src` itself if the
+    result does not parse."""
+    if not edits: return src
+    offs = [0]
+    for l in src.split("\n"): offs.append(offs[-1] + len(l) + 1)
+    out = src
+    for (r0, c0), (r1, c1), new in sorted(edits, reverse=True):
+        a, b = offs[r0 - 1] + c0, offs[r1 - 1] + c1
+        out = out[:a] + new + out[b:]
+    try: ast.parse(out)
+    except SyntaxError: return src
+    return out
+
+
 def wrap_strings(src: str, width: int = WIDTH) -> str:
     "`src` with its over-long string literals broken as the module docstring says; other text untouched."
     try: tree = ast.parse(src)
@@ -106,16 +121,7 @@ def wrap_strings(src: str, width: int = WIDTH) -> str:
             new = joint.join(pieces) if depth else "(" + joint.join(pieces) + ")"
         else: continue
         if new is not None and new != t.string: edits.append((t.start, t.end, new))
-    if not edits: return src
-    offs = [0]
-    for l in lines: offs.append(offs[-1] + len(l) + 1)
-    out = src
-    for (r0, c0), (r1, c1), new in sorted(edits, reverse=True):
-        a, b = offs[r0 - 1] + c0, offs[r1 - 1] + c1
-        out = out[:a] + new + out[b:]
-    try: ast.parse(out)
-    except SyntaxError: return src
-    return out
+    return _apply(src, edits)
 
 
 def wrap_comments(src: str, width: int = WIDTH) -> str:
@@ -217,14 +223,4 @@ def reflow_docstrings(src: str, width: int = WIDTH) -> str:
             w = min(width, MODULE_DOC_WIDTH) if t.start[1] == 0 else width     # a module docstring: its own limit
             new = _reflow(t.string, t.start[1], w)
             if new != t.string: edits.append((t.start, t.end, new))
-    if not edits: return src
-    lines = src.split("\n")
-    offs = [0]
-    for l in lines: offs.append(offs[-1] + len(l) + 1)
-    out = src
-    for (r0, c0), (r1, c1), new in sorted(edits, reverse=True):
-        a, b = offs[r0 - 1] + c0, offs[r1 - 1] + c1
-        out = out[:a] + new + out[b:]
-    try: ast.parse(out)
-    except SyntaxError: return src
-    return out
+    return _apply(src, edits)
