@@ -950,7 +950,7 @@ def run_demo(
     say("\n" + summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     say(
         "\none seed: the intervals cover test-time sampling, not run-to-run spread (see notebooks 11 and "
-        "12 for seeds)"
+        "13 for seeds)"
     )
     say(
         f"\ndone in {total:.0f} s; wrote {out / 'winrate.png'}, {out / 'curves.png'}, "
