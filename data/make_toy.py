@@ -60,11 +60,11 @@ def make_prefs(model, tok, split):
     "Pairs of `s` SFT samples per prompt, judged by the toy reward; ties, unfinished and empty samples dropped."
     prompts, k = toy.toy_prompts(split), PREF_PAIRS[split]
     torch.manual_seed(SEED + (split == "test"))
-    comps, fins = generate(model, tok, prompts, n=2 * k)
-    rows = []
+    comps, fins = generate(model, tok, prompts, n=2 * k)      # row s·B + i: sample s of prompt i
+    rows, B = [], len(prompts)
     for i, p in enumerate(prompts):
         for j in range(k):
-            a, b = 2 * k * i + 2 * j, 2 * k * i + 2 * j + 1
+            a, b = 2 * j * B + i, (2 * j + 1) * B + i              # pair j: samples 2j and 2j + 1
             if not (fins[a] and fins[b]): continue
             if not (comps[a].strip() and comps[b].strip()): continue   # stopped at once: data.normalize_preference rejects it
             ra, rb = toy.reward(p, comps[a]), toy.reward(p, comps[b])

@@ -15,7 +15,7 @@ import torch
 import dpo_notes
 
 # %% auto #0
-__all__ = ['get_device', 'get_dtype', 'seed_everything', 'set_threads', 'data_dir', 'deprecated_alias']
+__all__ = ['get_device', 'get_dtype', 'seed_everything', 'set_threads', 'data_dir', 'samples_by_prompt', 'deprecated_alias']
 
 # %% ../nbs/00_core.ipynb #c7f8131f
 def get_device(prefer: str | None = None) -> torch.device:
@@ -66,6 +66,16 @@ def data_dir() -> Path:
             "(`pip install -e .`) or set DPO_NOTES_DATA to a copy of its data/ folder"
         )
     return d
+
+# %% ../nbs/00_core.ipynb #5a3e1c02
+def samples_by_prompt(rows: list, n: int) -> list[list]:
+    """[[prompt 0's n samples], [prompt 1's], ...] from n·B sample rows in the package's block layout (row k·B
+    + i
+    is sample k of prompt i)."""
+    if n < 1 or len(rows) % n:
+        raise ValueError(f"n: expected a divisor of the {len(rows)} sample rows, got {n}")
+    B = len(rows) // n
+    return [[rows[k * B + i] for k in range(n)] for i in range(B)]
 
 # %% ../nbs/00_core.ipynb #19b0b086
 def deprecated_alias(fn, old: str, module: str):

@@ -137,7 +137,9 @@ def generate(
     do_sample: bool = True,
     batch_size: int = 512,
 ) -> tuple[list[str], list[bool]]:
-    "(completions, finished), each of length len(prompts)*n, prompt-major: prompt 0's n samples first."
+    """(completions, finished), each n·len(prompts) long in the package's block layout
+    (`core.samples_by_prompt`:
+    row k·B + i is sample k of prompt i). `batch_size`: rows per `generate` call."""
     if n < 1:
         raise ValueError(f"n: expected n >= 1, got {n}")
     if isinstance(prompts, str):
@@ -165,7 +167,11 @@ def generate(
             done = eos in row
             comps.append(tokenizer.decode(row[: row.index(eos)] if done else row, skip_special_tokens=True))
             finished.append(done)
-    return comps, finished
+    B = len(prompts)
+    block = [
+        i * n + k for k in range(n) for i in range(B)
+    ]  # `generate` returns each prompt's n rows together
+    return [comps[j] for j in block], [finished[j] for j in block]
 
 # %% ../nbs/09_eval.ipynb #cb34d691
 @contextlib.contextmanager

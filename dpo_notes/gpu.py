@@ -242,9 +242,8 @@ def sample(
     pad_token_id: int,
     generation_kwargs: dict | None = None,
 ):
-    """`num_samples` completions per prompt: ids (num_samples*B, C), right-padded with `pad_token_id`, in
-    blocks [every prompt's sample 0; every prompt's sample 1; ...]; `runtime.cut_at_eos` makes them what
-    `generate` gives."""
+    """`num_samples` completions per prompt: ids (num_samples*B, C), right-padded with `pad_token_id`, in the
+    block layout of `core.samples_by_prompt`; `runtime.cut_at_eos` makes them what `generate` gives."""
     extra = dict(generation_kwargs or {})
     min_tokens = int(extra.pop("min_new_tokens", 0) or 0)
     if extra:

@@ -10,7 +10,7 @@ Taught in notebook 10, `nbs/10_online_dpo.ipynb`."""
 from __future__ import annotations
 import copy, inspect, json, math, os, time
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from typing import Any, Callable
 
 import pandas as pd
@@ -35,6 +35,15 @@ from .judges import FAILED, FIRST, TIE, TIE_RULES, RewardModelJudge, compare_sco
 from .judges import RewardFunctions, prompt_text
 from .evals import distinct_n, distinct_rate
 from .runtime import RunLog, TrainingConfig, arg, bad, check_training, eval_due
+from dpo_notes.runtime import (
+    LoopState,
+    log_due,
+    optimizer_step,
+    progress_bar,
+    save_due,
+    save_final,
+    step_record,
+)
 from dpo_notes.runtime import (
     accumulating,
     autocast,
@@ -70,7 +79,9 @@ __all__ = ['tokenize_prompts', 'LEAN_DECODE_TYPES', 'GENERATION_BACKENDS', 'ONLI
            'completion_logps', 'pair_rows', 'pair_logps', 'check_online_config', 'OnlineDPOConfig', 'schedule_value',
            'judge_pairs', 'resolve_judge', 'policy_and_ref_logps', 'sequence_stats', 'mean_or_nan', 'online_dpo_loss',
            'sample_with', 'collect_pairs', 'pairs_loss', 'OnlineMethod', 'online_dpo_step', 'generate_completions',
-           'win_rate_eval', 'prompt_batch', 'OnlineResult', 'kept_pairs_total', 'train_online']
+           'win_rate_eval', 'prompt_batch', 'OnlineResult', 'window_means', 'OnlineRun', 'start_online',
+           'sample_window', 'kept_pairs_total', 'backward_window', 'online_checkpoint', 'online_resume', 'eval_record',
+           'train_online']
 
 # %% ../nbs/10_online_dpo.ipynb #42a6432c
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -119,9 +130,8 @@ def sample_plain(
     model, tokenizer, prompts: list, num_samples: int = 2, max_new_tokens: int = 32, temperature: float = 1.0
 ):
     """`num_samples` completions per prompt with `generate`: prompt_ids/mask (B, P), completion_ids/mask (nB,
-    C) cut at
-    the first eos, finished (nB,). Rows come in blocks [every prompt's sample 0; every prompt's sample 1;
-    ...]."""
+    C) cut at the first eos, finished (nB,), in the block layout of `core.samples_by_prompt` (the prompt batch
+    repeated: row k·B + i is sample k of prompt i)."""
     eos = eos_token_ids(model, tokenizer)
     pad = pad_token_id(tokenizer, eos)
     p_ids, p_mask = pad_prompts(tokenizer, prompts, device=next(model.parameters()).device)
@@ -444,9 +454,9 @@ def sample_completions(
 ):
     """`num_samples` completions per prompt from one batched sampling call (KV cache on), cut at the first
     eos. prompt_ids, prompt_mask (B, P) left-padded -> completion_ids, completion_mask (num_samples*B, C),
-    contains_eos (num_samples*B,), in `sample_plain`'s block layout. `backend`: "lean" (`lean_sample`), "hf"
-    (`generate`), "auto" (lean where `lean_decode_parts` allows it and `generation_kwargs` holds nothing but
-    `min_new_tokens`)."""
+    contains_eos (num_samples*B,), in the block layout of `core.samples_by_prompt`. `backend`: "lean"
+    (`lean_sample`), "hf" (`generate`), "auto" (lean where `lean_decode_parts` allows it and
+    `generation_kwargs` holds nothing but `min_new_tokens`)."""
     if backend not in GENERATION_BACKENDS:
         raise ValueError(f"backend: expected one of {GENERATION_BACKENDS}, got {backend!r}")
     ids, mask = prompt_ids.repeat(num_samples, 1), prompt_mask.repeat(num_samples, 1)
@@ -1197,11 +1207,17 @@ def _pair_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
 
 # %% ../nbs/10_online_dpo.ipynb #7e03858a
-def _mean_rows(rows: list[dict]) -> dict:
-    "Column means of metric rows, ignoring NaN (a pair metric is NaN when a micro-step kept no pair)."
+def window_means(acc, rows: list[dict]) -> dict:
+    """The metrics' means over a log window's micro-batch rows, ignoring NaN (a pair metric is NaN when a
+    micro-batch kept no pair), then over the processes."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     t = torch.tensor([[float(r.get(k, float("nan"))) for k in keys] for r in rows], dtype=torch.float64)
-    return dict(zip(keys, t.nanmean(0).tolist()))
+    means = dict(zip(keys, t.nanmean(0).tolist()))
+    if acc.num_processes > 1:
+        names = sorted(means)  # the same order on every process
+        reduced = acc.reduce(torch.tensor([means[k] for k in names], device=acc.device), "mean")
+        means = dict(zip(names, reduced.tolist()))
+    return means
 
 # %% ../nbs/10_online_dpo.ipynb #e054eb01
 def _as_method(step_fn) -> OnlineMethod:
@@ -1212,28 +1228,42 @@ def _as_method(step_fn) -> OnlineMethod:
         raise ValueError(f"step_fn: expected an OnlineMethod (name, collect, loss), got {step_fn!r}")
     return step_fn
 
+# %% ../nbs/10_online_dpo.ipynb #3930c64c
+def _vllm_sampler(model, tokenizer, cfg, acc):
+    "vLLM on this process's GPU (`dpo_notes.gpu`); fails here, clearly, without vLLM or a GPU."
+    from dpo_notes.gpu import VLLMSampler  # why: a GPU path, taught in notebook 14
+
+    return VLLMSampler(
+        model,
+        tokenizer,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        max_model_len=cfg.max_length,
+        seed=cfg.seed + acc.process_index,
+    )
+
 # %% ../nbs/10_online_dpo.ipynb #9d96a809
-def _setup_run(model, tokenizer, cfg, ref_model, peft_config, accelerator):
-    """The accelerator, the policy on its device (LoRA, dropout off), the frozen reference, AdamW and its
-    schedule, prepared."""
-    acc = accelerator or make_accelerator(cfg)
-    seed_everything(cfg.seed)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
-    ref_model = make_reference(
-        model, ref_model
-    )  # None for LoRA: its "ref" adapter, or the adapter switched off
-    if ref_model is not None:
-        if cfg.disable_dropout:
-            disable_dropout(ref_model)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, cfg.max_steps)
-    configure_deepspeed(acc, cfg)
-    model, optimizer = acc.prepare(model, optimizer)
-    if ref_model is not None:  # ZeRO-3, FSDP2: sharded as the policy (TRL's `prepare_deepspeed`); else whole
-        ref_model = prepare_frozen_model(ref_model, acc)
-    return acc, model, ref_model, optimizer, scheduler
+@dataclass
+class OnlineRun:
+    "Everything the online loop carries, as `start_online` prepares it, and where the loop is (`state`)."
+
+    cfg: OnlineDPOConfig
+    acc: Any  # the accelerate.Accelerator
+    method: OnlineMethod  # how pairs are collected and what loss they enter (online DPO, XPO)
+    model: Any  # prepared: DDP-, DeepSpeed- or FSDP2-wrapped on several processes
+    ref_model: Any  # None: LoRA's reference adapter, or the adapter switched off
+    tokenizer: Any
+    prompts: list
+    judge: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list  # the trainable ones: what the gradient norm is taken over
+    per_epoch: int  # micro-batches per pass over the prompts, per process
+    sampler: Any = None  # vLLM, under `use_vllm`
+    state: LoopState = field(default_factory=LoopState)
+
+    def epoch_at(self, step: int) -> float:
+        "The (fractional) passes over the prompts after `step` optimizer steps."
+        return step * self.cfg.gradient_accumulation_steps / self.per_epoch
 
 
 def _prepare_reward_models(judge, acc):
@@ -1250,21 +1280,64 @@ def _prepare_reward_models(judge, acc):
         judge.model = prepare_frozen_model(judge.model, acc)
     return judge
 
+
+def start_online(
+    model, tokenizer, prompts: list, judge, cfg, method: OnlineMethod, ref_model, peft_config, accelerator
+) -> OnlineRun:
+    """The accelerator, the policy on its device (LoRA, dropout off), the frozen reference, AdamW and its
+    schedule, prepared; each process's sampling RNG seeded with `seed + process index`."""
+    acc = accelerator or make_accelerator(cfg)
+    seed_everything(cfg.seed)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
+    ref_model = make_reference(model, ref_model)  # None for LoRA: its "ref" adapter, or the adapter off
+    if ref_model is not None and cfg.disable_dropout:
+        disable_dropout(ref_model)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, cfg.max_steps)
+    configure_deepspeed(acc, cfg)
+    model, optimizer = acc.prepare(model, optimizer)
+    if ref_model is not None:  # ZeRO-3, FSDP2: sharded as the policy (TRL's `prepare_deepspeed`); else whole
+        ref_model = prepare_frozen_model(ref_model, acc)
+    judge = _prepare_reward_models(judge, acc)
+    torch.manual_seed(cfg.seed + acc.process_index)  # each process samples its own completions
+    global_batch = cfg.per_device_train_batch_size * acc.num_processes
+    return OnlineRun(
+        cfg=cfg,
+        acc=acc,
+        method=method,
+        model=model,
+        ref_model=ref_model,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        judge=judge,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=[p for p in model.parameters() if p.requires_grad],
+        per_epoch=max(1, len(prompts) // global_batch),
+        sampler=_vllm_sampler(model, tokenizer, cfg, acc) if cfg.use_vllm else None,
+    )
+
 # %% ../nbs/10_online_dpo.ipynb #5d7a8cc4
-def _collect_window(
-    method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler
-) -> list[tuple]:
-    """Sample and judge this process's gradient_accumulation_steps micro-batches of `step`: [(batch, epoch,
-    prompt indices)]."""
+def sample_window(run: OnlineRun) -> list[tuple]:
+    """Sample and judge this process's `gradient_accumulation_steps` micro-batches of the coming step:
+    [(batch, epoch, prompt indices)]. Under vLLM its engine first gets the current weights."""
+    cfg, acc, step = run.cfg, run.acc, run.state.step
+    if run.sampler is not None:
+        with gathered_weights(run.model):
+            run.sampler.sync_weights(run.model)  # this step's policy, LoRA merged into copies
     ga, world, rank = cfg.gradient_accumulation_steps, acc.num_processes, acc.process_index
-    coin, out = _pair_generator(cfg.seed, step, rank), []
+    coin = _pair_generator(cfg.seed, step, rank)
+    out = []
     for j in range(ga):
         idx, epoch = prompt_batch(
-            len(prompts), cfg.per_device_train_batch_size, step * ga + j, cfg.seed, rank, world
+            len(run.prompts), cfg.per_device_train_batch_size, step * ga + j, cfg.seed, rank, world
         )
+        prompts = [run.prompts[i] for i in idx]
         with autocast(cfg, acc.device):
-            batch = method.collect(
-                model, ref_model, tokenizer, [prompts[i] for i in idx], judge, cfg, coin, sampler=sampler
+            batch = run.method.collect(
+                run.model, run.ref_model, run.tokenizer, prompts, run.judge, cfg, coin, sampler=run.sampler
             )
         out.append((batch, epoch, idx))
     return out
@@ -1276,16 +1349,19 @@ def kept_pairs_total(acc, batches: list[tuple]) -> float:
     return float(acc.reduce(n, "sum")) if acc.num_processes > 1 else float(n)
 
 # %% ../nbs/10_online_dpo.ipynb #c52f7f09
-def _backward_window(method, model, ref_model, batches, cfg, acc, step) -> list[dict]:
+def backward_window(run: OnlineRun, batches: list[tuple]) -> list[dict]:
     """Loss and backward of each micro-batch, its summed loss divided by N / processes (the processes'
     gradients are averaged): every kept pair of the window weighs 1/N. The metric rows; the last carries this
     process's step loss."""
+    acc, step = run.acc, run.state.step
     denominator = max(kept_pairs_total(acc, batches), 1.0) / acc.num_processes
     rows, total = [], 0.0
     for j, (batch, epoch, idx) in enumerate(batches):
-        with accumulating(acc, model, last=j == len(batches) - 1):  # all-reduce on the last micro-batch only
-            with autocast(cfg, acc.device):
-                loss, metrics = method.loss(model, ref_model, batch, cfg, epoch, denominator=denominator)
+        with accumulating(acc, run.model, last=j == len(batches) - 1):  # all-reduce on the last only
+            with autocast(run.cfg, acc.device):
+                loss, metrics = run.method.loss(
+                    run.model, run.ref_model, batch, run.cfg, epoch, denominator=denominator
+                )
             check_finite_loss(loss, step + 1, f"micro-batch {j + 1} of {len(batches)}, prompt indices {idx}")
             tb = time.perf_counter()
             acc.backward(loss)
@@ -1296,44 +1372,23 @@ def _backward_window(method, model, ref_model, batches, cfg, acc, step) -> list[
     return rows
 
 # %% ../nbs/10_online_dpo.ipynb #f9ccc192
-def _log_row(acc, window: list[dict], grad_norm, lr: float, step: int, epoch: float) -> dict:
-    """One history row: the window's metric means (over micro-batches, then over processes), grad norm, lr,
-    epoch, step."""
-    row = _mean_rows(window)
-    if acc.num_processes > 1:
-        keys = sorted(row)
-        row = dict(
-            zip(keys, acc.reduce(torch.tensor([row[k] for k in keys], device=acc.device), "mean").tolist())
-        )
-    return {
-        **row,
-        "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-        "learning_rate": lr,
-        "epoch": epoch,
-        "step": step,
-    }
+def online_checkpoint(run: OnlineRun, path: str) -> None:
+    "`runtime.save_checkpoint` of the run: weights or adapter, optimiser, schedule, RNGs, loop state, config."
+    state = {**asdict(run.state), "config": asdict(run.cfg)}
+    save_checkpoint(path, run.model, run.tokenizer, run.optimizer, run.scheduler, state, run.acc)
 
-# %% ../nbs/10_online_dpo.ipynb #3930c64c
-def _vllm_sampler(model, tokenizer, cfg, acc):
-    "vLLM on this process's GPU (`dpo_notes.gpu`); fails here, clearly, without vLLM or a GPU."
-    from dpo_notes.gpu import VLLMSampler  # why: a GPU path, taught in notebook 14
 
-    return VLLMSampler(
-        model,
-        tokenizer,
-        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        max_model_len=cfg.max_length,
-        seed=cfg.seed + acc.process_index,
-    )
+def online_resume(run: OnlineRun, path: str) -> None:
+    """Load an `online_checkpoint` into the run: weights, optimiser, schedule, each process's RNGs, the loop
+    state."""
+    state = load_checkpoint(path, run.model, run.optimizer, run.scheduler, run.acc)
+    run.state = LoopState.from_dict(state)
 
-# %% ../nbs/10_online_dpo.ipynb #67dfec4d
-def _save_final(acc, model, tokenizer, history, cfg) -> None:
-    "The trained model (or adapter) and history.json in `cfg.output_dir`, written by the main process."
-    sd = full_state_dict(model) if cfg.output_dir and sharding(model) else None  # every process gathers
-    if cfg.output_dir and acc.is_main_process:
-        save_model(model, cfg.output_dir, tokenizer, state_dict=sd)
-        with open(os.path.join(cfg.output_dir, "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
+
+def eval_record(run: OnlineRun, eval_fn: Callable, step: int) -> dict:
+    "`eval_fn` on the unwrapped policy, with the `epoch` and `step` it was run at."
+    metrics = eval_fn(run.acc.unwrap_model(run.model))
+    return {**metrics, "epoch": run.epoch_at(step), "step": step}
 
 # %% ../nbs/10_online_dpo.ipynb #90ab96dd
 def train_online(
@@ -1361,81 +1416,42 @@ def train_online(
     `cfg.eval_steps`, each epoch's end under `eval_strategy="epoch"`, the end). To resume, pass the same
     starting `model` and `resume_from_checkpoint`."""
     cfg = cfg or OnlineDPOConfig()
-    method = _as_method(step_fn)
     weights = cfg.reward_weights if reward_weights is None else reward_weights
     judge = resolve_judge(judge, reward_funcs, weights, reward_processing_classes)
-    acc, model, ref_model, optimizer, scheduler = _setup_run(
-        model, tokenizer, cfg, ref_model, peft_config, accelerator
-    )
-    judge = _prepare_reward_models(judge, acc)
-    st = {"step": 0, "history": []}
+    method = _as_method(step_fn)
+    run = start_online(model, tokenizer, prompts, judge, cfg, method, ref_model, peft_config, accelerator)
     if resume_from_checkpoint is not None:
-        st = load_checkpoint(resume_from_checkpoint, model, optimizer, scheduler, acc)
-    else:
-        torch.manual_seed(cfg.seed + acc.process_index)  # each process samples its own completions
-    history, ga, params = (
-        st["history"],
-        cfg.gradient_accumulation_steps,
-        [p for p in model.parameters() if p.requires_grad],
-    )
-    per_epoch = max(
-        1, len(prompts) // (cfg.per_device_train_batch_size * acc.num_processes)
-    )  # micro-steps per epoch
-    sampler = _vllm_sampler(model, tokenizer, cfg, acc) if cfg.use_vllm else None
-
-    def run_eval(s):
-        if eval_fn is not None:
-            history.append({**eval_fn(acc.unwrap_model(model)), "epoch": s * ga / per_epoch, "step": s})
-
-    log = RunLog(
-        cfg, acc, history, method.name
-    )  # each record out as it is logged: history.jsonl, trackers, a line
-    if st["step"] == 0 and cfg.eval_strategy != "no":
-        run_eval(0)
+        online_resume(run, resume_from_checkpoint)
+    st = run.state
+    history = st.history
+    log = RunLog(cfg, run.acc, history, method.name)  # each record out as it is logged
+    if eval_fn is not None and st.step == 0 and cfg.eval_strategy != "no":
+        history.append(eval_record(run, eval_fn, 0))  # the starting policy
         log(history)
-    bar = tqdm(
-        total=cfg.max_steps,
-        initial=st["step"],
-        desc=method.name,
-        disable=cfg.disable_tqdm or not acc.is_local_main_process,
-    )
-    window = []
-    while st["step"] < cfg.max_steps:
-        step, t0 = st["step"], time.perf_counter()
-        if sampler is not None:
-            with gathered_weights(model):
-                sampler.sync_weights(model)  # this step's policy, LoRA merged into copies
-        batches = _collect_window(
-            method, model, ref_model, tokenizer, prompts, judge, cfg, acc, step, sampler
-        )
-        window += _backward_window(method, model, ref_model, batches, cfg, acc, step)
-        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        lr = scheduler.get_last_lr()[0]  # the rate this update uses (what TRL logs)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        st["step"] = step = step + 1
+    bar = progress_bar(cfg, run.acc, cfg.max_steps, st.step, method.name)
+    eval_every_epoch = max(1, run.per_epoch // cfg.gradient_accumulation_steps)  # optimizer steps per pass
+    window = []  # each micro-batch's metrics since the last log record
+    while st.step < cfg.max_steps:
+        t0 = time.perf_counter()
+        batches = sample_window(run)  # sample and judge
+        window += backward_window(run, batches)  # loss and gradient
+        grad_norm, lr = optimizer_step(run.acc, run.optimizer, run.scheduler, run.params, cfg.max_grad_norm)
+        st.step += 1
         window[-1]["time/step"] = time.perf_counter() - t0
-        if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            history.append(_log_row(acc, window, grad_norm, lr, step, step * ga / per_epoch))
+        if log_due(cfg, st.step, cfg.max_steps):
+            means = window_means(run.acc, window)
+            history.append(step_record(means, grad_norm, lr, run.epoch_at(st.step), st.step))
             window = []
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", kl=f"{history[-1]['objective/kl']:.2f}")
-        if eval_due(cfg, step, cfg.max_steps, max(1, per_epoch // ga)):
-            run_eval(step)
-        if cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0:
-            save_checkpoint(
-                os.path.join(cfg.output_dir, f"checkpoint-{step}"),
-                model,
-                tokenizer,
-                optimizer,
-                scheduler,
-                {**st, "config": asdict(cfg)},
-                acc,
-            )
+            bar.set_postfix(loss=f"{means['loss']:.3f}", kl=f"{means['objective/kl']:.2f}")
+        if eval_fn is not None and eval_due(cfg, st.step, cfg.max_steps, eval_every_epoch):
+            history.append(eval_record(run, eval_fn, st.step))
+        if save_due(cfg, st.step):
+            online_checkpoint(run, os.path.join(cfg.output_dir, f"checkpoint-{st.step}"))
         log(history)
         bar.update(1)
     bar.close()
     log.close()
-    model = acc.unwrap_model(model)
-    _save_final(acc, model, tokenizer, history, cfg)
-    return OnlineResult(model, history, None if ref_model is None else unwrap(ref_model), cfg.output_dir)
+    model = run.acc.unwrap_model(run.model)
+    save_final(model, tokenizer, history, cfg.output_dir, run.acc)
+    ref = None if run.ref_model is None else unwrap(run.ref_model)
+    return OnlineResult(model, history, ref, cfg.output_dir)

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging as hf_logging
@@ -57,7 +58,8 @@ __all__ = ['OPTIMIZERS', 'REPORT_TO', 'LAUNCHER_VARS', 'STRATEGIES', 'REF_ADAPTE
            'prepare_frozen_model', 'load_full_state_dict', 'resident_bytes', 'add_reference_adapter', 'make_reference',
            'reference_context', 'check_finite_loss', 'rng_state', 'set_rng_state', 'rng_to_json', 'rng_from_json',
            'weights_hash', 'save_model', 'load_weights', 'push_to_hub', 'rotate_checkpoints', 'optimizer_sharding',
-           'save_optimizer_shards', 'load_optimizer_shards', 'save_checkpoint', 'load_checkpoint', 'load_policy',
+           'save_optimizer_shards', 'load_optimizer_shards', 'save_checkpoint', 'load_checkpoint', 'LoopState',
+           'optimizer_step', 'log_due', 'save_due', 'step_record', 'progress_bar', 'save_final', 'load_policy',
            'cut_at_eos']
 
 # %% ../nbs/06_runtime.ipynb #b5e10002
@@ -1253,6 +1255,71 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, accelerator) 
     rng = path / f"rng_state_{accelerator.process_index}.json"
     set_rng_state(rng_from_json(json.loads((rng if rng.exists() else path / "rng_state_0.json").read_text())))
     return st
+
+# %% ../nbs/06_runtime.ipynb #81b01688
+@dataclasses.dataclass
+class LoopState:
+    """Where a training loop is; `save_checkpoint` writes it, `load_checkpoint` returns it as a dict
+    (`LoopState.from_dict`). `step`: optimizer steps taken; `epoch`, `micro`: the pass over the data and the
+    micro-batches of it already used (the offline loop; the online one counts steps only); `history`: the log
+    records so far."""
+
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopState:
+        "The loop fields of a checkpoint's state; its other keys (the config, TR-DPO's reference) left out."
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+# %% ../nbs/06_runtime.ipynb #9f48d4e7
+def optimizer_step(acc, optimizer, scheduler, params: list, max_grad_norm: float) -> tuple[float, float]:
+    """Clip the gradients' global norm to `max_grad_norm` (0: no clipping), step the optimiser and the
+    schedule, zero the gradients. Returns (the norm before clipping, the learning rate this update used)."""
+    limit = max_grad_norm if max_grad_norm > 0 else math.inf
+    grad_norm = acc.clip_grad_norm_(params, limit)
+    lr = scheduler.get_last_lr()[0]  # read before the schedule moves: the rate of this update (TRL logs it)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    norm = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed's engine may return None
+    return norm, lr
+
+
+def log_due(cfg, step: int, total: int) -> bool:
+    "Whether a log record falls after optimizer step `step` of `total`: every `logging_steps`, and the last."
+    return step % cfg.logging_steps == 0 or step == total
+
+
+def save_due(cfg, step: int) -> bool:
+    "Whether a checkpoint falls after step `step`: every `save_steps`, when the run has an `output_dir`."
+    return bool(cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0)
+
+
+def step_record(means: dict, grad_norm: float, lr: float, epoch: float, step: int) -> dict:
+    """One training log record: the metrics' means over the steps since the last record, then TRL's
+    `grad_norm`, `learning_rate`, `epoch` (fractional) and `step`."""
+    return {**means, "grad_norm": grad_norm, "learning_rate": lr, "epoch": epoch, "step": step}
+
+# %% ../nbs/06_runtime.ipynb #9c3b0834
+def progress_bar(cfg, acc, total: int, initial: int, desc: str):
+    "A `tqdm.auto` bar over the optimizer steps, on the local main process unless `cfg.disable_tqdm`."
+    off = cfg.disable_tqdm or not acc.is_local_main_process
+    return tqdm(total=total, initial=initial, desc=desc, disable=off)
+
+
+def save_final(model, tokenizer, history: list[dict], output_dir, acc) -> None:
+    """The trained model (or adapter) and `history.json` in `output_dir` (nothing without one), written by the
+    main process; sharded weights are first gathered by every process."""
+    if not output_dir:
+        return
+    sd = full_state_dict(model) if sharding(model) else None  # a collective: every process takes part
+    if acc.is_main_process:
+        save_model(model, output_dir, tokenizer, state_dict=sd)
+        (Path(output_dir) / "history.json").write_text(json.dumps(history, indent=1))
 
 # %% ../nbs/06_runtime.ipynb #172452a3
 def load_policy(

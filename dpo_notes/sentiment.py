@@ -33,7 +33,7 @@ from .xpo import XPOConfig, train_xpo
 __all__ = ['sample', 'evaluate', 'best_of_n', 'METHODS', 'train_method', 'load_smollm2_policy', 'sentiment_prompts',
            'review_prefix', 'imdb_prefixes', 'vader_score', 'vader_reward', 'vader_judge', 'vader_reward_func',
            'CompletionOnly', 'Samples', 'precision', 'sample_texts', 'seq_logps', 'seq_kl', 'distinct_2',
-           'evaluate_policy', 'bon_kl', 'evaluate_best_of_n', 'label_pairs', 'sample_pairs', 'sentiment_lora',
+           'evaluate_reward_kl', 'bon_kl', 'evaluate_best_of_n', 'label_pairs', 'sample_pairs', 'sentiment_lora',
            'train_offline_dpo', 'train_online_dpo', 'train_xpo_run', 'SentimentRun', 'train_point', 'run_baselines',
            'run_grid', 'grid_tasks', 'run_grid_parallel', 'frontier', 'plot_frontier']
 
@@ -135,7 +135,8 @@ class CompletionOnly(ScoredJudge):
 # %% ../nbs/15_sentiment.ipynb #94c3cb51
 @dataclass
 class Samples:
-    "Sampled continuations, one row per (prompt, sample): row i*n + k is sample k of prompt i."
+    """Sampled continuations, one row per (prompt, sample), in the block layout of `core.samples_by_prompt`:
+    row k·B + i is sample k of prompt i."""
 
     prompts: list[str]  # (N,) the prompt of each row
     prompt_ids: list[list[int]]  # (N,) its token ids, no padding
@@ -212,7 +213,11 @@ def sample_texts(
                     enc["input_ids"][r][enc["attention_mask"][r].bool()].tolist()
                 )  # the prompt, unpadded
                 out_c.append(c[r][m[r].bool()].tolist())  # up to and with its EOS
-    return Samples(rows, out_p, out_c, tok.batch_decode(out_c, skip_special_tokens=True), n)
+    texts = tok.batch_decode(out_c, skip_special_tokens=True)
+    B = len(prompts)
+    block = [i * n + k for k in range(n) for i in range(B)]  # drawn prompt by prompt; returned in blocks
+    pick = lambda xs: [xs[j] for j in block]
+    return Samples(pick(rows), pick(out_p), pick(out_c), pick(texts), n)
 
 # %% ../nbs/15_sentiment.ipynb #5bb52a05
 sample = deprecated_alias(
@@ -277,7 +282,7 @@ def _se(x) -> float:
     return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def evaluate_policy(
+def evaluate_reward_kl(
     model,
     tok,
     prompts: Sequence[str],
@@ -305,7 +310,7 @@ def evaluate_policy(
 
 # %% ../nbs/15_sentiment.ipynb #afa66601
 evaluate = deprecated_alias(
-    evaluate_policy, "evaluate", "dpo_notes.sentiment"
+    evaluate_reward_kl, "evaluate", "dpo_notes.sentiment"
 )  # renamed: train.evaluate is another function
 
 # %% ../nbs/15_sentiment.ipynb #37aeccd5
@@ -330,8 +335,9 @@ def evaluate_best_of_n(
     """Per prompt, the best of `n` seeded samples under `judge`: reward, the bound `bon_kl(n)` as KL, distinct
     rates, samples."""
     s = sample_texts(model, tok, prompts, n, max_new_tokens, seed=seed, bf16=bf16)
-    scores = np.asarray(judge.score(s.prompts, s.texts), dtype=float).reshape(len(prompts), n)
-    best = s.select([i * n + int(j) for i, j in enumerate(scores.argmax(1))])  # the first of equal scores
+    B = len(prompts)
+    scores = np.asarray(judge.score(s.prompts, s.texts), dtype=float).reshape(n, B).T  # (B, n)
+    best = s.select([int(k) * B + i for i, k in enumerate(scores.argmax(1))])  # the first of equal scores
     r = scores.max(1)
     return {
         "reward": float(r.mean()),
@@ -381,7 +387,8 @@ def sample_pairs(
     "(pairs, reward queries spent): two seeded continuations per prompt from `model`, labelled by `judge`."
     s = sample_texts(model, tok, prompts, 2, max_new_tokens, seed=seed, bf16=bf16)
     sc = judge.score(s.prompts, s.texts)
-    return label_pairs(list(prompts), s.texts[0::2], s.texts[1::2], sc[0::2], sc[1::2]), len(s)
+    B = len(prompts)  # every prompt's first sample, then every second
+    return label_pairs(list(prompts), s.texts[:B], s.texts[B:], sc[:B], sc[B:]), len(s)
 
 # %% ../nbs/15_sentiment.ipynb #f059080a
 def sentiment_lora():
@@ -573,7 +580,7 @@ def _row(method, beta, seed, ev: dict, train_s: float, eval_s: float, queries: i
 def run_baselines(base, tok, test_prompts, judge, run: SentimentRun, n: int = 4) -> tuple[list[dict], dict]:
     "Rows and samples of the base policy and of best-of-`n` on the held-out prompts."
     t0 = time.time()
-    ev = evaluate_policy(
+    ev = evaluate_reward_kl(
         base, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False
     )
     t1 = time.time()
@@ -615,7 +622,7 @@ def run_grid(
                 t1 = time.time()
                 pol, _ = train_point(method, base, tok, train_prompts, judge, beta, seed, run, pairs)
                 t2 = time.time()
-                ev = evaluate_policy(
+                ev = evaluate_reward_kl(
                     pol, tok, test_prompts, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16
                 )
                 rows.append(

@@ -12,7 +12,7 @@ import contextlib, copy, functools, hashlib, json, math, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -34,6 +34,15 @@ from dpo_notes.losses import (
 from .logps import concatenated_forward, pack_pairs, packed_forward
 from .data import PreferenceCollator, normalize_preferences, tokenize_preferences
 from .runtime import RunLog, TrainingConfig, arg, check_training, eval_due, renamed_fields
+from dpo_notes.runtime import (
+    LoopState,
+    log_due,
+    optimizer_step,
+    progress_bar,
+    save_due,
+    save_final,
+    step_record,
+)
 from dpo_notes.runtime import (
     REF_ADAPTER,
     accumulating,
@@ -68,8 +77,9 @@ __all__ = ['TOKEN_KEYS', 'METRICS', 'plain_forward', 'plot_history', 'prepare_ex
            'dpo_metrics', 'plain_dpo_step', 'plain_dpo_train', 'plot_records', 'DPOConfig', 'loss_types',
            'validate_config', 'reference_logps', 'reference_weights_hash', 'ref_cache_key', 'step_forward',
            'precompute_ref_logps', 'step_losses', 'dpo_step', 'evaluate', 'mix_low_rank', 'lora_factors',
-           'mix_reference_adapter', 'sync_reference', 'DPOResult', 'build_reference', 'precomputed', 'start_run',
-           'epoch_batches', 'optimizer_step', 'checkpoint', 'resume', 'after_step', 'finish_run', 'train_dpo']
+           'mix_reference_adapter', 'sync_reference', 'DPOResult', 'build_reference', 'precomputed', 'DPORun',
+           'start_run', 'epoch_batches', 'next_micro_batches', 'dpo_backward', 'checkpoint', 'resume', 'tr_dpo_sync',
+           'train_dpo']
 
 # %% ../nbs/07_dpo_training.ipynb #b6617c2b
 TOKEN_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -699,41 +709,58 @@ def precomputed(model, ref_model, examples, collate, cfg: DPOConfig, acc):
     return precompute_ref_logps(model, ref_model, examples, collate, cfg, acc, cache)
 
 # %% ../nbs/07_dpo_training.ipynb #fe9260b8
+@dataclass
+class DPORun:
+    "Everything the offline loop carries, as `start_run` prepares it, and where the loop is (`state`)."
+
+    cfg: DPOConfig
+    acc: Any  # the accelerate.Accelerator
+    model: nn.Module  # prepared: DDP-, DeepSpeed- or FSDP2-wrapped on several processes
+    ref_model: nn.Module | None  # None: LoRA's reference adapter, or the log-probs precomputed
+    tokenizer: Any
+    collate: PreferenceCollator
+    train_ex: list[dict]  # tokenised pairs (`prepare_examples`)
+    eval_loader: DataLoader | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[nn.Parameter]  # the trainable ones: what the gradient norm is taken over
+    n_micro: int  # micro-batches per epoch, per process
+    total: int  # optimizer steps of the run
+    state: LoopState = field(default_factory=LoopState)
+    batches: Iterator | None = None  # the current epoch's micro-batches still to come
+
+
 def start_run(
     model, tokenizer, train_data, cfg: DPOConfig, ref_model=None, eval_data=None, peft_config=None
-) -> SimpleNamespace:
-    """Everything the loop carries: the prepared model, reference, data, optimiser and schedule, and where the
-    loop is (`st`)."""
+) -> DPORun:
+    """The prepared model, reference, data, optimiser and schedule of a run, at step 0."""
     acc = make_accelerator(cfg)
     seed_everything(cfg.seed)
     model = on_device(setup_policy(model, peft_config, cfg), acc.device).train()
     collate = PreferenceCollator.from_tokenizer(tokenizer)
     train_ex = prepare_examples(train_data, tokenizer, cfg, "train_data")
-    eval_ex = prepare_examples(eval_data, tokenizer, cfg, "eval_data") if eval_data is not None else None
+    eval_ex = None
+    if eval_data is not None:
+        eval_ex = prepare_examples(eval_data, tokenizer, cfg, "eval_data")
     ref_model = build_reference(model, ref_model, cfg, acc)
     if cfg.precompute_ref_logps:  # one reference pass now, none per step, no reference in memory
-        train_ex, eval_ex = (precomputed(model, ref_model, e, collate, cfg, acc) for e in (train_ex, eval_ex))
+        train_ex = precomputed(model, ref_model, train_ex, collate, cfg, acc)
+        eval_ex = precomputed(model, ref_model, eval_ex, collate, cfg, acc)
         ref_model = None
     optimizer = make_optimizer(model, cfg)
-    n_micro = len(
-        acc.prepare_data_loader(make_loader(train_ex, collate, cfg.per_device_train_batch_size))
-    )  # per epoch, per process
-    total = (
-        cfg.max_steps
-        if cfg.max_steps > 0
-        else math.ceil(cfg.num_train_epochs * math.ceil(n_micro / cfg.gradient_accumulation_steps))
-    )
+    loader = make_loader(train_ex, collate, cfg.per_device_train_batch_size)
+    n_micro = len(acc.prepare_data_loader(loader))  # per epoch, per process
+    steps_per_epoch = math.ceil(n_micro / cfg.gradient_accumulation_steps)
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
     scheduler = make_scheduler(optimizer, cfg, total)
     configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
     if ref_model is not None:  # ZeRO-3, FSDP2: sharded as the policy (TRL's `prepare_deepspeed`); else whole
         ref_model = prepare_frozen_model(ref_model, acc)
-    eval_loader = (
-        acc.prepare_data_loader(make_loader(eval_ex, collate, cfg.per_device_eval_batch_size))
-        if eval_ex
-        else None
-    )
-    return SimpleNamespace(
+    eval_loader = None
+    if eval_ex:
+        eval_loader = acc.prepare_data_loader(make_loader(eval_ex, collate, cfg.per_device_eval_batch_size))
+    return DPORun(
         cfg=cfg,
         acc=acc,
         model=model,
@@ -747,119 +774,83 @@ def start_run(
         params=[p for p in model.parameters() if p.requires_grad],
         n_micro=n_micro,
         total=total,
-        st={"step": 0, "epoch": 0, "micro": 0, "history": []},
-        window=[],
-        step_times=[],
     )
 
 # %% ../nbs/07_dpo_training.ipynb #c10ad994
-def epoch_batches(run: SimpleNamespace):
+def epoch_batches(run: DPORun) -> Iterator:
     "The micro-batches of the current epoch still to come (a resumed run skips those already seen)."
-    cfg, acc, st = run.cfg, run.acc, run.st
-    loader = acc.prepare_data_loader(
-        make_loader(
-            run.train_ex,
-            run.collate,
-            cfg.per_device_train_batch_size,
-            epoch_order(len(run.train_ex), st["epoch"], cfg),
-        )
-    )
-    return iter(acc.skip_first_batches(loader, st["micro"]) if st["micro"] else loader)
+    cfg, st = run.cfg, run.state
+    order = epoch_order(len(run.train_ex), st.epoch, cfg)
+    loader = make_loader(run.train_ex, run.collate, cfg.per_device_train_batch_size, order)
+    loader = run.acc.prepare_data_loader(loader)
+    if st.micro:
+        loader = run.acc.skip_first_batches(loader, st.micro)
+    return iter(loader)
+
+
+def next_micro_batches(run: DPORun) -> list[dict]:
+    """This step's micro-batches: the next `gradient_accumulation_steps` of the epoch (fewer at its end, as in
+    TRL); after the epoch's last one the state moves to the next epoch."""
+    st = run.state
+    if run.batches is None:
+        run.batches = epoch_batches(run)
+    k = min(run.cfg.gradient_accumulation_steps, run.n_micro - st.micro)
+    batches = [next(run.batches) for _ in range(k)]
+    st.micro += k
+    if st.micro == run.n_micro:
+        st.epoch += 1
+        st.micro = 0
+        run.batches = None  # the next epoch's loader, reshuffled, when its first step comes
+    return batches
 
 # %% ../nbs/07_dpo_training.ipynb #c10ad901
-def optimizer_step(run: SimpleNamespace, batches) -> tuple[float, float]:
-    """One optimizer step over up to `gradient_accumulation_steps` micro-batches; returns (grad_norm before
-    clipping, lr used)."""
-    cfg, acc, st = run.cfg, run.acc, run.st
-    k = min(cfg.gradient_accumulation_steps, run.n_micro - st["micro"])  # an epoch's last step may have fewer
-    for j in range(k):
+def dpo_backward(run: DPORun, batches: list[dict]) -> list[dict]:
+    """Loss and backward of each of the step's k micro-batches, the loss divided by k: the gradient of the
+    mean over the step's pairs. Returns each micro-batch's metrics."""
+    acc, k, rows = run.acc, len(batches), []
+    for j, batch in enumerate(batches):
         with accumulating(acc, run.model, last=j == k - 1):  # all-reduce on the last only
-            loss, metrics = dpo_step(run.model, run.ref_model, next(batches), cfg, acc)
-            check_finite_loss(loss, st["step"] + 1, f"micro-batch {st['micro'] + j} of epoch {st['epoch']}")
-            acc.backward(loss / k)  # ∇ of the mean over the k micro-batches
-        run.window.append(metrics)
-    st["micro"] += k
-    grad_norm = acc.clip_grad_norm_(run.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-    lr = run.scheduler.get_last_lr()[0]  # the rate this update uses (what TRL logs)
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    st["step"] += 1
-    return float("nan") if grad_norm is None else float(grad_norm), lr
+            loss, metrics = dpo_step(run.model, run.ref_model, batch, run.cfg, acc)
+            check_finite_loss(
+                loss, run.state.step + 1, f"micro-batch {j + 1} of {k}, epoch {run.state.epoch}"
+            )
+            acc.backward(loss / k)
+        rows.append(metrics)
+    return rows
 
 # %% ../nbs/07_dpo_training.ipynb #c5e1386e
 def _mean_records(rows: list[dict]) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 # %% ../nbs/07_dpo_training.ipynb #c5e13801
-def checkpoint(run: SimpleNamespace, path: Path) -> None:
-    "`runtime.save_checkpoint` of the run, with TR-DPO's moving reference model in the loop state."
-    state = {**run.st, "config": asdict(run.cfg)}
+def checkpoint(run: DPORun, path: Path) -> None:
+    "`runtime.save_checkpoint` of the run: the loop state and config, TR-DPO's moving reference model too."
+    state = {**asdict(run.state), "config": asdict(run.cfg)}
     if run.cfg.sync_ref_model and run.ref_model is not None:
         state["ref_state"] = full_state_dict(run.ref_model)  # whole, if sharded
     save_checkpoint(path, run.model, run.tokenizer, run.optimizer, run.scheduler, state, run.acc)
 
 # %% ../nbs/07_dpo_training.ipynb #c5e13802
-def resume(run: SimpleNamespace, path) -> None:
+def resume(run: DPORun, path) -> None:
     """Load a `checkpoint` into the run: weights, optimiser, schedule, RNGs, where the loop was (and TR-DPO's
     reference)."""
-    run.st = load_checkpoint(path, run.model, run.optimizer, run.scheduler, run.acc)
-    ref_state = run.st.pop("ref_state", None)
+    state = load_checkpoint(path, run.model, run.optimizer, run.scheduler, run.acc)
+    ref_state = state.pop("ref_state", None)
     if ref_state is not None:
         load_full_state_dict(run.ref_model, ref_state)  # into its shards, if sharded
+    run.state = LoopState.from_dict(state)
+    if run.state.micro >= run.n_micro:  # saved at an epoch's very end: the next epoch
+        run.state.epoch += 1
+        run.state.micro = 0
 
 # %% ../nbs/07_dpo_training.ipynb #ddc42b0e
-def after_step(run: SimpleNamespace, grad_norm: float, lr: float, out_dir: Path | None) -> None:
-    "TR-DPO's sync, the log record, the evaluation and the checkpoint that fall on this step."
-    cfg, st, history = run.cfg, run.st, run.st["history"]
-    step, epoch = st["step"], st["epoch"] + st["micro"] / run.n_micro
-    if cfg.sync_ref_model and step % cfg.ref_model_sync_steps == 0:  # after the update, as TRL's callback
-        ref = writable_weights(run.ref_model) if run.ref_model is not None else contextlib.nullcontext()
-        with writable_weights(run.model), ref:  # sharded weights (ZeRO-3, FSDP2): whole, and the writes kept
-            history.append(
-                {
-                    "ref_sync/rel_error": sync_reference(run.model, run.ref_model, cfg.ref_model_mixup_alpha),
-                    "step": step,
-                }
-            )
-    if step % cfg.logging_steps == 0 or step == run.total:
-        history.append(
-            {
-                **_mean_records(run.window),
-                "grad_norm": grad_norm,
-                "learning_rate": lr,
-                "epoch": epoch,
-                "step": step,
-            }
-        )
-        run.window = []
-    per_epoch = math.ceil(run.n_micro / cfg.gradient_accumulation_steps)  # optimizer steps per pass
-    if run.eval_loader is not None and eval_due(cfg, step, run.total, per_epoch):
-        history.append(
-            {
-                **evaluate(run.model, run.ref_model, run.eval_loader, cfg, run.acc),
-                "epoch": epoch,
-                "step": step,
-            }
-        )
-    if out_dir is not None and cfg.save_steps and step % cfg.save_steps == 0:
-        checkpoint(run, out_dir / f"checkpoint-{step}")
-
-# %% ../nbs/07_dpo_training.ipynb #ddc42b01
-def finish_run(run: SimpleNamespace, out_dir: Path | None) -> DPOResult:
-    "Unwrap the model, save it and the log to `out_dir`, and return the result."
-    model = run.acc.unwrap_model(run.model)
-    sd = full_state_dict(model) if out_dir is not None and sharding(model) else None  # every process gathers
-    if out_dir is not None and run.acc.is_main_process:
-        save_model(model, out_dir, run.tokenizer, state_dict=sd)
-        (out_dir / "history.json").write_text(json.dumps(run.st["history"], indent=1))
-    return DPOResult(
-        model=model,
-        history=run.st["history"],
-        step_times=run.step_times,
-        output_dir=out_dir,
-        ref_model=None if run.ref_model is None else unwrap(run.ref_model),
-    )
+def tr_dpo_sync(run: DPORun) -> dict:
+    """TR-DPO's soft update of the reference after the optimizer step (as TRL's `SyncRefModelCallback`); its
+    log record (the truncation error under LoRA, 0 for a separate reference)."""
+    ref = writable_weights(run.ref_model) if run.ref_model is not None else contextlib.nullcontext()
+    with writable_weights(run.model), ref:  # sharded weights (ZeRO-3, FSDP2): whole, and the writes kept
+        err = sync_reference(run.model, run.ref_model, run.cfg.ref_model_mixup_alpha)
+    return {"ref_sync/rel_error": err, "step": run.state.step}
 
 # %% ../nbs/07_dpo_training.ipynb #de024583
 def train_dpo(
@@ -883,29 +874,45 @@ def train_dpo(
     run = start_run(model, tokenizer, train_data, cfg, ref_model, eval_data, peft_config)
     if resume_from_checkpoint is not None:
         resume(run, resume_from_checkpoint)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    log = RunLog(cfg, run.acc, run.st["history"], "dpo")
-    bar = tqdm(
-        total=run.total,
-        initial=run.st["step"],
-        desc="DPO",
-        disable=cfg.disable_tqdm or not run.acc.is_local_main_process,
-    )
+    st = run.state
+    history = st.history
+    log = RunLog(cfg, run.acc, history, "dpo")
+    bar = progress_bar(cfg, run.acc, run.total, st.step, "DPO")
+    steps_per_epoch = math.ceil(run.n_micro / cfg.gradient_accumulation_steps)
+    window = []  # each micro-batch's metrics since the last log record
+    step_times = []
     t_last = time.perf_counter()
-    while run.st["step"] < run.total:
-        batches = epoch_batches(run)
-        while run.st["micro"] < run.n_micro and run.st["step"] < run.total:
-            after_step(run, *optimizer_step(run, batches), out_dir)
-            log(run.st["history"])
-            if on_step_end is not None:
-                on_step_end(run.st["step"], run.st["history"])
-            bar.update(1)
-            now = time.perf_counter()
-            run.step_times.append(now - t_last)
-            t_last = now
-        if run.st["micro"] >= run.n_micro:
-            run.st["epoch"] += 1
-            run.st["micro"] = 0
+    while st.step < run.total:
+        batches = next_micro_batches(run)  # load
+        window += dpo_backward(run, batches)  # loss and gradient
+        grad_norm, lr = optimizer_step(run.acc, run.optimizer, run.scheduler, run.params, cfg.max_grad_norm)
+        st.step += 1
+        epoch = st.epoch + st.micro / run.n_micro
+        if cfg.sync_ref_model and st.step % cfg.ref_model_sync_steps == 0:
+            history.append(tr_dpo_sync(run))
+        if log_due(cfg, st.step, run.total):
+            history.append(step_record(_mean_records(window), grad_norm, lr, epoch, st.step))
+            window = []
+        if run.eval_loader is not None and eval_due(cfg, st.step, run.total, steps_per_epoch):
+            metrics = evaluate(run.model, run.ref_model, run.eval_loader, cfg, run.acc)
+            history.append({**metrics, "epoch": epoch, "step": st.step})
+        if save_due(cfg, st.step):
+            checkpoint(run, Path(cfg.output_dir) / f"checkpoint-{st.step}")
+        log(history)
+        if on_step_end is not None:
+            on_step_end(st.step, history)
+        bar.update(1)
+        now = time.perf_counter()
+        step_times.append(now - t_last)
+        t_last = now
     bar.close()
     log.close()
-    return finish_run(run, out_dir)
+    model = run.acc.unwrap_model(run.model)
+    save_final(model, run.tokenizer, history, cfg.output_dir, run.acc)
+    return DPOResult(
+        model=model,
+        history=history,
+        step_times=step_times,
+        output_dir=Path(cfg.output_dir) if cfg.output_dir else None,
+        ref_model=None if run.ref_model is None else unwrap(run.ref_model),
+    )

@@ -177,8 +177,8 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(cmd, tmp_path):
     common = ["--model_name_or_path", "toy:s", "--max_steps", "6", "--per_device_train_batch_size", "4", "--learning_rate", "5e-3",
               "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "--seed", "3"]
     common += ["--max_train_samples", "24"] if cmd == "dpo" else ["--max_new_tokens", "8", "--max_prompts", "32"]
-    hook = dict(module="train", hook="after_step", step_expr="a[0].st['step']") if cmd == "dpo" else \
-        dict(module="online", hook="_log_row", step_expr="a[4]")
+    hook = dict(module="train", hook="step_record", step_expr="a[4]") if cmd == "dpo" else \
+        dict(module="online", hook="step_record", step_expr="a[4]")
     script = tmp_path / "killed.py"; script.write_text(KILLED.format(**hook))
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     r = subprocess.run([sys.executable, "-m", "dpo_notes.cli", cmd, *common, "--output_dir", str(straight)], env=ENV, capture_output=True, text=True)

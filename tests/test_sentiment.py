@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("vaderSentiment")
 from dpo_notes.data import smollm2_gguf_path
 from dpo_notes.judges import FIRST, SECOND, TIE, RuleJudge
-from dpo_notes.sentiment import (CompletionOnly, SentimentRun, bon_kl, evaluate_policy, frontier, label_pairs, load_smollm2_policy,
+from dpo_notes.sentiment import (CompletionOnly, SentimentRun, bon_kl, evaluate_reward_kl, frontier, label_pairs, load_smollm2_policy,
                                  review_prefix, run_baselines, run_grid, sample_texts, sample_pairs, sentiment_prompts, seq_kl,
                                  train_offline_dpo,
                                  vader_judge, vader_reward, vader_reward_func, vader_score)
@@ -107,7 +107,7 @@ def test_smollm2_pipeline_learns_its_pairs(smol):
     late = [h for h in rows if h["step"] > steps // 2 + 1]               # logged after the first pass (means of steps)
     assert late and min(h["rewards/margins"] for h in late) > 0.5, rows
     assert max(h["loss"] for h in late) < 0.5, rows
-    ev = evaluate_policy(policy, tok, sentiment_prompts("test")[:8], judge, 1234, 12)
+    ev = evaluate_reward_kl(policy, tok, sentiment_prompts("test")[:8], judge, 1234, 12)
     assert np.isfinite(ev["reward"]) and ev["kl"] > 0, ev["kl"]
 
 
@@ -119,7 +119,7 @@ def test_ci_size_pipeline_reward_rises(smol):
     train, test = sentiment_prompts("train")[:160], sentiment_prompts("test")
     judge = vader_judge()
     run = SentimentRun(offline_steps=20, batch_size=8, max_new_tokens=16, sample_bf16=False, cfg_kw={})
-    before = evaluate_policy(base, tok, test, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
+    before = evaluate_reward_kl(base, tok, test, judge, run.eval_seed, run.max_new_tokens, run.sample_bf16, kl=False)
     df, evs = run_grid(base, tok, train, test, judge, {"offline DPO": [0.05]}, run=run, log=None)
     after, diff = df.iloc[0], evs[("offline DPO", 0.05, 0)]["rewards"] - before["rewards"]
     se = diff.std(ddof=1) / math.sqrt(len(diff))

@@ -301,20 +301,19 @@ def test_tr_dpo_lora_mixes_effective_weights(toy):
         m = m.module if hasattr(m, "module") else m
         return {n: (mod.lora_B[adapter].weight @ mod.lora_A[adapter].weight).detach().clone()
                 for n, mod in m.named_modules() if hasattr(mod, "lora_A") and adapter in getattr(mod, "lora_A", {})}
-    holder = {}
-    orig = train.after_step
-    def spy(run, *a):
-        holder["model"] = run.model
-        if run.st["step"] == 2: snaps["ref_before"] = delta(run.model, REF_ADAPTER)
-        orig(run, *a)
-        if run.st["step"] == 3: snaps["pol"], snaps["ref_after"] = delta(run.model, "default"), delta(run.model, REF_ADAPTER)
-    train.after_step = spy
+    orig = train.tr_dpo_sync
+    def spy(run):                                 # around the one sync, after step 3's update
+        snaps["ref_before"] = delta(run.model, REF_ADAPTER)
+        record = orig(run)
+        snaps["pol"], snaps["ref_after"] = delta(run.model, "default"), delta(run.model, REF_ADAPTER)
+        return record
+    train.tr_dpo_sync = spy
     try:
         res = train_dpo(copy.deepcopy(model), tok, pairs, DPOConfig(output_dir=None, max_steps=3, logging_steps=1,
                         per_device_train_batch_size=8, learning_rate=1e-2, sync_ref_model=True, ref_model_sync_steps=3,
                         ref_model_mixup_alpha=alpha, disable_tqdm=True),
                         peft_config=LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
-    finally: train.after_step = orig
+    finally: train.tr_dpo_sync = orig
     err = [h["ref_sync/rel_error"] for h in res.history if "ref_sync/rel_error" in h]
     assert len(err) == 1
     worst = 0.0
