@@ -1,7 +1,7 @@
 """Our hand-written DPO loop (`dpo_notes.train`) against TRL 1.16's `DPOTrainer` (the step with TRL's loss options,
 ten steps, an arriving LoRA adapter, TR-DPO), plus exact resume, the precomputed-reference cache and TR-DPO under LoRA.
 Everything runs on CPU on the shipped toy "s" model."""
-import copy, math, warnings
+import copy, json, math, warnings
 
 import pytest
 import torch
@@ -128,6 +128,24 @@ def test_resume_is_exact(toy, tmp_path, lora, tr_dpo):
     if tr_dpo and not lora:
         ra, rb = straight.ref_model.state_dict(), resumed.ref_model.state_dict()
         assert max((ra[k] - rb[k]).abs().max().item() for k in ra) < 1e-6
+
+
+def test_resume_from_an_epochs_last_step(toy, tmp_path):
+    "A checkpoint written at an epoch's last step (all its micro-batches used) resumes into the next epoch exactly."
+    model, tok, pairs = toy
+    cfg = DPOConfig(output_dir=str(tmp_path / "run"), learning_rate=3e-3, per_device_train_batch_size=4,
+                    gradient_accumulation_steps=2, num_train_epochs=2, save_steps=6, logging_steps=1,
+                    disable_tqdm=True)                        # 12 micro-batches, 6 steps per epoch
+    straight = train_dpo(copy.deepcopy(model), tok, pairs, cfg)
+    saved = json.loads((tmp_path / "run" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert (saved["step"], saved["epoch"], saved["micro"]) == (6, 0, 12)   # epoch 0 used up, not yet the next
+    resumed = train_dpo(copy.deepcopy(model), tok, pairs, cfg, resume_from_checkpoint=tmp_path / "run" / "checkpoint-6")
+    assert len(resumed.step_times) == 6
+    la, lb = straight.train_df, resumed.train_df
+    assert la.epoch.tolist() == pytest.approx([s / 6 for s in range(1, 13)])
+    assert la.step.tolist() == lb.step.tolist() and (la.loss - lb.loss).abs().max() < 1e-6
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert max((sa[k] - sb[k]).abs().max().item() for k in sa) < 1e-6
 
 
 def test_precomputed_reference(toy, tmp_path):
