@@ -37,14 +37,6 @@ from .evals import distinct_n, distinct_rate
 from .runtime import RunLog, TrainingConfig, arg, bad, check_training, eval_due
 from dpo_notes.runtime import (
     LoopState,
-    log_due,
-    optimizer_step,
-    progress_bar,
-    save_due,
-    save_final,
-    step_record,
-)
-from dpo_notes.runtime import (
     accumulating,
     autocast,
     check_finite_loss,
@@ -52,24 +44,27 @@ from dpo_notes.runtime import (
     cut_at_eos,
     disable_dropout,
     load_checkpoint,
+    log_due,
     make_accelerator,
     make_optimizer,
     make_reference,
     make_scheduler,
     on_device,
+    optimizer_step,
+    progress_bar,
     reference_context,
     save_checkpoint,
-    save_model,
+    save_due,
+    save_final,
     setup_policy,
+    step_record,
     sync_device,
     unwrap,
 )
 from dpo_notes.runtime import (
     frozen_sharding,
-    full_state_dict,
     gathered_weights,
     prepare_frozen_model,
-    sharding,
 )
 
 # %% auto #0

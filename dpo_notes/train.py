@@ -790,18 +790,16 @@ def epoch_batches(run: DPORun) -> Iterator:
 
 def next_micro_batches(run: DPORun) -> list[dict]:
     """This step's micro-batches: the next `gradient_accumulation_steps` of the epoch (fewer at its end, as in
-    TRL); after the epoch's last one the state moves to the next epoch."""
+    TRL); once an epoch is used up, the first of the next one (reshuffled)."""
     st = run.state
+    if st.micro == run.n_micro:  # the epoch is used up: the next one
+        st.epoch += 1
+        st.micro = 0
+        run.batches = None
     if run.batches is None:
         run.batches = epoch_batches(run)
     k = min(run.cfg.gradient_accumulation_steps, run.n_micro - st.micro)
-    batches = [next(run.batches) for _ in range(k)]
-    st.micro += k
-    if st.micro == run.n_micro:
-        st.epoch += 1
-        st.micro = 0
-        run.batches = None  # the next epoch's loader, reshuffled, when its first step comes
-    return batches
+    return [next(run.batches) for _ in range(k)]
 
 # %% ../nbs/07_dpo_training.ipynb #c10ad901
 def dpo_backward(run: DPORun, batches: list[dict]) -> list[dict]:
@@ -811,9 +809,8 @@ def dpo_backward(run: DPORun, batches: list[dict]) -> list[dict]:
     for j, batch in enumerate(batches):
         with accumulating(acc, run.model, last=j == k - 1):  # all-reduce on the last only
             loss, metrics = dpo_step(run.model, run.ref_model, batch, run.cfg, acc)
-            check_finite_loss(
-                loss, run.state.step + 1, f"micro-batch {j + 1} of {k}, epoch {run.state.epoch}"
-            )
+            where = f"micro-batch {run.state.micro + j} of epoch {run.state.epoch}"
+            check_finite_loss(loss, run.state.step + 1, where)
             acc.backward(loss / k)
         rows.append(metrics)
     return rows
@@ -839,9 +836,6 @@ def resume(run: DPORun, path) -> None:
     if ref_state is not None:
         load_full_state_dict(run.ref_model, ref_state)  # into its shards, if sharded
     run.state = LoopState.from_dict(state)
-    if run.state.micro >= run.n_micro:  # saved at an epoch's very end: the next epoch
-        run.state.epoch += 1
-        run.state.micro = 0
 
 # %% ../nbs/07_dpo_training.ipynb #ddc42b0e
 def tr_dpo_sync(run: DPORun) -> dict:
@@ -885,6 +879,7 @@ def train_dpo(
     while st.step < run.total:
         batches = next_micro_batches(run)  # load
         window += dpo_backward(run, batches)  # loss and gradient
+        st.micro += len(batches)  # of this epoch, used
         grad_norm, lr = optimizer_step(run.acc, run.optimizer, run.scheduler, run.params, cfg.max_grad_norm)
         st.step += 1
         epoch = st.epoch + st.micro / run.n_micro
