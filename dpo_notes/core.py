@@ -69,9 +69,8 @@ def data_dir() -> Path:
 
 # %% ../nbs/00_core.ipynb #5a3e1c02
 def samples_by_prompt(rows: list, n: int) -> list[list]:
-    """[[prompt 0's n samples], [prompt 1's], ...] from n·B sample rows in the package's block layout (row k·B
-    + i
-    is sample k of prompt i)."""
+    """Regroup n·B sample rows per prompt: [[prompt 0's n samples], [prompt 1's], ...]. The rows are in the
+    package's block layout: row k·B + i is sample k of prompt i."""
     if n < 1 or len(rows) % n:
         raise ValueError(f"n: expected a divisor of the {len(rows)} sample rows, got {n}")
     B = len(rows) // n

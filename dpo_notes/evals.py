@@ -137,9 +137,8 @@ def generate(
     do_sample: bool = True,
     batch_size: int = 512,
 ) -> tuple[list[str], list[bool]]:
-    """(completions, finished), each n·len(prompts) long in the package's block layout
-    (`core.samples_by_prompt`:
-    row k·B + i is sample k of prompt i). `batch_size`: rows per `generate` call."""
+    """(completions, finished), n·len(prompts) of each, in the block layout of `core.samples_by_prompt` (row
+    k·B + i is sample k of prompt i). `batch_size`: rows per `generate` call."""
     if n < 1:
         raise ValueError(f"n: expected n >= 1, got {n}")
     if isinstance(prompts, str):
@@ -168,9 +167,8 @@ def generate(
             comps.append(tokenizer.decode(row[: row.index(eos)] if done else row, skip_special_tokens=True))
             finished.append(done)
     B = len(prompts)
-    block = [
-        i * n + k for k in range(n) for i in range(B)
-    ]  # `generate` returns each prompt's n rows together
+    # `generate` returns each prompt's n rows together; the package's layout puts them in blocks
+    block = [i * n + k for k in range(n) for i in range(B)]
     return [comps[j] for j in block], [finished[j] for j in block]
 
 # %% ../nbs/09_eval.ipynb #cb34d691
